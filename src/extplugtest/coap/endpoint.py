@@ -1,0 +1,231 @@
+"""The Python half of the CoAP message layer (RFC 7252 §4-5) for one server endpoint.
+
+The C engine (``_udp.UdpEngine``) handles parsing, pings, malformed messages, deduplication
+and the fast path; everything that reaches this class is a well-formed message for which
+Python code is needed: dispatch to a resource, separate responses, observe, and the ACKs/RSTs
+for CON messages the server sent itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from extplugtest.coap._codec import Message
+from extplugtest.coap.codes import Code, Type
+from extplugtest.coap.observe import ObserveManager
+from extplugtest.coap.resource import Exchange, Resource, response
+from extplugtest.coap.transmission import (
+    ACKNOWLEDGED,
+    REJECTED,
+    ConfirmableSender,
+    TransmissionParameters,
+)
+
+if TYPE_CHECKING:
+    from extplugtest.coap._udp import UdpEngine
+
+logger = logging.getLogger("extplugtest.coap.endpoint")
+
+
+class RateLimitedLog:
+    """At most one log line per *interval* seconds per key; the rest is counted."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self.suppressed = 0
+
+    def __call__(self, key: str, message: str, *args: Any, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self.suppressed += 1
+            return
+        self._last[key] = now
+        logger.warning(message, *args, exc_info=exc_info)
+
+
+class CoapEndpoint:
+    """Dispatches requests of one endpoint to the resource tree rooted at *root*."""
+
+    def __init__(
+        self,
+        root: Resource,
+        *,
+        scheme: str = "coap",
+        max_message_size: int = 1024,
+        preferred_block_size: int = 1024,
+        transmission: TransmissionParameters | None = None,
+        max_observes: int = 50_000,
+        max_deferred: int = 10_000,
+    ) -> None:
+        self.root = root
+        self.scheme = scheme
+        self.max_message_size = max_message_size
+        self.preferred_block_size = preferred_block_size
+        self.engine: UdpEngine | None = None
+        self.local_address: tuple | None = None
+        self.sender = ConfirmableSender(self.send_bytes, transmission)
+        self.observe = ObserveManager(self, max_relations=max_observes)
+        self.max_deferred = max_deferred
+        self._deferred: set[asyncio.Future] = set()
+        self.log = RateLimitedLog()
+        self.deferred_refused = 0
+
+    def attach(self, engine: UdpEngine, local_address: tuple) -> None:
+        self.engine = engine
+        self.local_address = local_address
+
+    @property
+    def uri(self) -> str:
+        assert self.local_address is not None
+        host = self.local_address[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{self.local_address[1]}"
+
+    # -- sending ----------------------------------------------------------------------------
+    def next_mid(self) -> int:
+        assert self.engine is not None
+        return self.engine.next_mid()  # type: ignore[no-any-return]
+
+    def send_bytes(self, data: bytes, peer: tuple) -> None:
+        assert self.engine is not None
+        self.engine.send(data, peer)
+
+    def send_message(self, message: Message, peer: tuple) -> None:
+        self.send_bytes(message.to_bytes(), peer)
+        if message.code:
+            assert self.engine is not None
+            self.engine.count("send-responses")
+
+    def send_confirmable(
+        self, message: Message, peer: tuple, on_done: Callable[[str], None] | None = None
+    ) -> bool:
+        message.type = Type.CON
+        data = message.to_bytes()
+        if message.code:
+            assert self.engine is not None
+            self.engine.count("send-responses")
+        return self.sender.send(data, peer, message.mid, on_done)
+
+    def log_handler_error(self, resource: Resource) -> None:
+        self.log(f"handler:{resource.path}", "handler of %s failed", resource.path, exc_info=True)
+
+    # -- from the engine --------------------------------------------------------------------
+    def on_request(self, request: Message, peer: tuple) -> Message | None:
+        resource = self.root.find(request.uri_path_segments)
+        if resource is None:
+            return self._finish(request, response(Code.NOT_FOUND))
+        exchange = Exchange(request, peer, self, resource)
+        observe = request.observe if request.code == Code.GET else None
+        if observe == 0 and resource.observable:
+            exchange.observe_registration = True
+        elif observe == 1:
+            self.observe.cancel(peer, request.token)
+        try:
+            result = resource.handle(exchange)
+        except Exception:
+            self.log_handler_error(resource)
+            return self._finish(request, response(Code.INTERNAL_SERVER_ERROR))
+        if inspect.isawaitable(result):
+            if len(self._deferred) >= self.max_deferred:
+                self.deferred_refused += 1
+                if hasattr(result, "close"):
+                    result.close()
+                return self._finish(request, response(Code.SERVICE_UNAVAILABLE))
+            task = asyncio.ensure_future(result)
+            self._deferred.add(task)
+            task.add_done_callback(lambda done: self._deferred_done(exchange, done))
+            return None
+        return self._complete(exchange, result)
+
+    def on_empty(self, type: int, mid: int, peer: tuple) -> None:
+        outcome = ACKNOWLEDGED if type == Type.ACK else REJECTED
+        if self.sender.complete(peer, mid, outcome):
+            return
+        if type == Type.RST and self.observe.on_reset(peer, mid):
+            return
+        assert self.engine is not None
+        self.engine.count("recv-ignored")
+
+    def on_response(self, message: Message, peer: tuple) -> None:
+        # The server sends no requests of its own yet: a CON response matches nothing and is
+        # rejected (§4.2), anything else is ignored.
+        assert self.engine is not None
+        if message.type == Type.CON:
+            self.send_bytes(Message(type=Type.RST, mid=message.mid).to_bytes(), peer)
+            self.engine.count("send-rejects")
+        else:
+            self.engine.count("recv-ignored")
+
+    # -- completing requests ----------------------------------------------------------------
+    def _complete(self, exchange: Exchange, result: Message) -> Message:
+        if exchange.observe_registration:
+            if 0x40 <= result.code < 0x60:
+                self.observe.register(exchange, result)
+            else:
+                self.observe.cancel(exchange.peer, exchange.request.token)
+        return self._finish(exchange.request, result)
+
+    def _finish(self, request: Message, result: Message) -> Message:
+        """Piggy-back on the ACK of a CON; a NON request gets a NON response (§5.2)."""
+        result.token = request.token
+        if request.type == Type.CON:
+            result.type = Type.ACK
+            result.mid = request.mid
+        else:
+            result.type = Type.NON
+            result.mid = self.next_mid()
+        return result
+
+    def _deferred_done(self, exchange: Exchange, task: asyncio.Future) -> None:
+        self._deferred.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.log(
+                f"handler:{exchange.resource.path}",
+                "handler of %s failed: %r",
+                exchange.resource.path,
+                error,
+            )
+            result = response(Code.INTERNAL_SERVER_ERROR)
+        else:
+            result = task.result()
+        if exchange.observe_registration:
+            if 0x40 <= result.code < 0x60:
+                self.observe.register(exchange, result)
+            else:
+                self.observe.cancel(exchange.peer, exchange.request.token)
+        request = exchange.request
+        result.token = request.token
+        result.mid = self.next_mid()
+        if request.type == Type.CON:  # separate response (§5.2.2)
+            self.send_confirmable(result, exchange.peer)
+        else:
+            result.type = Type.NON
+            self.send_message(result, exchange.peer)
+        assert self.engine is not None  # duplicates of the request now get the response
+        self.engine.update_cached_response(exchange.peer, request.mid, result.to_bytes())
+
+    def close(self) -> None:
+        self.sender.cancel_all()
+        self.observe.cancel_all()
+        for task in list(self._deferred):
+            task.cancel()
+
+    def counters(self) -> dict[str, int]:
+        assert self.engine is not None
+        counters: dict[str, int] = dict(self.engine.counters())
+        counters["send-response retransmissions"] = self.sender.retransmissions
+        counters["send-timeouts"] = self.sender.timeouts
+        counters.update(self.observe.counters())
+        if self.engine.dedup is not None:
+            counters.update({f"dedup-{k}": v for k, v in self.engine.dedup.stats().items()})
+        return counters
+

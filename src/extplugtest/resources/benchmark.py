@@ -1,0 +1,85 @@
+"""``/benchmark`` (Californium ``Benchmark``, inventory §2.1).
+
+Its common requests never get here: ``BenchmarkFastPath`` answers them in C. This class
+answers everything else with the same payload rule: the disabled resource (5.01), Accept
+mismatch (4.06), bad queries (4.02), ``ack`` (separate response), observe, large ``rlen``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from extplugtest.coap.codes import Code, ContentFormat
+from extplugtest.coap.query import QueryError, QueryParameters
+from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response
+from extplugtest.resources._benchmark import BenchmarkFastPath, benchmark_payload
+
+MAX_RESOURCE_BODY_SIZE = 8192
+DISABLED_TEXT = "benchmark is not supported on this host!"
+
+
+class Benchmark(Resource):
+    def __init__(self, enabled: bool, notify_interval: float = 5.0) -> None:
+        super().__init__(
+            "benchmark",
+            title="Benchmark" if enabled else "Benchmark (disabled)",
+            observable=enabled,
+            attributes={"ct": ["0"]},
+        )
+        self.enabled = enabled
+        self.notify_interval = notify_interval
+        self.fast_path = BenchmarkFastPath()
+        self.fast_path.enabled = enabled
+        self._timer: asyncio.TimerHandle | None = None
+        self.tick()
+
+    # -- timer ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Take the new NNN of ``hello observe NNN`` (the millisecond part of the clock)."""
+        self.fast_path.nnn = int(time.time() * 1000) % 1000
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.enabled and self._timer is None:
+            self._timer = loop.call_later(self.notify_interval, self._on_timer, loop)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.tick()
+        self.changed()
+        self._timer = loop.call_later(self.notify_interval, self._on_timer, loop)
+
+    # -- requests ---------------------------------------------------------------------------
+    def handle_get(self, exchange: Exchange) -> HandlerResult:
+        return self._answer(exchange, get=True)
+
+    def handle_post(self, exchange: Exchange) -> HandlerResult:
+        return self._answer(exchange, get=False)
+
+    def _answer(self, exchange: Exchange, get: bool) -> HandlerResult:
+        if not self.enabled:
+            return response(Code.NOT_IMPLEMENTED, DISABLED_TEXT, ContentFormat.TEXT_PLAIN)
+        accept = exchange.request.accept
+        if accept is not None and accept != ContentFormat.TEXT_PLAIN:
+            return response(Code.NOT_ACCEPTABLE)
+        try:
+            query = QueryParameters(exchange.query, ("rlen", "ack", "auth"))
+            rlen = query.get_int("rlen", 0, 0, MAX_RESOURCE_BODY_SIZE)
+        except QueryError as error:
+            return response(Code.BAD_OPTION, str(error), ContentFormat.TEXT_PLAIN)
+        payload = benchmark_payload(get, self.fast_path.nnn, rlen)
+        result = response(
+            Code.CONTENT if get else Code.CHANGED, payload, ContentFormat.TEXT_PLAIN
+        )
+        if "ack" in query:
+            return _separate(result)
+        return result
+
+
+async def _separate(result: object) -> object:
+    """An awaitable: the endpoint sends an empty ACK now and this as a separate response."""
+    return result

@@ -1,0 +1,149 @@
+"""Assembles the server: resource trees, endpoints per interface address, timers."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass, field
+
+from extplugtest.coap._dedup import DeduplicationCache
+from extplugtest.coap.endpoint import CoapEndpoint
+from extplugtest.coap.linkformat import well_known
+from extplugtest.coap.resource import Resource
+from extplugtest.coap.transmission import TransmissionParameters
+from extplugtest.coap.transport_udp import UdpServerTransport
+from extplugtest.resources.benchmark import Benchmark
+from extplugtest.resources.root import RootResource
+from extplugtest.server._netif import interface_addresses
+from extplugtest.server.config import ServerConfig
+
+logger = logging.getLogger("extplugtest.server")
+
+
+@dataclass
+class InterfaceSelection:
+    """Which local addresses get endpoints (Californium's --[no-]loopback etc.)."""
+
+    loopback: bool = True
+    external: bool = True
+    ipv4: bool = True
+    ipv6: bool = True
+    patterns: list[str] = field(default_factory=list)
+
+    def select(self, addresses: list[tuple[str, int, str, int]]) -> list[tuple[str, int]]:
+        """(address text, scope id) of the addresses to bind, in a stable order."""
+        chosen = []
+        for name, version, text, scope in addresses:
+            ip = ipaddress.ip_address(text)
+            if (version == 4 and not self.ipv4) or (version == 6 and not self.ipv6):
+                continue
+            # Like Californium's SimpleInetAddressFilter, link-local counts as "loopback".
+            local = ip.is_loopback or ip.is_link_local
+            if (local and not self.loopback) or (not local and not self.external):
+                continue
+            if self.patterns and not any(
+                re.fullmatch(p, text) or (version == 6 and re.fullmatch(p, f"{text}%{name}"))
+                for p in self.patterns
+            ):
+                continue
+            chosen.append((text, scope))
+        return chosen
+
+
+def is_external(address: str) -> bool:
+    """Californium classifies by isLoopbackAddress() here, so link-local counts as external."""
+    return not ipaddress.ip_address(address).is_loopback
+
+
+class ExtendedServer:
+    """The extended endpoints (benchmark etc.) and, optionally, the plugtest endpoints."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        interfaces: InterfaceSelection,
+        *,
+        plugtest: bool = True,
+        benchmark: bool = False,
+        notify_interval: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.interfaces = interfaces
+        self.benchmark = Benchmark(benchmark, notify_interval)
+        self.extended_root = RootResource()
+        self.extended_root.add(self.benchmark)
+        self.extended_root.add(well_known(self.extended_root))
+        self.plugtest_root: Resource | None = None
+        if plugtest:
+            self.plugtest_root = RootResource()
+            self.plugtest_root.add(well_known(self.plugtest_root))
+        self.transports: list[UdpServerTransport] = []
+
+    def _endpoint(self, root: Resource, address: str) -> CoapEndpoint:
+        config = self.config
+        external = is_external(address)
+        return CoapEndpoint(
+            root,
+            max_message_size=(
+                config.external_max_message_size if external else config.max_message_size
+            ),
+            preferred_block_size=(
+                config.external_preferred_block_size if external else config.preferred_block_size
+            ),
+            transmission=TransmissionParameters(
+                config.ack_timeout, config.ack_random_factor, config.max_retransmit
+            ),
+            max_observes=config.max_server_observes,
+        )
+
+    def _dedup(self) -> DeduplicationCache | None:
+        config = self.config
+        if not config.deduplication:
+            return None
+        return DeduplicationCache(
+            max_peers=config.max_active_peers,
+            messages_per_peer=config.peers_mark_and_sweep_messages,
+            exchange_lifetime=config.exchange_lifetime,
+            non_lifetime=config.non_lifetime,
+            peer_inactivity=config.max_peer_inactivity_period,
+        )
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> list[str]:
+        """Bind every endpoint; returns their URIs. Raises OSError when a bind fails."""
+        addresses = self.interfaces.select(interface_addresses())
+        if not addresses:
+            raise OSError("no interface address matches the selection")
+        roots: list[tuple[Resource, int, bool]] = [
+            (self.extended_root, self.config.coap_port, True)
+        ]
+        if self.plugtest_root is not None:
+            roots.append((self.plugtest_root, self.config.plugtest_port, False))
+        try:
+            for root, port, extended in roots:
+                for address, scope in addresses:
+                    bind: tuple = (address, port) if scope == 0 else (address, port, 0, scope)
+                    transport = UdpServerTransport(
+                        self._endpoint(root, address),
+                        bind,
+                        dedup=self._dedup(),
+                        fast=self.benchmark.fast_path if extended else None,
+                        buffer_size=self.config.udp_receive_buffer_size,
+                    )
+                    transport.open(loop)
+                    self.transports.append(transport)
+        except OSError:
+            self.close()
+            raise
+        self.benchmark.start(loop)
+        return [t.endpoint.uri for t in self.transports]
+
+    def close(self) -> None:
+        self.benchmark.stop()
+        for transport in self.transports:
+            transport.close()
+        self.transports.clear()
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        return {t.endpoint.uri: t.endpoint.counters() for t in self.transports}

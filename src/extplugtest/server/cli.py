@@ -1,0 +1,128 @@
+"""``extserver``: the extended plugtest server (Californium's ExtendedTestServer options)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from extplugtest import __version__
+from extplugtest.server.app import ExtendedServer, InterfaceSelection
+from extplugtest.server.config import DEFAULT_FILE, ConfigError, ServerConfig, parse_duration
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    flag = argparse.BooleanOptionalAction
+    parser = argparse.ArgumentParser(
+        prog="extserver",
+        description="CoAP extended plugtest server: extended resources (/benchmark, ...) on "
+        "5783, the ETSI plugtest resources on 5683.",
+    )
+    parser.add_argument("--version", action="version", version=f"extserver {__version__}")
+    group = parser.add_argument_group("endpoints")
+    group.add_argument("--loopback", action=flag, default=True,
+                       help="endpoints on loopback and link-local addresses (default: on)")
+    group.add_argument("--external", action=flag, default=True,
+                       help="endpoints on all other addresses (default: on)")
+    group.add_argument("--ipv4", action=flag, default=True, help="IPv4 endpoints (default: on)")
+    group.add_argument("--ipv6", action=flag, default=True, help="IPv6 endpoints (default: on)")
+    group.add_argument("--interfaces-pattern", metavar="REGEX[,REGEX...]", default="",
+                       help="only addresses matching one of these regular expressions "
+                       "(IPv6 also as addr%%ifname)")
+    group.add_argument("--coap-port", type=int, metavar="PORT",
+                       help="port of the extended endpoints (default: COAP.COAP_PORT, 5783)")
+    group.add_argument("--plugtest-port", type=int, metavar="PORT",
+                       help="port of the plugtest endpoints (default: 5683)")
+    parser.add_argument("--plugtest", action=flag, default=True,
+                        help="also serve the plugtest endpoints (default: on)")
+    parser.add_argument("--benchmark", action=flag, default=False,
+                        help="enable the /benchmark resource (default: off, it answers 5.01)")
+    parser.add_argument("--notify-interval", default="5000ms", metavar="TIME",
+                        help="interval of the observe timers, e.g. 5s, 500ms (default: 5000ms, "
+                        "min 5ms)")
+    parser.add_argument("--config", metavar="FILE", type=Path,
+                        help=f"properties file with Californium keys (default: ./{DEFAULT_FILE} "
+                        "if it exists)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    return parser
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"extserver: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = ServerConfig()
+    try:
+        path = args.config or Path(DEFAULT_FILE)
+        if args.config is not None or path.exists():
+            config.load(path)
+        if args.coap_port is not None:
+            config.coap_port = args.coap_port
+        if args.plugtest_port is not None:
+            config.plugtest_port = args.plugtest_port
+        config.validate("command line")
+        notify_interval = parse_duration(args.notify_interval)
+        if notify_interval < 0.005:
+            raise ConfigError("--notify-interval must be at least 5ms")
+    except ConfigError as error:
+        return fail(f"{error}", EXIT_USAGE)
+    interfaces = InterfaceSelection(
+        loopback=args.loopback,
+        external=args.external,
+        ipv4=args.ipv4,
+        ipv6=args.ipv6,
+        patterns=[p for p in args.interfaces_pattern.split(",") if p],
+    )
+    server = ExtendedServer(
+        config,
+        interfaces,
+        plugtest=args.plugtest,
+        benchmark=args.benchmark,
+        notify_interval=notify_interval,
+    )
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        uris = server.start(loop)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return fail(
+            f"cannot start endpoints: {reason}; stop the other server or choose other ports "
+            "(--coap-port, --plugtest-port) or interfaces (--no-external, --interfaces-pattern)"
+        )
+    print(f"extserver {__version__}" + (" (benchmark enabled)" if args.benchmark else ""))
+    for uri in uris:
+        print(f"  {uri}")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        loop.run_until_complete(stop.wait())
+    finally:
+        server.close()
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

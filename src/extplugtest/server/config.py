@@ -1,0 +1,133 @@
+"""Configuration: Californium's properties keys and defaults for the extended server.
+
+The file format is Java properties (``KEY=value``, ``#`` comments); a blank value means the
+default. Durations are written as Californium writes them: ``247[s]``, ``3[min]``, ``500[ms]``
+(a bare number is milliseconds for keys that are durations, as in Californium).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_FILE = "CaliforniumReceivetest3.properties"
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:\[?\s*(ns|us|ms|s|min|h|d)\s*\]?)?\s*$")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; str() says which and why."""
+
+
+def parse_duration(text: str, default_unit: str = "ms") -> float:
+    """Seconds from ``5000``, ``500ms``, ``5[s]``, ``3min`` ..."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"'{text}' is not a duration (use e.g. 500ms, 5s, 3min)")
+    return float(match.group(1)) * _UNITS[match.group(2) or default_unit]
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            key, _, value = line.partition(":")
+        values[key.strip()] = value.strip()
+    return values
+
+
+@dataclass
+class ServerConfig:
+    """The settings the server uses, with the extended server's defaults (inventory §1.3)."""
+
+    coap_port: int = 5783
+    plugtest_port: int = 5683
+    max_message_size: int = 1024
+    preferred_block_size: int = 1024
+    external_max_message_size: int = 64
+    external_preferred_block_size: int = 64
+    max_resource_body_size: int = 8192
+    deduplicator: str = "PEERS_MARK_AND_SWEEP"
+    peers_mark_and_sweep_messages: int = 16
+    max_active_peers: int = 1_000_000
+    max_peer_inactivity_period: float = 180.0
+    exchange_lifetime: float = 247.0
+    non_lifetime: float = 145.0
+    ack_timeout: float = 2.0
+    ack_random_factor: float = 1.5
+    max_retransmit: int = 4
+    max_server_observes: int = 50_000
+    notification_check_interval: float = 120.0
+    notification_check_interval_count: int = 100
+    udp_receive_buffer_size: int = 4 * 1024 * 1024
+    udp_send_buffer_size: int = 4 * 1024 * 1024
+
+    _KEYS = {
+        "COAP.COAP_PORT": ("coap_port", int),
+        "COAP.MAX_MESSAGE_SIZE": ("max_message_size", int),
+        "COAP.PREFERRED_BLOCK_SIZE": ("preferred_block_size", int),
+        "EXTERNAL_UDP_MAX_MESSAGE_SIZE": ("external_max_message_size", int),
+        "EXTERNAL_UDP_PREFERRED_BLOCK_SIZE": ("external_preferred_block_size", int),
+        "COAP.MAX_RESOURCE_BODY_SIZE": ("max_resource_body_size", int),
+        "COAP.DEDUPLICATOR": ("deduplicator", str),
+        "COAP.PEERS_MARK_AND_SWEEP_MESSAGES": ("peers_mark_and_sweep_messages", int),
+        "COAP.MAX_ACTIVE_PEERS": ("max_active_peers", int),
+        "COAP.MAX_PEER_INACTIVITY_PERIOD": ("max_peer_inactivity_period", "duration"),
+        "COAP.EXCHANGE_LIFETIME": ("exchange_lifetime", "duration"),
+        "COAP.NON_LIFETIME": ("non_lifetime", "duration"),
+        "COAP.ACK_TIMEOUT": ("ack_timeout", "duration"),
+        "COAP.ACK_INIT_RANDOM": ("ack_random_factor", float),
+        "COAP.MAX_RETRANSMIT": ("max_retransmit", int),
+        "COAP.MAX_SERVER_OBSERVES": ("max_server_observes", int),
+        "COAP.NOTIFICATION_CHECK_INTERVAL": ("notification_check_interval", "duration"),
+        "COAP.NOTIFICATION_CHECK_INTERVAL_COUNT": ("notification_check_interval_count", int),
+        "UDP.RECEIVE_BUFFER_SIZE": ("udp_receive_buffer_size", int),
+        "UDP.SEND_BUFFER_SIZE": ("udp_send_buffer_size", int),
+    }
+
+    @property
+    def deduplication(self) -> bool:
+        return self.deduplicator != "NO_DEDUPLICATOR"
+
+    def apply(self, properties: dict[str, str], source: str = "configuration") -> None:
+        """Take the known keys of *properties*; unknown keys are left for later features."""
+        for key, value in properties.items():
+            if key not in self._KEYS or value == "":
+                continue
+            attribute, kind = self._KEYS[key]
+            try:
+                if kind == "duration":
+                    converted: object = parse_duration(value)
+                elif kind is str:
+                    converted = value
+                else:
+                    converted = kind(value)  # type: ignore[operator]
+            except (ValueError, ConfigError) as error:
+                raise ConfigError(f"{source}: {key}={value} is invalid ({error})") from None
+            setattr(self, attribute, converted)
+        self.validate(source)
+
+    def validate(self, source: str = "configuration") -> None:
+        if self.deduplicator not in ("PEERS_MARK_AND_SWEEP", "MARK_AND_SWEEP", "NO_DEDUPLICATOR"):
+            raise ConfigError(
+                f"{source}: COAP.DEDUPLICATOR={self.deduplicator} is unknown "
+                "(use PEERS_MARK_AND_SWEEP, MARK_AND_SWEEP or NO_DEDUPLICATOR)"
+            )
+        for name in ("coap_port", "plugtest_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{source}: {name} {getattr(self, name)} is not a UDP port")
+        if self.peers_mark_and_sweep_messages < 1 or self.max_active_peers < 1:
+            raise ConfigError(f"{source}: deduplication bounds must be positive")
+
+    def load(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="latin-1")
+        except OSError as error:
+            raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+        self.apply(parse_properties(text), str(path))
