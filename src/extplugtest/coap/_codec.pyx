@@ -473,8 +473,8 @@ cdef class Message:
         cdef int number
         if len(self.token) > MAX_TOKEN_LENGTH:
             raise ValueError("token longer than 8 bytes")
-        for number, value in self.options:
-            size += 5 + len(value)
+        for entry in self.options:
+            size += 5 + len(entry[1])
         out = PyBytes_FromStringAndSize(NULL, size)
         writer_init(&w, <uint8_t*>PyBytes_AS_STRING(out), size)
         raw = self.token

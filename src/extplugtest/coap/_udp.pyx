@@ -9,7 +9,6 @@ leave with one sendmmsg per batch.
 """
 
 import logging
-import time
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
@@ -131,8 +130,7 @@ cdef object _address_tuple(const sockaddr_storage* addr):
         return (text.decode("ascii"), ntohs(v4.sin_port))
     v6 = <const sockaddr_in6*>addr
     inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text))
-    return (text.decode("ascii"), ntohs(v6.sin6_port), ntohs(0) + v6.sin6_flowinfo,
-            v6.sin6_scope_id)
+    return (text.decode("ascii"), ntohs(v6.sin6_port), 0, v6.sin6_scope_id)
 
 
 cdef unsigned int _fill_sockaddr(sockaddr_storage* out, int family, object address) except 0:
@@ -176,8 +174,9 @@ cdef class UdpEngine:
         self.max_batches = MAX_BATCHES
         self.current = NULL
         memset(&self.c, 0, sizeof(EngineCounters))
-        if udp_batch_init(&self.rx, RX_BATCH, SLOT_SIZE) or udp_batch_init(&self.tx, TX_BATCH,
-                                                                            SLOT_SIZE):
+        if udp_batch_init(&self.rx, RX_BATCH, SLOT_SIZE):
+            raise MemoryError()
+        if udp_batch_init(&self.tx, TX_BATCH, SLOT_SIZE):
             raise MemoryError()
         RAND_bytes(<unsigned char*>&self.mid, sizeof(self.mid))   # §4.4: random MID start
 

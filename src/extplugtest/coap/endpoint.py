@@ -90,7 +90,7 @@ class CoapEndpoint:
     # -- sending ----------------------------------------------------------------------------
     def next_mid(self) -> int:
         assert self.engine is not None
-        return self.engine.next_mid()  # type: ignore[no-any-return]
+        return self.engine.next_mid()
 
     def send_bytes(self, data: bytes, peer: tuple) -> None:
         assert self.engine is not None
@@ -228,4 +228,3 @@ class CoapEndpoint:
         if self.engine.dedup is not None:
             counters.update({f"dedup-{k}": v for k, v in self.engine.dedup.stats().items()})
         return counters
-

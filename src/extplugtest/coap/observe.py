@@ -56,7 +56,7 @@ class ObserveRelation:
 
     @property
     def token(self) -> bytes:
-        return self.request.token  # type: ignore[no-any-return]
+        return self.request.token
 
     def next_sequence(self) -> int:
         self.sequence = (self.sequence + 1) & 0xFFFFFF
@@ -107,8 +107,9 @@ class ObserveManager:
             if len(self._relations) >= self.max_relations:
                 self.refused += 1
                 return False
-            relation = ObserveRelation(self.endpoint, exchange.peer, exchange.request,
-                                       exchange.resource)
+            relation = ObserveRelation(
+                self.endpoint, exchange.peer, exchange.request, exchange.resource
+            )
             self._relations[key] = relation
         else:  # re-registration with the same token (§3.3.1)
             relation.resource.observers.discard(relation)

@@ -9,7 +9,7 @@ CON. The endpoint fills in type, MID and token.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterator
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from extplugtest.coap._codec import Message
 from extplugtest.coap.codes import Code, Option
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from extplugtest.coap.endpoint import CoapEndpoint
     from extplugtest.coap.observe import ObserveRelation
 
-HandlerResult = Union[Message, Awaitable[Message]]
+HandlerResult = Message | Awaitable[Message]
 
 
 def response(
@@ -38,7 +38,7 @@ def response(
     return message
 
 
-_HANDLER_NAMES = {
+_HANDLER_NAMES: dict[int, str] = {
     Code.GET: "handle_get",
     Code.POST: "handle_post",
     Code.PUT: "handle_put",
@@ -63,7 +63,7 @@ class Exchange:
 
     @property
     def query(self) -> list[str]:
-        return self.request.uri_query  # type: ignore[no-any-return]
+        return self.request.uri_query
 
 
 class Resource:
@@ -136,7 +136,7 @@ class Resource:
         name = _HANDLER_NAMES.get(exchange.request.code)
         if name is None:
             return response(Code.METHOD_NOT_ALLOWED)
-        return getattr(self, name)(exchange)  # type: ignore[no-any-return]
+        return getattr(self, name)(exchange)
 
     def handle_get(self, exchange: Exchange) -> HandlerResult:
         return response(Code.METHOD_NOT_ALLOWED)

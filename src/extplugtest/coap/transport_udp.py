@@ -66,7 +66,7 @@ class UdpServerTransport:
     @property
     def local_address(self) -> tuple:
         assert self.sock is not None
-        return self.sock.getsockname()  # type: ignore[no-any-return]
+        return self.sock.getsockname()
 
     @property
     def buffer_sizes(self) -> tuple[int, int]:

@@ -10,8 +10,7 @@ from libc.stdint cimport uint8_t, uint16_t
 from libc.string cimport memcmp, memcpy, memset
 
 from extplugtest.coap._codec cimport (
-    MessageView, OptionView, Writer, option_uint, write_header, write_option, write_payload,
-    writer_length,
+    MessageView, OptionView, Writer, option_uint, write_header, write_option, writer_length,
 )
 
 DEF MAX_BODY = 8192          # COAP.MAX_RESOURCE_BODY_SIZE
@@ -81,7 +80,6 @@ cdef class BenchmarkFastPath(FastResource):
                             uint16_t response_mid) noexcept:
         cdef int i, rlen = 0, segments = 0
         cdef const OptionView* option
-        cdef uint8_t* payload_start
         cdef Py_ssize_t length
         if not self.enabled or (request.code != GET and request.code != POST):
             return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from extplugtest.coap._codec import Message
 from extplugtest.coap.codes import Code, ContentFormat
 from extplugtest.coap.query import QueryError, QueryParameters
 from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response
@@ -72,14 +73,12 @@ class Benchmark(Resource):
         except QueryError as error:
             return response(Code.BAD_OPTION, str(error), ContentFormat.TEXT_PLAIN)
         payload = benchmark_payload(get, self.fast_path.nnn, rlen)
-        result = response(
-            Code.CONTENT if get else Code.CHANGED, payload, ContentFormat.TEXT_PLAIN
-        )
+        result = response(Code.CONTENT if get else Code.CHANGED, payload, ContentFormat.TEXT_PLAIN)
         if "ack" in query:
             return _separate(result)
         return result
 
 
-async def _separate(result: object) -> object:
+async def _separate(result: Message) -> Message:
     """An awaitable: the endpoint sends an empty ACK now and this as a separate response."""
     return result

@@ -26,31 +26,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"extserver {__version__}")
     group = parser.add_argument_group("endpoints")
-    group.add_argument("--loopback", action=flag, default=True,
-                       help="endpoints on loopback and link-local addresses (default: on)")
-    group.add_argument("--external", action=flag, default=True,
-                       help="endpoints on all other addresses (default: on)")
+    group.add_argument(
+        "--loopback",
+        action=flag,
+        default=True,
+        help="endpoints on loopback and link-local addresses (default: on)",
+    )
+    group.add_argument(
+        "--external",
+        action=flag,
+        default=True,
+        help="endpoints on all other addresses (default: on)",
+    )
     group.add_argument("--ipv4", action=flag, default=True, help="IPv4 endpoints (default: on)")
     group.add_argument("--ipv6", action=flag, default=True, help="IPv6 endpoints (default: on)")
-    group.add_argument("--interfaces-pattern", metavar="REGEX[,REGEX...]", default="",
-                       help="only addresses matching one of these regular expressions "
-                       "(IPv6 also as addr%%ifname)")
-    group.add_argument("--coap-port", type=int, metavar="PORT",
-                       help="port of the extended endpoints (default: COAP.COAP_PORT, 5783)")
-    group.add_argument("--plugtest-port", type=int, metavar="PORT",
-                       help="port of the plugtest endpoints (default: 5683)")
-    parser.add_argument("--plugtest", action=flag, default=True,
-                        help="also serve the plugtest endpoints (default: on)")
-    parser.add_argument("--benchmark", action=flag, default=False,
-                        help="enable the /benchmark resource (default: off, it answers 5.01)")
-    parser.add_argument("--notify-interval", default="5000ms", metavar="TIME",
-                        help="interval of the observe timers, e.g. 5s, 500ms (default: 5000ms, "
-                        "min 5ms)")
-    parser.add_argument("--config", metavar="FILE", type=Path,
-                        help=f"properties file with Californium keys (default: ./{DEFAULT_FILE} "
-                        "if it exists)")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-vv for debug)")
+    group.add_argument(
+        "--interfaces-pattern",
+        metavar="REGEX[,REGEX...]",
+        default="",
+        help="only addresses matching one of these regular expressions (IPv6 also as addr%%ifname)",
+    )
+    group.add_argument(
+        "--coap-port",
+        type=int,
+        metavar="PORT",
+        help="port of the extended endpoints (default: COAP.COAP_PORT, 5783)",
+    )
+    group.add_argument(
+        "--plugtest-port",
+        type=int,
+        metavar="PORT",
+        help="port of the plugtest endpoints (default: 5683)",
+    )
+    parser.add_argument(
+        "--plugtest",
+        action=flag,
+        default=True,
+        help="also serve the plugtest endpoints (default: on)",
+    )
+    parser.add_argument(
+        "--benchmark",
+        action=flag,
+        default=False,
+        help="enable the /benchmark resource (default: off, it answers 5.01)",
+    )
+    parser.add_argument(
+        "--notify-interval",
+        default="5000ms",
+        metavar="TIME",
+        help="interval of the observe timers, e.g. 5s, 500ms (default: 5000ms, min 5ms)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help=f"properties file with Californium keys (default: ./{DEFAULT_FILE} if it exists)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
     return parser
 
 
@@ -94,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         benchmark=args.benchmark,
         notify_interval=notify_interval,
     )
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 

@@ -42,6 +42,31 @@ def parse_properties(text: str) -> dict[str, str]:
     return values
 
 
+#: properties key -> (ServerConfig attribute, conversion)
+_PROPERTY_KEYS: dict[str, tuple[str, object]] = {
+    "COAP.COAP_PORT": ("coap_port", int),
+    "COAP.MAX_MESSAGE_SIZE": ("max_message_size", int),
+    "COAP.PREFERRED_BLOCK_SIZE": ("preferred_block_size", int),
+    "EXTERNAL_UDP_MAX_MESSAGE_SIZE": ("external_max_message_size", int),
+    "EXTERNAL_UDP_PREFERRED_BLOCK_SIZE": ("external_preferred_block_size", int),
+    "COAP.MAX_RESOURCE_BODY_SIZE": ("max_resource_body_size", int),
+    "COAP.DEDUPLICATOR": ("deduplicator", str),
+    "COAP.PEERS_MARK_AND_SWEEP_MESSAGES": ("peers_mark_and_sweep_messages", int),
+    "COAP.MAX_ACTIVE_PEERS": ("max_active_peers", int),
+    "COAP.MAX_PEER_INACTIVITY_PERIOD": ("max_peer_inactivity_period", "duration"),
+    "COAP.EXCHANGE_LIFETIME": ("exchange_lifetime", "duration"),
+    "COAP.NON_LIFETIME": ("non_lifetime", "duration"),
+    "COAP.ACK_TIMEOUT": ("ack_timeout", "duration"),
+    "COAP.ACK_INIT_RANDOM": ("ack_random_factor", float),
+    "COAP.MAX_RETRANSMIT": ("max_retransmit", int),
+    "COAP.MAX_SERVER_OBSERVES": ("max_server_observes", int),
+    "COAP.NOTIFICATION_CHECK_INTERVAL": ("notification_check_interval", "duration"),
+    "COAP.NOTIFICATION_CHECK_INTERVAL_COUNT": ("notification_check_interval_count", int),
+    "UDP.RECEIVE_BUFFER_SIZE": ("udp_receive_buffer_size", int),
+    "UDP.SEND_BUFFER_SIZE": ("udp_send_buffer_size", int),
+}
+
+
 @dataclass
 class ServerConfig:
     """The settings the server uses, with the extended server's defaults (inventory §1.3)."""
@@ -68,29 +93,6 @@ class ServerConfig:
     udp_receive_buffer_size: int = 4 * 1024 * 1024
     udp_send_buffer_size: int = 4 * 1024 * 1024
 
-    _KEYS = {
-        "COAP.COAP_PORT": ("coap_port", int),
-        "COAP.MAX_MESSAGE_SIZE": ("max_message_size", int),
-        "COAP.PREFERRED_BLOCK_SIZE": ("preferred_block_size", int),
-        "EXTERNAL_UDP_MAX_MESSAGE_SIZE": ("external_max_message_size", int),
-        "EXTERNAL_UDP_PREFERRED_BLOCK_SIZE": ("external_preferred_block_size", int),
-        "COAP.MAX_RESOURCE_BODY_SIZE": ("max_resource_body_size", int),
-        "COAP.DEDUPLICATOR": ("deduplicator", str),
-        "COAP.PEERS_MARK_AND_SWEEP_MESSAGES": ("peers_mark_and_sweep_messages", int),
-        "COAP.MAX_ACTIVE_PEERS": ("max_active_peers", int),
-        "COAP.MAX_PEER_INACTIVITY_PERIOD": ("max_peer_inactivity_period", "duration"),
-        "COAP.EXCHANGE_LIFETIME": ("exchange_lifetime", "duration"),
-        "COAP.NON_LIFETIME": ("non_lifetime", "duration"),
-        "COAP.ACK_TIMEOUT": ("ack_timeout", "duration"),
-        "COAP.ACK_INIT_RANDOM": ("ack_random_factor", float),
-        "COAP.MAX_RETRANSMIT": ("max_retransmit", int),
-        "COAP.MAX_SERVER_OBSERVES": ("max_server_observes", int),
-        "COAP.NOTIFICATION_CHECK_INTERVAL": ("notification_check_interval", "duration"),
-        "COAP.NOTIFICATION_CHECK_INTERVAL_COUNT": ("notification_check_interval_count", int),
-        "UDP.RECEIVE_BUFFER_SIZE": ("udp_receive_buffer_size", int),
-        "UDP.SEND_BUFFER_SIZE": ("udp_send_buffer_size", int),
-    }
-
     @property
     def deduplication(self) -> bool:
         return self.deduplicator != "NO_DEDUPLICATOR"
@@ -98,9 +100,9 @@ class ServerConfig:
     def apply(self, properties: dict[str, str], source: str = "configuration") -> None:
         """Take the known keys of *properties*; unknown keys are left for later features."""
         for key, value in properties.items():
-            if key not in self._KEYS or value == "":
+            if key not in _PROPERTY_KEYS or value == "":
                 continue
-            attribute, kind = self._KEYS[key]
+            attribute, kind = _PROPERTY_KEYS[key]
             try:
                 if kind == "duration":
                     converted: object = parse_duration(value)

@@ -6,8 +6,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("extnat: not available in this version yet; use a Californium cf-nat meanwhile",
-          file=sys.stderr)
+    print(
+        "extnat: not available in this version yet; use a Californium cf-nat meanwhile",
+        file=sys.stderr,
+    )
     return 2
 
 
