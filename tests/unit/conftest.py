@@ -1,0 +1,109 @@
+"""An in-process server on a loopback port, run by its own event loop in a thread, so that
+tests can talk to it with plain blocking sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from extplugtest.coap._codec import Message, parse
+from extplugtest.coap._dedup import DeduplicationCache
+from extplugtest.coap.endpoint import CoapEndpoint
+from extplugtest.coap.resource import Resource
+from extplugtest.coap.transport_udp import UdpServerTransport
+
+
+class ServerThread:
+    def __init__(self, root: Resource, **endpoint_options: Any) -> None:
+        self.root = root
+        self.loop = uvloop.new_event_loop()
+        dedup = endpoint_options.pop("dedup", DeduplicationCache(max_peers=1000))
+        fast = endpoint_options.pop("fast", None)
+        self.endpoint = CoapEndpoint(root, **endpoint_options)
+        self.transport = UdpServerTransport(self.endpoint, ("127.0.0.1", 0), dedup=dedup, fast=fast)
+        self.transport.open(self.loop)
+        self.address = self.transport.local_address
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run *function* on the server's loop and return its result."""
+        future = asyncio.run_coroutine_threadsafe(_call(function, *args), self.loop)
+        return future.result(timeout=5)
+
+    def stop(self) -> None:
+        self.call(self.transport.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+async def _call(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
+class Client:
+    """A blocking UDP client socket aimed at one server."""
+
+    def __init__(self, address: tuple) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(2.0)
+
+    def send(self, data: bytes | Message) -> None:
+        if isinstance(data, Message):
+            data = data.to_bytes()
+        self.sock.sendto(data, self.address)
+
+    def receive_raw(self, timeout: float = 2.0) -> bytes | None:
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(65536)
+        except TimeoutError:
+            return None
+
+    def receive(self, timeout: float = 2.0) -> Message | None:
+        raw = self.receive_raw(timeout)
+        return None if raw is None else parse(raw)
+
+    def exchange(self, data: bytes | Message, timeout: float = 2.0) -> Message | None:
+        self.send(data)
+        return self.receive(timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., ServerThread]]:
+    servers: list[ServerThread] = []
+
+    def start(root: Resource, **options: Any) -> ServerThread:
+        server = ServerThread(root, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[[tuple], Client]]:
+    clients: list[Client] = []
+
+    def create(address: tuple) -> Client:
+        client = Client(address)
+        clients.append(client)
+        return client
+
+    yield create
+    for client in clients:
+        client.close()
