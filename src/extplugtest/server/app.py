@@ -22,6 +22,10 @@ from extplugtest.server.config import ServerConfig
 logger = logging.getLogger("extplugtest.server")
 
 
+class StartupError(Exception):
+    """The server cannot start; str() is the one line to show the user."""
+
+
 @dataclass
 class InterfaceSelection:
     """Which local addresses get endpoints (Californium's --[no-]loopback etc.)."""
@@ -111,10 +115,13 @@ class ExtendedServer:
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> list[str]:
-        """Bind every endpoint; returns their URIs. Raises OSError when a bind fails."""
+        """Bind every endpoint; returns their URIs. Raises StartupError when that fails."""
         addresses = self.interfaces.select(interface_addresses())
         if not addresses:
-            raise OSError("no interface address matches the selection")
+            raise StartupError(
+                "no interface address matches the selection; relax --interfaces-pattern or "
+                "--no-loopback/--no-external/--no-ipv4/--no-ipv6"
+            )
         roots: list[tuple[Resource, int, bool]] = [
             (self.extended_root, self.config.coap_port, True)
         ]
@@ -131,9 +138,16 @@ class ExtendedServer:
                         fast=self.benchmark.fast_path if extended else None,
                         buffer_size=self.config.udp_receive_buffer_size,
                     )
-                    transport.open(loop)
+                    try:
+                        transport.open(loop)
+                    except OSError as error:
+                        where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+                        raise StartupError(
+                            f"cannot bind UDP {where}: {error.strerror or error}; stop the other "
+                            "server or choose another port (--coap-port, --plugtest-port)"
+                        ) from None
                     self.transports.append(transport)
-        except OSError:
+        except StartupError:
             self.close()
             raise
         self.benchmark.start(loop)

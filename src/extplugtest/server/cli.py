@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from extplugtest import __version__
-from extplugtest.server.app import ExtendedServer, InterfaceSelection
+from extplugtest.server.app import ExtendedServer, InterfaceSelection, StartupError
 from extplugtest.server.config import DEFAULT_FILE, ConfigError, ServerConfig, parse_duration
 
 EXIT_USAGE = 2
@@ -138,12 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     try:
         uris = server.start(loop)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        return fail(
-            f"cannot start endpoints: {reason}; stop the other server or choose other ports "
-            "(--coap-port, --plugtest-port) or interfaces (--no-external, --interfaces-pattern)"
-        )
+    except StartupError as error:
+        loop.close()
+        return fail(str(error))
     print(f"extserver {__version__}" + (" (benchmark enabled)" if args.benchmark else ""))
     for uri in uris:
         print(f"  {uri}")

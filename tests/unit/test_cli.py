@@ -1,0 +1,121 @@
+"""extserver's command line: help, one-line errors with their exit codes, and defaults."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from extplugtest.server.app import InterfaceSelection
+from extplugtest.server.config import ConfigError, ServerConfig, parse_duration, parse_properties
+
+
+def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "extplugtest.server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_californium_options():
+    result = run("-h")
+    assert result.returncode == 0
+    for option in (
+        "--no-loopback",
+        "--no-external",
+        "--no-ipv4",
+        "--no-ipv6",
+        "--interfaces-pattern",
+        "--no-plugtest",
+        "--benchmark",
+        "--notify-interval",
+    ):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["--notify-interval", "1ms"], 2, "--notify-interval must be at least 5ms"),
+        (["--notify-interval", "soon"], 2, "is not a duration"),
+        (["--config", "/nonexistent/x.properties"], 2, "cannot read /nonexistent/x.properties"),
+        (["--coap-port", "70000"], 2, "is not a UDP port"),
+        (["--interfaces-pattern", "^no-such-address$"], 1, "no interface address matches"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code(args, code, text):
+    result = run(*args)
+    assert result.returncode == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("extserver: ") and text in lines[0]
+
+
+def test_port_in_use_is_reported():
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 0))
+    port = blocker.getsockname()[1]
+    try:
+        result = run("--no-external", "--no-ipv6", "--no-plugtest", "--coap-port", str(port))
+    finally:
+        blocker.close()
+    assert result.returncode == 1
+    assert f"cannot bind UDP 127.0.0.1:{port}" in result.stderr
+
+
+def test_config_file_keys(tmp_path):
+    path = tmp_path / "CaliforniumReceivetest3.properties"
+    path.write_text(
+        "# comment\nCOAP.COAP_PORT=6000\nCOAP.EXCHANGE_LIFETIME=100[s]\n"
+        "COAP.MAX_PEER_INACTIVITY_PERIOD=2[min]\nCOAP.DEDUPLICATOR=NO_DEDUPLICATOR\n"
+        "COAP.MAX_ACTIVE_PEERS=\nDTLS.UNKNOWN_FOR_NOW=1\n"
+    )
+    config = ServerConfig()
+    config.load(path)
+    assert config.coap_port == 6000
+    assert config.exchange_lifetime == 100.0
+    assert config.max_peer_inactivity_period == 120.0
+    assert not config.deduplication
+    assert config.max_active_peers == 1_000_000  # blank means default
+
+
+def test_config_rejects_bad_values(tmp_path):
+    path = tmp_path / "bad.properties"
+    path.write_text("COAP.DEDUPLICATOR=CROP_ROTATION\n")
+    with pytest.raises(ConfigError, match="CROP_ROTATION is unknown"):
+        ServerConfig().load(path)
+
+
+def test_durations():
+    assert parse_duration("5000") == 5.0
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("5[s]") == 5.0
+    assert parse_duration("3min") == 180.0
+    assert parse_properties("a = 1\n! x\nb:2") == {"a": "1", "b": "2"}
+
+
+ADDRESSES = [
+    ("lo", 4, "127.0.0.1", 0),
+    ("eth0", 4, "192.0.2.2", 0),
+    ("lo", 6, "::1", 0),
+    ("eth0", 6, "fd00::2", 0),
+    ("eth0", 6, "fe80::1", 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        (InterfaceSelection(), ["127.0.0.1", "192.0.2.2", "::1", "fd00::2", "fe80::1"]),
+        (InterfaceSelection(external=False), ["127.0.0.1", "::1", "fe80::1"]),
+        (InterfaceSelection(loopback=False), ["192.0.2.2", "fd00::2"]),
+        (InterfaceSelection(ipv6=False), ["127.0.0.1", "192.0.2.2"]),
+        (InterfaceSelection(ipv4=False, external=False), ["::1", "fe80::1"]),
+        (InterfaceSelection(patterns=[r"127\..*", r"fe80::1%eth0"]), ["127.0.0.1", "fe80::1"]),
+    ],
+)
+def test_interface_selection(selection, expected):
+    assert [address for address, _ in selection.select(ADDRESSES)] == expected
