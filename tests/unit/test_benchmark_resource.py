@@ -137,3 +137,15 @@ def test_observe_notifies_on_timer_tick(make_server, make_client):
     assert note.type == Type.NON and note.observe > reply.observe
     assert re.fullmatch(rb"hello observe \d{3}\*\*\*", note.payload)
     server.call(resource.stop)
+
+
+def test_duplicate_of_large_response_is_replayed_whole(make_server, make_client):
+    server, _ = benchmark_server(make_server)
+    client = make_client(server.address)
+    message = benchmark_request(Code.POST, 9, "rlen=5000")
+    client.send(message)
+    first = client.receive_raw()
+    client.send(message)
+    second = client.receive_raw()
+    assert first == second and len(first) > 5000
+    assert server.call(server.endpoint.counters)["recv-duplicate requests"] == 1

@@ -53,6 +53,7 @@ cdef class UdpEngine:
 
     cdef int _process(self, int slot) except -1
     cdef int _slow_request(self, int slot, const MessageView* view) except -1
+    cdef void _resend_cached(self, int slot, Exchange* ex) noexcept
     cdef uint8_t* _tx_begin(self) noexcept
     cdef void _tx_commit(self, Py_ssize_t length, int slot) noexcept
     cdef void _cache(self, const uint8_t* data, Py_ssize_t length) noexcept

@@ -320,9 +320,7 @@ cdef class UdpEngine:
                     if ex != NULL:
                         self.c.recv_duplicate_requests += 1
                         if ex.state == SLOT_ANSWERED and ex.response_length:
-                            out = self._tx_begin()
-                            memcpy(out, ex.response, ex.response_length)
-                            self._tx_commit(ex.response_length, slot)
+                            self._resend_cached(slot, ex)
                         return 0
                     self.current = self.dedup.remember(peer, view.mid, view.type == CON,
                                                        self.now)
@@ -396,6 +394,18 @@ cdef class UdpEngine:
         return 0
 
     # -- sending ----------------------------------------------------------------------------
+    cdef void _resend_cached(self, int slot, Exchange* ex) noexcept:
+        cdef uint8_t* out
+        if ex.response_length <= SLOT_SIZE:
+            out = self._tx_begin()
+            memcpy(out, ex.response, ex.response_length)
+            self._tx_commit(ex.response_length, slot)
+            return
+        self._flush()                           # too large for a batch slot: send on its own
+        if udp_send_one(self.fd, ex.response, ex.response_length, udp_batch_addr(&self.rx, slot),
+                        udp_batch_addrlen(&self.rx, slot)) < 0:
+            self.c.send_errors += 1
+
     cdef uint8_t* _tx_begin(self) noexcept:
         if self.tx.count == self.tx.capacity:
             self._flush()
