@@ -115,18 +115,11 @@ cdef class DeduplicationCache:
         return peer
 
     cdef Exchange* find(self, Peer* peer, uint16_t mid, double now) noexcept:
-        """The live exchange for *mid*, or NULL (expired entries do not count)."""
-        cdef int i
-        cdef Exchange* ex
-        for i in range(self.messages_per_peer):
-            ex = &peer.slots[i]
-            if ex.state != SLOT_FREE and ex.mid == mid:
-                if now - ex.stamp <= (self.exchange_lifetime if ex.confirmable
-                                      else self.non_lifetime):
-                    self.duplicates += 1
-                    return ex
-                return NULL
-        return NULL
+        """The live exchange for *mid* (a duplicate), or NULL; counted."""
+        cdef Exchange* ex = self._live(peer, mid, now)
+        if ex != NULL:
+            self.duplicates += 1
+        return ex
 
     cdef Exchange* remember(self, Peer* peer, uint16_t mid, bint confirmable,
                             double now) noexcept:
@@ -145,6 +138,18 @@ cdef class DeduplicationCache:
         ex.response_length = 0
         self.exchanges_remembered += 1
         return ex
+
+    cdef Exchange* _live(self, Peer* peer, uint16_t mid, double now) noexcept:
+        cdef int i
+        cdef Exchange* ex
+        for i in range(self.messages_per_peer):
+            ex = &peer.slots[i]
+            # An expired entry with this MID does not count, but a newer one may follow:
+            # a MID may be reused once its exchange has expired (§4.4).
+            if ex.state != SLOT_FREE and ex.mid == mid and now - ex.stamp <= (
+                    self.exchange_lifetime if ex.confirmable else self.non_lifetime):
+                return ex
+        return NULL
 
     cdef bint store_response(self, Exchange* ex, const uint8_t* data,
                              Py_ssize_t length) noexcept:
@@ -260,16 +265,6 @@ cdef class DeduplicationCache:
         if ex == NULL or raw.shape[0] == 0:
             return False
         return self.store_response(ex, &raw[0], raw.shape[0])
-
-    cdef Exchange* _live(self, Peer* peer, uint16_t mid, double now) noexcept:
-        cdef int i
-        cdef Exchange* ex
-        for i in range(self.messages_per_peer):
-            ex = &peer.slots[i]
-            if ex.state != SLOT_FREE and ex.mid == mid and now - ex.stamp <= (
-                    self.exchange_lifetime if ex.confirmable else self.non_lifetime):
-                return ex
-        return NULL
 
     def stats(self) -> dict:
         return {
