@@ -23,7 +23,7 @@ VENV_STAMP = $(VENV)/.stamp-venv
 BUILD_STAMP = $(VENV)/.stamp-build
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv build run test pytest lint bench fuzz clean distclean
+.PHONY: help deps venv build run test pytest lint bench bench-micro fuzz clean distclean
 
 help:
 	@echo "make run    - install build deps, build, start extserver with its defaults (ARGS=... appended)"
@@ -31,6 +31,7 @@ help:
 	@echo "make build  - editable install of .[$(EXTRAS)] into $(VENV) (builds the Cython extensions)"
 	@echo "make lint   - ruff check, ruff format --check, mypy, cython-lint"
 	@echo "make bench  - throughput run: bench/throughput.py (ARGS=...)"
+	@echo "make bench-micro - pytest-benchmark micro benchmarks of the hot path (bench/test_micro.py)"
 	@echo "make fuzz   - long fuzz run of tests/fuzz (FUZZ_SECONDS=$(FUZZ_SECONDS) per atheris harness)"
 	@echo "make venv | deps | clean | distclean"
 
@@ -78,6 +79,9 @@ lint: build
 
 bench: build
 	$(PY) bench/throughput.py $(ARGS)
+
+bench-micro: build
+	$(PY) -m pytest -q bench/test_micro.py --benchmark-only $(PYTEST_ARGS)
 
 # tests/fuzz: pytest/hypothesis tests (test_*.py, run with the "fuzz" profile that tests/conftest.py
 # registers) and atheris harnesses (fuzz_*.py, run as libFuzzer programs with a corpus in build/fuzz;

@@ -4,6 +4,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcmp, memcpy
 
+from socket import AF_INET, AF_INET6, inet_pton
+
 
 cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char* buf, int num)
@@ -287,14 +289,14 @@ def key_from_address(address) -> bytes:
 
 
 cdef int fill_key_from_address(PeerKey* key, object address) except -1:
-    import ipaddress
-    host = address[0]
-    port = address[1]
-    scope = address[3] if len(address) > 3 else 0
-    ip = ipaddress.ip_address(host.split("%")[0])
-    raw = ip.packed if ip.version == 6 else b"\0" * 10 + b"\xff\xff" + ip.packed
+    """Fill *key* from a Python socket address; IPv4 is stored IPv4-mapped."""
+    host = address[0].partition("%")[0]
+    if ":" in host:
+        raw = inet_pton(AF_INET6, host)
+    else:
+        raw = b"\0" * 10 + b"\xff\xff" + inet_pton(AF_INET, host)
     memcpy(key.address, <const char*>raw, 16)
-    key.port = port
-    key.scope_id = scope
+    key.port = address[1]
+    key.scope_id = address[3] if len(address) > 3 else 0
     key.padding = 0
     return 0
