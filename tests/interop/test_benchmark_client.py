@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from tests.conftest import coap_ping, free_udp_port
 
 pytestmark = pytest.mark.interop

@@ -66,11 +66,13 @@ cdef struct Engine:
     bint shared                 # use shared_remaining instead of per-client counters
     uint64_t shared_remaining
     bint unlimited              # no request limit (run until the deadline)
+    int run_clients             # this run drives clients[0:run_clients]
     bint stop_on_error
     int stop                    # set from another thread: finish the loop
-    int running
     int loop_errno
     uint64_t rng
+    uint64_t warmup_ns
+    uint64_t duration_ns        # 0: no time limit
     uint64_t started_ns
     uint64_t end_ns
     uint64_t window_open_ns     # when the measurement window opens (end of warm-up)
@@ -87,3 +89,5 @@ cdef struct Engine:
 
 cdef class LoadGenerator:
     cdef Engine e
+    cdef object _thread
+    cdef object _done

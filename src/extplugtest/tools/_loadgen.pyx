@@ -30,6 +30,7 @@ from extplugtest.coap._codec cimport (
 )
 
 import os
+import threading
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void* buffer, size_t length, int flags)
@@ -69,8 +70,8 @@ cdef enum:
     SCAN_INTERVAL_MS = 10       # timer resolution: how often deadlines are checked
     HALF = 1 << (SUB_BITS - 1)
 
-DEF_ACK_TIMEOUT_MS = 2000
-DEF_MAX_RETRANSMIT = 4
+ACK_TIMEOUT_MS = 2000
+MAX_RETRANSMIT = 4
 MAX_CLIENTS = 20000
 
 
@@ -320,7 +321,7 @@ cdef void open_window(Engine* e, uint64_t now) noexcept nogil:
     e.window_is_open = True
 
 
-cdef void run_loop(Engine* e, int clients) noexcept nogil:
+cdef void run_loop(Engine* e) noexcept nogil:
     cdef epoll_event events[MAX_EVENTS]
     cdef uint8_t buffer[DATAGRAM_SIZE]
     cdef uint64_t now = monotonic_ns()
@@ -330,11 +331,14 @@ cdef void run_loop(Engine* e, int clients) noexcept nogil:
     cdef Client* c
     cdef int i, n
     e.started_ns = now
-    if e.window_open_ns <= now:
+    e.window_is_open = False
+    e.window_open_ns = now + e.warmup_ns
+    e.end_ns = e.window_open_ns + e.duration_ns if e.duration_ns else UINT64_MAX
+    if e.warmup_ns == 0:
         open_window(e, now)
-    e.active = clients
-    e.pending = clients
-    for i in range(clients):
+    e.active = e.run_clients
+    e.pending = e.run_clients
+    for i in range(e.run_clients):
         start_next(e, &e.clients[i], now)
     while e.active > 0 and not lg_load(&e.stop):
         now = monotonic_ns()
@@ -436,20 +440,23 @@ cdef dict _latency(const Histogram* h):
 cdef class LoadGenerator:
     """Drives one emulated client per socket in *fds* (connected, non-blocking UDP sockets).
 
-    ``run()`` blocks without holding the GIL; call it from a worker thread and read
-    ``totals()`` from another thread for progress. ``stop()`` ends a run early.
+    ``start()`` runs the loop in a worker thread without the GIL; meanwhile ``totals()`` gives
+    progress, ``stop()`` ends the run early and ``join()`` waits for its end. ``run()`` does
+    all of that in one blocking call.
     """
 
     def __cinit__(self):
         self.e.epfd = -1
 
     def __init__(self, fds, *, bint confirmable=True, int code=2, options=(),
-                 bytes payload=b"", int ack_timeout_ms=DEF_ACK_TIMEOUT_MS,
-                 int max_retransmit=DEF_MAX_RETRANSMIT, int response_timeout_ms=10000):
+                 bytes payload=b"", int ack_timeout_ms=ACK_TIMEOUT_MS,
+                 int max_retransmit=MAX_RETRANSMIT, int response_timeout_ms=10000):
         cdef epoll_event event
         cdef int i, fd
         cdef bytes request
         cdef uint64_t seed = int.from_bytes(os.urandom(8), "little") | 1
+        if self.e.clients != NULL:
+            raise RuntimeError("already initialised")
         fds = list(fds)
         if not 0 < len(fds) <= MAX_CLIENTS:
             raise ValueError(f"number of clients must be in 1..{MAX_CLIENTS}")
@@ -500,25 +507,23 @@ cdef class LoadGenerator:
         """The request as last sent (or the template, MID 0 and token 0, before a run)."""
         return self.e.request[:self.e.request_length]
 
-    def run(self, int clients=-1, long long requests=0, double duration=0.0,
-            double warmup=0.0, bint stop_on_error=False):
-        """Run the first *clients* clients (all if -1) until one of the limits is reached.
+    def start(self, int clients=-1, long long requests=0, double duration=0.0,
+              double warmup=0.0, bint stop_on_error=False):
+        """Start a run of the first *clients* clients (all if -1) in a worker thread.
 
         *requests* follows Californium's ``--requests``: per client, overall requests x clients;
         up to 10 each client sends exactly that many, above that they share one down-counter
-        (fast clients send more). 0 means no limit. *duration* (seconds after the *warmup*,
-        0: none) ends the run; statistics in ``window()`` cover the time after the warm-up.
+        (fast clients send more); 0: no limit. *duration* (seconds after the *warmup*; 0: no
+        limit) ends the run by time. ``window()`` covers the time after the warm-up.
         """
         cdef Engine* e = &self.e
-        cdef uint64_t now
         cdef int i
-        if e.running:
+        if self._thread is not None:
             raise RuntimeError("generator is already running")
         if clients < 0 or clients > e.client_count:
             clients = e.client_count
         if requests <= 0 and duration <= 0:
             raise ValueError("need a request limit or a duration")
-        e.running = True
         memset(&e.total, 0, sizeof(Counters))
         memset(&e.success_latency, 0, sizeof(Histogram))
         memset(&e.error_latency, 0, sizeof(Histogram))
@@ -532,21 +537,49 @@ cdef class LoadGenerator:
             e.clients[i].started = False
             e.clients[i].last_code = 0
             e.clients[i].last_error = 0
+        e.run_clients = clients
+        e.warmup_ns = <uint64_t>(warmup * 1e9) if warmup > 0 else 0
+        e.duration_ns = <uint64_t>(duration * 1e9) if duration > 0 else 0
         e.stop_on_error = stop_on_error
         e.loop_errno = 0
-        e.window_is_open = False
-        now = monotonic_ns()
-        e.window_open_ns = now + <uint64_t>(warmup * 1e9) if warmup > 0 else 0
-        e.end_ns = (e.window_open_ns if warmup > 0 else now) + <uint64_t>(duration * 1e9) \
-            if duration > 0 else UINT64_MAX
+        # Cleared here, in the caller's thread, so that a stop() right after start() counts.
         lg_store(&e.stop, 0)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="loadgen", daemon=True)
+        self._thread.start()
+
+    def _work(self):
         try:
             with nogil:
-                run_loop(e, clients)
+                run_loop(&self.e)
         finally:
-            e.running = False
-        if e.loop_errno:
-            raise OSError(e.loop_errno, os.strerror(e.loop_errno))
+            self._done.set()
+
+    def join(self, timeout=None) -> bool:
+        """Wait up to *timeout* s for the run to end; True when it has ended."""
+        if self._thread is None:
+            return True
+        # Wait on an Event, not on Thread.join(): a join() interrupted by Ctrl-C can mark a
+        # still running thread as stopped (CPython gh-90882), and the results would be read
+        # while the loop still writes them.
+        if not self._done.wait(timeout):
+            return False
+        self._thread.join()
+        self._thread = None
+        if self.e.loop_errno:
+            raise OSError(self.e.loop_errno, os.strerror(self.e.loop_errno))
+        return True
+
+    def run(self, **limits):
+        """start() and wait for the end; Ctrl-C stops the run (and is raised again)."""
+        self.start(**limits)
+        try:
+            while not self.join(0.5):
+                pass
+        except BaseException:
+            self.stop()
+            self.join()
+            raise
 
     def stop(self):
         """Ask a running loop to finish (returns at once; the loop ends within ~10 ms)."""
@@ -554,7 +587,7 @@ cdef class LoadGenerator:
 
     @property
     def running(self) -> bool:
-        return self.e.running
+        return self._thread is not None and not self._done.is_set()
 
     def totals(self) -> dict:
         """Counters since the start of the run, plus active and pending clients.

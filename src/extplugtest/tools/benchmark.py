@@ -28,8 +28,6 @@ import os
 import random
 import resource
 import socket
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +74,8 @@ def parse_uri(text: str) -> Target:
     """Split a coap:// URI into host, port and Uri-* options (RFC 7252 §6.4)."""
     if "://" not in text:
         text = "coap://" + text  # Californium's default scheme
-    text = text.rstrip("/") if text.count("/") > 2 else text  # Californium strips a trailing /
+    if text.endswith("/") and not text.endswith("://"):
+        text = text[:-1]  # as Californium
     try:
         parts = urlsplit(text)
         port = parts.port
@@ -113,7 +112,8 @@ def resolve(target: Target) -> tuple[int, tuple[Any, ...]]:
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise BenchmarkError(f"cannot resolve host '{target.host}': {exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise BenchmarkError(f"cannot resolve host '{target.host}': {reason}") from None
     family, _, _, _, address = infos[0]
     return family, address
 
@@ -132,7 +132,7 @@ def open_clients(
     count: int, family: int, address: tuple[Any, ...], local_port: int | None
 ) -> list[socket.socket]:
     """One connected, non-blocking UDP socket per client; the first may bind *local_port*."""
-    raise_file_limit(count + 64)
+    raise_file_limit(count + 16)  # stdio, epoll and a few of Python's own
     sockets: list[socket.socket] = []
     try:
         for index in range(count):
@@ -147,14 +147,18 @@ def open_clients(
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
                         raise BenchmarkError(f"local port {local_port} is already in use") from None
-                    raise BenchmarkError(f"cannot bind local port {local_port}: {exc.strerror}")
+                    raise BenchmarkError(
+                        f"cannot bind local port {local_port}: {exc.strerror}"
+                    ) from None
             sock.connect(address)
     except OSError as exc:
         for sock in sockets:
             sock.close()
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise BenchmarkError(f"cannot open {count} sockets: too many open files") from None
-        raise BenchmarkError(f"cannot reach {address[0]} port {address[1]}: {exc.strerror}") from None
+        raise BenchmarkError(
+            f"cannot reach {address[0]} port {address[1]}: {exc.strerror}"
+        ) from None
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -163,43 +167,49 @@ def open_clients(
 
 
 class Runner:
-    """Runs the generator in a worker thread so the main thread stays responsive."""
+    """Starts a generator run and waits for it in slices, so that the main thread can print
+    progress lines; Ctrl-C (and SIGTERM, see client.py) stops the run."""
 
     def __init__(self, generator: _loadgen.LoadGenerator) -> None:
         self.generator = generator
-        self.failure: BaseException | None = None
         self.interrupted = False
-        self._thread: threading.Thread | None = None
 
     def start(self, **limits: Any) -> None:
-        def work() -> None:
-            try:
-                self.generator.run(**limits)
-            except BaseException as exc:  # handed to the main thread
-                self.failure = exc
-
-        self._thread = threading.Thread(target=work, name="loadgen", daemon=True)
-        self._thread.start()
+        self.generator.start(**limits)
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to *timeout* s; True once the run has ended. Ctrl-C stops the run."""
-        assert self._thread is not None
+        """Wait up to *timeout* s; True once the run has ended."""
         try:
-            self._thread.join(timeout)
+            return self._join(timeout)
         except KeyboardInterrupt:
             self.interrupted = True
-            self.generator.stop()
-            self._thread.join()
-        if self._thread.is_alive():
-            return False
-        if self.failure is not None:
-            raise BenchmarkError(f"load generator failed: {self.failure}")
-        return True
+            self.close()
+            return True
 
-    def run(self, **limits: Any) -> None:
-        self.start(**limits)
-        while not self.wait(1.0):
-            pass
+    def close(self) -> None:
+        """Stop the run and wait for its end (before the sockets are closed)."""
+        self.generator.stop()
+        self._join(None)
+
+    def _join(self, timeout: float | None) -> bool:
+        try:
+            return self.generator.join(timeout)
+        except OSError as exc:
+            raise BenchmarkError(f"load generator failed: {exc}") from None
+
+
+def watch(runner: Runner) -> None:
+    """Print a progress line every PROGRESS_INTERVAL s until the run ends."""
+    index = 0
+    last = runner.generator.totals()
+    next_line = time.monotonic() + PROGRESS_INTERVAL
+    while not runner.wait(max(0.0, next_line - time.monotonic())):
+        if time.monotonic() >= next_line:
+            index += 1
+            now = runner.generator.totals()
+            _say(progress_line(index, last, now, PROGRESS_INTERVAL))
+            last = now
+            next_line += PROGRESS_INTERVAL
 
 
 def progress_line(index: int, last: dict[str, int], now: dict[str, int], interval: float) -> str:
@@ -207,14 +217,16 @@ def progress_line(index: int, last: dict[str, int], now: dict[str, int], interva
     requests = now["sent"]
     new = requests - last["sent"]
     responses = now["success"] + now["error_responses"] - last["success"] - last["error_responses"]
+    head = f"[{index:04d}]: {requests} requests"
     if responses == 0 and new == 0:
-        return f"[{index:04d}]: {requests} requests, stale ({now['active']} clients, {now['pending']} pending)"
+        return f"{head}, stale ({now['active']} clients, {now['pending']} pending)"
     retransmissions = now["retransmissions"] - last["retransmissions"]
     errors = now["timeouts"] + now["rejects"] - last["timeouts"] - last["rejects"]
-    line = f"[{index:04d}]: {requests} requests ({int(responses / interval + 0.5)} reqs/s"
+    line = f"{head} ({int(responses / interval + 0.5)} reqs/s"
     if new:
         no_responses = ", no responses received!" if responses == 0 else ""
-        line += f", {retransmissions} retransmissions ({retransmissions * 100 / new:4.2f}%{no_responses})"
+        share = retransmissions * 100 / new
+        line += f", {retransmissions} retransmissions ({share:4.2f}%{no_responses})"
         line += f", {errors} transmission errors ({errors * 100 / new:4.2f}%)"
     else:
         line += f", {retransmissions} retransmissions, {errors} transmission errors"
@@ -242,7 +254,9 @@ def statistic_line(label: str, latency: dict[str, Any]) -> str:
 def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     if result["expected"] is not None:
-        lines.append(f"{result['requests_sent_total']} requests sent, {result['expected']} expected")
+        lines.append(
+            f"{result['requests_sent_total']} requests sent, {result['expected']} expected"
+        )
     else:
         lines.append(f"{result['requests_sent_total']} requests sent")
     window = f" (after {result['warmup_s']:g} s warm-up)" if result["warmup_s"] else ""
@@ -273,7 +287,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 def collect(
-    generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: Target, expected: int | None
+    generator: _loadgen.LoadGenerator,
+    args: argparse.Namespace,
+    target: Target,
+    expected: int | None,
 ) -> dict[str, Any]:
     """The results of the measurement window, as written with --json."""
     window = generator.window()
@@ -281,9 +298,6 @@ def collect(
     responses = window["success"] + window["error_responses"]
     duration = window["duration"]
     success = window["success_latency_us"]
-    every = dict(success)  # the latency line covers all responses; usually all are 2.xx
-    if window["error_latency_us"]["count"] and not success["count"]:
-        every = dict(window["error_latency_us"])
     return {
         "uri": target.uri,
         "clients": args.clients,
@@ -307,8 +321,9 @@ def collect(
         "generator_cpu_s": window["cpu"],
         "success_latency_us": success,
         "error_latency_us": window["error_latency_us"],
+        # success responses (2.xx) only, in ms
         "latency_ms": {
-            key: (value / 1000 if key != "count" else value) for key, value in every.items()
+            key: (value / 1000 if key != "count" else value) for key, value in success.items()
         },
         "finished": totals["active"] == 0,
     }
@@ -327,7 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"N x clients requests are shared (default {DEFAULT_REQUESTS}, none with --duration)",
     )
     kind = parser.add_mutually_exclusive_group()
-    kind.add_argument("--con", action="store_false", dest="non", help="CON requests (default)")
+    kind.add_argument(
+        "--con", action="store_false", dest="non", default=False, help="CON requests (default)"
+    )
     kind.add_argument("--non", action="store_true", help="NON requests")
     parser.add_argument(
         "-m", "--method", type=str.upper, choices=sorted(METHODS), default="POST",
@@ -374,9 +391,7 @@ def validate(args: argparse.Namespace) -> None:
     check(0 < args.ack_timeout <= MAX_TIMEOUT_MS, f"--ack-timeout must be 1..{MAX_TIMEOUT_MS} ms")
     check(0 <= args.duration <= MAX_DURATION, f"--duration must be 0..{MAX_DURATION:g} s")
     check(0 <= args.warmup <= MAX_WARMUP, f"--warmup must be 0..{MAX_WARMUP:g} s")
-    check(
-        args.local_port is None or 1 <= args.local_port <= 65535, "--local-port must be 1..65535"
-    )
+    check(args.local_port is None or 1 <= args.local_port <= 65535, "--local-port must be 1..65535")
 
 
 def _say(line: str) -> None:
@@ -391,9 +406,9 @@ def run(args: argparse.Namespace) -> int:
         requests = DEFAULT_REQUESTS
     expected = requests * args.clients if requests else None
     payload = bytes(random.choices(range(0x20, 0x7F), k=args.payload_random))
-    options = [*target.options, (OPTION_ACCEPT, b"")]  # Accept 0 (text/plain)
+    options: list[tuple[int, bytes | int]] = [*target.options, (OPTION_ACCEPT, TEXT_PLAIN)]
     if payload:
-        options.append((OPTION_CONTENT_FORMAT, b""))  # Content-Format 0
+        options.append((OPTION_CONTENT_FORMAT, TEXT_PLAIN))
     family, address = resolve(target)
 
     if expected is not None:
@@ -426,20 +441,12 @@ def run(args: argparse.Namespace) -> int:
             f"{round(args.clients / max(created, 1e-6))} clients/s"
         )
         runner = Runner(generator)
-        runner.start(
-            requests=requests or 0, duration=args.duration, warmup=args.warmup
-        )
-        _say("Benchmark started.")
-        index = 0
-        last = generator.totals()
-        next_line = time.monotonic() + PROGRESS_INTERVAL
-        while not runner.wait(max(0.0, next_line - time.monotonic())):
-            if time.monotonic() >= next_line:
-                index += 1
-                now = generator.totals()
-                _say(progress_line(index, last, now, PROGRESS_INTERVAL))
-                last = now
-                next_line += PROGRESS_INTERVAL
+        try:
+            runner.start(requests=requests or 0, duration=args.duration, warmup=args.warmup)
+            _say("Benchmark started.")
+            watch(runner)
+        finally:
+            runner.close()
         result = collect(generator, args, target, expected)
         result["interrupted"] = runner.interrupted
     finally:
@@ -450,19 +457,28 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(result):
         _say(line)
     if args.json:
-        try:
-            with open(args.json, "w", encoding="utf-8") as out:
-                json.dump(result, out, indent=2)
-                out.write("\n")
-        except OSError as exc:
-            raise BenchmarkError(f"cannot write {args.json}: {exc.strerror}") from None
-    return 130 if runner.interrupted else 0
+        write_json(args.json, result)
+    return 130 if result["interrupted"] else 0
+
+
+def write_json(path: str, result: dict[str, Any]) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(result, out, indent=2)
+            out.write("\n")
+    except OSError as exc:
+        raise BenchmarkError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def probe(generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: Target) -> None:
     """Californium's test(): one request from the first client before the others start."""
     runner = Runner(generator)
-    runner.run(clients=1, requests=1, duration=args.timeout / 1000, stop_on_error=True)
+    try:
+        runner.start(clients=1, requests=1, duration=args.timeout / 1000, stop_on_error=True)
+        while not runner.wait(1.0):
+            pass
+    finally:
+        runner.close()
     if runner.interrupted:
         raise KeyboardInterrupt
     client = generator.client(0)
@@ -481,10 +497,3 @@ def probe(generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: T
         _say("Benchmark clients, first request successful.")
     else:
         _say(f"Benchmark clients, first request answered with {code >> 5}.{code & 0x1F:02d}.")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``extclient benchmark`` on its own (for tests and python -m)."""
-    from extplugtest.tools.client import main as client_main
-
-    return client_main(["benchmark", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,481 @@
+"""Throughput of our server against libcoap and aiocoap: CoAP CON GET over UDP on loopback.
+
+For every client count (default 50 and 500) and every server (ours, libcoap, aiocoap) this
+starts the server fresh, pinned to CPU 0, and runs ``extclient benchmark`` pinned to CPU 1:
+CON GET ``/benchmark?rlen=40`` (a 40-byte 2.05 answer from every server), a warm-up, then a
+measurement window. Server CPU time (utime + stime from /proc/PID/stat) is taken over that
+window only; the figure to compare is requests per server-CPU-second, and its ratio to libcoap.
+
+Before each run the box must be idle (bounded wait; the load is recorded either way), so that
+other work on the machine does not end up in the figures. Results are printed as a table and
+written to ``bench/results/throughput-<time>.json``.
+
+    .venv/bin/python bench/throughput.py [--clients 50,500] [--servers ours,libcoap,aiocoap]
+                                         [--duration 10] [--warmup 2]
+
+Only loopback addresses are used; every wait is bounded; every process started here is
+killed at the end, also on Ctrl-C or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent  # run this with the project's .venv/bin/python
+LOOPBACK = "127.0.0.1"
+SERVER_CPU = "0"
+GENERATOR_CPU = "1"
+PAYLOAD = "x" * 40  # what libcoap's /benchmark returns (created by PUT)
+PATH = "benchmark?rlen=40"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+READY_TIMEOUT = 10.0  # seconds until a fresh server must answer a CoAP ping
+START_TIMEOUT = 30.0  # seconds until the generator must print "Benchmark started."
+MAX_DURATION = 60.0
+MAX_WARMUP = 30.0
+
+
+class BenchError(Exception):
+    pass
+
+
+@dataclass
+class Server:
+    name: str
+    command: Callable[[int], list[str]]
+    setup: Callable[[int], None] | None = None
+    needs: str | None = None  # executable that must exist
+
+
+def ours_command(port: int) -> list[str]:
+    extserver = str(VENV_BIN / "extserver")
+    return [extserver, "--benchmark", "--no-plugtest", "--no-external", "--no-ipv6",
+            "--coap-port", str(port)]  # fmt: skip
+
+
+def libcoap_command(port: int) -> list[str]:
+    # -d 10: up to 10 resources may be created by PUT (see libcoap_setup)
+    return ["coap-server-notls", "-A", LOOPBACK, "-p", str(port), "-d", "10"]
+
+
+def libcoap_setup(port: int) -> None:
+    # The resource created by PUT returns the PUT payload to GET (any query is ignored).
+    put = ["coap-client-notls", "-B", "5", "-m", "put", "-e", PAYLOAD]
+    subprocess.run(
+        [*put, f"coap://{LOOPBACK}:{port}/benchmark"], check=True, timeout=10, capture_output=True
+    )
+
+
+def aiocoap_command(port: int) -> list[str]:
+    return [sys.executable, str(ROOT / "bench" / "aiocoap_server.py"), "--port", str(port)]
+
+
+SERVERS = {
+    "ours": Server("ours", ours_command, needs=str(VENV_BIN / "extserver")),
+    "libcoap": Server("libcoap", libcoap_command, libcoap_setup, needs="coap-server-notls"),
+    "aiocoap": Server("aiocoap", aiocoap_command),
+}
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when this runner dies, so that no server outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Processes:
+    """Every process started here; all of them are stopped when the block is left."""
+
+    def __init__(self) -> None:
+        self.live: list[subprocess.Popen[Any]] = []
+
+    def start(self, command: list[str], **options: Any) -> subprocess.Popen[Any]:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, **options
+        )
+        self.live.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[Any]) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if process in self.live:
+            self.live.remove(process)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in list(self.live):
+            self.stop(process)
+
+
+# -- measurements from /proc -----------------------------------------------------------------
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of a process in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def box_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # without guest time, which is already in user
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def wait_idle(threshold: float, settle: int, timeout: float) -> dict[str, Any]:
+    """Wait until the box was below *threshold* % busy (of all CPUs) for *settle* seconds."""
+    started = time.monotonic()
+    quiet = 0
+    busy_pct = 100.0
+    while time.monotonic() - started < timeout:
+        busy0, total0 = box_cpu()
+        time.sleep(1.0)
+        busy1, total1 = box_cpu()
+        busy_pct = 100 * (busy1 - busy0) / max(total1 - total0, 1e-9)
+        quiet = quiet + 1 if busy_pct < threshold else 0
+        if quiet >= settle:
+            break
+    return {
+        "idle": quiet >= settle,
+        "busy_pct": round(busy_pct, 1),
+        "waited_s": round(time.monotonic() - started, 1),
+        "loadavg": load_average(),
+    }
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def coap_ping(port: int, mid: int, timeout: float = 0.2) -> bool:
+    """An empty CON to the server; True when the RST with the same MID comes back."""
+    request = bytes((0x40, 0x00, mid >> 8, mid & 0xFF))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((LOOPBACK, port))
+            sock.send(request)
+            reply = sock.recv(64)
+        except OSError:  # timeout, or ICMP port unreachable while the server starts
+            return False
+    return len(reply) >= 4 and reply[0] >> 4 == 0x7 and reply[2:4] == request[2:4]
+
+
+def wait_ready(port: int, process: subprocess.Popen[Any]) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    for attempt in range(1000):
+        if time.monotonic() > deadline or process.poll() is not None:
+            return False
+        if coap_ping(port, mid=0x4000 + attempt):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def start_server(
+    server: Server, processes: Processes, log: IO[bytes]
+) -> tuple[subprocess.Popen[Any], int]:
+    """A fresh server on CPU 0 that answers; a new port if the first one was taken meanwhile."""
+    for _attempt in range(3):
+        port = free_udp_port()
+        command = ["taskset", "-c", SERVER_CPU, *server.command(port)]
+        process = processes.start(command, stdout=log, stderr=subprocess.STDOUT)
+        if wait_ready(port, process):
+            if server.setup:
+                server.setup(port)
+            return process, port
+        processes.stop(process)
+    log.flush()
+    tail = Path(log.name).read_text(errors="replace")[-1500:]
+    raise BenchError(f"{server.name} did not answer a CoAP ping\n{tail}")
+
+
+def read_lines(stream: IO[str], lines: queue.Queue[tuple[float, str]]) -> None:
+    for line in stream:
+        lines.put((time.monotonic(), line.rstrip("\n")))
+
+
+def sleep_until(moment: float, generator: subprocess.Popen[Any]) -> None:
+    while (left := moment - time.monotonic()) > 0:
+        if generator.poll() is not None:
+            raise BenchError(f"extclient exited early with {generator.returncode}")
+        time.sleep(min(left, 0.2))
+
+
+def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
+    result_file = work / f"{server.name}-{clients}.json"
+    with Processes() as processes, open(work / f"{server.name}-{clients}.log", "wb") as log:
+        process, port = start_server(server, processes, log)
+        uri = f"coap://{LOOPBACK}:{port}/{PATH}"
+        command = [
+            "taskset", "-c", GENERATOR_CPU, str(VENV_BIN / "extclient"), "benchmark", uri,
+            "--clients", str(clients), "--method", "GET", "--con",
+            "--duration", str(args.duration), "--warmup", str(args.warmup),
+            "--json", str(result_file),
+        ]  # fmt: skip
+        generator = processes.start(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        threading.Thread(target=read_lines, args=(generator.stdout, lines), daemon=True).start()
+        output: list[str] = []
+        started = None
+        deadline = time.monotonic() + START_TIMEOUT
+        while started is None and time.monotonic() < deadline:
+            try:
+                stamp, line = lines.get(timeout=0.2)
+            except queue.Empty:
+                if generator.poll() is not None:
+                    break
+                continue
+            output.append(line)
+            if line == "Benchmark started.":
+                started = stamp
+        if started is None:
+            raise BenchError("extclient did not start:\n" + "\n".join(output[-10:]))
+        # The generator opens its window `warmup` s after "Benchmark started."; sample the
+        # server's CPU over the same stretch.
+        sleep_until(started + args.warmup, generator)
+        cpu0, box0, wall0 = process_cpu(process.pid), box_cpu(), time.monotonic()
+        sleep_until(started + args.warmup + args.duration, generator)
+        cpu1, box1, wall1 = process_cpu(process.pid), box_cpu(), time.monotonic()
+        try:
+            generator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("extclient did not finish") from None
+        if generator.returncode != 0 or not result_file.exists():
+            while not lines.empty():
+                output.append(lines.get()[1])
+            raise BenchError(f"extclient failed ({generator.returncode}):\n" + "\n".join(output))
+    load = json.loads(result_file.read_text())
+    wall = wall1 - wall0
+    server_cpu = (cpu1 - cpu0) / wall
+    generator_cpu = load["generator_cpu_s"] / load["duration_s"]
+    box_busy = (box1[0] - box0[0]) / wall
+    return {
+        "server": server.name,
+        "clients": clients,
+        "req_per_s": load["req_per_s"],
+        "server_cpu_pct": 100 * server_cpu,
+        "req_per_server_cpu_s": load["req_per_s"] / server_cpu if server_cpu > 0 else None,
+        "generator_cpu_pct": 100 * generator_cpu,
+        "other_cpu_pct": 100 * max(0.0, box_busy - server_cpu - generator_cpu),
+        "p50_ms": load["latency_ms"]["p50"],
+        "p99_ms": load["latency_ms"]["p99"],
+        "timeouts": load["transmission_errors"],
+        "retransmissions": load["retransmissions"],
+        "before": idle,
+        "generator": load,
+    }
+
+
+# -- report ----------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("server", "{}", 8),
+    ("clients", "{}", 7),
+    ("req/s", "{:,.0f}", 9),
+    ("srv CPU %", "{:.0f}", 9),
+    ("req/srv-CPU-s", "{:,.0f}", 13),
+    ("vs libcoap", "{:.2f}", 10),
+    ("p50 ms", "{:.2f}", 7),
+    ("p99 ms", "{:.2f}", 8),
+    ("retrans", "{}", 7),
+    ("timeouts", "{}", 8),
+    ("gen CPU %", "{:.0f}", 9),
+    ("other %", "{:.0f}", 7),
+    ("busy before", "{}", 11),
+    ("load1", "{}", 5),
+)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    baseline = {r["clients"]: r["req_per_server_cpu_s"] for r in runs if r["server"] == "libcoap"}
+    rows = []
+    for r in runs:
+        base = baseline.get(r["clients"])
+        ratio = r["req_per_server_cpu_s"] / base if base and r["req_per_server_cpu_s"] else None
+        before = r["before"]
+        busy = f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!")
+        values = (
+            r["server"], r["clients"], r["req_per_s"], r["server_cpu_pct"],
+            r["req_per_server_cpu_s"], ratio, r["p50_ms"], r["p99_ms"], r["retransmissions"],
+            r["timeouts"], r["generator_cpu_pct"], r["other_cpu_pct"], busy,
+            before["loadavg"][0],
+        )  # fmt: skip
+        rows.append(
+            [
+                "-" if value is None else fmt.format(value)
+                for (_, fmt, _), value in zip(COLUMNS, values, strict=True)
+            ]
+        )
+    lines = [" ".join(f"{name:>{width}}" for name, _, width in COLUMNS)]
+    for row in rows:
+        lines.append(" ".join(f"{v:>{w}}" for v, (_, _, w) in zip(row, COLUMNS, strict=True)))
+    return "\n".join(lines)
+
+
+def host_info() -> dict[str, Any]:
+    libcoap = shutil.which("coap-server-notls")
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "libcoap": libcoap,
+        "rmem_default": Path("/proc/sys/net/core/rmem_default").read_text().strip(),
+        "loadavg": load_average(),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="50,500", help="client counts (default 50,500)")
+    parser.add_argument("--servers", default="ours,libcoap,aiocoap", help="servers to measure")
+    parser.add_argument("--duration", type=float, default=10.0, help="measurement window, s")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before it, s")
+    parser.add_argument(
+        "--idle-threshold", type=float, default=10.0,
+        help="the box counts as idle below this busy %% of all CPUs (default 10)",
+    )  # fmt: skip
+    parser.add_argument("--idle-settle", type=int, default=3, help="idle seconds in a row")
+    parser.add_argument(
+        "--idle-timeout", type=float, default=120.0, help="max. wait for an idle box, s"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    try:
+        args.clients = [int(v) for v in args.clients.split(",")]
+    except ValueError:
+        parser.error("--clients: comma-separated numbers")
+    if not args.clients or len(args.clients) > 10 or not all(0 < c <= 20000 for c in args.clients):
+        parser.error("--clients: up to 10 counts of 1..20000")
+    args.servers = args.servers.split(",")
+    for name in args.servers:
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r} (known: {', '.join(SERVERS)})")
+    if not 0 < args.duration <= MAX_DURATION or not 0 <= args.warmup <= MAX_WARMUP:
+        parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 0..{MAX_WARMUP:g}")
+    if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
+        parser.error("--idle-timeout 0..600, --idle-settle 1..60")
+    return args
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so that the cleanup runs for it too."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.cpu_count() and os.cpu_count() < 2:
+        print("needs 2 CPUs: server on CPU 0, generator on CPU 1", file=sys.stderr)
+        return 1
+    if not shutil.which("taskset"):
+        print("needs taskset (util-linux)", file=sys.stderr)
+        return 1
+    runs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    info = host_info()
+    print(f"host: {info['cpus']} CPUs, load {info['loadavg']}, kernel {info['kernel']}")
+    with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        try:
+            for clients in args.clients:
+                for name in args.servers:
+                    server = SERVERS[name]
+                    if server.needs and not shutil.which(server.needs):
+                        errors.append(f"{name}: {server.needs} not found, skipped")
+                        continue
+                    print(f"{name}, {clients} clients ...", flush=True)
+                    try:
+                        run = measure(server, clients, args, Path(tmp))
+                    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                        errors.append(f"{name}, {clients} clients: {exc}")
+                        print(f"  failed: {exc}", flush=True)
+                        continue
+                    before = run["before"]
+                    print(
+                        f"  {run['req_per_s']:,.0f} req/s, server {run['server_cpu_pct']:.0f}% CPU"
+                        f" (load before {before['loadavg']}, busy {before['busy_pct']}%"
+                        f"{'' if before['idle'] else ', NOT IDLE'})",
+                        flush=True,
+                    )
+                    runs.append(run)
+        except KeyboardInterrupt:
+            errors.append("interrupted")
+    if runs:
+        print()
+        print(table(runs))
+    for error in errors:
+        print(f"note: {error}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / time.strftime("throughput-%Y%m%d-%H%M%S.json")
+    settings = {
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "path": PATH,
+        "request": "CON GET",
+        "server_cpu": SERVER_CPU,
+        "generator_cpu": GENERATOR_CPU,
+    }
+    out.write_text(
+        json.dumps({"host": info, "settings": settings, "runs": runs, "notes": errors}, indent=2)
+        + "\n"
+    )
+    print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0 if runs and not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
