@@ -4,13 +4,17 @@ piggy-backed and separate responses, retransmission, and the errors the RFC pres
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
+import uvloop
 
-from extplugtest.coap._codec import Message
+from extplugtest.coap._codec import Message, parse
 from extplugtest.coap.codes import Code, Option, Type
+from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response
 from extplugtest.coap.transmission import TransmissionParameters
+from extplugtest.coap.transport_udp import UdpServerTransport
 
 SILENCE = 0.3  # how long "no answer" is awaited; a sync ping follows to prove processing
 
@@ -357,3 +361,23 @@ def test_observe_relations_are_bounded(make_server, make_client):
     refused = client.exchange(observe(0x505, 0, token=b"\x02"))
     assert refused.code == Code.CONTENT and refused.observe is None
     assert counters(server)["refused-observes"] == 1
+
+
+def test_ipv6_loopback_endpoint():
+    """The same engine on an IPv6 socket: addresses come back as 4-tuples."""
+    loop = uvloop.new_event_loop()
+    endpoint = CoapEndpoint(tree())
+    transport = UdpServerTransport(endpoint, ("::1", 0))
+    transport.open(loop)
+    client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    client.settimeout(2)
+    try:
+        client.sendto(request(Code.POST, "counter", 0x600).to_bytes(), transport.local_address)
+        loop.run_until_complete(asyncio.sleep(0.05))
+        reply = parse(client.recv(2048))
+        assert reply.code == Code.CHANGED and reply.mid == 0x600
+        assert endpoint.uri.startswith("coap://[::1]:")
+    finally:
+        client.close()
+        transport.close()
+        loop.close()

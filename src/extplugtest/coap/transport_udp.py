@@ -24,14 +24,15 @@ class UdpServerTransport:
         *,
         dedup: DeduplicationCache | None = None,
         fast: FastResource | None = None,
-        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        receive_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        send_buffer_size: int = DEFAULT_BUFFER_SIZE,
         reuse_port: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.requested_address = address
         self.dedup = dedup
         self.fast = fast
-        self.buffer_size = buffer_size
+        self.buffer_sizes_requested = (receive_buffer_size, send_buffer_size)
         self.reuse_port = reuse_port
         self.sock: socket.socket | None = None
         self.engine: UdpEngine | None = None
@@ -48,8 +49,9 @@ class UdpServerTransport:
             if self.reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             # Large buffers: with the kernel default, hundreds of clients starve (peers.md §5).
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, self.buffer_size)
+            receive, send = self.buffer_sizes_requested
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send)
             sock.bind(self.requested_address)
             sock.setblocking(False)
         except OSError:

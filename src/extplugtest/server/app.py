@@ -136,7 +136,8 @@ class ExtendedServer:
                         bind,
                         dedup=self._dedup(),
                         fast=self.benchmark.fast_path if extended else None,
-                        buffer_size=self.config.udp_receive_buffer_size,
+                        receive_buffer_size=self.config.udp_receive_buffer_size,
+                        send_buffer_size=self.config.udp_send_buffer_size,
                     )
                     try:
                         transport.open(loop)
