@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from extplugtest.coap.endpoint import CoapEndpoint
 
 
+def _confirmable(request: Message, resource: Resource) -> bool:
+    """The resource's observe type if it has one, else the registering request's type."""
+    if resource.observe_type is not None:
+        return resource.observe_type == Type.CON
+    return request.type == Type.CON
+
+
 class ObserveRelation:
     __slots__ = (
         "confirmable",
@@ -46,7 +53,7 @@ class ObserveRelation:
         self.peer = peer
         self.request = request
         self.resource = resource
-        self.confirmable = request.type == Type.CON
+        self.confirmable = _confirmable(request, resource)
         self.sequence = 0
         self.notifications = 0
         self.last_con = time.monotonic()
@@ -115,7 +122,7 @@ class ObserveManager:
             relation.resource.observers.discard(relation)
             relation.request = exchange.request
             relation.resource = exchange.resource
-            relation.confirmable = exchange.request.type == Type.CON
+            relation.confirmable = _confirmable(exchange.request, exchange.resource)
         exchange.resource.observers.add(relation)
         self.observe_requests += 1
         response.set_option(Option.OBSERVE, relation.next_sequence())

@@ -80,6 +80,8 @@ class Resource:
         title: str | None = None,
         visible: bool = True,
         observable: bool = False,
+        observe_type: int | None = None,
+        content_formats: tuple[int, ...] | None = None,
         attributes: dict[str, list[str]] | None = None,
     ) -> None:
         self.name = name
@@ -87,11 +89,18 @@ class Resource:
         self.children: dict[str, Resource] = {}
         self.visible = visible
         self.observable = observable
+        #: Type.CON / Type.NON for every notification, or None: the registering request's type.
+        self.observe_type = observe_type
+        #: Californium's addSupportedContentFormats: another Accept is a 4.06 before any
+        #: handler runs; also listed as the ``ct`` attribute.
+        self.content_formats = content_formats
         self.attributes: dict[str, list[str]] = dict(attributes or {})
         if title is not None:
             self.attributes["title"] = [title]
         if observable:
             self.attributes["obs"] = []
+        if content_formats is not None and "ct" not in self.attributes:
+            self.attributes["ct"] = [str(cf) for cf in content_formats]
         #: observe relations on this resource (managed by ObserveManager).
         self.observers: set[ObserveRelation] = set()
 
@@ -136,6 +145,10 @@ class Resource:
         name = _HANDLER_NAMES.get(exchange.request.code)
         if name is None:
             return response(Code.METHOD_NOT_ALLOWED)
+        if self.content_formats is not None:
+            accept = exchange.request.accept
+            if accept is not None and accept not in self.content_formats:
+                return response(Code.NOT_ACCEPTABLE)
         return getattr(self, name)(exchange)
 
     def handle_get(self, exchange: Exchange) -> HandlerResult:
