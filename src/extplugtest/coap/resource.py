@@ -8,6 +8,7 @@ CON. The endpoint fills in type, MID and token.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING
 
@@ -162,6 +163,13 @@ class Resource:
 
     def handle_delete(self, exchange: Exchange) -> HandlerResult:
         return response(Code.METHOD_NOT_ALLOWED)
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The server started: begin timers and the like (called for every resource)."""
+
+    def stop(self) -> None:
+        """The server stops: cancel what start() began."""
 
     # -- observe ----------------------------------------------------------------------------
     def changed(self) -> None:

@@ -15,7 +15,10 @@ from extplugtest.coap.resource import Resource
 from extplugtest.coap.transmission import TransmissionParameters
 from extplugtest.coap.transport_udp import UdpServerTransport
 from extplugtest.resources.benchmark import Benchmark
+from extplugtest.resources.extended import add_extended_resources
+from extplugtest.resources.plugtest import add_plugtest_resources
 from extplugtest.resources.root import RootResource
+from extplugtest.resources.settings import ResourceSettings
 from extplugtest.server._netif import interface_addresses
 from extplugtest.server.config import ServerConfig
 
@@ -71,17 +74,27 @@ class ExtendedServer:
         *,
         plugtest: bool = True,
         benchmark: bool = False,
+        diagnose: bool = False,
         notify_interval: float = 5.0,
+        echo_delay: bool = False,
     ) -> None:
         self.config = config
         self.interfaces = interfaces
+        self.settings = ResourceSettings(
+            notify_interval=notify_interval,
+            echo_delay=echo_delay,
+            max_resource_body_size=config.max_resource_body_size,
+            endpoints=lambda: [t.endpoint for t in self.transports],
+        )
         self.benchmark = Benchmark(benchmark, notify_interval)
         self.extended_root = RootResource()
         self.extended_root.add(self.benchmark)
+        add_extended_resources(self.extended_root, self.settings, diagnose)
         self.extended_root.add(well_known(self.extended_root))
         self.plugtest_root: Resource | None = None
         if plugtest:
             self.plugtest_root = RootResource()
+            add_plugtest_resources(self.plugtest_root, self.settings)
             self.plugtest_root.add(well_known(self.plugtest_root))
         self.transports: list[UdpServerTransport] = []
 
@@ -151,11 +164,17 @@ class ExtendedServer:
         except StartupError:
             self.close()
             raise
-        self.benchmark.start(loop)
+        for resource in self._all_resources():
+            resource.start(loop)
         return [t.endpoint.uri for t in self.transports]
 
+    def _all_resources(self) -> list[Resource]:
+        roots = [self.extended_root] + ([self.plugtest_root] if self.plugtest_root else [])
+        return [resource for root in roots for resource in (root, *root.walk())]
+
     def close(self) -> None:
-        self.benchmark.stop()
+        for resource in self._all_resources():
+            resource.stop()
         for transport in self.transports:
             transport.close()
         self.transports.clear()

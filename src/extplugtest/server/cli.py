@@ -71,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="enable the /benchmark resource (default: off, it answers 5.01)",
     )
     parser.add_argument(
+        "--diagnose",
+        action=flag,
+        default=False,
+        help="add the /diagnose resource (endpoint health counters; default: off)",
+    )
+    parser.add_argument(
+        "--echo-delay",
+        action=flag,
+        default=False,
+        help="let /echo honour ?delay=<ms> (default: off)",
+    )
+    parser.add_argument(
         "--notify-interval",
         default="5000ms",
         metavar="TIME",
@@ -126,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         interfaces,
         plugtest=args.plugtest,
         benchmark=args.benchmark,
+        diagnose=args.diagnose,
         notify_interval=notify_interval,
+        echo_delay=args.echo_delay,
     )
     loop: asyncio.AbstractEventLoop
     try:
