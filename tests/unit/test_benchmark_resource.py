@@ -13,6 +13,14 @@ from extplugtest.resources._benchmark import benchmark_payload
 from extplugtest.resources.benchmark import DISABLED_TEXT, Benchmark
 
 
+def test_large_response_goes_block_wise(make_server, make_client):
+    server, _ = benchmark_server(make_server)
+    reply = make_client(server.address).exchange(benchmark_request(Code.POST, 10, "rlen=5000"))
+    assert reply.code == Code.CHANGED and len(reply.payload) == 1024
+    assert reply.uint_option(Option.BLOCK2) == (0 << 4) | 0x08 | 6
+    assert reply.uint_option(Option.SIZE2) == 5000
+
+
 def benchmark_server(make_server, enabled: bool = True, fast: bool = True):
     resource = Benchmark(enabled)
     root = Resource("")
@@ -140,7 +148,12 @@ def test_observe_notifies_on_timer_tick(make_server, make_client):
 
 
 def test_duplicate_of_large_response_is_replayed_whole(make_server, make_client):
-    server, _ = benchmark_server(make_server)
+    """With a maximum message size above the engine's batch slot (2048 bytes), a response is
+    sent whole and its duplicate must be replayed whole too."""
+    resource = Benchmark(True)
+    root = Resource("")
+    root.add(resource)
+    server = make_server(root, fast=resource.fast_path, max_message_size=8192)
     client = make_client(server.address)
     message = benchmark_request(Code.POST, 9, "rlen=5000")
     client.send(message)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from extplugtest.coap._codec import Message
+from extplugtest.coap.blockwise import BlockwiseLayer
+from extplugtest.coap.client import OutgoingRequests
 from extplugtest.coap.codes import Code, Type
 from extplugtest.coap.observe import ObserveManager
 from extplugtest.coap.resource import Exchange, Resource, response
@@ -62,6 +64,10 @@ class CoapEndpoint:
         transmission: TransmissionParameters | None = None,
         max_observes: int = 50_000,
         max_deferred: int = 10_000,
+        max_body_size: int = 8192,
+        max_requests: int = 10_000,
+        notification_check_count: int = 100,
+        notification_check_interval: float = 120.0,
     ) -> None:
         self.root = root
         self.scheme = scheme
@@ -70,7 +76,14 @@ class CoapEndpoint:
         self.engine: UdpEngine | None = None
         self.local_address: tuple | None = None
         self.sender = ConfirmableSender(self.send_bytes, transmission)
-        self.observe = ObserveManager(self, max_relations=max_observes)
+        self.observe = ObserveManager(
+            self,
+            max_relations=max_observes,
+            check_count=notification_check_count,
+            check_interval=notification_check_interval,
+        )
+        self.blockwise = BlockwiseLayer(max_message_size, preferred_block_size, max_body_size)
+        self.requests = OutgoingRequests(self, max_requests)
         self.max_deferred = max_deferred
         self._deferred: set[asyncio.Future] = set()
         self.log = RateLimitedLog()
@@ -120,7 +133,11 @@ class CoapEndpoint:
         resource = self.root.find(request.uri_path_segments)
         if resource is None:
             return self._finish(request, response(Code.NOT_FOUND))
+        blocks, answer = self.blockwise.incoming(request, peer)
+        if answer is not None:  # 2.31 Continue, a kept block, or a block-wise error
+            return self._finish(request, answer)
         exchange = Exchange(request, peer, self, resource)
+        exchange.blocks = blocks
         observe = request.observe if request.code == Code.GET else None
         if observe == 0 and resource.observable:
             exchange.observe_registration = True
@@ -146,21 +163,29 @@ class CoapEndpoint:
     def on_empty(self, type: int, mid: int, peer: tuple) -> None:
         outcome = ACKNOWLEDGED if type == Type.ACK else REJECTED
         if self.sender.complete(peer, mid, outcome):
-            return
+            return  # (an empty ACK to one of our CON requests: its response comes later)
         if type == Type.RST and self.observe.on_reset(peer, mid):
             return
         assert self.engine is not None
         self.engine.count("recv-ignored")
 
     def on_response(self, message: Message, peer: tuple) -> None:
-        # The server sends no requests of its own yet: a CON response matches nothing and is
-        # rejected (§4.2), anything else is ignored.
-        assert self.engine is not None
-        if message.type == Type.CON:
-            self.send_bytes(Message(type=Type.RST, mid=message.mid).to_bytes(), peer)
-            self.engine.count("send-rejects")
-        else:
-            self.engine.count("recv-ignored")
+        self.requests.on_response(message, peer)
+
+    # -- requests of the server's own (reverse requests, reverse observe) -------------------
+    def request(
+        self,
+        message: Message,
+        peer: tuple,
+        *,
+        timeout: float = 120.0,
+        on_notification: Callable[[Message], None] | None = None,
+    ) -> asyncio.Future[Message]:
+        """Send a request to *peer*; the future gets its response (see OutgoingRequests)."""
+        return self.requests.send(message, peer, timeout, on_notification)
+
+    def cancel_observation(self, peer: tuple, token: bytes) -> None:
+        self.requests.cancel(peer, token)
 
     # -- completing requests ----------------------------------------------------------------
     def _complete(self, exchange: Exchange, result: Message) -> Message:
@@ -169,6 +194,8 @@ class CoapEndpoint:
                 self.observe.register(exchange, result)
             else:
                 self.observe.cancel(exchange.peer, exchange.request.token)
+        if exchange.blocks is not None:
+            result = self.blockwise.outgoing(exchange.blocks, result)
         return self._finish(exchange.request, result)
 
     def _finish(self, request: Message, result: Message) -> Message:
@@ -202,6 +229,8 @@ class CoapEndpoint:
                 self.observe.register(exchange, result)
             else:
                 self.observe.cancel(exchange.peer, exchange.request.token)
+        if exchange.blocks is not None:
+            result = self.blockwise.outgoing(exchange.blocks, result)
         request = exchange.request
         result.token = request.token
         result.mid = self.next_mid()
@@ -214,6 +243,7 @@ class CoapEndpoint:
         self.engine.update_cached_response(exchange.peer, request.mid, result.to_bytes())
 
     def close(self) -> None:
+        self.requests.cancel_all()
         self.sender.cancel_all()
         self.observe.cancel_all()
         for task in list(self._deferred):
@@ -225,6 +255,8 @@ class CoapEndpoint:
         counters["send-response retransmissions"] = self.sender.retransmissions
         counters["send-timeouts"] = self.sender.timeouts
         counters.update(self.observe.counters())
+        counters.update(self.blockwise.counters())
+        counters.update(self.requests.counters())
         if self.engine.dedup is not None:
             counters.update({f"dedup-{k}": v for k, v in self.engine.dedup.stats().items()})
         return counters

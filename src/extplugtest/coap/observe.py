@@ -197,6 +197,7 @@ class ObserveManager:
         relation.last_mid = mid
         if success:
             self._by_mid[(relation.peer, mid)] = relation
+        response = self.endpoint.blockwise.notification(relation.peer, relation.request, response)
         if confirmable:
             response.type = Type.CON
             relation.last_con = now

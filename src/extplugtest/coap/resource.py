@@ -16,6 +16,7 @@ from extplugtest.coap._codec import Message
 from extplugtest.coap.codes import Code, Option
 
 if TYPE_CHECKING:
+    from extplugtest.coap.blockwise import BlockRequest
     from extplugtest.coap.endpoint import CoapEndpoint
     from extplugtest.coap.observe import ObserveRelation
 
@@ -50,7 +51,7 @@ _HANDLER_NAMES: dict[int, str] = {
 class Exchange:
     """One request as a handler sees it."""
 
-    __slots__ = ("endpoint", "observe_registration", "peer", "request", "resource")
+    __slots__ = ("blocks", "endpoint", "observe_registration", "peer", "request", "resource")
 
     def __init__(
         self, request: Message, peer: tuple, endpoint: CoapEndpoint, resource: Resource
@@ -61,6 +62,8 @@ class Exchange:
         self.resource = resource
         #: True while handling a GET with Observe=0 on an observable resource.
         self.observe_registration = False
+        #: the block-wise context of the request (set by the endpoint)
+        self.blocks: BlockRequest | None = None
 
     @property
     def query(self) -> list[str]:

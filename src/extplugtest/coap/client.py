@@ -1,0 +1,165 @@
+"""Requests the server sends itself (Californium's reverse requests and reverse observe).
+
+``send`` gives every request a fresh MID and, if it has none, a random 8-byte token, sends it
+(CON messages reliably, through the endpoint's ConfirmableSender) and returns a future for the
+response, matched by peer and token (RFC 7252 §5.3.2): piggy-backed on the ACK, or a separate
+response that is acknowledged here. With ``on_notification`` the entry stays after the first
+response and later responses with the token (RFC 7641 notifications) go to the callback until
+``cancel``. Unmatched CON responses, and notifications nobody waits for, are answered with RST,
+which also ends an observation at the other side (RFC 7641 §3.6). Retransmitted CON responses
+are acknowledged again but delivered once. Pending requests are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from extplugtest.coap._codec import Message
+from extplugtest.coap.codes import Option, Type
+from extplugtest.coap.transmission import REJECTED, TIMED_OUT
+
+if TYPE_CHECKING:
+    from extplugtest.coap.endpoint import CoapEndpoint
+
+RECENT_RESPONSES = 4096  # CON responses remembered to recognise retransmissions
+
+
+class _Pending:
+    __slots__ = ("future", "mid", "on_notification", "timer")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Message],
+        mid: int,
+        on_notification: Callable[[Message], None] | None,
+    ) -> None:
+        self.future = future
+        self.mid = mid
+        self.on_notification = on_notification
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class OutgoingRequests:
+    def __init__(self, endpoint: CoapEndpoint, max_pending: int = 10_000) -> None:
+        self.endpoint = endpoint
+        self.max_pending = max_pending
+        self._pending: dict[tuple[tuple, bytes], _Pending] = {}
+        self._recent: OrderedDict[tuple[tuple, int], None] = OrderedDict()
+        self.sent = 0
+        self.responses = 0
+        self.duplicates = 0
+        self.notifications = 0
+        self.refused = 0
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "send-requests": self.sent,
+            "recv-responses matched": self.responses,
+            "recv-duplicate responses": self.duplicates,
+            "recv-notifications": self.notifications,
+            "pending-requests": len(self._pending),
+            "refused-requests": self.refused,
+        }
+
+    def send(
+        self,
+        message: Message,
+        peer: tuple,
+        timeout: float,
+        on_notification: Callable[[Message], None] | None,
+    ) -> asyncio.Future[Message]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+        if len(self._pending) >= self.max_pending:
+            self.refused += 1
+            future.set_exception(OverflowError("too many requests pending"))
+            return future
+        if not message.token:
+            message.token = os.urandom(8)
+        key = (peer, message.token)
+        if key in self._pending:
+            self._drop(key)
+        message.mid = self.endpoint.next_mid()
+        pending = _Pending(future, message.mid, on_notification)
+        pending.timer = loop.call_later(timeout, self._fail, key, TimeoutError("no response"))
+        self._pending[key] = pending
+        self.sent += 1
+        if message.type == Type.CON:
+            sent = self.endpoint.send_confirmable(
+                message, peer, lambda outcome: self._transmission_done(key, outcome)
+            )
+            if not sent:
+                self._fail(key, OverflowError("too many CON messages outstanding"))
+        else:
+            message.type = Type.NON
+            self.endpoint.send_message(message, peer)
+        return future
+
+    def cancel(self, peer: tuple, token: bytes) -> None:
+        self._drop((peer, token))
+
+    def cancel_all(self) -> None:
+        for key in list(self._pending):
+            pending = self._drop(key)
+            if pending is not None and not pending.future.done():
+                pending.future.cancel()
+
+    def on_response(self, message: Message, peer: tuple) -> None:
+        if message.type == Type.ACK:  # piggy-backed: the ACK of our CON request
+            self.endpoint.sender.complete(peer, message.mid, "ack")
+        elif message.type == Type.CON:
+            recent = (peer, message.mid)
+            duplicate = recent in self._recent
+            if duplicate or (peer, message.token) in self._pending:
+                self.endpoint.send_bytes(Message(Type.ACK, 0, message.mid).to_bytes(), peer)
+            if duplicate:
+                self.duplicates += 1
+                return
+            self._recent[recent] = None
+            if len(self._recent) > RECENT_RESPONSES:
+                self._recent.popitem(last=False)
+        key = (peer, message.token)
+        pending = self._pending.get(key)
+        if pending is None:
+            if message.type == Type.CON or message.has_option(Option.OBSERVE):
+                self.endpoint.send_bytes(Message(Type.RST, 0, message.mid).to_bytes(), peer)
+                self.endpoint.engine.count("send-rejects")  # type: ignore[union-attr]
+            else:
+                self.endpoint.engine.count("recv-ignored")  # type: ignore[union-attr]
+            return
+        self.responses += 1
+        is_notification = message.has_option(Option.OBSERVE) and 0x40 <= message.code < 0x60
+        if not pending.future.done():
+            if pending.timer is not None:
+                pending.timer.cancel()
+                pending.timer = None
+            pending.future.set_result(message)
+            if pending.on_notification is None or not is_notification:
+                self._drop(key)
+            return
+        if pending.on_notification is not None:
+            self.notifications += 1
+            if not is_notification:  # an error or a plain response ends the observation
+                self._drop(key)
+            pending.on_notification(message)
+
+    def _transmission_done(self, key: tuple[tuple, bytes], outcome: str) -> None:
+        if outcome == REJECTED:
+            self._fail(key, ConnectionResetError("request rejected with RST"))
+        elif outcome == TIMED_OUT:
+            self._fail(key, TimeoutError("no ACK after the retransmissions"))
+
+    def _fail(self, key: tuple[tuple, bytes], error: Exception) -> None:
+        pending = self._drop(key)
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(error)
+
+    def _drop(self, key: tuple[tuple, bytes]) -> _Pending | None:
+        pending = self._pending.pop(key, None)
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+        return pending

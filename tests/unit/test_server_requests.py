@@ -1,0 +1,120 @@
+"""Requests the server sends itself (CoapEndpoint.request): matching, separate responses,
+RST, timeouts, notifications and their cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+import pytest
+
+from extplugtest.coap._codec import Message
+from extplugtest.coap.codes import Code, Option, Type
+from extplugtest.coap.resource import Resource
+from extplugtest.coap.transmission import TransmissionParameters
+
+FAST = TransmissionParameters(ack_timeout=0.1, ack_random_factor=1.0, max_retransmit=1)
+
+
+@pytest.fixture
+def server(make_server):
+    return make_server(Resource(""), transmission=FAST)
+
+
+@pytest.fixture
+def device(server, make_client):
+    return make_client(server.address)
+
+
+def send_request(server, device, *, type=Type.CON, timeout=5.0, notifications=None):
+    message = Message(type, Code.GET)
+    message.add_option(Option.URI_PATH, "feed-CON")
+    peer = device.sock.getsockname()
+    callback = None if notifications is None else notifications.append
+
+    async def go() -> Message:
+        return await server.endpoint.request(
+            message, peer, timeout=timeout, on_notification=callback
+        )
+
+    return asyncio.run_coroutine_threadsafe(go(), server.loop)
+
+
+def test_piggybacked_response(server, device):
+    future = send_request(server, device)
+    request = device.receive()
+    assert (request.type, request.code, request.uri_path) == (Type.CON, Code.GET, "feed-CON")
+    assert len(request.token) == 8
+    device.send(Message(Type.ACK, Code.CONTENT, request.mid, request.token, payload=b"hello"))
+    assert future.result(timeout=5).payload == b"hello"
+
+
+def test_separate_response_is_acknowledged(server, device):
+    future = send_request(server, device)
+    request = device.receive()
+    device.send(Message(Type.ACK, 0, request.mid))
+    device.send(Message(Type.CON, Code.CONTENT, 0x7777, request.token, payload=b"later"))
+    ack = device.receive()
+    assert (ack.type, ack.code, ack.mid) == (Type.ACK, 0, 0x7777)
+    assert future.result(timeout=5).payload == b"later"
+
+
+def test_rst_fails_the_request(server, device):
+    future = send_request(server, device)
+    request = device.receive()
+    device.send(Message(Type.RST, 0, request.mid))
+    with pytest.raises(ConnectionResetError):
+        future.result(timeout=5)
+
+
+def test_no_ack_times_out_after_retransmission(server, device):
+    future = send_request(server, device)
+    first = device.receive_raw()
+    again = device.receive_raw()
+    assert first == again  # one retransmission, same bytes
+    with pytest.raises(TimeoutError):
+        future.result(timeout=5)
+
+
+def test_non_request_response_timeout(server, device):
+    future = send_request(server, device, type=Type.NON, timeout=0.2)
+    assert device.receive().type == Type.NON
+    with pytest.raises((TimeoutError, concurrent.futures.TimeoutError)):
+        future.result(timeout=5)
+
+
+def test_notifications_until_cancelled(server, device):
+    notes: list[Message] = []
+    future = send_request(server, device, notifications=notes)
+    request = device.receive()
+    first = Message(Type.ACK, Code.CONTENT, request.mid, request.token, payload=b"n1")
+    device.send(first.add_option(Option.OBSERVE, 1))
+    assert future.result(timeout=5).payload == b"n1"
+    note = Message(Type.CON, Code.CONTENT, 0x100, request.token, payload=b"n2")
+    note.add_option(Option.OBSERVE, 2)
+    device.send(note)
+    assert device.receive().type == Type.ACK
+    device.send(note)  # a retransmission: acknowledged again, delivered once
+    assert device.receive().type == Type.ACK
+    server.call(lambda: None)
+    assert [n.payload for n in notes] == [b"n2"]
+    peer = device.sock.getsockname()
+    server.call(server.endpoint.cancel_observation, peer, request.token)
+    later = Message(Type.NON, Code.CONTENT, 0x101, request.token, payload=b"n3")
+    device.send(later.add_option(Option.OBSERVE, 3))
+    reply = device.receive()
+    assert (reply.type, reply.mid) == (Type.RST, 0x101)  # ends it at the device (RFC 7641 §3.6)
+    assert [n.payload for n in notes] == [b"n2"]
+
+
+def test_unmatched_con_response_gets_rst(server, device):
+    device.send(Message(Type.CON, Code.CONTENT, 0x200, b"\x01\x02", payload=b"?"))
+    reply = device.receive()
+    assert (reply.type, reply.mid) == (Type.RST, 0x200)
+
+
+def test_pending_requests_are_bounded(make_server, make_client):
+    server = make_server(Resource(""), max_requests=0)
+    device = make_client(server.address)
+    with pytest.raises(OverflowError):
+        send_request(server, device).result(timeout=5)
