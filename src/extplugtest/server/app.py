@@ -98,29 +98,35 @@ class ExtendedServer:
             self.plugtest_root.add(well_known(self.plugtest_root))
         self.transports: list[UdpServerTransport] = []
 
-    def _endpoint(self, root: Resource, address: str) -> CoapEndpoint:
+    def _endpoint(self, root: Resource, address: str, plugtest: bool) -> CoapEndpoint:
+        """An endpoint with Californium's per-server and per-interface settings: the plugtest
+        server uses 64-byte messages and blocks everywhere, the extended server on external
+        UDP interfaces (anti-amplification, inventory §1.2)."""
         config = self.config
-        external = is_external(address)
+        small = plugtest or is_external(address)
         return CoapEndpoint(
             root,
             max_message_size=(
-                config.external_max_message_size if external else config.max_message_size
+                config.external_max_message_size if small else config.max_message_size
             ),
             preferred_block_size=(
-                config.external_preferred_block_size if external else config.preferred_block_size
+                config.external_preferred_block_size if small else config.preferred_block_size
             ),
             transmission=TransmissionParameters(
                 config.ack_timeout, config.ack_random_factor, config.max_retransmit
             ),
             max_observes=config.max_server_observes,
+            max_body_size=config.max_resource_body_size,
+            notification_check_count=4 if plugtest else config.notification_check_interval_count,
+            notification_check_interval=(30.0 if plugtest else config.notification_check_interval),
         )
 
-    def _dedup(self) -> DeduplicationCache | None:
+    def _dedup(self, plugtest: bool) -> DeduplicationCache | None:
         config = self.config
         if not config.deduplication:
             return None
         return DeduplicationCache(
-            max_peers=config.max_active_peers,
+            max_peers=min(config.max_active_peers, 10_000) if plugtest else config.max_active_peers,
             messages_per_peer=config.peers_mark_and_sweep_messages,
             exchange_lifetime=config.exchange_lifetime,
             non_lifetime=config.non_lifetime,
@@ -145,9 +151,9 @@ class ExtendedServer:
                 for address, scope in addresses:
                     bind: tuple = (address, port) if scope == 0 else (address, port, 0, scope)
                     transport = UdpServerTransport(
-                        self._endpoint(root, address),
+                        self._endpoint(root, address, plugtest=not extended),
                         bind,
-                        dedup=self._dedup(),
+                        dedup=self._dedup(plugtest=not extended),
                         fast=self.benchmark.fast_path if extended else None,
                         receive_buffer_size=self.config.udp_receive_buffer_size,
                         send_buffer_size=self.config.udp_send_buffer_size,
