@@ -381,3 +381,14 @@ def test_ipv6_loopback_endpoint():
         client.close()
         transport.close()
         loop.close()
+
+
+def test_clear_observers_sends_error_notification_and_ends(client, server):
+    resource = server.root.children["obs"]
+    client.exchange(observe(0x506, 0, Type.NON))
+    server.call(resource.clear_observers, Code.NOT_FOUND)
+    note = client.receive()
+    assert (note.type, note.code, note.observe) == (Type.CON, Code.NOT_FOUND, None)
+    client.send(Message(Type.ACK, 0, note.mid))
+    sync(client)
+    assert counters(server)["observes"] == 0

@@ -179,3 +179,8 @@ class Resource:
         """The representation changed: notify every observer (RFC 7641 §4.2)."""
         for relation in list(self.observers):
             relation.endpoint.observe.notify(relation)
+
+    def clear_observers(self, code: int) -> None:
+        """End every observation with an error notification (e.g. 4.04 after DELETE)."""
+        for relation in list(self.observers):
+            relation.endpoint.observe.send_notification(relation, response(code))
