@@ -6,7 +6,10 @@ Each query is split at the first ``=``: ``name`` alone has the value None, ``nam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+_JAVA_INT = re.compile(r"[+-]?[0-9]{1,10}")  # what Integer.parseInt accepts (range aside)
 
 
 class QueryError(ValueError):
@@ -33,18 +36,15 @@ class QueryParameters:
         return default if value is None else value
 
     def get_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        if name not in self._values:
+        """The value as Java's Integer.parseInt reads it; *default* when absent or bare."""
+        text = self._values.get(name)
+        if text is None:
             return default
-        raw = self._raw[name]
-        text = self._values[name]
-        try:
-            value = int(text) if text is not None else None
-        except ValueError:
-            value = None
-        if value is None:
-            raise QueryError(f"URI-query-option '{raw}' is no number!")
+        if not _JAVA_INT.fullmatch(text):
+            raise QueryError(f"URI-query-option '{self._raw[name]}' is no number!")
+        value = int(text)
         if value < minimum:
-            raise QueryError(f"URI-query-option '{raw}' is less than {minimum}!")
+            raise QueryError(f"URI-query-option '{name}={value}' is less than {minimum}!")
         if value > maximum:
-            raise QueryError(f"URI-query-option '{raw}' is more than {maximum}!")
+            raise QueryError(f"URI-query-option '{name}={value}' is more than {maximum}!")
         return value
