@@ -89,13 +89,53 @@ class ContentFormat(IntEnum):
     CBOR = 60
 
 
-#: MIME type names as Californium prints them (MediaTypeRegistry).
+#: MIME type names as Californium prints them (MediaTypeRegistry; IANA CoAP Content-Formats).
 MIME_TYPES = {
     0: "text/plain",
+    16: "application/cose; cose-type=cose-encrypt0",
+    17: "application/cose; cose-type=cose-mac0",
+    18: "application/cose; cose-type=cose-sign1",
+    21: "image/gif",
+    22: "image/jpeg",
+    23: "image/png",
     40: "application/link-format",
     41: "application/xml",
     42: "application/octet-stream",
     47: "application/exi",
     50: "application/json",
+    51: "application/json-patch+json",
+    52: "application/merge-patch+json",
     60: "application/cbor",
+    61: "application/cwt",
+    62: "application/multipart-core",
+    63: "application/cbor-seq",
+    96: "application/cose; cose-type=cose-encrypt",
+    97: "application/cose; cose-type=cose-mac",
+    98: "application/cose; cose-type=cose-sign",
+    101: "application/cose-key",
+    102: "application/cose-key-set",
+    110: "application/senml+json",
+    111: "application/sensml+json",
+    112: "application/senml+cbor",
+    113: "application/sensml+cbor",
+    114: "application/senml-exi",
+    115: "application/sensml-exi",
+    256: "application/coap-group+json",
+    310: "application/senml+xml",
+    311: "application/sensml+xml",
+    320: "application/senml-etch+json",
+    322: "application/senml-etch+cbor",
+    432: "application/td+json",
+    10000: "application/vnd.ocf+cbor",
+    10001: "application/oscore",
+    11050: "application/json; deflate",
+    11060: "application/cbor; deflate",
+    11542: "application/vnd.oma.lwm2m+tlv",
+    11543: "application/vnd.oma.lwm2m+json",
+    11544: "application/vnd.oma.lwm2m+cbor",
 }
+
+
+def mime_type(content_format: int) -> str:
+    """The MIME type of a Content-Format, ``unknown/<n>`` for an unregistered one."""
+    return MIME_TYPES.get(content_format, f"unknown/{content_format}")

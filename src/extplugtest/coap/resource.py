@@ -40,6 +40,14 @@ def response(
     return message
 
 
+async def separate(result: Message, delay: float = 0.0) -> Message:
+    """*result* as a separate response: the endpoint sends an empty ACK now and *result*
+    after *delay* seconds (RFC 7252 §5.2.2)."""
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return result
+
+
 _HANDLER_NAMES: dict[int, str] = {
     Code.GET: "handle_get",
     Code.POST: "handle_post",
@@ -180,7 +188,16 @@ class Resource:
         for relation in list(self.observers):
             relation.endpoint.observe.notify(relation)
 
-    def clear_observers(self, code: int) -> None:
-        """End every observation with an error notification (e.g. 4.04 after DELETE)."""
+    def clear_observers(self, code: int | None) -> None:
+        """End every observe relation (Californium's clearAndNotifyObserveRelations): with a
+        final notification of *code* (RFC 7641 §3.2, e.g. 4.04 after DELETE), or silently
+        when *code* is None."""
         for relation in list(self.observers):
-            relation.endpoint.observe.send_notification(relation, response(code))
+            # Leave the resource first, so that no notification of a newer state can replace
+            # the final one while a CON notification is still in flight.
+            self.observers.discard(relation)
+            manager = relation.endpoint.observe
+            if code is None:
+                manager.cancel(relation.peer, relation.token)
+            else:
+                manager.send_notification(relation, response(code))

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from extplugtest.coap._codec import Message
 from extplugtest.coap.codes import Code, ContentFormat
 from extplugtest.coap.query import QueryError, QueryParameters
-from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response
+from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response, separate
 from extplugtest.resources._benchmark import BenchmarkFastPath, benchmark_payload
 
 MAX_RESOURCE_BODY_SIZE = 8192
@@ -75,10 +74,5 @@ class Benchmark(Resource):
         payload = benchmark_payload(get, self.fast_path.nnn, rlen)
         result = response(Code.CONTENT if get else Code.CHANGED, payload, ContentFormat.TEXT_PLAIN)
         if "ack" in query:
-            return _separate(result)
+            return separate(result)
         return result
-
-
-async def _separate(result: Message) -> Message:
-    """An awaitable: the endpoint sends an empty ACK now and this as a separate response."""
-    return result
