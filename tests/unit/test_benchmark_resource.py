@@ -140,7 +140,7 @@ def test_observe_notifies_on_timer_tick(make_server, make_client):
     message = benchmark_request(Code.GET, 8, "rlen=20", type=Type.NON)
     reply = client.exchange(message.add_option(Option.OBSERVE, 0))
     assert reply.observe is not None
-    server.call(resource._on_timer, server.loop)
+    server.call(resource._on_timer)
     note = client.receive()
     assert note.type == Type.NON and note.observe > reply.observe
     assert re.fullmatch(rb"hello observe \d{3}\*\*\*", note.payload)

@@ -189,6 +189,10 @@ class CoapEndpoint:
 
     # -- completing requests ----------------------------------------------------------------
     def _complete(self, exchange: Exchange, result: Message) -> Message:
+        return self._finish(exchange.request, self._settle(exchange, result))
+
+    def _settle(self, exchange: Exchange, result: Message) -> Message:
+        """A handler's response: establish or end the observation, slice it into blocks."""
         if exchange.observe_registration:
             if 0x40 <= result.code < 0x60:
                 self.observe.register(exchange, result)
@@ -196,7 +200,7 @@ class CoapEndpoint:
                 self.observe.cancel(exchange.peer, exchange.request.token)
         if exchange.blocks is not None:
             result = self.blockwise.outgoing(exchange.blocks, result)
-        return self._finish(exchange.request, result)
+        return result
 
     def _finish(self, request: Message, result: Message) -> Message:
         """Piggy-back on the ACK of a CON; a NON request gets a NON response (§5.2)."""
@@ -224,13 +228,7 @@ class CoapEndpoint:
             result = response(Code.INTERNAL_SERVER_ERROR)
         else:
             result = task.result()
-        if exchange.observe_registration:
-            if 0x40 <= result.code < 0x60:
-                self.observe.register(exchange, result)
-            else:
-                self.observe.cancel(exchange.peer, exchange.request.token)
-        if exchange.blocks is not None:
-            result = self.blockwise.outgoing(exchange.blocks, result)
+        result = self._settle(exchange, result)
         request = exchange.request
         result.token = request.token
         result.mid = self.next_mid()

@@ -9,6 +9,7 @@ import time
 from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap._udp import FastResource, UdpEngine
 from extplugtest.coap.endpoint import CoapEndpoint
+from extplugtest.coap.timer import PeriodicTimer
 
 DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
 SWEEP_INTERVAL = 10.0  # Californium's MARK_AND_SWEEP_INTERVAL
@@ -37,7 +38,7 @@ class UdpServerTransport:
         self.sock: socket.socket | None = None
         self.engine: UdpEngine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweeper = PeriodicTimer(SWEEP_INTERVAL, self._sweep)
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.requested_address[0]
@@ -63,7 +64,7 @@ class UdpServerTransport:
         self._loop = loop
         loop.add_reader(sock.fileno(), self.engine.on_readable)
         if self.dedup is not None:
-            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+            self._sweeper.start(loop)
 
     @property
     def local_address(self) -> tuple:
@@ -80,14 +81,11 @@ class UdpServerTransport:
         )
 
     def _sweep(self) -> None:
-        assert self._loop is not None and self.dedup is not None
+        assert self.dedup is not None
         self.dedup.sweep(time.monotonic())  # the engine stamps with CLOCK_MONOTONIC too
-        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        self._sweeper.stop()
         if self.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock.fileno())

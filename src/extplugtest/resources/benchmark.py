@@ -13,6 +13,7 @@ import time
 from extplugtest.coap.codes import Code, ContentFormat
 from extplugtest.coap.query import QueryError, QueryParameters
 from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response, separate
+from extplugtest.coap.timer import PeriodicTimer
 from extplugtest.resources._benchmark import BenchmarkFastPath, benchmark_payload
 
 MAX_RESOURCE_BODY_SIZE = 8192
@@ -31,7 +32,7 @@ class Benchmark(Resource):
         self.notify_interval = notify_interval
         self.fast_path = BenchmarkFastPath()
         self.fast_path.enabled = enabled
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer = PeriodicTimer(notify_interval, self._on_timer)
         self.tick()
 
     # -- timer ------------------------------------------------------------------------------
@@ -40,18 +41,15 @@ class Benchmark(Resource):
         self.fast_path.nnn = int(time.time() * 1000) % 1000
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.enabled and self._timer is None:
-            self._timer = loop.call_later(self.notify_interval, self._on_timer, loop)
+        if self.enabled:
+            self.timer.start(loop)
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.timer.stop()
 
-    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _on_timer(self) -> None:
         self.tick()
         self.changed()
-        self._timer = loop.call_later(self.notify_interval, self._on_timer, loop)
 
     # -- requests ---------------------------------------------------------------------------
     def handle_get(self, exchange: Exchange) -> HandlerResult:

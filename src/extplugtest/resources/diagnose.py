@@ -26,6 +26,7 @@ import cbor2
 
 from extplugtest.coap.codes import Code, ContentFormat
 from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response
+from extplugtest.coap.timer import PeriodicTimer
 from extplugtest.resources.requests import JsonValue, gson_dumps, java_host_address
 from extplugtest.resources.settings import ResourceSettings
 
@@ -170,7 +171,7 @@ class Diagnose(Resource):
         self.health = health or HealthStatistics(settings, self._tree_root)
         #: a child's endpoint; None for /diagnose itself (the receiving endpoint)
         self.endpoint = endpoint
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = PeriodicTimer(health_interval, self.health.transfer)
 
     def _tree_root(self) -> Resource | None:
         node: Resource | None = self
@@ -184,17 +185,11 @@ class Diagnose(Resource):
             return
         self.update()
         self.health.last_transfer = time.monotonic()
-        if self._timer is None and self.health_interval > 0:
-            self._timer = loop.call_later(self.health_interval, self._on_timer, loop)
+        if self.health_interval > 0:
+            self._timer.start(loop)
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.health.transfer()
-        self._timer = loop.call_later(self.health_interval, self._on_timer, loop)
+        self._timer.stop()
 
     def update(self) -> None:
         """One child per endpoint of the server (Californium's ``Diagnose.update``)."""

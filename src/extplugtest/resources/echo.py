@@ -20,6 +20,7 @@ from extplugtest.coap.codes import Code, ContentFormat, Option
 from extplugtest.coap.linkformat import serialize
 from extplugtest.coap.query import QueryError, QueryParameters
 from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response, separate
+from extplugtest.coap.timer import PeriodicTimer
 from extplugtest.resources.settings import ResourceSettings
 
 TITLE = "Resource, which echo's a POST. POSTs with URI-query 'keep' can later be read by GET"
@@ -66,7 +67,7 @@ class Echo(Resource):
         self.delays = settings.echo_delay
         self.clock = clock
         self.pending = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = PeriodicTimer(PURGE_INTERVAL, self.purge)
 
     # -- kept POSTs (self.children, least recently updated first) --------------------------
     def kept(self) -> list[KeptPost]:
@@ -99,17 +100,10 @@ class Echo(Resource):
             self.forget(child)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._timer is None:
-            self._timer = loop.call_later(PURGE_INTERVAL, self._on_timer, loop)
+        self._timer.start(loop)
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = loop.call_later(PURGE_INTERVAL, self._on_timer, loop)
-        self.purge()
+        self._timer.stop()
 
     # -- requests ---------------------------------------------------------------------------
     def handle_get(self, exchange: Exchange) -> HandlerResult:

@@ -15,6 +15,7 @@ import time
 from extplugtest.coap.codes import Code, ContentFormat, Type
 from extplugtest.coap.query import QueryParameters
 from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response
+from extplugtest.coap.timer import PeriodicTimer
 from extplugtest.resources.plugtest.conditional import CONTENT_FORMAT_NOT_SET
 from extplugtest.resources.plugtest.shutdown import PASSWORD
 
@@ -50,7 +51,7 @@ class Periodic(Resource):
             attributes={"rt": ["observe"]},
         )
         self.interval = interval
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = PeriodicTimer(interval, self.tick)
         self.update()
 
     def update(self) -> None:
@@ -63,17 +64,10 @@ class Periodic(Resource):
         self.changed()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._timer is None:
-            self._timer = loop.call_later(self.interval, self._on_timer, loop)
+        self._timer.start(loop)
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = loop.call_later(self.interval, self._on_timer, loop)
-        self.tick()
+        self._timer.stop()
 
 
 class Observe(Periodic):
