@@ -352,8 +352,8 @@ def test_separate_does_not_block_other_requests(plugtest):
         (0, b'Status type: "CON"\nCode: "GET"\nMID: 60117\nAccept: 0'),
         (41, b'<msg type="CON" code="GET" mid="60117" accept="41" />'),
         (50, b'{ "type":"CON", "code":"GET", "mid":60117, "accept":50 }'),
-        # canonical (length-first) key order: mid, code, type, accept
-        (60, b"\xa4cmid\x19\xea\xd5dcodecGETdtypecCONfaccept\x18<"),
+        # the reference server's wire order (plugtest-transcript-udp.txt): type, code, mid, accept
+        (60, b"\xa4dtypecCONdcodecGETcmid\x19\xea\xd5faccept\x18<"),
     ],
 )
 def test_multi_format(plugtest, accept, payload):

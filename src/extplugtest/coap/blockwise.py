@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from extplugtest.coap._codec import Message
-from extplugtest.coap.codes import Code, ContentFormat, Option
+from extplugtest.coap.codes import Code, Option
 
 BLOCK_OPTIONS = (Option.BLOCK1, Option.BLOCK2, Option.SIZE1, Option.SIZE2)
 
@@ -43,10 +43,8 @@ def size_exponent(size: int) -> int:
 
 
 def _error(code: int, text: str = "") -> Message:
-    message = Message(code=code, payload=text.encode())
-    if text:
-        message.add_option(Option.CONTENT_FORMAT, ContentFormat.TEXT_PLAIN)
-    return message
+    """An error with a diagnostic payload (no Content-Format, as Californium sends it)."""
+    return Message(code=code, payload=text.encode())
 
 
 @dataclass
@@ -184,7 +182,8 @@ class BlockwiseLayer:
             self.incomplete += 1
             have = 0 if upload is None else len(upload.body)
             return context, _error(
-                Code.REQUEST_ENTITY_INCOMPLETE, f"offset {offset} doesn't match {have}"
+                Code.REQUEST_ENTITY_INCOMPLETE,
+                f"request block1 offset {offset} doesn't match the current position {have}!",
             )
         if more and len(request.payload) != size:
             self._uploads.pop(context.key, None)

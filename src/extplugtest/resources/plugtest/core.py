@@ -171,10 +171,11 @@ class MultiFormat(Resource):
                 f'{{ "type":"{kind}", "code":"{code}", "mid":{request.mid}, "accept":{shown} }}'
             )
         elif accept == ContentFormat.CBOR:
-            # Californium's CBORObject.NewMap() sorts keys length-first (canonical): mid, code,
-            # type, accept.
+            # In the order the reference server puts them on the wire (the capture in
+            # plugtest-transcript-udp.txt): type, code, mid, accept. The inventory's claim of
+            # length-first order is contradicted by that capture.
             fields = {"type": kind, "code": code, "mid": request.mid, "accept": shown}
-            payload = cbor2.dumps(fields, canonical=True)
+            payload = cbor2.dumps(fields)
         else:
             return response(Code.NOT_ACCEPTABLE, self.NOT_ACCEPTABLE_TEXT)
         return response(Code.CONTENT, payload, accept)
