@@ -162,3 +162,18 @@ def test_duplicate_of_large_response_is_replayed_whole(make_server, make_client)
     second = client.receive_raw()
     assert first == second and len(first) > 5000
     assert server.call(server.endpoint.counters)["recv-duplicate requests"] == 1
+
+
+def test_fast_path_leaves_large_answers_to_block_wise(make_server, make_client):
+    """On an endpoint with 64-byte messages (external UDP), rlen=100 goes block-wise."""
+    resource = Benchmark(True)
+    root = Resource("")
+    root.add(resource)
+    server = make_server(root, fast=resource.fast_path, max_message_size=64,
+                         preferred_block_size=64)  # fmt: skip
+    client = make_client(server.address)
+    small = client.exchange(benchmark_request(Code.POST, 11, "rlen=40"))
+    large = client.exchange(benchmark_request(Code.POST, 12, "rlen=100"))
+    assert len(small.payload) == 40 and small.uint_option(Option.BLOCK2) is None
+    assert len(large.payload) == 64 and large.uint_option(Option.SIZE2) == 100
+    assert server.call(server.endpoint.counters)["fast-path"] == 1

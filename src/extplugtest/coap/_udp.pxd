@@ -14,9 +14,10 @@ cdef class FastResource:
     """A resource answered entirely in C for its common requests.
 
     respond() writes a complete response (header included) for *request* and returns its
-    length, or returns 0 to leave the request to the Python resource of the same path."""
+    length, or returns 0 to leave the request to the Python resource of the same path (which
+    it must do for a payload above *max_payload*: that response goes block-wise)."""
     cdef Py_ssize_t respond(self, const MessageView* request, Writer* out, int response_type,
-                            uint16_t response_mid) noexcept
+                            uint16_t response_mid, Py_ssize_t max_payload) noexcept
 
 cdef struct EngineCounters:
     unsigned long long recv_requests
@@ -48,6 +49,7 @@ cdef class UdpEngine:
     cdef uint16_t mid
     cdef double now
     cdef int max_batches
+    cdef Py_ssize_t max_message_size
     cdef EngineCounters c
     cdef Exchange* current      # dedup entry of the request being processed, or NULL
 

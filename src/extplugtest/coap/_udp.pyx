@@ -98,7 +98,7 @@ cdef enum:
 
 cdef class FastResource:
     cdef Py_ssize_t respond(self, const MessageView* request, Writer* out, int response_type,
-                            uint16_t response_mid) noexcept:
+                            uint16_t response_mid, Py_ssize_t max_payload) noexcept:
         return 0
 
 
@@ -165,13 +165,14 @@ cdef class UdpEngine:
     """
 
     def __cinit__(self, int fd, int family, endpoint, DeduplicationCache dedup=None,
-                  FastResource fast=None):
+                  FastResource fast=None, Py_ssize_t max_message_size=1024):
         self.fd = fd
         self.family = family
         self.endpoint = endpoint
         self.dedup = dedup
         self.fast = fast
         self.max_batches = MAX_BATCHES
+        self.max_message_size = max_message_size
         self.current = NULL
         memset(&self.c, 0, sizeof(EngineCounters))
         if udp_batch_init(&self.rx, RX_BATCH, SLOT_SIZE):
@@ -342,7 +343,8 @@ cdef class UdpEngine:
                     response_type = NON
                     self.mid += 1
                     response_mid = self.mid
-                n = self.fast.respond(&view, &w, response_type, response_mid)
+                n = self.fast.respond(&view, &w, response_type, response_mid,
+                                      self.max_message_size)
                 if n > 0:
                     self.c.fast_path += 1
                     self.c.send_responses += 1

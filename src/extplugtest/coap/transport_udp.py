@@ -59,7 +59,14 @@ class UdpServerTransport:
             sock.close()
             raise
         self.sock = sock
-        self.engine = UdpEngine(sock.fileno(), family, self.endpoint, self.dedup, self.fast)
+        self.engine = UdpEngine(
+            sock.fileno(),
+            family,
+            self.endpoint,
+            self.dedup,
+            self.fast,
+            self.endpoint.max_message_size,  # larger answers leave the fast path: block-wise
+        )
         self.endpoint.attach(self.engine, sock.getsockname())
         self._loop = loop
         loop.add_reader(sock.fileno(), self.engine.on_readable)

@@ -3,5 +3,4 @@ from extplugtest.coap._udp cimport FastResource
 cdef class BenchmarkFastPath(FastResource):
     cdef public bint enabled
     cdef public int nnn                 # the "hello observe NNN" number of the last timer tick
-    cdef public int max_payload         # larger responses go to the Python resource
     cdef unsigned long long answered

@@ -5,6 +5,5 @@ def benchmark_payload(get: bool, nnn: int, rlen: int) -> bytes: ...
 class BenchmarkFastPath(FastResource):
     enabled: bool
     nnn: int
-    max_payload: int
     @property
     def answered_count(self) -> int: ...

@@ -70,14 +70,13 @@ cdef class BenchmarkFastPath(FastResource):
     def __cinit__(self):
         self.enabled = False
         self.nnn = 0
-        self.max_payload = 1024      # COAP.MAX_MESSAGE_SIZE of the extended server
 
     @property
     def answered_count(self) -> int:
         return self.answered
 
     cdef Py_ssize_t respond(self, const MessageView* request, Writer* out, int response_type,
-                            uint16_t response_mid) noexcept:
+                            uint16_t response_mid, Py_ssize_t max_payload) noexcept:
         cdef int i, rlen = 0, segments = 0
         cdef const OptionView* option
         cdef Py_ssize_t length
@@ -98,7 +97,7 @@ cdef class BenchmarkFastPath(FastResource):
                     return 0
             elif option.number not in (3, 7, 12, 60):   # Uri-Host/Port, Content-Format, Size1
                 return 0
-        if segments != 1 or rlen > self.max_payload:
+        if segments != 1 or max(rlen, 17) > max_payload:
             return 0
         write_header(out, response_type, CONTENT if request.code == GET else CHANGED,
                      response_mid, request.token, request.token_length)
