@@ -81,7 +81,7 @@ bench: build
 	$(PY) bench/throughput.py $(ARGS)
 
 bench-micro: build
-	$(PY) -m pytest -q bench/test_micro.py --benchmark-only $(PYTEST_ARGS)
+	$(PY) -m pytest -q bench/test_micro.py bench/test_micro_dtls.py --benchmark-only $(PYTEST_ARGS)
 
 # tests/fuzz: pytest/hypothesis tests (test_*.py, run with the "fuzz" profile that tests/conftest.py
 # registers) and atheris harnesses (fuzz_*.py, run as libFuzzer programs with a corpus in build/fuzz;

@@ -41,6 +41,8 @@ MODULES = [
     ("extplugtest.resources._benchmark", "src/extplugtest/resources/_benchmark.pyx"),
     ("extplugtest.server._netif", "src/extplugtest/server/_netif.pyx"),
     ("extplugtest.tools._loadgen", "src/extplugtest/tools/_loadgen.pyx"),
+    ("extplugtest.tools._natfwd", "src/extplugtest/tools/_natfwd.pyx"),
+    ("extplugtest.dtls._record", "src/extplugtest/dtls/_record.pyx"),
 ]
 
 extensions = [
