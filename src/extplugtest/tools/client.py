@@ -1,8 +1,9 @@
 """``extclient``: the CoAP client tools (Californium's cf-extplugtest-client and cf-client).
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``
-and is registered in ``SUBCOMMANDS``; ``receivetest`` and ``get``/``post``/``put``/``delete``
-will join ``benchmark`` there.
+and is registered in ``SUBCOMMANDS``: ``benchmark`` (benchmark.py), ``receivetest``
+(receivetest.py) and the one-shot requests ``get``/``post``/``put``/``delete``/``fetch``/``observe``
+(oneshot.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-from extplugtest.tools import benchmark
+from extplugtest.tools import benchmark, oneshot, receivetest
 
 # name -> (help, add_arguments, run)
 SUBCOMMANDS: dict[
@@ -25,6 +26,20 @@ SUBCOMMANDS: dict[
         "closed-loop load test with many emulated clients (Californium's BenchmarkClient)",
         benchmark.add_arguments,
         benchmark.run,
+    ),
+    **{
+        name: (f"one {name.upper()} request (cf-client)", oneshot.add_arguments, oneshot.run)
+        for name in oneshot.METHODS
+    },
+    "observe": (
+        "observe a resource (GET with Observe), cancel at the end",
+        oneshot.add_observe_arguments,
+        oneshot.run_observe,
+    ),
+    "receivetest": (
+        "POST to /requests and show what the server recorded (Californium's ReceivetestClient)",
+        receivetest.add_arguments,
+        receivetest.run,
     ),
 }
 
