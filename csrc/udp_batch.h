@@ -84,6 +84,17 @@ static inline int udp_batch_truncated(udp_batch *b, int i)
     return (b->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
 }
 
+/* Put one datagram into receive slot i, as if recvmmsg had delivered it (DTLS plaintext). */
+static inline void udp_batch_set(udp_batch *b, int i, const unsigned char *data, size_t length,
+                                 const struct sockaddr_storage *addr, socklen_t addrlen)
+{
+    memcpy(udp_batch_buffer(b, i), data, length);
+    b->msgs[i].msg_len = (unsigned int)length;
+    b->msgs[i].msg_hdr.msg_flags = 0;
+    memcpy(&b->addrs[i], addr, addrlen);
+    b->msgs[i].msg_hdr.msg_namelen = addrlen;
+}
+
 /* Queue the datagram in slot b->count (its buffer already filled) to address addr. */
 static inline void udp_batch_queue(udp_batch *b, size_t length, const struct sockaddr_storage *addr,
                                    socklen_t addrlen)

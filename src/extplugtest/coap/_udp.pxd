@@ -50,6 +50,7 @@ cdef class UdpEngine:
     cdef double now
     cdef int max_batches
     cdef Py_ssize_t max_message_size
+    cdef object sink            # None: the socket; else sink(data, address) gets every datagram
     cdef EngineCounters c
     cdef Exchange* current      # dedup entry of the request being processed, or NULL
 
@@ -63,3 +64,4 @@ cdef class UdpEngine:
     cdef void _reply_error(self, int slot, const MessageView* request, int code,
                            const char* text) noexcept
     cdef void _flush(self) noexcept
+    cdef int _flush_to_sink(self) except -1

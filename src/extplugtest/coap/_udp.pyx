@@ -33,6 +33,8 @@ cdef extern from "udp_batch.h" nogil:
     bint udp_batch_truncated(udp_batch* b, int i)
     void udp_batch_queue(udp_batch* b, size_t length, const sockaddr_storage* addr,
                          unsigned int addrlen)
+    void udp_batch_set(udp_batch* b, int i, const uint8_t* data, size_t length,
+                       const sockaddr_storage* addr, unsigned int addrlen)
     int udp_batch_send(int fd, udp_batch* b)
     double monotonic_now()
     ssize_t udp_send_one(int fd, const void* data, size_t length, const sockaddr_storage* addr,
@@ -49,10 +51,18 @@ cdef extern from "udp_batch.h":
     static inline unsigned int udp_batch_addrlen(udp_batch *b, int i) {
         return b->msgs[i].msg_hdr.msg_namelen;
     }
+    static inline size_t udp_batch_queued_length(udp_batch *b, int i) {
+        return b->iov[i].iov_len;
+    }
+    static inline struct sockaddr_storage *udp_batch_queued_addr(udp_batch *b, int i) {
+        return &b->addrs[i];
+    }
     """
     unsigned int udp_batch_length(udp_batch* b, int i) nogil
     sockaddr_storage* udp_batch_addr(udp_batch* b, int i) nogil
     unsigned int udp_batch_addrlen(udp_batch* b, int i) nogil
+    size_t udp_batch_queued_length(udp_batch* b, int i) nogil
+    sockaddr_storage* udp_batch_queued_addr(udp_batch* b, int i) nogil
 
 cdef extern from "<netinet/in.h>" nogil:
     cdef struct in_addr:
@@ -165,7 +175,7 @@ cdef class UdpEngine:
     """
 
     def __cinit__(self, int fd, int family, endpoint, DeduplicationCache dedup=None,
-                  FastResource fast=None, Py_ssize_t max_message_size=1024):
+                  FastResource fast=None, Py_ssize_t max_message_size=1024, sink=None):
         self.fd = fd
         self.family = family
         self.endpoint = endpoint
@@ -173,6 +183,7 @@ cdef class UdpEngine:
         self.fast = fast
         self.max_batches = MAX_BATCHES
         self.max_message_size = max_message_size
+        self.sink = sink
         self.current = NULL
         memset(&self.c, 0, sizeof(EngineCounters))
         if udp_batch_init(&self.rx, RX_BATCH, SLOT_SIZE):
@@ -209,6 +220,25 @@ cdef class UdpEngine:
             if n < RX_BATCH:
                 break
 
+    def feed(self, data, address) -> None:
+        """Process one datagram that did not come from the socket (the plaintext of a DTLS
+        record); what it answers goes to the sink."""
+        cdef const uint8_t[:] raw = data
+        cdef sockaddr_storage addr
+        cdef unsigned int addrlen = _fill_sockaddr(&addr, self.family, address)
+        if raw.shape[0] == 0 or raw.shape[0] > SLOT_SIZE:
+            self.c.recv_ignored += 1
+            return
+        udp_batch_set(&self.rx, 0, &raw[0], raw.shape[0], &addr, addrlen)
+        self.now = monotonic_now()
+        try:
+            self._process(0)
+        except Exception:
+            self.c.handler_errors += 1
+            logger.exception("datagram processing failed")
+        self.current = NULL
+        self._flush()
+
     def next_mid(self) -> int:
         self.mid += 1
         return self.mid
@@ -218,6 +248,9 @@ cdef class UdpEngine:
         cdef sockaddr_storage addr
         cdef const uint8_t[:] raw = data
         cdef unsigned int addrlen = _fill_sockaddr(&addr, self.family, address)
+        if self.sink is not None:
+            self.sink(bytes(data), address)
+            return True
         if udp_send_one(self.fd, &raw[0], raw.shape[0], &addr, addrlen) < 0:
             self.c.send_errors += 1
             return False
@@ -453,5 +486,21 @@ cdef class UdpEngine:
         self._tx_commit(writer_length(&w), slot)
 
     cdef void _flush(self) noexcept:
-        if self.tx.count:
+        if not self.tx.count:
+            return
+        if self.sink is None:
             self.c.send_errors += udp_batch_send(self.fd, &self.tx)
+            return
+        try:
+            self._flush_to_sink()
+        except Exception:
+            self.c.send_errors += 1
+            logger.exception("sending through the sink failed")
+        self.tx.count = 0
+
+    cdef int _flush_to_sink(self) except -1:
+        cdef int i
+        for i in range(self.tx.count):
+            self.sink((<char*>udp_batch_buffer(&self.tx, i))[:udp_batch_queued_length(&self.tx, i)],
+                      _address_tuple(udp_batch_queued_addr(&self.tx, i)))
+        return 0

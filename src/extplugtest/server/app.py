@@ -14,6 +14,8 @@ from extplugtest.coap.linkformat import well_known
 from extplugtest.coap.resource import Resource
 from extplugtest.coap.transmission import TransmissionParameters
 from extplugtest.coap.transport_udp import UdpServerTransport
+from extplugtest.dtls.connector import DtlsServerTransport
+from extplugtest.dtls.handshake_server import DtlsConfig
 from extplugtest.resources.benchmark import Benchmark
 from extplugtest.resources.extended import add_extended_resources
 from extplugtest.resources.plugtest import add_plugtest_resources
@@ -59,6 +61,10 @@ class InterfaceSelection:
         return chosen
 
 
+def _bind_address(address: str, scope: int, port: int) -> tuple:
+    return (address, port) if scope == 0 else (address, port, 0, scope)
+
+
 def is_external(address: str) -> bool:
     """Californium classifies by isLoopbackAddress() here, so link-local counts as external."""
     return not ipaddress.ip_address(address).is_loopback
@@ -77,9 +83,14 @@ class ExtendedServer:
         diagnose: bool = False,
         notify_interval: float = 5.0,
         echo_delay: bool = False,
+        dtls: DtlsConfig | None = None,
+        dtls_only: bool = False,
     ) -> None:
         self.config = config
         self.interfaces = interfaces
+        #: DTLS endpoints on the next port (5784, 5684), or None for plain CoAP only
+        self.dtls = dtls
+        self.dtls_only = dtls_only and dtls is not None
         self.settings = ResourceSettings(
             notify_interval=notify_interval,
             echo_delay=echo_delay,
@@ -96,7 +107,7 @@ class ExtendedServer:
             self.plugtest_root = RootResource()
             add_plugtest_resources(self.plugtest_root, self.settings)
             self.plugtest_root.add(well_known(self.plugtest_root))
-        self.transports: list[UdpServerTransport] = []
+        self.transports: list[UdpServerTransport | DtlsServerTransport] = []
 
     def _endpoint(self, root: Resource, address: str, plugtest: bool) -> CoapEndpoint:
         """An endpoint with Californium's per-server and per-interface settings: the plugtest
@@ -149,30 +160,58 @@ class ExtendedServer:
         try:
             for root, port, extended in roots:
                 for address, scope in addresses:
-                    bind: tuple = (address, port) if scope == 0 else (address, port, 0, scope)
-                    transport = UdpServerTransport(
-                        self._endpoint(root, address, plugtest=not extended),
-                        bind,
-                        dedup=self._dedup(plugtest=not extended),
-                        fast=self.benchmark.fast_path if extended else None,
-                        receive_buffer_size=self.config.udp_receive_buffer_size,
-                        send_buffer_size=self.config.udp_send_buffer_size,
-                    )
-                    try:
-                        transport.open(loop)
-                    except OSError as error:
-                        where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-                        raise StartupError(
-                            f"cannot bind UDP {where}: {error.strerror or error}; stop the other "
-                            "server or choose another port (--coap-port, --plugtest-port)"
-                        ) from None
-                    self.transports.append(transport)
+                    if not self.dtls_only:
+                        self._open(loop, self._udp(root, address, scope, port, extended))
+                    if self.dtls is not None:
+                        self._open(loop, self._dtls(root, address, scope, port + 1, extended))
         except StartupError:
             self.close()
             raise
         for resource in self._all_resources():
             resource.start(loop)
         return [t.endpoint.uri for t in self.transports]
+
+    def _udp(
+        self, root: Resource, address: str, scope: int, port: int, extended: bool
+    ) -> UdpServerTransport:
+        return UdpServerTransport(
+            self._endpoint(root, address, plugtest=not extended),
+            _bind_address(address, scope, port),
+            dedup=self._dedup(plugtest=not extended),
+            fast=self.benchmark.fast_path if extended else None,
+            receive_buffer_size=self.config.udp_receive_buffer_size,
+            send_buffer_size=self.config.udp_send_buffer_size,
+        )
+
+    def _dtls(
+        self, root: Resource, address: str, scope: int, port: int, extended: bool
+    ) -> DtlsServerTransport:
+        assert self.dtls is not None
+        # DTLS endpoints use the loopback sizes on every interface (inventory §1.2).
+        return DtlsServerTransport(
+            self._endpoint(root, "127.0.0.1", plugtest=not extended),
+            _bind_address(address, scope, port),
+            self.dtls,
+            dedup=self._dedup(plugtest=not extended),
+            fast=self.benchmark.fast_path if extended else None,
+            buffer_size=self.config.udp_receive_buffer_size,
+        )
+
+    def _open(
+        self, loop: asyncio.AbstractEventLoop, transport: UdpServerTransport | DtlsServerTransport
+    ) -> None:
+        try:
+            transport.open(loop)
+        except OSError as error:
+            address, port = transport.requested_address[:2]
+            where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            kind = "DTLS" if isinstance(transport, DtlsServerTransport) else "UDP"
+            raise StartupError(
+                f"cannot bind {kind} {where}: {error.strerror or error}; stop the other "
+                "server or choose another port (--coap-port, --plugtest-port; DTLS uses the "
+                "next port)"
+            ) from None
+        self.transports.append(transport)
 
     def _all_resources(self) -> list[Resource]:
         roots = [self.extended_root] + ([self.plugtest_root] if self.plugtest_root else [])

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from extplugtest import __version__
+from extplugtest.dtls.credentials import PskFileError, PskStore
+from extplugtest.dtls.handshake_server import DtlsConfig
 from extplugtest.server.app import ExtendedServer, InterfaceSelection, StartupError
 from extplugtest.server.config import DEFAULT_FILE, ConfigError, ServerConfig, parse_duration
 
@@ -70,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="enable the /benchmark resource (default: off, it answers 5.01)",
     )
+    group.add_argument(
+        "--dtls",
+        action=flag,
+        default=True,
+        help="DTLS (coaps) endpoints on the next port: 5784 and 5684 (default: on)",
+    )
+    group.add_argument("--dtls-only", action="store_true", help="only DTLS endpoints, no plain UDP")
+    parser.add_argument(
+        "--psk-file",
+        type=Path,
+        metavar="FILE",
+        help="extra PSK credentials: identity=base64secret or identity=:0x<hex> lines",
+    )
     parser.add_argument(
         "--diagnose",
         action=flag,
@@ -121,10 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.plugtest_port is not None:
             config.plugtest_port = args.plugtest_port
         config.validate("command line")
+        psk_store = PskStore()
+        if args.psk_file is not None:
+            psk_store = PskStore.from_file(args.psk_file)
         notify_interval = parse_duration(args.notify_interval)
         if notify_interval < 0.005:
             raise ConfigError("--notify-interval must be at least 5ms")
-    except ConfigError as error:
+    except OSError as error:
+        return fail(f"cannot read {args.psk_file}: {error.strerror}", EXIT_USAGE)
+    except (ConfigError, PskFileError) as error:
         return fail(f"{error}", EXIT_USAGE)
     interfaces = InterfaceSelection(
         loopback=args.loopback,
@@ -141,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         diagnose=args.diagnose,
         notify_interval=notify_interval,
         echo_delay=args.echo_delay,
+        dtls=DtlsConfig(psk_store, cid_length=config.dtls_cid_length) if args.dtls else None,
+        dtls_only=args.dtls_only,
     )
     loop: asyncio.AbstractEventLoop
     try:

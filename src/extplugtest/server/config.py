@@ -64,6 +64,7 @@ _PROPERTY_KEYS: dict[str, tuple[str, object]] = {
     "COAP.NOTIFICATION_CHECK_INTERVAL_COUNT": ("notification_check_interval_count", int),
     "UDP.RECEIVE_BUFFER_SIZE": ("udp_receive_buffer_size", int),
     "UDP.SEND_BUFFER_SIZE": ("udp_send_buffer_size", int),
+    "DTLS.CONNECTION_ID_LENGTH": ("dtls_cid_length", int),
 }
 
 
@@ -92,6 +93,7 @@ class ServerConfig:
     notification_check_interval_count: int = 100
     udp_receive_buffer_size: int = 4 * 1024 * 1024
     udp_send_buffer_size: int = 4 * 1024 * 1024
+    dtls_cid_length: int = 6
 
     @property
     def deduplication(self) -> bool:
@@ -124,6 +126,8 @@ class ServerConfig:
         for name in ("coap_port", "plugtest_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{source}: {name} {getattr(self, name)} is not a UDP port")
+        if not 0 <= self.dtls_cid_length <= 16:
+            raise ConfigError(f"{source}: DTLS.CONNECTION_ID_LENGTH must be 0..16")
         if self.peers_mark_and_sweep_messages < 1 or self.max_active_peers < 1:
             raise ConfigError(f"{source}: deduplication bounds must be positive")
 

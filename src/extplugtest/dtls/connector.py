@@ -1,0 +1,415 @@
+"""The DTLS server endpoint: connections by CID and by address, handshakes, and CoAP on top.
+
+Datagrams are read from the socket, split into records (C parser), and each record goes to its
+connection: found by CID for tls12_cid records (RFC 9146), else by source address. A ClientHello
+from an unknown peer is answered statelessly with a HelloVerifyRequest (RFC 6347 §4.2.1) until
+it carries a valid cookie; only then a connection and its handshake exist. Application data is
+opened and handed to the CoAP engine (UdpEngine.feed), whose answers come back through the
+sink and leave sealed. A CID record that authenticates and is the newest seen moves the
+connection to its source address (RFC 9146 §6). Connections and handshakes are bounded; the
+least recently active connection makes room; everything is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from extplugtest.coap._dedup import DeduplicationCache
+from extplugtest.coap._udp import FastResource, UdpEngine
+from extplugtest.coap.endpoint import CoapEndpoint
+from extplugtest.coap.timer import PeriodicTimer
+from extplugtest.dtls._record import (
+    APPLICATION_DATA,
+    TLS12_CID,
+    Record,
+    RecordError,
+    parse_datagram,
+)
+from extplugtest.dtls.cookie import CookieGenerator
+from extplugtest.dtls.handshake_header import DecodeError, HandshakeType, iter_fragments
+from extplugtest.dtls.handshake_server import (
+    DtlsConfig,
+    HandshakeFailure,
+    ServerHandshake,
+    Session,
+    plain_record,
+)
+from extplugtest.dtls.messages import (
+    DTLS_1_0,
+    Alert,
+    ClientHello,
+    ContentType,
+    HelloVerifyRequest,
+    encode_message,
+)
+from extplugtest.dtls.reassembly import CompleteMessage
+
+logger = logging.getLogger("extplugtest.dtls")
+
+MAX_DATAGRAM = 2048
+RETRANSMIT_INTERVAL = 1.0  # flight retransmission (RFC 6347 §4.2.4.1: 1 s initial)
+HANDSHAKE_LIFETIME = 30.0
+
+
+@dataclass
+class DtlsLimits:
+    max_connections: int = 100_000
+    max_handshakes: int = 10_000
+    stale_after: float = 180.0  # DTLS.STALE_CONNECTION_THRESHOLD
+
+
+@dataclass
+class DtlsCounters:
+    received_records: int = 0
+    dropped_records: int = 0
+    mac_errors: int = 0
+    hello_verify_requests: int = 0
+    handshakes_started: int = 0
+    handshakes_succeeded: int = 0
+    handshakes_failed: int = 0
+    handshakes_refused: int = 0
+    connections_evicted: int = 0
+    address_changes: int = 0
+    sending_records: int = 0
+    by_name: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "received records": self.received_records,
+            "dropped received records": self.dropped_records,
+            "dropped received mac-errors": self.mac_errors,
+            "hello verify requests": self.hello_verify_requests,
+            "handshakes pending": 0,
+            "handshakes started": self.handshakes_started,
+            "handshakes succeeded": self.handshakes_succeeded,
+            "handshakes failed": self.handshakes_failed,
+            "handshakes refused": self.handshakes_refused,
+            "connections evicted": self.connections_evicted,
+            "address changes": self.address_changes,
+            "sending records": self.sending_records,
+        }
+
+
+class DtlsConnection:
+    __slots__ = ("address", "handshake", "last_seen", "previous_address", "read_cid", "session",
+                 "started")  # fmt: skip
+
+    def __init__(self, address: tuple, read_cid: bytes) -> None:
+        self.address = address
+        self.read_cid = read_cid
+        self.handshake: ServerHandshake | None = None
+        self.session: Session | None = None
+        self.started = time.monotonic()
+        self.last_seen = self.started
+        self.previous_address: tuple | None = None
+
+
+class DtlsServerTransport:
+    """A DTLS server socket serving *endpoint*'s resources (coaps)."""
+
+    def __init__(
+        self,
+        endpoint: CoapEndpoint,
+        address: tuple,
+        config: DtlsConfig,
+        *,
+        dedup: DeduplicationCache | None = None,
+        fast: FastResource | None = None,
+        limits: DtlsLimits | None = None,
+        buffer_size: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.endpoint = endpoint
+        self.requested_address = address
+        self.config = config
+        self.dedup = dedup
+        self.fast = fast
+        self.limits = limits or DtlsLimits()
+        self.buffer_size = buffer_size
+        self.cookies = CookieGenerator()
+        self.counters = DtlsCounters()
+        self.sock: socket.socket | None = None
+        self.engine: UdpEngine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._by_address: OrderedDict[tuple, DtlsConnection] = OrderedDict()  # LRU order
+        self._by_cid: dict[bytes, DtlsConnection] = {}
+        self._handshakes = 0
+        self._timer = PeriodicTimer(RETRANSMIT_INTERVAL, self._on_timer)
+
+    # -- life cycle --------------------------------------------------------------------------
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        host = self.requested_address[0]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.buffer_size)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.buffer_size)
+            sock.bind(self.requested_address)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.endpoint.scheme = "coaps"
+        self.engine = UdpEngine(
+            -1,  # no socket of its own: records come in through feed(), go out via the sink
+            family,
+            self.endpoint,
+            self.dedup,
+            self.fast,
+            self.endpoint.max_message_size,
+            sink=self._send_application,
+        )
+        self.endpoint.attach(self.engine, sock.getsockname())
+        self._loop = loop
+        loop.add_reader(sock.fileno(), self._on_readable)
+        self._timer.start(loop)
+
+    @property
+    def local_address(self) -> tuple:
+        assert self.sock is not None
+        return self.sock.getsockname()
+
+    def close(self) -> None:
+        self._timer.stop()
+        if self.sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self.sock.fileno())
+            self.endpoint.close()
+            self.sock.close()
+            self.sock = None
+
+    def connection(self, address: tuple) -> DtlsConnection | None:
+        return self._by_address.get(address)
+
+    # -- receiving ---------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        assert self.sock is not None
+        for _ in range(64):  # bounded per wake-up
+            try:
+                data, address = self.sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                self._datagram(data, address)
+            except Exception:
+                logger.exception("DTLS datagram from %s failed", address)
+
+    def _datagram(self, data: bytes, address: tuple) -> None:
+        try:
+            records = parse_datagram(data, cid_length=self.config.cid_length)
+        except RecordError as error:
+            records = list(error.records)
+            self.counters.dropped_records += 1
+        for record in records:
+            self.counters.received_records += 1
+            self._record(record, address)
+
+    def _record(self, record: Record, address: tuple) -> None:
+        if record.content_type == TLS12_CID:
+            connection = self._by_cid.get(record.cid)
+        else:
+            connection = self._by_address.get(address)
+        if connection is None or (
+            record.epoch == 0
+            and record.content_type == ContentType.HANDSHAKE
+            and connection.session is not None
+        ):  # an unknown peer, or a new handshake from an established one
+            if record.epoch == 0 and record.content_type == ContentType.HANDSHAKE:
+                self._client_hello(record, address)
+            else:
+                self.counters.dropped_records += 1
+            return
+        connection.last_seen = time.monotonic()
+        self._by_address.move_to_end(connection.address)
+        if connection.session is not None:
+            self._protected_record(connection, record, address)
+        elif connection.handshake is not None:
+            self._handshake_record(connection, record)
+
+    def _client_hello(self, record: Record, address: tuple) -> None:
+        """Stateless until the cookie verifies (RFC 6347 §4.2.1)."""
+        try:
+            fragments = list(iter_fragments(record.fragment))
+            if len(fragments) != 1:
+                raise DecodeError("a ClientHello in one unfragmented record is required")
+            header, body = fragments[0]
+            if (
+                header.msg_type != HandshakeType.CLIENT_HELLO
+                or header.fragment_length != header.length
+            ):
+                raise DecodeError("not a whole ClientHello")
+            hello = ClientHello.decode(body)
+        except DecodeError:
+            self.counters.dropped_records += 1
+            return
+        if not hello.cookie or not self.cookies.verify(address, hello):
+            request = HelloVerifyRequest(DTLS_1_0, self.cookies.generate(address, hello))
+            payload = encode_message(request, header.message_seq)
+            # The HVR reuses the ClientHello's record sequence number (plugtest-spec §4).
+            self._send(plain_record(ContentType.HANDSHAKE, record.seq, payload, DTLS_1_0), address)
+            self.counters.hello_verify_requests += 1
+            return
+        if self._handshakes >= self.limits.max_handshakes:
+            self.counters.handshakes_refused += 1
+            return
+        old = self._by_address.get(address)
+        if old is not None:  # a new handshake replaces the old connection of this address
+            self._remove(old)
+        connection = DtlsConnection(address, self._new_cid())
+        handshake = ServerHandshake(
+            self.config,
+            CompleteMessage(header.msg_type, header.message_seq, body),
+            record.seq,
+            connection.read_cid,
+        )
+        connection.handshake = handshake
+        self._add(connection)
+        self._handshakes += 1
+        self.counters.handshakes_started += 1
+        try:
+            self._send_all(handshake.start(), address)
+        except (HandshakeFailure, DecodeError) as failure:
+            self._fail(connection, failure)
+
+    def _handshake_record(self, connection: DtlsConnection, record: Record) -> None:
+        handshake = connection.handshake
+        assert handshake is not None
+        try:
+            self._send_all(handshake.on_record(record), connection.address)
+        except (HandshakeFailure, DecodeError) as failure:
+            self._fail(connection, failure)
+            return
+        if handshake.session is not None:
+            connection.session = handshake.session
+            self._handshakes -= 1
+            self.counters.handshakes_succeeded += 1
+            # Keep the handshake a little for a lost last flight: it resends on the
+            # client's retransmitted Finished; cleared by the timer.
+            if connection.session.read_cid:
+                self._by_cid[connection.session.read_cid] = connection
+
+    def _fail(self, connection: DtlsConnection, failure: Exception) -> None:
+        self.counters.handshakes_failed += 1
+        alert = getattr(failure, "alert", None)
+        if alert is not None and connection.handshake is not None:
+            self._send(connection.handshake.alert(alert), connection.address)
+        logger.info("DTLS handshake with %s failed: %s", connection.address, failure)
+        self._remove(connection)
+
+    def _protected_record(self, connection: DtlsConnection, record: Record, address: tuple) -> None:
+        session = connection.session
+        assert session is not None
+        if record.epoch == 0:
+            self.counters.dropped_records += 1
+            return
+        try:
+            content_type, plaintext = session.cipher.open(record.raw)
+        except ValueError:
+            self.counters.mac_errors += 1
+            return
+        if record.content_type == TLS12_CID and address != connection.address:
+            highest = session.cipher.highest_seq
+            if highest is not None and record.seq >= highest:  # RFC 9146 §6: newest only
+                self._move(connection, address)
+        if content_type == APPLICATION_DATA:
+            assert self.engine is not None
+            self.engine.feed(plaintext, connection.address)
+        elif content_type == ContentType.ALERT:
+            alert = Alert.decode(plaintext)
+            if alert.description == 0 or alert.level == 2:  # close_notify or fatal
+                self._remove(connection)
+        elif content_type == ContentType.HANDSHAKE and connection.handshake is not None:
+            # the client's Finished again: our last flight was lost
+            self._send_all(list(connection.handshake.flight), connection.address)
+
+    # -- sending -----------------------------------------------------------------------------
+    def _send_application(self, data: bytes, address: tuple) -> None:
+        connection = self._by_address.get(address)
+        if connection is None or connection.session is None:
+            return
+        session = connection.session
+        record = session.cipher.seal(1, session.next_write_seq, APPLICATION_DATA, data)
+        session.next_write_seq += 1
+        self._send(record, connection.address)
+
+    def _send_all(self, datagrams: list[bytes], address: tuple) -> None:
+        for datagram in datagrams:
+            self._send(datagram, address)
+
+    def _send(self, datagram: bytes, address: tuple) -> None:
+        assert self.sock is not None
+        self.counters.sending_records += 1
+        with contextlib.suppress(OSError):  # UDP: a failed send is a lost datagram
+            self.sock.sendto(datagram, address)
+
+    # -- the connection store ----------------------------------------------------------------
+    def _new_cid(self) -> bytes:
+        for _ in range(16):
+            cid = os.urandom(self.config.cid_length)
+            if cid not in self._by_cid:
+                return cid
+        raise RuntimeError("no free connection id")
+
+    def _add(self, connection: DtlsConnection) -> None:
+        while len(self._by_address) >= self.limits.max_connections:
+            _, oldest = next(iter(self._by_address.items()))
+            self._remove(oldest)
+            self.counters.connections_evicted += 1
+        self._by_address[connection.address] = connection
+
+    def _remove(self, connection: DtlsConnection) -> None:
+        if self._by_address.get(connection.address) is connection:
+            del self._by_address[connection.address]
+        if self._by_cid.get(connection.read_cid) is connection:
+            del self._by_cid[connection.read_cid]
+        if connection.handshake is not None and connection.session is None:
+            self._handshakes -= 1
+        connection.handshake = None
+
+    def _move(self, connection: DtlsConnection, address: tuple) -> None:
+        other = self._by_address.get(address)
+        if other is not None and other is not connection:
+            self._remove(other)
+        self._by_address.pop(connection.address, None)
+        connection.previous_address = connection.address
+        connection.address = address
+        self._by_address[address] = connection
+        self.counters.address_changes += 1
+
+    def _on_timer(self) -> None:
+        now = time.monotonic()
+        for connection in list(self._by_address.values()):
+            handshake = connection.handshake
+            if handshake is None:
+                continue
+            if connection.session is not None:
+                if now - connection.last_seen > HANDSHAKE_LIFETIME:
+                    connection.handshake = None  # no retransmitted Finished expected anymore
+                continue
+            if now - connection.started > HANDSHAKE_LIFETIME:
+                self.counters.handshakes_failed += 1
+                self._remove(connection)
+            elif now - connection.last_seen > RETRANSMIT_INTERVAL:
+                self._send_all(list(handshake.flight), connection.address)
+        while self._by_address:  # stale connections (least recently active first)
+            _, oldest = next(iter(self._by_address.items()))
+            if now - oldest.last_seen <= self.limits.stale_after:
+                break
+            self._remove(oldest)
+
+    def dtls_counters(self) -> dict[str, int]:
+        counters = self.counters.as_dict()
+        counters["handshakes pending"] = self._handshakes
+        counters["associations"] = len(self._by_address)
+        return counters

@@ -1,0 +1,309 @@
+"""The server side of a DTLS 1.2 handshake (RFC 6347 §4.2), without I/O.
+
+Records go in (``on_record``), datagrams to send come out. The connector has already checked
+the cookie of the ClientHello (RFC 6347 §4.2.1) before this object exists, so a client pays a
+round trip before any state is kept. PSK suites (RFC 4279) with the Connection ID extension
+(RFC 9146), the extended master secret (RFC 7627) and the renegotiation indication (RFC 5746;
+renegotiation itself is not supported). Certificates and ECDHE come with a later step.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+
+from extplugtest.dtls import ciphersuites as cs
+from extplugtest.dtls._record import AEAD_FOR_CIPHER_SUITE, AeadCipher, Record
+from extplugtest.dtls.ciphersuites import CipherSuite, KeyExchange
+from extplugtest.dtls.credentials import PskStore
+from extplugtest.dtls.handshake_header import (
+    AlertDescription,
+    DecodeError,
+    HandshakeType,
+    iter_fragments,
+)
+from extplugtest.dtls.keys import (
+    CLIENT_FINISHED,
+    SERVER_FINISHED,
+    Transcript,
+    extended_master_secret,
+    key_block,
+    master_secret,
+    psk_premaster_secret,
+    verify_data,
+)
+from extplugtest.dtls.messages import (
+    DTLS_1_2,
+    NULL_COMPRESSION,
+    Alert,
+    AlertLevel,
+    ChangeCipherSpec,
+    ClientHello,
+    ClientKeyExchange,
+    ConnectionIdExtension,
+    ContentType,
+    ExtendedMasterSecretExtension,
+    Extension,
+    Finished,
+    RenegotiationInfoExtension,
+    ServerHello,
+    ServerHelloDone,
+    encode_message,
+)
+from extplugtest.dtls.reassembly import CompleteMessage, Reassembler
+
+PSK_SUITES = tuple(s for s in cs.DEFAULT_PREFERENCE if s.key_exchange is KeyExchange.PSK)
+
+
+class HandshakeFailure(Exception):
+    """The handshake ends with a fatal alert; str() says why (for the log)."""
+
+    def __init__(self, alert: AlertDescription, reason: str) -> None:
+        super().__init__(reason)
+        self.alert = alert
+
+
+@dataclass
+class DtlsConfig:
+    psk_store: PskStore
+    cipher_suites: tuple[CipherSuite, ...] = PSK_SUITES
+    #: length of the CIDs this server assigns (0: support the extension, use no CID inbound)
+    cid_length: int = 6
+    extended_master_secret: bool = True
+
+
+@dataclass
+class Session:
+    """What an established connection keeps of its handshake."""
+
+    suite: CipherSuite
+    cipher: AeadCipher
+    identity: bytes
+    session_id: bytes
+    read_cid: bytes  # ours: on the records the client sends
+    write_cid: bytes  # the client's: on our records (b"": plain records)
+    cid_negotiated: bool
+    extended_master_secret: bool
+    secure_renegotiation: bool
+    next_write_seq: int  # epoch 1
+
+
+def plain_record(content_type: int, seq: int, payload: bytes, version: int = DTLS_1_2) -> bytes:
+    """An epoch-0 record (RFC 6347 §4.1)."""
+    return (
+        bytes([content_type])
+        + version.to_bytes(2, "big")
+        + seq.to_bytes(8, "big")  # epoch 0 in the top 16 bits
+        + len(payload).to_bytes(2, "big")
+        + payload
+    )
+
+
+class ServerHandshake:
+    def __init__(
+        self,
+        config: DtlsConfig,
+        hello_message: CompleteMessage,
+        record_seq: int,
+        read_cid: bytes,
+    ) -> None:
+        self.config = config
+        self.hello = ClientHello.decode(hello_message.body)
+        self.read_cid = read_cid
+        self.transcript = Transcript()
+        self.transcript.update(hello_message.to_bytes())  # RFC 6347 §4.2.1: from ClientHello 2
+        self.hello_seq = hello_message.message_seq
+        self.reassembler = Reassembler(next_seq=hello_message.message_seq + 1)
+        # The ServerHello takes the second ClientHello's message_seq and record sequence
+        # number (plugtest-spec §4: what OpenSSL, tinydtls and Californium expect).
+        self.message_seq = hello_message.message_seq
+        self.write_seq = record_seq
+        self.flight: list[bytes] = []
+        self.session: Session | None = None
+        self.cipher: AeadCipher | None = None
+        self.master = b""
+        self.identity = b""
+        self.suite: CipherSuite | None = None
+        self.use_ems = False
+        self.secure_renegotiation = False
+        self.write_cid = b""
+        self.cid_negotiated = False
+        self.server_random = os.urandom(32)
+        self.session_id = os.urandom(32)
+        self.client_ccs = False
+        self.pending_epoch1: list[Record] = []
+
+    @property
+    def done(self) -> bool:
+        return self.session is not None
+
+    # -- flight 4 ----------------------------------------------------------------------------
+    def start(self) -> list[bytes]:
+        """Negotiate and answer with ServerHello ... ServerHelloDone (as one datagram)."""
+        hello = self.hello
+        if hello.client_version > DTLS_1_2:  # a smaller number is a newer version
+            raise HandshakeFailure(AlertDescription.PROTOCOL_VERSION, "client below DTLS 1.2")
+        if NULL_COMPRESSION not in hello.compression_methods:
+            raise HandshakeFailure(AlertDescription.ILLEGAL_PARAMETER, "no null compression")
+        suites = cs.common_suites(self.config.cipher_suites, hello.cipher_suites)
+        suites = [s for s in suites if s.key_exchange is KeyExchange.PSK]
+        if not suites:
+            raise HandshakeFailure(AlertDescription.HANDSHAKE_FAILURE, "no common cipher suite")
+        self.suite = suites[0]
+        extensions: list[Extension] = []
+        if self.config.extended_master_secret and hello.extension(ExtendedMasterSecretExtension):
+            self.use_ems = True
+            extensions.append(ExtendedMasterSecretExtension())
+        renegotiation = hello.extension(RenegotiationInfoExtension)
+        if renegotiation is not None and renegotiation.renegotiated_connection:
+            raise HandshakeFailure(AlertDescription.HANDSHAKE_FAILURE, "renegotiation info set")
+        if renegotiation is not None or cs.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites:
+            self.secure_renegotiation = True  # RFC 5746 §3.6
+            extensions.append(RenegotiationInfoExtension())
+        cid = hello.extension(ConnectionIdExtension)
+        if cid is not None:  # RFC 9146 §3: the client's CID is what we put on our records
+            self.cid_negotiated = True
+            self.write_cid = cid.cid
+            extensions.append(ConnectionIdExtension(self.read_cid))
+        server_hello = ServerHello(
+            DTLS_1_2, self.server_random, self.session_id, self.suite.code,
+            extensions=tuple(extensions),
+        )  # fmt: skip
+        payload = b"".join(self._encode(m) for m in (server_hello, ServerHelloDone()))
+        self.flight = [plain_record(ContentType.HANDSHAKE, self._next_seq(), payload)]
+        return list(self.flight)
+
+    def _encode(self, message: object) -> bytes:
+        encoded = encode_message(message, self.message_seq)  # type: ignore[arg-type]
+        self.message_seq += 1
+        self.transcript.update(encoded)
+        return encoded
+
+    def _next_seq(self) -> int:
+        seq = self.write_seq
+        self.write_seq += 1
+        return seq
+
+    # -- records -----------------------------------------------------------------------------
+    def on_record(self, record: Record) -> list[bytes]:
+        """Feed one record of this client; returns the datagrams to send."""
+        if record.epoch == 0:
+            if record.content_type == ContentType.CHANGE_CIPHER_SPEC:
+                ChangeCipherSpec.decode(record.fragment)
+                if self.cipher is None:
+                    raise HandshakeFailure(AlertDescription.UNEXPECTED_MESSAGE, "early CCS")
+                self.client_ccs = True
+                out: list[bytes] = []
+                pending, self.pending_epoch1 = self.pending_epoch1, []
+                for early in pending:
+                    out += self.on_record(early)
+                return out
+            if record.content_type == ContentType.HANDSHAKE:
+                return self._handshake_payload(record.fragment)
+            return []
+        if record.epoch != 1:
+            return []
+        if not self.client_ccs:
+            if len(self.pending_epoch1) < 8:  # Finished before CCS (reordered): keep a few
+                self.pending_epoch1.append(record)
+            return []
+        assert self.cipher is not None
+        try:
+            content_type, plaintext = self.cipher.open(record.raw)
+        except ValueError:
+            # The client's Finished does not authenticate: with PSK this is a wrong key
+            # (RFC 4279 §2 lets us answer decrypt_error either way).
+            raise HandshakeFailure(
+                AlertDescription.DECRYPT_ERROR, "the client's Finished does not authenticate"
+            ) from None
+        if content_type == ContentType.HANDSHAKE:
+            return self._handshake_payload(plaintext)
+        return []
+
+    def _handshake_payload(self, payload: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for header, fragment in iter_fragments(payload):
+            if header.message_seq < self.reassembler.next_seq:
+                # An old message again: the client lost our last flight (RFC 6347 §4.2.4).
+                if self.flight and not out:
+                    out = list(self.flight)
+                continue
+            self.reassembler.add(header, fragment)
+        while (message := self.reassembler.pop()) is not None:
+            out = self._message(message)
+        return out
+
+    def _message(self, message: CompleteMessage) -> list[bytes]:
+        if message.msg_type == HandshakeType.CLIENT_KEY_EXCHANGE and self.cipher is None:
+            self._client_key_exchange(message)
+            return []
+        if message.msg_type == HandshakeType.FINISHED and self.cipher is not None:
+            return self._finished(message)
+        raise HandshakeFailure(
+            AlertDescription.UNEXPECTED_MESSAGE, f"unexpected handshake message {message.msg_type}"
+        )
+
+    def _client_key_exchange(self, message: CompleteMessage) -> None:
+        assert self.suite is not None
+        exchange = ClientKeyExchange.decode(message.body, KeyExchange.PSK)
+        self.identity = exchange.identity or b""
+        psk = self.config.psk_store.secret(self.identity)
+        if psk is None:
+            # RFC 4279 §2: an unknown identity may be treated like a wrong key, so that
+            # identities cannot be probed: the Finished check fails with decrypt_error.
+            psk = os.urandom(16)
+        self.transcript.update(message.to_bytes())
+        pre_master = psk_premaster_secret(psk)
+        if self.use_ems:
+            self.master = extended_master_secret(pre_master, self.transcript.digest())
+        else:
+            self.master = master_secret(pre_master, self.hello.random, self.server_random)
+        keys = key_block(self.master, self.hello.random, self.server_random, self.suite)
+        self.cipher = AeadCipher(
+            AEAD_FOR_CIPHER_SUITE[self.suite.code],
+            keys.server_write_key,
+            keys.server_write_iv,
+            keys.client_write_key,
+            keys.client_write_iv,
+            write_cid=self.write_cid,
+            read_cid=self.read_cid if self.cid_negotiated else b"",
+        )
+
+    def _finished(self, message: CompleteMessage) -> list[bytes]:
+        assert self.cipher is not None and self.suite is not None
+        expected = verify_data(self.master, CLIENT_FINISHED, self.transcript.digest())
+        if not hmac.compare_digest(Finished.decode(message.body).verify_data, expected):
+            raise HandshakeFailure(AlertDescription.DECRYPT_ERROR, "wrong Finished (wrong PSK?)")
+        self.transcript.update(message.to_bytes())
+        finished = Finished(verify_data(self.master, SERVER_FINISHED, self.transcript.digest()))
+        ccs = plain_record(ContentType.CHANGE_CIPHER_SPEC, self._next_seq(),
+                           ChangeCipherSpec().encode())  # fmt: skip
+        sealed = self.cipher.seal(
+            1, 0, ContentType.HANDSHAKE, encode_message(finished, self.message_seq)
+        )
+        self.message_seq += 1
+        self.flight = [ccs + sealed]
+        self.session = Session(
+            self.suite,
+            self.cipher,
+            self.identity,
+            self.session_id,
+            self.read_cid if self.cid_negotiated else b"",
+            self.write_cid,
+            self.cid_negotiated,
+            self.use_ems,
+            self.secure_renegotiation,
+            next_write_seq=1,
+        )
+        return list(self.flight)
+
+    # -- failures ----------------------------------------------------------------------------
+    def alert(self, description: AlertDescription) -> bytes:
+        """A fatal alert record. Plain: until our ChangeCipherSpec the client reads epoch 0."""
+        payload = Alert(AlertLevel.FATAL, description).encode()
+        return plain_record(ContentType.ALERT, self._next_seq(), payload)
+
+
+def decode_failure(error: DecodeError) -> HandshakeFailure:
+    return HandshakeFailure(error.alert, str(error))

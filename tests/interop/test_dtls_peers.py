@@ -1,0 +1,66 @@
+"""DTLS 1.2 (PSK) against real peers: OpenSSL s_client, libcoap over OpenSSL and GnuTLS."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.interop
+
+
+def run(command: list[str], stdin: str = "", timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def coaps_uri(server, path: str, plugtest: bool = True) -> str:
+    port = (server.plugtest_port if plugtest else server.port) + 1
+    return f"coaps://127.0.0.1:{port}/{path}"
+
+
+@pytest.mark.requires_bin("coap-client-openssl")
+@pytest.mark.parametrize(
+    ("identity", "secret"), [("Client_identity", "secretPSK"), ("password", "sesame"),
+                             ("cali.0123456789ABCDEF", ".fornium")],
+)  # fmt: skip
+def test_libcoap_openssl_get(default_server, identity, secret):
+    result = run([shutil.which("coap-client-openssl") or "coap-client-openssl", "-B", "5",
+                  "-u", identity, "-k", secret, coaps_uri(default_server, "test")])  # fmt: skip
+    assert result.stdout.startswith("Type: 0 (CON)\nCode: 1 (GET)\nMID: "), result.stderr
+
+
+@pytest.mark.requires_bin("coap-client-gnutls")
+def test_libcoap_gnutls_block_wise(default_server):
+    client = shutil.which("coap-client-gnutls") or "coap-client-gnutls"
+    result = run([client, "-B", "5", "-u", "password", "-k", "sesame",
+                  coaps_uri(default_server, "large")])  # fmt: skip
+    assert result.stdout.startswith("/---") and len(result.stdout.strip()) > 1200, result.stderr
+
+
+@pytest.mark.requires_bin("coap-client-openssl")
+def test_mycontext_over_dtls(default_server):
+    result = run([shutil.which("coap-client-openssl") or "coap-client-openssl", "-B", "5",
+                  "-u", "Client_identity", "-k", "secretPSK",
+                  coaps_uri(default_server, "mycontext", plugtest=False)])  # fmt: skip
+    assert "ip: 127.0.0.1" in result.stdout, result.stderr
+
+
+@pytest.mark.requires_bin("openssl")
+@pytest.mark.parametrize("cipher", ["PSK-AES128-CCM8", "PSK-AES128-CCM", "PSK-AES128-GCM-SHA256"])
+def test_openssl_s_client_psk(default_server, cipher):
+    port = default_server.plugtest_port + 1
+    result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
+                  "-psk", "73656372657450534b", "-psk_identity", "Client_identity",
+                  "-cipher", cipher])  # fmt: skip
+    assert f"Cipher is {cipher}" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.requires_bin("openssl")
+def test_wrong_psk_fails_with_decrypt_error(default_server):
+    port = default_server.plugtest_port + 1
+    result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
+                  "-psk", "0102030405", "-psk_identity", "Client_identity",
+                  "-cipher", "PSK-AES128-CCM8"])  # fmt: skip
+    output = result.stdout + result.stderr
+    assert "alert decrypt error" in output, output  # fatal alert 51 from the server
