@@ -43,7 +43,11 @@ def test_mycontext_over_dtls(default_server):
     result = run([shutil.which("coap-client-openssl") or "coap-client-openssl", "-B", "5",
                   "-u", "Client_identity", "-k", "secretPSK",
                   coaps_uri(default_server, "mycontext", plugtest=False)])  # fmt: skip
-    assert "ip: 127.0.0.1" in result.stdout, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:1] == ["ip: 127.0.0.1"], result.stderr
+    assert "peer: Client_identity" in lines
+    assert any(line.startswith("cipher-suite: TLS_PSK_WITH_AES_128_") for line in lines)
+    assert "ext-master-secret: true" in lines and lines[-1].startswith("server: ")
 
 
 @pytest.mark.requires_bin("openssl")

@@ -87,6 +87,8 @@ class CoapEndpoint:
         self.max_deferred = max_deferred
         self._deferred: set[asyncio.Future] = set()
         self.log = RateLimitedLog()
+        #: the secure transport's context fields of a peer (/mycontext), or None for plain UDP
+        self.security: Callable[[tuple], list[tuple[str, str | int | bool]]] | None = None
         self.deferred_refused = 0
 
     def attach(self, engine: UdpEngine, local_address: tuple) -> None:

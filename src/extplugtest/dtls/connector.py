@@ -98,8 +98,8 @@ class DtlsCounters:
 
 
 class DtlsConnection:
-    __slots__ = ("address", "handshake", "last_seen", "previous_address", "read_cid", "session",
-                 "started")  # fmt: skip
+    __slots__ = ("address", "handshake", "last_seen", "moved", "newest", "previous_address",
+                 "read_cid", "session", "started")  # fmt: skip
 
     def __init__(self, address: tuple, read_cid: bytes) -> None:
         self.address = address
@@ -109,6 +109,9 @@ class DtlsConnection:
         self.started = time.monotonic()
         self.last_seen = self.started
         self.previous_address: tuple | None = None
+        #: of the record being processed: the newest one seen, and did it move the connection
+        self.newest = True
+        self.moved = False
 
 
 class DtlsServerTransport:
@@ -169,6 +172,7 @@ class DtlsServerTransport:
             sink=self._send_application,
         )
         self.endpoint.attach(self.engine, sock.getsockname())
+        self.endpoint.security = self.context_fields
         self._loop = loop
         loop.add_reader(sock.fileno(), self._on_readable)
         self._timer.start(loop)
@@ -313,15 +317,18 @@ class DtlsServerTransport:
         if record.epoch == 0:
             self.counters.dropped_records += 1
             return
+        before = session.cipher.highest_seq
         try:
             content_type, plaintext = session.cipher.open(record.raw)
         except ValueError:
             self.counters.mac_errors += 1
             return
-        if record.content_type == TLS12_CID and address != connection.address:
-            highest = session.cipher.highest_seq
-            if highest is not None and record.seq >= highest:  # RFC 9146 §6: newest only
-                self._move(connection, address)
+        connection.newest = before is None or record.seq > before
+        connection.moved = False
+        moving = record.content_type == TLS12_CID and address != connection.address
+        if moving and connection.newest:  # RFC 9146 §6: only the newest record moves the peer
+            self._move(connection, address)
+            connection.moved = True
         if content_type == APPLICATION_DATA:
             assert self.engine is not None
             self.engine.feed(plaintext, connection.address)
@@ -407,6 +414,38 @@ class DtlsServerTransport:
             if now - oldest.last_seen <= self.limits.stale_after:
                 break
             self._remove(oldest)
+
+    def context_fields(self, address: tuple) -> list[tuple[str, str | int | bool]]:
+        """The DTLS fields of /mycontext (inventory §2.5), in Californium's order."""
+        connection = self._by_address.get(address)
+        if connection is None or connection.session is None:
+            return []
+        session = connection.session
+        fields: list[tuple[str, str | int | bool]] = [
+            ("peer", session.identity.decode("utf-8", "replace")),
+            ("cipher-suite", session.suite.name),
+            ("session-id", session.session_id.hex().upper()),
+        ]
+        if session.cid_negotiated:
+            fields += [("read-cid", session.read_cid.hex().upper()),
+                       ("write-cid", session.write_cid.hex().upper())]  # fmt: skip
+        fields += [
+            ("secure-renegotiation", session.secure_renegotiation),
+            ("ext-master-secret", session.extended_master_secret),
+            ("newest-record", connection.newest),
+            ("message-size-limit", self.message_size_limit(session, address)),
+        ]
+        if connection.moved and connection.previous_address is not None:
+            fields += [("prev-ip", connection.previous_address[0]),
+                       ("prev-port", connection.previous_address[1])]  # fmt: skip
+        return fields
+
+    @staticmethod
+    def message_size_limit(session: Session, address: tuple) -> int:
+        """Application bytes that fit in one record of a datagram within the IPv6 minimum MTU
+        (1280) less the IP and UDP headers."""
+        datagram = 1280 - (48 if ":" in address[0] else 28)
+        return datagram - session.cipher.record_length(0)
 
     def dtls_counters(self) -> dict[str, int]:
         counters = self.counters.as_dict()

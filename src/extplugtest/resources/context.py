@@ -56,9 +56,14 @@ class MyContext(Resource):
         )
 
     def fields(self, exchange: Exchange) -> list[Field]:
-        """The context fields in Californium's order."""
+        """The context fields in Californium's order (DTLS ones from the secure endpoint)."""
         peer = exchange.peer
-        return [("ip", java_host(peer)), ("port", peer[1]), ("server", SERVER)]
+        fields: list[Field] = [("ip", java_host(peer)), ("port", peer[1])]
+        security = exchange.endpoint.security
+        if security is not None:
+            fields += security(peer)
+        fields.append(("server", SERVER))
+        return fields
 
     def handle_get(self, exchange: Exchange) -> HandlerResult:
         accept = exchange.request.accept
