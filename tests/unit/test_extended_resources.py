@@ -317,6 +317,7 @@ class FakeEndpoint:
     answers each request (a Message, an exception, or None = never)."""
 
     scheme = "coap"
+    security = None  # plain UDP: no DTLS context fields
 
     def __init__(self, responder: Responder) -> None:
         self.responder = responder

@@ -46,6 +46,7 @@ TIMER_SLACK = 0.01  # loop timers round to milliseconds and may fire that much e
 # -- helpers -------------------------------------------------------------------------------
 class FakeEndpoint:
     scheme = "coap"
+    security = None  # plain UDP: no DTLS context fields
 
 
 def plugtest_tree(**settings) -> Resource:
