@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+from extplugtest.dtls.pki import demo_ca_path
+
 pytestmark = pytest.mark.interop
 
 
@@ -68,3 +70,33 @@ def test_wrong_psk_fails_with_decrypt_error(default_server):
                   "-cipher", "PSK-AES128-CCM8"])  # fmt: skip
     output = result.stdout + result.stderr
     assert "alert decrypt error" in output, output  # fatal alert 51 from the server
+
+
+@pytest.mark.requires_bin("openssl")
+@pytest.mark.parametrize("cipher", ["ECDHE-ECDSA-AES128-CCM8", "ECDHE-ECDSA-AES128-GCM-SHA256"])
+@pytest.mark.parametrize("curve", ["X25519:prime256v1", "prime256v1"])
+def test_openssl_s_client_ecdsa_verifies_the_demo_ca(default_server, cipher, curve):
+    port = default_server.plugtest_port + 1
+    result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
+                  "-CAfile", str(demo_ca_path()), "-cipher", cipher, "-curves", curve])  # fmt: skip
+    assert f"Cipher is {cipher}" in result.stdout, result.stdout + result.stderr
+    assert "Verify return code: 0 (ok)" in result.stdout
+
+
+@pytest.mark.parametrize("client", ["coap-client-openssl", "coap-client-gnutls"])
+def test_libcoap_certificate_get(default_server, client):
+    if shutil.which(client) is None:
+        pytest.skip(f"{client} is not installed")
+    result = run([client, "-B", "5", "-C", str(demo_ca_path()),
+                  coaps_uri(default_server, "test")])  # fmt: skip
+    assert result.stdout.startswith("Type: 0 (CON)\nCode: 1 (GET)\nMID: "), result.stderr
+
+
+@pytest.mark.requires_bin("openssl")
+def test_client_without_p256_gets_handshake_failure(default_server):
+    """Our certificate key is P-256: a client that allows only X25519 cannot verify it."""
+    port = default_server.plugtest_port + 1
+    result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
+                  "-CAfile", str(demo_ca_path()), "-cipher", "ECDHE-ECDSA-AES128-CCM8",
+                  "-curves", "X25519"])  # fmt: skip
+    assert "alert handshake failure" in result.stdout + result.stderr

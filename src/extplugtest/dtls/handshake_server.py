@@ -4,7 +4,9 @@ Records go in (``on_record``), datagrams to send come out. The connector has alr
 the cookie of the ClientHello (RFC 6347 §4.2.1) before this object exists, so a client pays a
 round trip before any state is kept. PSK suites (RFC 4279) with the Connection ID extension
 (RFC 9146), the extended master secret (RFC 7627) and the renegotiation indication (RFC 5746;
-renegotiation itself is not supported). Certificates and ECDHE come with a later step.
+renegotiation itself is not supported). Key exchanges: PSK (RFC 4279), ECDHE_PSK (RFC 5489) and
+ECDHE_ECDSA (RFC 8422) with an X.509 chain or a raw public key (RFC 7250); no client
+certificates are requested yet.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from extplugtest.dtls.handshake_header import (
 from extplugtest.dtls.keys import (
     CLIENT_FINISHED,
     SERVER_FINISHED,
+    EcdheKeyPair,
     Transcript,
+    ecdhe_psk_premaster_secret,
+    ecdsa_sign_sha256,
     extended_master_secret,
     key_block,
     master_secret,
@@ -38,22 +43,34 @@ from extplugtest.dtls.messages import (
     NULL_COMPRESSION,
     Alert,
     AlertLevel,
+    Certificate,
+    CertificateType,
     ChangeCipherSpec,
     ClientHello,
     ClientKeyExchange,
     ConnectionIdExtension,
     ContentType,
+    EcdhParams,
+    EcPointFormatsExtension,
     ExtendedMasterSecretExtension,
     Extension,
     Finished,
+    NamedGroup,
     RenegotiationInfoExtension,
+    ServerCertificateTypeExtension,
     ServerHello,
     ServerHelloDone,
+    ServerKeyExchange,
+    SignatureScheme,
+    SupportedGroupsExtension,
     encode_message,
 )
+from extplugtest.dtls.pki import CertificateCredentials
 from extplugtest.dtls.reassembly import CompleteMessage, Reassembler
 
 PSK_SUITES = tuple(s for s in cs.DEFAULT_PREFERENCE if s.key_exchange is KeyExchange.PSK)
+#: the groups we offer for ECDHE, in our order of preference (RFC 8422 §5.1.1)
+GROUPS = (NamedGroup.X25519, NamedGroup.SECP256R1)
 
 
 class HandshakeFailure(Exception):
@@ -67,7 +84,9 @@ class HandshakeFailure(Exception):
 @dataclass
 class DtlsConfig:
     psk_store: PskStore
-    cipher_suites: tuple[CipherSuite, ...] = PSK_SUITES
+    cipher_suites: tuple[CipherSuite, ...] = cs.DEFAULT_PREFERENCE
+    #: the server's certificate and key, for the ECDHE_ECDSA suites (None: PSK only)
+    certificate: CertificateCredentials | None = None
     #: length of the CIDs this server assigns (0: support the extension, use no CID inbound)
     cid_length: int = 6
     extended_master_secret: bool = True
@@ -133,6 +152,7 @@ class ServerHandshake:
         self.session_id = os.urandom(32)
         self.client_ccs = False
         self.pending_epoch1: list[Record] = []
+        self.ecdhe: EcdheKeyPair | None = None
 
     @property
     def done(self) -> bool:
@@ -147,7 +167,7 @@ class ServerHandshake:
         if NULL_COMPRESSION not in hello.compression_methods:
             raise HandshakeFailure(AlertDescription.ILLEGAL_PARAMETER, "no null compression")
         suites = cs.common_suites(self.config.cipher_suites, hello.cipher_suites)
-        suites = [s for s in suites if s.key_exchange is KeyExchange.PSK]
+        suites = [s for s in suites if self._usable(s)]
         if not suites:
             raise HandshakeFailure(AlertDescription.HANDSHAKE_FAILURE, "no common cipher suite")
         self.suite = suites[0]
@@ -166,13 +186,79 @@ class ServerHandshake:
             self.cid_negotiated = True
             self.write_cid = cid.cid
             extensions.append(ConnectionIdExtension(self.read_cid))
+        flight: list[object] = []
+        if self.suite.uses_ecdhe:
+            self.ecdhe = EcdheKeyPair.generate(self._group())
+            if hello.extension(EcPointFormatsExtension):
+                extensions.append(EcPointFormatsExtension())  # uncompressed (RFC 8422 §5.2)
+            params = EcdhParams(self.ecdhe.group, self.ecdhe.public)
+            if self.suite.key_exchange is KeyExchange.ECDHE_PSK:
+                flight.append(ServerKeyExchange(hint=b"", params=params))
+            else:
+                flight += self._certificate_messages(params, extensions)
         server_hello = ServerHello(
             DTLS_1_2, self.server_random, self.session_id, self.suite.code,
             extensions=tuple(extensions),
         )  # fmt: skip
-        payload = b"".join(self._encode(m) for m in (server_hello, ServerHelloDone()))
+        messages = [server_hello, *flight, ServerHelloDone()]
+        payload = b"".join(self._encode(m) for m in messages)
         self.flight = [plain_record(ContentType.HANDSHAKE, self._next_seq(), payload)]
         return list(self.flight)
+
+    # -- negotiation ---------------------------------------------------------------------
+    def _usable(self, suite: CipherSuite) -> bool:
+        """Whether *suite* can be used with this client: credentials, group, key type."""
+        if suite.key_exchange is KeyExchange.PSK:
+            return True
+        if not self._offered_groups():
+            return False
+        if suite.key_exchange is KeyExchange.ECDHE_PSK:
+            return True
+        # Our certificate key is on secp256r1, and in TLS 1.2 the client's supported groups
+        # also limit the curves of certificate keys (RFC 8422 §5.1).
+        return (
+            self.config.certificate is not None
+            and self._certificate_type() is not None
+            and NamedGroup.SECP256R1 in self._offered_groups()
+        )
+
+    def _offered_groups(self) -> list[int]:
+        groups = self.hello.extension(SupportedGroupsExtension)
+        offered = groups.groups if groups is not None else (NamedGroup.SECP256R1,)
+        return [group for group in GROUPS if group in offered]
+
+    def _group(self) -> int:
+        return self._offered_groups()[0]
+
+    def _certificate_type(self) -> int | None:
+        """X.509 unless the client asks only for a raw public key (RFC 7250 §4.1)."""
+        wanted = self.hello.extension(ServerCertificateTypeExtension)
+        if wanted is None:
+            return CertificateType.X509
+        for kind in wanted.types:
+            if kind in (CertificateType.X509, CertificateType.RAW_PUBLIC_KEY):
+                return kind
+        return None
+
+    def _certificate_messages(self, params: EcdhParams, extensions: list[Extension]) -> list:
+        credentials = self.config.certificate
+        assert credentials is not None
+        kind = self._certificate_type()
+        if self.hello.extension(ServerCertificateTypeExtension) is not None:
+            assert kind is not None
+            extensions.append(ServerCertificateTypeExtension((kind,)))
+        if kind == CertificateType.RAW_PUBLIC_KEY:
+            certificate = Certificate((credentials.public_key_info,), kind)
+        else:
+            certificate = Certificate(credentials.chain)
+        unsigned = ServerKeyExchange(params=params)
+        signed = unsigned.signed_content(self.hello.random, self.server_random)
+        key_exchange = ServerKeyExchange(
+            params=params,
+            signature_algorithm=SignatureScheme.ECDSA_SECP256R1_SHA256,
+            signature=ecdsa_sign_sha256(credentials.private_key, signed),
+        )
+        return [certificate, key_exchange]
 
     def _encode(self, message: object) -> bytes:
         encoded = encode_message(message, self.message_seq)  # type: ignore[arg-type]
@@ -246,15 +332,26 @@ class ServerHandshake:
 
     def _client_key_exchange(self, message: CompleteMessage) -> None:
         assert self.suite is not None
-        exchange = ClientKeyExchange.decode(message.body, KeyExchange.PSK)
-        self.identity = exchange.identity or b""
-        psk = self.config.psk_store.secret(self.identity)
-        if psk is None:
+        exchange = ClientKeyExchange.decode(message.body, self.suite.key_exchange)
+        psk = b""
+        if self.suite.uses_psk:
+            self.identity = exchange.identity or b""
+            secret = self.config.psk_store.secret(self.identity)
             # RFC 4279 §2: an unknown identity may be treated like a wrong key, so that
             # identities cannot be probed: the Finished check fails with decrypt_error.
-            psk = os.urandom(16)
+            psk = secret if secret is not None else os.urandom(16)
+        shared = b""
+        if self.ecdhe is not None:
+            if not exchange.public:
+                raise HandshakeFailure(AlertDescription.DECODE_ERROR, "no ECDH public key")
+            shared = self.ecdhe.exchange(exchange.public)
         self.transcript.update(message.to_bytes())
-        pre_master = psk_premaster_secret(psk)
+        if self.suite.key_exchange is KeyExchange.PSK:
+            pre_master = psk_premaster_secret(psk)
+        elif self.suite.key_exchange is KeyExchange.ECDHE_PSK:
+            pre_master = ecdhe_psk_premaster_secret(shared, psk)
+        else:
+            pre_master = shared
         if self.use_ems:
             self.master = extended_master_secret(pre_master, self.transcript.digest())
         else:

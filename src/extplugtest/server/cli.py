@@ -12,6 +12,7 @@ from pathlib import Path
 from extplugtest import __version__
 from extplugtest.dtls.credentials import PskFileError, PskStore
 from extplugtest.dtls.handshake_server import DtlsConfig
+from extplugtest.dtls.pki import demo_server_credentials
 from extplugtest.server.app import ExtendedServer, InterfaceSelection, StartupError
 from extplugtest.server.config import DEFAULT_FILE, ConfigError, ServerConfig, parse_duration
 
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"cannot read {args.psk_file}: {error.strerror}", EXIT_USAGE)
     except (ConfigError, PskFileError) as error:
         return fail(f"{error}", EXIT_USAGE)
+    dtls_config = DtlsConfig(
+        psk_store, certificate=demo_server_credentials(), cid_length=config.dtls_cid_length
+    )
     interfaces = InterfaceSelection(
         loopback=args.loopback,
         external=args.external,
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         diagnose=args.diagnose,
         notify_interval=notify_interval,
         echo_delay=args.echo_delay,
-        dtls=DtlsConfig(psk_store, cid_length=config.dtls_cid_length) if args.dtls else None,
+        dtls=dtls_config if args.dtls else None,
         dtls_only=args.dtls_only,
     )
     loop: asyncio.AbstractEventLoop
