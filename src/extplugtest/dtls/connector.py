@@ -279,6 +279,8 @@ class DtlsServerTransport:
         )
         connection.handshake = handshake
         self._add(connection)
+        # The client's Finished may already come as a tls12_cid record with our CID.
+        self._by_cid[connection.read_cid] = connection
         self._handshakes += 1
         self.counters.handshakes_started += 1
         try:
@@ -298,10 +300,10 @@ class DtlsServerTransport:
             connection.session = handshake.session
             self._handshakes -= 1
             self.counters.handshakes_succeeded += 1
-            # Keep the handshake a little for a lost last flight: it resends on the
-            # client's retransmitted Finished; cleared by the timer.
-            if connection.session.read_cid:
-                self._by_cid[connection.session.read_cid] = connection
+            # The handshake stays a little for a lost last flight: it resends on the
+            # client's retransmitted Finished; the timer clears it.
+            if not connection.session.cid_negotiated:
+                self._by_cid.pop(connection.read_cid, None)
 
     def _fail(self, connection: DtlsConnection, failure: Exception) -> None:
         self.counters.handshakes_failed += 1
