@@ -583,7 +583,7 @@ def test_content_types_and_payloads():
         (["post", "coap://127.0.0.1:1/x", "--payload-file", "/nonexistent"], "cannot read"),
         (["observe", "coap://127.0.0.1:1/x", "--count", "0"], "--count must be"),
         (["get", "http://127.0.0.1/x"], "is not a coap:// URI"),
-        (["get", "coaps://127.0.0.1/x"], "not supported yet"),
+        (["get", "coap+tcp://127.0.0.1/x"], "is not supported"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_code_2(argv, message, capsys):

@@ -130,6 +130,12 @@ def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
         "-v", "--verbose", action="store_true",
         help="print every message sent and received (as Californium's MessageTracer)",
     )  # fmt: skip
+    parser.add_argument(
+        "-i", "--identity", help="PSK identity for coaps (default: a random cali.<hex> identity)"
+    )
+    parser.add_argument(
+        "-s", "--secret", help="PSK secret, UTF-8 (default: .fornium, as Californium's)"
+    )
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -415,7 +421,11 @@ async def until_stopped(
 
 def client_for(args: argparse.Namespace, target: Target) -> CoapClient:
     return CoapClient(
-        open_transport(target),
+        open_transport(
+            target,
+            None if args.identity is None else args.identity.encode(),
+            None if args.secret is None else args.secret.encode(),
+        ),
         timeout=args.timeout / 1000,
         block_size=getattr(args, "blocksize", None),
         tracer=make_tracer(target.authority) if args.verbose else None,

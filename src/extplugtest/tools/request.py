@@ -118,7 +118,7 @@ def parse_uri(text: str, default_port: int | None = None) -> Target:
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         if scheme in ("coap+tcp", "coaps+tcp"):
-            raise ValueError(f"scheme '{scheme}' is not supported, use coap://")
+            raise ValueError(f"scheme '{scheme}' is not supported, use coap:// or coaps://")
         raise ValueError(f"'{text}' is not a coap:// URI")
     if not parts.hostname:
         raise ValueError(f"URI '{text}' has no host")
@@ -224,12 +224,20 @@ class UdpTransport:
             self._transport = None
 
 
-def open_transport(target: Target) -> Transport:
-    """The transport for *target*'s scheme."""
+def open_transport(
+    target: Target, identity: bytes | None = None, secret: bytes | None = None
+) -> Transport:
+    """The transport for *target*'s scheme; *identity*/*secret*: the PSK for coaps."""
     if target.scheme == "coap":
         return UdpTransport(target.host, target.port)
-    # TODO(dtls): coaps:// gets a DTLS transport with the same interface.
-    raise ValueError(f"scheme '{target.scheme}' is not supported yet, use coap://")
+    if target.scheme == "coaps":
+        from extplugtest.tools.dtls_transport import DtlsTransport, PskCredentials
+
+        credentials = PskCredentials.default()
+        if identity is not None:
+            credentials = PskCredentials(identity, secret if secret is not None else b".fornium")
+        return DtlsTransport(target.host, target.port, credentials)
+    raise ValueError(f"scheme '{target.scheme}' is not supported yet, use coap:// or coaps://")
 
 
 # -- messages --------------------------------------------------------------------------------
