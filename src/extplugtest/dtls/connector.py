@@ -276,6 +276,7 @@ class DtlsServerTransport:
             CompleteMessage(header.msg_type, header.message_seq, body),
             record.seq,
             connection.read_cid,
+            hello,
         )
         connection.handshake = handshake
         self._add(connection)

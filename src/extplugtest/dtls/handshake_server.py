@@ -126,9 +126,11 @@ class ServerHandshake:
         hello_message: CompleteMessage,
         record_seq: int,
         read_cid: bytes,
+        hello: ClientHello | None = None,
     ) -> None:
         self.config = config
-        self.hello = ClientHello.decode(hello_message.body)
+        # *hello*: the decoded ClientHello, when the caller has it already (the cookie check)
+        self.hello = hello if hello is not None else ClientHello.decode(hello_message.body)
         self.read_cid = read_cid
         self.transcript = Transcript()
         self.transcript.update(hello_message.to_bytes())  # RFC 6347 §4.2.1: from ClientHello 2
