@@ -1,0 +1,463 @@
+"""Forwarding rate of ``extnat``: CoAP CON GET through the NAT with thousands of client addresses.
+
+Per backend kind (default ``c``, a C responder built here with cc; ``ours`` is ``extserver
+--benchmark``, ``libcoap`` is ``coap-server-notls``) this runs, on loopback:
+
+1. ``direct``: ``extclient benchmark`` straight against the first backend, the baseline;
+2. ``nat``: the same through ``extnat`` (pinned to CPU 0), every client with its own source
+   address, so every client is a NAT entry with its own outgoing socket.
+
+The generator and the backends share CPU 1, so the NAT has a core of its own and its CPU time
+over the measurement window is what it costs. The NAT's own counters (read over its control
+socket at the start and the end of the window) give the datagrams it forwarded, both
+directions together; the figure to compare with the target is datagrams per NAT-CPU-second.
+``direct`` vs ``nat`` req/s shows whether the NAT slows the benchmark down.
+
+    .venv/bin/python bench/nat_throughput.py [--clients 2000] [--backends c,ours]
+                                             [--destinations 2] [--duration 10] [--warmup 2]
+
+As in ``throughput.py``: the box must be idle before each run (bounded wait, recorded either
+way), only loopback is used, every wait is bounded, and every process started here is killed
+at the end, also on Ctrl-C or an error. Results: a table, and
+``bench/results/nat-throughput-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+# The process, /proc and idle-wait helpers are shared with the server benchmark.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import (
+    Processes,
+    box_cpu,
+    coap_ping,
+    free_udp_port,
+    host_info,
+    load_average,
+    process_cpu,
+    stop_on_sigterm,
+    wait_idle,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+LOOPBACK = "127.0.0.1"
+NAT_CPU = "0"
+LOAD_CPU = "1"  # generator and backends
+PATH = "benchmark?rlen=40"
+PAYLOAD = "x" * 40
+READY_TIMEOUT = 10.0
+START_TIMEOUT = 60.0  # 2000 client sockets and their first request
+MAX_DURATION = 60.0
+
+# A CoAP responder that does no CoAP work beyond swapping the header: recvmmsg, answer every
+# CON request with a piggybacked 2.05 and 40 bytes (pings with RST), sendmmsg. It costs the
+# backend as little as possible, so that the load generator can push the NAT harder.
+RESPONDER_C = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#define BATCH 64
+#define SIZE 2048
+int main(int argc, char **argv)
+{
+    static unsigned char in[BATCH][SIZE], out[BATCH][SIZE];
+    static struct sockaddr_storage addr[BATCH];
+    struct mmsghdr rx[BATCH], tx[BATCH];
+    struct iovec riov[BATCH], tiov[BATCH];
+    struct sockaddr_in local;
+    int fd = socket(AF_INET, SOCK_DGRAM, 0), size = 4 << 20;
+    if (argc < 2 || fd < 0)
+        return 2;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    memset(&local, 0, sizeof(local));
+    local.sin_family = AF_INET;
+    local.sin_port = htons((unsigned short)atoi(argv[1]));
+    local.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&local, sizeof(local)) < 0)
+        return 1;
+    for (;;) {
+        for (int i = 0; i < BATCH; i++) {
+            riov[i].iov_base = in[i];
+            riov[i].iov_len = SIZE;
+            memset(&rx[i].msg_hdr, 0, sizeof(rx[i].msg_hdr));
+            rx[i].msg_hdr.msg_iov = &riov[i];
+            rx[i].msg_hdr.msg_iovlen = 1;
+            rx[i].msg_hdr.msg_name = &addr[i];
+            rx[i].msg_hdr.msg_namelen = sizeof(addr[i]);
+        }
+        int n = recvmmsg(fd, rx, BATCH, MSG_WAITFORONE, NULL), m = 0;
+        for (int i = 0; i < n; i++) {
+            unsigned char *q = in[i], *r = out[m];
+            unsigned len = rx[i].msg_len, tkl = q[0] & 15, length;
+            if (len < 4 || (q[0] >> 6) != 1 || tkl > 8 || len < 4 + tkl || (q[0] & 0x30))
+                continue;                               /* CON only */
+            if (q[1] == 0) {                            /* ping: RST */
+                r[0] = 0x70; r[1] = 0; r[2] = q[2]; r[3] = q[3];
+                length = 4;
+            } else if ((q[1] >> 5) == 0) {              /* request: ACK 2.05 + 40 bytes */
+                r[0] = 0x60 | tkl; r[1] = 0x45; r[2] = q[2]; r[3] = q[3];
+                memcpy(r + 4, q + 4, tkl);
+                r[4 + tkl] = 0xFF;
+                memset(r + 5 + tkl, 'x', 40);
+                length = 45 + tkl;
+            } else {
+                continue;
+            }
+            tiov[m].iov_base = r;
+            tiov[m].iov_len = length;
+            memset(&tx[m].msg_hdr, 0, sizeof(tx[m].msg_hdr));
+            tx[m].msg_hdr.msg_iov = &tiov[m];
+            tx[m].msg_hdr.msg_iovlen = 1;
+            tx[m].msg_hdr.msg_name = &addr[i];
+            tx[m].msg_hdr.msg_namelen = rx[i].msg_hdr.msg_namelen;
+            m++;
+        }
+        for (int sent = 0; sent < m;) {
+            int k = sendmmsg(fd, tx + sent, m - sent, 0);
+            if (k <= 0)
+                break;
+            sent += k;
+        }
+    }
+}
+"""
+
+
+class BenchError(Exception):
+    pass
+
+
+def build_responder(work: Path) -> Path | None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = work / "responder.c"
+    source.write_text(RESPONDER_C)
+    binary = work / "responder"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True, timeout=60)
+    return binary
+
+
+def backend_command(kind: str, port: int, responder: Path | None) -> list[str]:
+    if kind == "c":
+        assert responder is not None
+        return [str(responder), str(port)]
+    if kind == "ours":
+        return [str(VENV_BIN / "extserver"), "--benchmark", "--no-plugtest", "--no-external",
+                "--no-ipv6", "--coap-port", str(port)]  # fmt: skip
+    if kind == "libcoap":
+        return ["coap-server-notls", "-A", LOOPBACK, "-p", str(port), "-d", "10"]
+    raise BenchError(f"unknown backend {kind!r}")
+
+
+def wait_ping(port: int, process: subprocess.Popen[Any], timeout: float = READY_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    for attempt in range(1000):
+        if time.monotonic() > deadline or process.poll() is not None:
+            return False
+        if coap_ping(port, mid=0x4000 + attempt):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def start_backends(
+    kind: str, count: int, processes: Processes, log: IO[bytes], responder: Path | None
+) -> list[tuple[subprocess.Popen[Any], int]]:
+    backends = []
+    for _ in range(count):
+        port = free_udp_port()
+        command = ["taskset", "-c", LOAD_CPU, *backend_command(kind, port, responder)]
+        process = processes.start(command, stdout=log, stderr=subprocess.STDOUT)
+        if not wait_ping(port, process):
+            raise BenchError(f"backend {kind} on port {port} did not answer a ping")
+        if kind == "libcoap":
+            put = ["coap-client-notls", "-B", "5", "-m", "put", "-e", PAYLOAD]
+            subprocess.run([*put, f"coap://{LOOPBACK}:{port}/benchmark"], check=True, timeout=10,
+                           capture_output=True)  # fmt: skip
+        backends.append((process, port))
+    return backends
+
+
+def nat_stats(control: Path) -> dict[str, int]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(control))
+        sock.sendall(b"stats\n")
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    stats = {}
+    for line in data.decode().splitlines():
+        name, _, value = line.partition(": ")
+        if value.isdigit():
+            stats[name] = int(value)
+    return stats
+
+
+def start_nat(
+    ports: list[int], clients: int, processes: Processes, log: IO[bytes], work: Path
+) -> tuple[subprocess.Popen[Any], int, Path]:
+    control = work / "nat.sock"
+    for _attempt in range(3):
+        port = free_udp_port()
+        command = [
+            "taskset", "-c", NAT_CPU, str(VENV_BIN / "extnat"), f"{LOOPBACK}:{port}",
+            *(f"{LOOPBACK}:{p}" for p in ports), f"-n={max(clients + 100, 10000)}",
+            "--no-console", "--control", str(control),
+        ]  # fmt: skip
+        process = processes.start(command, stdout=log, stderr=subprocess.STDOUT)
+        if wait_ping(port, process):
+            return process, port, control
+        processes.stop(process)
+    raise BenchError("extnat did not forward a CoAP ping")
+
+
+def read_lines(stream: IO[str], lines: queue.Queue[tuple[float, str]]) -> None:
+    for line in stream:
+        lines.put((time.monotonic(), line.rstrip("\n")))
+
+
+def sleep_until(moment: float, generator: subprocess.Popen[Any]) -> None:
+    while (left := moment - time.monotonic()) > 0:
+        if generator.poll() is not None:
+            raise BenchError(f"extclient exited early with {generator.returncode}")
+        time.sleep(min(left, 0.2))
+
+
+def measure(
+    kind: str, mode: str, args: argparse.Namespace, work: Path, responder: Path | None
+) -> dict[str, Any]:
+    idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
+    name = f"{kind}-{mode}"
+    result_file = work / f"{name}.json"
+    with Processes() as processes, open(work / f"{name}.log", "wb") as log:
+        backends = start_backends(kind, args.destinations, processes, log, responder)
+        nat = control = None
+        if mode == "nat":
+            nat, port, control = start_nat([p for _, p in backends], args.clients, processes,
+                                           log, work)  # fmt: skip
+        else:
+            port = backends[0][1]  # direct: the first backend only
+        command = [
+            "taskset", "-c", LOAD_CPU, str(VENV_BIN / "extclient"), "benchmark",
+            f"coap://{LOOPBACK}:{port}/{PATH}", "--clients", str(args.clients), "--method", "GET",
+            "--con", "--duration", str(args.duration), "--warmup", str(args.warmup),
+            "--json", str(result_file),
+        ]  # fmt: skip
+        generator = processes.start(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        threading.Thread(target=read_lines, args=(generator.stdout, lines), daemon=True).start()
+        output: list[str] = []
+        started = None
+        deadline = time.monotonic() + START_TIMEOUT
+        while started is None and time.monotonic() < deadline:
+            try:
+                stamp, line = lines.get(timeout=0.2)
+            except queue.Empty:
+                if generator.poll() is not None:
+                    break
+                continue
+            output.append(line)
+            if line == "Benchmark started.":
+                started = stamp
+        if started is None:
+            raise BenchError("extclient did not start:\n" + "\n".join(output[-10:]))
+        pids = [p.pid for p, _ in backends]
+        sleep_until(started + args.warmup, generator)
+        cpu0 = {pid: process_cpu(pid) for pid in pids}
+        nat_cpu0 = process_cpu(nat.pid) if nat else 0.0
+        stats0 = nat_stats(control) if control else {}
+        box0, wall0 = box_cpu(), time.monotonic()
+        sleep_until(started + args.warmup + args.duration, generator)
+        cpu1 = {pid: process_cpu(pid) for pid in pids}
+        nat_cpu1 = process_cpu(nat.pid) if nat else 0.0
+        stats1 = nat_stats(control) if control else {}
+        box1, wall1 = box_cpu(), time.monotonic()
+        try:
+            generator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("extclient did not finish") from None
+        if generator.returncode != 0 or not result_file.exists():
+            raise BenchError(f"extclient failed ({generator.returncode}):\n" + "\n".join(output))
+    load = json.loads(result_file.read_text())
+    wall = wall1 - wall0
+    backend_cpu = sum(cpu1[pid] - cpu0[pid] for pid in pids) / wall
+    nat_cpu = (nat_cpu1 - nat_cpu0) / wall
+    generator_cpu = load["generator_cpu_s"] / load["duration_s"]
+    box_busy = (box1[0] - box0[0]) / wall
+    delta = {key: stats1[key] - stats0.get(key, 0) for key in stats1}
+    datagrams = (delta.get("forwarded", 0) + delta.get("backwarded", 0)) / wall if nat else None
+    drops = {k: v for k, v in delta.items() if v and ("dropped" in k or "errors" in k)}
+    return {
+        "backend": kind,
+        "mode": mode,
+        "clients": args.clients,
+        "destinations": args.destinations if nat else 1,
+        "req_per_s": load["req_per_s"],
+        "datagrams_per_s": datagrams,
+        "nat_cpu_pct": 100 * nat_cpu if nat else None,
+        "datagrams_per_nat_cpu_s": datagrams / nat_cpu if nat and nat_cpu > 0 else None,
+        "entries": stats1.get("entries"),
+        "nat_drops": drops,
+        "backend_cpu_pct": 100 * backend_cpu,
+        "generator_cpu_pct": 100 * generator_cpu,
+        "other_cpu_pct": 100 * max(0.0, box_busy - nat_cpu - backend_cpu - generator_cpu),
+        "p50_ms": load["latency_ms"]["p50"],
+        "p99_ms": load["latency_ms"]["p99"],
+        "retransmissions": load["retransmissions"],
+        "timeouts": load["transmission_errors"],
+        "before": idle,
+        "generator": load,
+    }
+
+
+COLUMNS = (
+    ("backend", "{}", 8),
+    ("mode", "{}", 6),
+    ("clients", "{}", 7),
+    ("req/s", "{:,.0f}", 9),
+    ("dgrams/s", "{:,.0f}", 9),
+    ("NAT CPU %", "{:.0f}", 9),
+    ("dgrams/NAT-CPU-s", "{:,.0f}", 16),
+    ("p50 ms", "{:.2f}", 7),
+    ("p99 ms", "{:.2f}", 7),
+    ("retrans", "{}", 7),
+    ("load CPU %", "{:.0f}", 10),
+    ("other %", "{:.0f}", 7),
+    ("busy before", "{}", 11),
+    ("load1", "{}", 5),
+)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    lines = [" ".join(f"{name:>{width}}" for name, _, width in COLUMNS)]
+    for r in runs:
+        before = r["before"]
+        values = (
+            r["backend"], r["mode"], r["clients"], r["req_per_s"], r["datagrams_per_s"],
+            r["nat_cpu_pct"], r["datagrams_per_nat_cpu_s"], r["p50_ms"], r["p99_ms"],
+            r["retransmissions"], r["backend_cpu_pct"] + r["generator_cpu_pct"],
+            r["other_cpu_pct"], f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!"),
+            before["loadavg"][0],
+        )  # fmt: skip
+        cells = [
+            "-" if v is None else fmt.format(v)
+            for (_, fmt, _), v in zip(COLUMNS, values, strict=True)
+        ]
+        lines.append(" ".join(f"{c:>{w}}" for c, (_, _, w) in zip(cells, COLUMNS, strict=True)))
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=2000, help="client addresses (2000)")
+    parser.add_argument("--backends", default="c", help="c, ours, libcoap (comma-separated)")
+    parser.add_argument("--destinations", type=int, default=2, help="backends behind the NAT")
+    parser.add_argument("--modes", default="direct,nat", help="direct, nat (comma-separated)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measurement window, s")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before it, s")
+    parser.add_argument("--idle-threshold", type=float, default=10.0, help="idle below this %%")
+    parser.add_argument("--idle-settle", type=int, default=3, help="idle seconds in a row")
+    parser.add_argument("--idle-timeout", type=float, default=120.0, help="max. idle wait, s")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    args.backends = args.backends.split(",")
+    args.modes = args.modes.split(",")
+    if not set(args.backends) <= {"c", "ours", "libcoap"} or not set(args.modes) <= {
+        "direct",
+        "nat",
+    }:
+        parser.error("--backends: c, ours, libcoap; --modes: direct, nat")
+    if not 1 <= args.clients <= 10000 or not 1 <= args.destinations <= 8:
+        parser.error("--clients 1..10000, --destinations 1..8")
+    if not 0 < args.duration <= MAX_DURATION or not 0 <= args.warmup <= 30:
+        parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 0..30")
+    if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
+        parser.error("--idle-timeout 0..600, --idle-settle 1..60")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        print("needs 2 CPUs and taskset (NAT on CPU 0, load on CPU 1)", file=sys.stderr)
+        return 1
+    info = host_info()
+    print(f"host: {info['cpus']} CPUs, load {load_average()}, kernel {info['kernel']}")
+    runs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="nat-throughput-") as tmp:
+        work = Path(tmp)
+        try:
+            responder = build_responder(work) if "c" in args.backends else None
+            for kind in args.backends:
+                if kind == "c" and responder is None:
+                    errors.append("c: no C compiler, skipped")
+                    continue
+                if kind == "libcoap" and not shutil.which("coap-server-notls"):
+                    errors.append("libcoap: coap-server-notls not found, skipped")
+                    continue
+                for mode in args.modes:
+                    print(f"{kind} {mode}, {args.clients} clients ...", flush=True)
+                    try:
+                        run = measure(kind, mode, args, work, responder)
+                    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                        errors.append(f"{kind} {mode}: {exc}")
+                        print(f"  failed: {exc}", flush=True)
+                        continue
+                    dgrams = run["datagrams_per_s"]
+                    print(
+                        f"  {run['req_per_s']:,.0f} req/s"
+                        + (
+                            f", {dgrams:,.0f} datagrams/s, NAT {run['nat_cpu_pct']:.0f}% CPU"
+                            if dgrams
+                            else ""
+                        ),
+                        flush=True,
+                    )
+                    runs.append(run)
+        except KeyboardInterrupt:
+            errors.append("interrupted")
+    if runs:
+        print()
+        print(table(runs))
+    for error in errors:
+        print(f"note: {error}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / time.strftime("nat-throughput-%Y%m%d-%H%M%S.json")
+    settings = {"duration": args.duration, "warmup": args.warmup, "path": PATH,
+                "request": "CON GET", "nat_cpu": NAT_CPU, "load_cpu": LOAD_CPU}  # fmt: skip
+    out.write_text(
+        json.dumps({"host": info, "settings": settings, "runs": runs, "notes": errors}, indent=2)
+        + "\n"
+    )
+    print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0 if runs and not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
