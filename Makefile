@@ -64,6 +64,8 @@ test:
 	scripts/install-deps.sh
 	$(MAKE) --no-print-directory build
 	$(MAKE) --no-print-directory lint
+	@echo "==> DTLS CID peers (Mbed TLS, Bouncy Castle): scripts/build-cid-peers.sh"
+	-scripts/build-cid-peers.sh
 	$(MAKE) --no-print-directory pytest
 
 pytest: build
