@@ -35,6 +35,7 @@ CFLAGS += ["-O2", "-Wno-unused-function"]
 
 # (module, source) pairs; every module is a private accelerator with a .pxd beside it.
 MODULES = [
+    ("extplugtest._net", "src/extplugtest/_net.pyx"),
     ("extplugtest.coap._codec", "src/extplugtest/coap/_codec.pyx"),
     ("extplugtest.coap._dedup", "src/extplugtest/coap/_dedup.pyx"),
     ("extplugtest.coap._udp", "src/extplugtest/coap/_udp.pyx"),
@@ -43,6 +44,7 @@ MODULES = [
     ("extplugtest.tools._loadgen", "src/extplugtest/tools/_loadgen.pyx"),
     ("extplugtest.tools._natfwd", "src/extplugtest/tools/_natfwd.pyx"),
     ("extplugtest.dtls._record", "src/extplugtest/dtls/_record.pyx"),
+    ("extplugtest.coap._tcp_codec", "src/extplugtest/coap/_tcp_codec.pyx"),
 ]
 
 extensions = [

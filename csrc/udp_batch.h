@@ -63,6 +63,15 @@ static inline unsigned char *udp_batch_buffer(udp_batch *b, int i)
     return b->buffers + (size_t)i * (size_t)b->slot_size;
 }
 
+/* Accessors of one slot (received: length and source; queued: length and destination). */
+static inline unsigned int udp_batch_length(udp_batch *b, int i) { return b->msgs[i].msg_len; }
+static inline struct sockaddr_storage *udp_batch_addr(udp_batch *b, int i) { return &b->addrs[i]; }
+static inline unsigned int udp_batch_addrlen(udp_batch *b, int i)
+{
+    return b->msgs[i].msg_hdr.msg_namelen;
+}
+static inline size_t udp_batch_queued_length(udp_batch *b, int i) { return b->iov[i].iov_len; }
+
 /* Receive up to capacity datagrams without blocking: count, 0 when none, -errno on error. */
 static int udp_batch_recv(int fd, udp_batch *b)
 {

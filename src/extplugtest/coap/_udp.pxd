@@ -4,11 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t
 from extplugtest.coap._codec cimport MessageView, Writer
 from extplugtest.coap._dedup cimport DeduplicationCache, Exchange
 
-cdef extern from "udp_batch.h":
-    ctypedef struct udp_batch:
-        int capacity
-        int slot_size
-        int count
+from extplugtest._net cimport udp_batch
 
 cdef class FastResource:
     """A resource answered entirely in C for its common requests.

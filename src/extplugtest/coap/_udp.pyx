@@ -11,7 +11,7 @@ leave with one sendmmsg per batch.
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t
 from libc.string cimport memcpy, memset, strlen
 
 from extplugtest.coap._codec cimport (
@@ -23,71 +23,13 @@ from extplugtest.coap._dedup cimport (
     DeduplicationCache, Exchange, Peer, PeerKey, SLOT_ANSWERED,
 )
 
-cdef extern from "udp_batch.h" nogil:
-    cdef struct sockaddr_storage:
-        unsigned short ss_family
-    int udp_batch_init(udp_batch* b, int capacity, int slot_size)
-    void udp_batch_free(udp_batch* b)
-    uint8_t* udp_batch_buffer(udp_batch* b, int i)
-    int udp_batch_recv(int fd, udp_batch* b)
-    bint udp_batch_truncated(udp_batch* b, int i)
-    void udp_batch_queue(udp_batch* b, size_t length, const sockaddr_storage* addr,
-                         unsigned int addrlen)
-    void udp_batch_set(udp_batch* b, int i, const uint8_t* data, size_t length,
-                       const sockaddr_storage* addr, unsigned int addrlen)
-    int udp_batch_send(int fd, udp_batch* b)
-    double monotonic_now()
-    ssize_t udp_send_one(int fd, const void* data, size_t length, const sockaddr_storage* addr,
-                         unsigned int addrlen)
-
-cdef extern from "udp_batch.h":
-    """
-    static inline unsigned int udp_batch_length(udp_batch *b, int i) {
-        return b->msgs[i].msg_len;
-    }
-    static inline struct sockaddr_storage *udp_batch_addr(udp_batch *b, int i) {
-        return &b->addrs[i];
-    }
-    static inline unsigned int udp_batch_addrlen(udp_batch *b, int i) {
-        return b->msgs[i].msg_hdr.msg_namelen;
-    }
-    static inline size_t udp_batch_queued_length(udp_batch *b, int i) {
-        return b->iov[i].iov_len;
-    }
-    static inline struct sockaddr_storage *udp_batch_queued_addr(udp_batch *b, int i) {
-        return &b->addrs[i];
-    }
-    """
-    unsigned int udp_batch_length(udp_batch* b, int i) nogil
-    sockaddr_storage* udp_batch_addr(udp_batch* b, int i) nogil
-    unsigned int udp_batch_addrlen(udp_batch* b, int i) nogil
-    size_t udp_batch_queued_length(udp_batch* b, int i) nogil
-    sockaddr_storage* udp_batch_queued_addr(udp_batch* b, int i) nogil
-
-cdef extern from "<netinet/in.h>" nogil:
-    cdef struct in_addr:
-        uint32_t s_addr
-    cdef struct in6_addr:
-        uint8_t s6_addr[16]
-    cdef struct sockaddr_in:
-        unsigned short sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    cdef struct sockaddr_in6:
-        unsigned short sin6_family
-        uint16_t sin6_port
-        uint32_t sin6_flowinfo
-        in6_addr sin6_addr
-        uint32_t sin6_scope_id
-    uint16_t ntohs(uint16_t)
-    uint16_t htons(uint16_t)
-    int AF_INET
-    int AF_INET6
-
-cdef extern from "<arpa/inet.h>" nogil:
-    const char* inet_ntop(int af, const void* src, char* dst, unsigned int size)
-    int inet_pton(int af, const char* src, void* dst)
-
+from extplugtest._net cimport (
+    AF_INET, address_tuple, fill_sockaddr, monotonic_now, ntohs, sockaddr_in,
+    sockaddr_in6, sockaddr_storage, udp_batch_addr, udp_batch_addrlen, udp_batch_buffer,
+    udp_batch_free, udp_batch_init, udp_batch_length, udp_batch_queue,
+    udp_batch_queued_length, udp_batch_recv, udp_batch_send, udp_batch_set, udp_batch_truncated,
+    udp_send_one,
+)
 
 cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char* buf, int num)
@@ -128,41 +70,6 @@ cdef int _key_from_sockaddr(PeerKey* key, const sockaddr_storage* addr) noexcept
         key.port = ntohs(v6.sin6_port)
         key.scope_id = v6.sin6_scope_id
     return 0
-
-
-cdef object _address_tuple(const sockaddr_storage* addr):
-    cdef char text[64]
-    cdef const sockaddr_in* v4
-    cdef const sockaddr_in6* v6
-    if addr.ss_family == AF_INET:
-        v4 = <const sockaddr_in*>addr
-        inet_ntop(AF_INET, &v4.sin_addr, text, sizeof(text))
-        return (text.decode("ascii"), ntohs(v4.sin_port))
-    v6 = <const sockaddr_in6*>addr
-    inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text))
-    return (text.decode("ascii"), ntohs(v6.sin6_port), 0, v6.sin6_scope_id)
-
-
-cdef unsigned int _fill_sockaddr(sockaddr_storage* out, int family, object address) except 0:
-    cdef sockaddr_in* v4
-    cdef sockaddr_in6* v6
-    host = address[0].split("%")[0].encode("ascii")
-    memset(out, 0, sizeof(sockaddr_storage))
-    if family == AF_INET:
-        v4 = <sockaddr_in*>out
-        v4.sin_family = AF_INET
-        v4.sin_port = htons(address[1])
-        if inet_pton(AF_INET, host, &v4.sin_addr) != 1:
-            raise ValueError(f"not an IPv4 address: {address[0]!r}")
-        return sizeof(sockaddr_in)
-    v6 = <sockaddr_in6*>out
-    v6.sin6_family = AF_INET6
-    v6.sin6_port = htons(address[1])
-    if len(address) > 3:
-        v6.sin6_scope_id = address[3]
-    if inet_pton(AF_INET6, host, &v6.sin6_addr) != 1:
-        raise ValueError(f"not an IPv6 address: {address[0]!r}")
-    return sizeof(sockaddr_in6)
 
 
 cdef class UdpEngine:
@@ -225,7 +132,7 @@ cdef class UdpEngine:
         record); what it answers goes to the sink."""
         cdef const uint8_t[:] raw = data
         cdef sockaddr_storage addr
-        cdef unsigned int addrlen = _fill_sockaddr(&addr, self.family, address)
+        cdef unsigned int addrlen = fill_sockaddr(&addr, address)
         if raw.shape[0] == 0 or raw.shape[0] > SLOT_SIZE:
             self.c.recv_ignored += 1
             return
@@ -247,7 +154,7 @@ cdef class UdpEngine:
         """Send one datagram now (separate responses, notifications, retransmissions)."""
         cdef sockaddr_storage addr
         cdef const uint8_t[:] raw = data
-        cdef unsigned int addrlen = _fill_sockaddr(&addr, self.family, address)
+        cdef unsigned int addrlen = fill_sockaddr(&addr, address)
         if self.sink is not None:
             self.sink(bytes(data), address)
             return True
@@ -336,7 +243,7 @@ cdef class UdpEngine:
                 else:
                     self.c.recv_rejects += 1
                 self.endpoint.on_empty(view.type, view.mid,
-                                       _address_tuple(udp_batch_addr(&self.rx, slot)))
+                                       address_tuple(udp_batch_addr(&self.rx, slot)))
             else:
                 self.c.recv_ignored += 1        # an empty NON means nothing
             return 0
@@ -389,7 +296,7 @@ cdef class UdpEngine:
         if 2 <= code_class <= 5:                # a response
             self.c.recv_responses += 1
             self.endpoint.on_response(message_from_view(&view),
-                                      _address_tuple(udp_batch_addr(&self.rx, slot)))
+                                      address_tuple(udp_batch_addr(&self.rx, slot)))
             return 0
         # Classes 1, 6 and 7 are reserved (§12.1): a format error.
         self.c.recv_malformed += 1
@@ -404,7 +311,7 @@ cdef class UdpEngine:
         self.c.slow_path += 1
         try:
             response = self.endpoint.on_request(
-                request, _address_tuple(udp_batch_addr(&self.rx, slot)))
+                request, address_tuple(udp_batch_addr(&self.rx, slot)))
         except Exception:
             self.c.handler_errors += 1
             logger.exception("request handler failed")
@@ -420,7 +327,7 @@ cdef class UdpEngine:
         if PyBytes_GET_SIZE(data) > SLOT_SIZE:
             self._cache(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
             self._flush()                       # keep the order of datagrams to this peer
-            self.send(data, _address_tuple(udp_batch_addr(&self.rx, slot)))
+            self.send(data, address_tuple(udp_batch_addr(&self.rx, slot)))
             return 0
         out = self._tx_begin()
         memcpy(out, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
@@ -502,5 +409,5 @@ cdef class UdpEngine:
         cdef int i
         for i in range(self.tx.count):
             self.sink((<char*>udp_batch_buffer(&self.tx, i))[:udp_batch_queued_length(&self.tx, i)],
-                      _address_tuple(udp_batch_queued_addr(&self.tx, i)))
+                      address_tuple(udp_batch_addr(&self.tx, i)))
         return 0

@@ -6,15 +6,7 @@
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 
-cdef extern from "udp_batch.h":
-    ctypedef struct udp_batch:
-        int capacity
-        int slot_size
-        int count
-
-cdef extern from "<sys/socket.h>":
-    cdef struct sockaddr_storage:
-        unsigned short ss_family
+from extplugtest._net cimport sockaddr_storage, udp_batch
 
 cdef extern from "<sys/epoll.h>":
     ctypedef union epoll_data_t:

@@ -27,18 +27,12 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from posix.unistd cimport close
 
-cdef extern from "udp_batch.h" nogil:
-    int udp_batch_init(udp_batch* b, int capacity, int slot_size)
-    void udp_batch_free(udp_batch* b)
-    uint8_t* udp_batch_buffer(udp_batch* b, int i)
-    int udp_batch_recv(int fd, udp_batch* b)
-    bint udp_batch_truncated(udp_batch* b, int i)
-    void udp_batch_queue(udp_batch* b, size_t length, const sockaddr_storage* addr,
-                         unsigned int addrlen)
-    int udp_batch_send(int fd, udp_batch* b)
-    double monotonic_now()
-    ssize_t udp_send_one(int fd, const void* data, size_t length, const sockaddr_storage* addr,
-                         unsigned int addrlen)
+from extplugtest._net cimport (
+    AF_INET, address_tuple, fill_sockaddr, monotonic_now, sockaddr_in, sockaddr_in6,
+    udp_batch_addr, udp_batch_addrlen,
+    udp_batch_buffer, udp_batch_free, udp_batch_init, udp_batch_length, udp_batch_queue,
+    udp_batch_recv, udp_batch_send, udp_batch_truncated, udp_send_one,
+)
 
 cdef extern from *:
     """
@@ -46,11 +40,6 @@ cdef extern from *:
     #include <netinet/in.h>
     #include <unistd.h>
 
-    static inline unsigned int nat_length(udp_batch *b, int i) { return b->msgs[i].msg_len; }
-    static inline struct sockaddr_storage *nat_addr(udp_batch *b, int i) { return &b->addrs[i]; }
-    static inline unsigned int nat_addrlen(udp_batch *b, int i) {
-        return b->msgs[i].msg_hdr.msg_namelen;
-    }
 
     /* Receive up to n datagrams into slots first.. of b (the backward path reads straight into
        the send batch of the front socket). Count, 0 when none, -errno on error. */
@@ -140,9 +129,6 @@ cdef extern from *:
         return (uint32_t)nat_mix(nat_mix(nat_mix(seed ^ a) ^ b) ^ c);
     }
     """
-    unsigned int nat_length(udp_batch* b, int i) nogil
-    sockaddr_storage* nat_addr(udp_batch* b, int i) nogil
-    unsigned int nat_addrlen(udp_batch* b, int i) nogil
     int nat_recv_into(int fd, udp_batch* b, int first, int n) nogil
     void nat_move(udp_batch* b, int dst, int src) nogil
     int nat_open_udp(int family, uint16_t* port) nogil
@@ -154,30 +140,6 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_create1(int flags)
     int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
     enum: EPOLL_CLOEXEC
-
-cdef extern from "<netinet/in.h>" nogil:
-    cdef struct in_addr:
-        uint32_t s_addr
-    cdef struct in6_addr:
-        uint8_t s6_addr[16]
-    cdef struct sockaddr_in:
-        unsigned short sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    cdef struct sockaddr_in6:
-        unsigned short sin6_family
-        uint16_t sin6_port
-        uint32_t sin6_flowinfo
-        in6_addr sin6_addr
-        uint32_t sin6_scope_id
-    uint16_t ntohs(uint16_t)
-    uint16_t htons(uint16_t)
-    int AF_INET
-    int AF_INET6
-
-cdef extern from "<arpa/inet.h>" nogil:
-    const char* inet_ntop(int af, const void* src, char* dst, unsigned int size)
-    int inet_pton(int af, const char* src, void* dst)
 
 DEF RX_BATCH = 64
 DEF TX_BATCH = 128
@@ -226,42 +188,6 @@ cdef void key_from_sockaddr(NatKey* key, const sockaddr_storage* addr) noexcept 
 
 cdef inline bint same_key(const NatKey* a, const NatKey* b) noexcept nogil:
     return memcmp(a, b, sizeof(NatKey)) == 0
-
-
-cdef object address_tuple(const sockaddr_storage* addr):
-    cdef char text[64]
-    cdef const sockaddr_in* v4
-    cdef const sockaddr_in6* v6
-    if addr.ss_family == AF_INET:
-        v4 = <const sockaddr_in*>addr
-        inet_ntop(AF_INET, &v4.sin_addr, text, sizeof(text))
-        return (text.decode("ascii"), ntohs(v4.sin_port))
-    v6 = <const sockaddr_in6*>addr
-    inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text))
-    return (text.decode("ascii"), ntohs(v6.sin6_port), 0, v6.sin6_scope_id)
-
-
-cdef uint32_t fill_sockaddr(sockaddr_storage* out, object address) except 0:
-    """A sockaddr from a Python address tuple; the family follows from the host text."""
-    cdef sockaddr_in* v4
-    cdef sockaddr_in6* v6
-    host = str(address[0]).split("%")[0].encode("ascii")
-    memset(out, 0, sizeof(sockaddr_storage))
-    if b":" not in host:
-        v4 = <sockaddr_in*>out
-        v4.sin_family = AF_INET
-        v4.sin_port = htons(address[1])
-        if inet_pton(AF_INET, host, &v4.sin_addr) != 1:
-            raise ValueError(f"not an IPv4 address: {address[0]!r}")
-        return sizeof(sockaddr_in)
-    v6 = <sockaddr_in6*>out
-    v6.sin6_family = AF_INET6
-    v6.sin6_port = htons(address[1])
-    if len(address) > 3:
-        v6.sin6_scope_id = address[3]
-    if inet_pton(AF_INET6, host, &v6.sin6_addr) != 1:
-        raise ValueError(f"not an IPv6 address: {address[0]!r}")
-    return sizeof(sockaddr_in6)
 
 
 cdef inline bint is_dtls_record(const uint8_t* data, Py_ssize_t length) noexcept nogil:
@@ -630,8 +556,8 @@ cdef class Forwarder:
     # -- per datagram ----------------------------------------------------------------------
     cdef int _forward(self, int front, int slot) except -1:
         cdef const uint8_t* data = udp_batch_buffer(&self.rx, slot)
-        cdef Py_ssize_t length = nat_length(&self.rx, slot)
-        cdef sockaddr_storage* source = nat_addr(&self.rx, slot)
+        cdef Py_ssize_t length = udp_batch_length(&self.rx, slot)
+        cdef sockaddr_storage* source = udp_batch_addr(&self.rx, slot)
         cdef Faults* f = &self.faults[FORWARD]
         cdef NatKey key
         cdef int32_t index
@@ -655,7 +581,7 @@ cdef class Forwarder:
             if dest < 0:
                 self.c.forward_dropped_no_destination += 1
                 return 0
-            index = self._create(&key, source, nat_addrlen(&self.rx, slot), front, dest)
+            index = self._create(&key, source, udp_batch_addrlen(&self.rx, slot), front, dest)
             if index < 0:
                 return 0
         e = &self.entries[index]
@@ -682,7 +608,8 @@ cdef class Forwarder:
         d = &self.dests[e.dest]
         if (f.delay > 0 or f.jitter > 0) and self._chance(f.delay_chance):
             self.c.forward_delayed += 1
-            return self._schedule(FORWARD, data, length, front, source, nat_addrlen(&self.rx, slot))
+            return self._schedule(FORWARD, data, length, front, source,
+                                  udp_batch_addrlen(&self.rx, slot))
         if udp_send_one(e.fd, data, length, &d.addr, d.addrlen) < 0:
             self.c.forward_send_errors += 1
             return 0
@@ -721,11 +648,11 @@ cdef class Forwarder:
         cdef Entry* e = &self.entries[index]
         cdef udp_batch* tx = &self.tx[e.front]
         cdef Faults* f = &self.faults[BACKWARD]
-        cdef Py_ssize_t length = nat_length(tx, slot)
+        cdef Py_ssize_t length = udp_batch_length(tx, slot)
         cdef NatKey key
         cdef int dest
         self.c.backward_received += 1
-        key_from_sockaddr(&key, nat_addr(tx, slot))
+        key_from_sockaddr(&key, udp_batch_addr(tx, slot))
         if same_key(&key, &self.dests[e.dest].key):
             self._answered(e.dest)
         else:
