@@ -15,6 +15,28 @@ DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
 SWEEP_INTERVAL = 10.0  # Californium's MARK_AND_SWEEP_INTERVAL
 
 
+def bind_udp_socket(
+    address: tuple, receive_buffer: int, send_buffer: int, reuse_port: bool = False
+) -> socket.socket:
+    """A non-blocking UDP socket bound to *address* (IPv6 sockets IPv6 only), with large
+    buffers: with the kernel default, hundreds of clients starve (peers.md §5)."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class UdpServerTransport:
     """Binds *address*, feeds datagrams to *endpoint* and serves until ``close()``."""
 
@@ -41,23 +63,9 @@ class UdpServerTransport:
         self._sweeper = PeriodicTimer(SWEEP_INTERVAL, self._sweep)
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        host = self.requested_address[0]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if self.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # Large buffers: with the kernel default, hundreds of clients starve (peers.md §5).
-            receive, send = self.buffer_sizes_requested
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send)
-            sock.bind(self.requested_address)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        receive, send = self.buffer_sizes_requested
+        sock = bind_udp_socket(self.requested_address, receive, send, self.reuse_port)
+        family = sock.family
         self.sock = sock
         self.engine = UdpEngine(
             sock.fileno(),

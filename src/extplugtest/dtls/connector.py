@@ -25,6 +25,7 @@ from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap._udp import FastResource, UdpEngine
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.timer import PeriodicTimer
+from extplugtest.coap.transport_udp import bind_udp_socket
 from extplugtest.dtls._record import (
     APPLICATION_DATA,
     TLS12_CID,
@@ -147,19 +148,8 @@ class DtlsServerTransport:
 
     # -- life cycle --------------------------------------------------------------------------
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        host = self.requested_address[0]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.buffer_size)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.buffer_size)
-            sock.bind(self.requested_address)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = bind_udp_socket(self.requested_address, self.buffer_size, self.buffer_size)
+        family = sock.family
         self.sock = sock
         self.endpoint.scheme = "coaps"
         self.engine = UdpEngine(
