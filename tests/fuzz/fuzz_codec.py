@@ -26,7 +26,6 @@ This module imports neither atheris nor the codec at import time, so that unit t
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import NamedTuple
 
@@ -250,24 +249,9 @@ SEEDS: tuple[bytes, ...] = (
 )
 
 
-def _seed_corpus(argv: list[str]) -> list[str]:
-    """Handle --seed-corpus=DIR: write SEEDS into DIR and use DIR as a corpus directory."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--seed-corpus="):
-            directory = arg.split("=", 1)[1]
-            os.makedirs(directory, exist_ok=True)
-            for i, seed in enumerate(SEEDS):
-                with open(os.path.join(directory, f"seed-{i:02d}"), "wb") as f:
-                    f.write(seed)
-            out.append(directory)
-        else:
-            out.append(arg)
-    return out
-
-
 def main(argv: list[str]) -> None:
     import atheris
+    from seed_corpus import with_seed_corpus  # beside this file (run as a script)
 
     global _codec
     with atheris.instrument_imports(include=["extplugtest"]):
@@ -277,7 +261,7 @@ def main(argv: list[str]) -> None:
         atheris.instrument_func(func)
     for seed in SEEDS:  # the seeds must pass before fuzzing means anything
         check(seed)
-    atheris.Setup(_seed_corpus(argv), TestOneInput)
+    atheris.Setup(with_seed_corpus(argv, SEEDS), TestOneInput)
     atheris.Fuzz()
 
 

@@ -28,7 +28,6 @@ imports neither atheris nor the package at import time, so unit tests can reuse 
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -215,24 +214,9 @@ def seeds() -> tuple[bytes, ...]:
     )
 
 
-def _seed_corpus(argv: list[str]) -> list[str]:
-    """Handle --seed-corpus=DIR: write the seeds into DIR and use DIR as a corpus."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--seed-corpus="):
-            directory = arg.split("=", 1)[1]
-            os.makedirs(directory, exist_ok=True)
-            for i, seed in enumerate(seeds()):
-                with open(os.path.join(directory, f"seed-{i:02d}"), "wb") as f:
-                    f.write(seed)
-            out.append(directory)
-        else:
-            out.append(arg)
-    return out
-
-
 def main(argv: list[str]) -> None:
     import atheris
+    from seed_corpus import with_seed_corpus  # beside this file (run as a script)
 
     with atheris.instrument_imports(include=["extplugtest.dtls"]):
         _load()
@@ -240,7 +224,7 @@ def main(argv: list[str]) -> None:
         atheris.instrument_func(func)
     for seed in seeds():  # the seeds must pass before fuzzing means anything
         check(seed)
-    atheris.Setup(_seed_corpus(argv), TestOneInput)
+    atheris.Setup(with_seed_corpus(argv, seeds()), TestOneInput)
     atheris.Fuzz()
 
 
