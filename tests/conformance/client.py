@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from extplugtest.coap import _tcp_codec as tcp
 from extplugtest.coap._codec import (
     FORMAT_STRING,
     FORMAT_UINT,
@@ -822,3 +824,114 @@ class UdpClient(CoapTestClient):
 
     def close(self) -> None:
         self.sock.close()
+
+
+class TcpClient(CoapTestClient):
+    """CoAP over TCP (RFC 8323) on one connection: no types, MIDs, empty ACKs or RSTs.
+
+    It sends a CSM without options first (§3.3) and keeps the server's signalling messages in
+    ``signals`` (the server's CSM must come first); a Ping is answered with a Pong. Received
+    frames are handed to the shared message layer as NON messages with MID 0, and requests go
+    out reframed, so type and MID checks pass as the checker's ``checkType`` does over TCP.
+    """
+
+    transport = "tcp"
+    has_message_types = False
+
+    def __init__(
+        self, host: str, port: int, *, tls: ssl.SSLContext | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect((host, port))
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
+        self.address = (host, port)
+        self.buffer = bytearray()
+        self.signals: list[Message] = []
+        self._send_frame(tcp.encode(Message(code=tcp.CSM)))
+
+    def _send_frame(self, frame: bytes) -> None:
+        try:
+            self.sock.sendall(frame)
+        except OSError as exc:
+            raise NoResponse(f"{self.address}: the connection is gone ({exc})") from exc
+
+    def _send_bytes(self, data: bytes) -> None:
+        self._send_frame(tcp.from_datagram(data))
+
+    def _frame(self) -> bytes | None:
+        size = tcp.frame_size(self.buffer)
+        if not size or len(self.buffer) < size:
+            return None
+        frame = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return frame
+
+    def _recv_bytes(self, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while True:  # each round consumes a frame or waits for bytes until the deadline
+            frame = self._frame()
+            if frame is not None:
+                try:
+                    message = tcp.decode(frame)
+                except MessageFormatError:
+                    self.malformed.append(frame)
+                    continue
+                if message.code >> 5 != 7:
+                    return message.to_bytes()
+                self.signals.append(message)
+                self.log.append(("<<", f"signal {code_text(message.code)} {message.options}"))
+                if message.code == tcp.PING:
+                    self._send_frame(tcp.encode(Message(code=tcp.PONG, token=message.token)))
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.sock.settimeout(max(remaining, 0.001))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                raise NoResponse(f"{self.address} closed the connection")
+            self.buffer += data
+
+    def exchange(self, request: Message, timeout: float | None = None) -> Response:
+        """Send one request and wait for the response with its token (§3.3). While cancelling
+        an observation, notifications with that token (they carry Observe) are skipped."""
+        timeout = self.timeout if timeout is None else timeout
+        after = self.send(request)
+        skip_notifications = request.token in self._observed_tokens and request.observe == 1
+
+        def match(msg: Message) -> bool:
+            if not msg.is_response or msg.token != request.token:
+                return False
+            return not (skip_notifications and msg.observe is not None)
+
+        entry = self._take(match, time.monotonic() + timeout, after)
+        if entry is None:
+            raise NoResponse(
+                f"no response to {describe(request)} within {timeout:g} s; "
+                f"received meanwhile: {self.recent_traffic()}"
+            )
+        return self._wrap(entry, request=request)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class TlsClient(TcpClient):
+    """CoAP over TLS (coaps+tcp) to the secure port (the plain one + 1, as for DTLS): ALPN
+    "coap", the server verified against the demo CA, the demo client certificate presented."""
+
+    transport = "tls"
+
+    def __init__(self, host: str, port: int, **kwargs: Any) -> None:
+        from extplugtest.tools.tcp_transport import demo_tls_client_context
+
+        super().__init__(host, port + 1, tls=demo_tls_client_context(), **kwargs)

@@ -142,7 +142,7 @@ def test_co04_server_reboot(client, target):
             check_notification(note, again)
 
 
-def test_co06_rst_cancels(client, target):
+def test_co06_rst_cancels(client, target, udp_only):
     """CO06 (OBS_06): two CON notifications, then a local cancel; the client RSTs the next one.
 
     Checker: "PASSED (conditionally)". TD: no further notifications after the RST.

@@ -528,7 +528,7 @@ def test_parse_uri(uri, host, port, options):
     assert (target.host, target.port, target.options) == (host, port, options)
 
 
-@pytest.mark.parametrize("uri", ["http://x", "coap://", "coap://h/#f", "coap+tcp://h"])
+@pytest.mark.parametrize("uri", ["http://x", "coap://", "coap://h/#f", "coap+ws://h"])
 def test_parse_uri_errors(uri):
     with pytest.raises(ValueError):
         parse_uri(uri)
@@ -583,7 +583,7 @@ def test_content_types_and_payloads():
         (["post", "coap://127.0.0.1:1/x", "--payload-file", "/nonexistent"], "cannot read"),
         (["observe", "coap://127.0.0.1:1/x", "--count", "0"], "--count must be"),
         (["get", "http://127.0.0.1/x"], "is not a coap:// URI"),
-        (["get", "coap+tcp://127.0.0.1/x"], "is not supported"),
+        (["get", "coap+ws://127.0.0.1/x"], "is not supported"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_code_2(argv, message, capsys):

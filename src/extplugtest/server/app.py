@@ -6,13 +6,17 @@ import asyncio
 import ipaddress
 import logging
 import re
+import ssl
 from dataclasses import dataclass, field
+from typing import Any
 
 from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap.endpoint import CoapEndpoint
+from extplugtest.coap.endpoint_tcp import TcpEndpoint
 from extplugtest.coap.linkformat import well_known
 from extplugtest.coap.resource import Resource
 from extplugtest.coap.transmission import TransmissionParameters
+from extplugtest.coap.transport_tcp import TcpLimits, TcpServerTransport
 from extplugtest.coap.transport_udp import UdpServerTransport
 from extplugtest.dtls.connector import DtlsServerTransport
 from extplugtest.dtls.handshake_server import DtlsConfig
@@ -25,6 +29,12 @@ from extplugtest.server._netif import interface_addresses
 from extplugtest.server.config import ServerConfig
 
 logger = logging.getLogger("extplugtest.server")
+
+#: COAP.TCP_NUMBER_OF_BULK_BLOCKS: BERT blocks of 4 KiB on the extended server, 1 KiB plugtest
+BULK_BLOCKS_EXTENDED = 4
+BULK_BLOCKS_PLUGTEST = 1
+
+Transport = UdpServerTransport | DtlsServerTransport | TcpServerTransport
 
 
 class StartupError(Exception):
@@ -85,12 +95,20 @@ class ExtendedServer:
         echo_delay: bool = False,
         dtls: DtlsConfig | None = None,
         dtls_only: bool = False,
+        tcp: bool = True,
+        tcp_limits: TcpLimits | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.interfaces = interfaces
         #: DTLS endpoints on the next port (5784, 5684), or None for plain CoAP only
         self.dtls = dtls
         self.dtls_only = dtls_only and dtls is not None
+        #: TCP endpoints (RFC 8323) on the plain ports; --dtls-only forces them off
+        self.tcp = tcp and not self.dtls_only
+        self.tcp_limits = tcp_limits or TcpLimits()
+        #: TLS endpoints (coaps+tcp) on the secure ports, with --tcp
+        self.tls = tls if self.tcp else None
         self.settings = ResourceSettings(
             notify_interval=notify_interval,
             echo_delay=echo_delay,
@@ -107,15 +125,22 @@ class ExtendedServer:
             self.plugtest_root = RootResource()
             add_plugtest_resources(self.plugtest_root, self.settings)
             self.plugtest_root.add(well_known(self.plugtest_root))
-        self.transports: list[UdpServerTransport | DtlsServerTransport] = []
+        self.transports: list[Transport] = []
 
-    def _endpoint(self, root: Resource, address: str, plugtest: bool) -> CoapEndpoint:
+    def _endpoint(
+        self,
+        root: Resource,
+        address: str,
+        plugtest: bool,
+        endpoint_class: type[CoapEndpoint] = CoapEndpoint,
+        **extra: Any,
+    ) -> CoapEndpoint:
         """An endpoint with Californium's per-server and per-interface settings: the plugtest
         server uses 64-byte messages and blocks everywhere, the extended server on external
         UDP interfaces (anti-amplification, inventory §1.2)."""
         config = self.config
         small = plugtest or is_external(address)
-        return CoapEndpoint(
+        return endpoint_class(
             root,
             max_message_size=(
                 config.external_max_message_size if small else config.max_message_size
@@ -130,6 +155,7 @@ class ExtendedServer:
             max_body_size=config.max_resource_body_size,
             notification_check_count=4 if plugtest else config.notification_check_interval_count,
             notification_check_interval=(30.0 if plugtest else config.notification_check_interval),
+            **extra,
         )
 
     def _dedup(self, plugtest: bool) -> DeduplicationCache | None:
@@ -162,8 +188,14 @@ class ExtendedServer:
                 for address, scope in addresses:
                     if not self.dtls_only:
                         self._open(loop, self._udp(root, address, scope, port, extended))
+                    if self.tcp:
+                        self._open(loop, self._tcp(root, address, scope, port, extended))
                     if self.dtls is not None:
                         self._open(loop, self._dtls(root, address, scope, port + 1, extended))
+                    if self.tls is not None:
+                        self._open(
+                            loop, self._tcp(root, address, scope, port + 1, extended, self.tls)
+                        )
         except StartupError:
             self.close()
             raise
@@ -197,15 +229,43 @@ class ExtendedServer:
             buffer_size=self.config.udp_receive_buffer_size,
         )
 
-    def _open(
-        self, loop: asyncio.AbstractEventLoop, transport: UdpServerTransport | DtlsServerTransport
-    ) -> None:
+    def _tcp(
+        self,
+        root: Resource,
+        address: str,
+        scope: int,
+        port: int,
+        extended: bool,
+        tls: ssl.SSLContext | None = None,
+    ) -> TcpServerTransport:
+        # TCP shares the plain port, TLS the secure one (inventory §1.2); both use the loopback
+        # sizes on every interface.
+        endpoint = self._endpoint(
+            root,
+            "127.0.0.1",
+            plugtest=not extended,
+            endpoint_class=TcpEndpoint,
+            bulk_blocks=BULK_BLOCKS_EXTENDED if extended else BULK_BLOCKS_PLUGTEST,
+        )
+        assert isinstance(endpoint, TcpEndpoint)
+        return TcpServerTransport(
+            endpoint,
+            _bind_address(address, scope, port),
+            fast=self.benchmark.fast_path if extended else None,
+            limits=self.tcp_limits,
+            ssl_context=tls,
+        )
+
+    def _open(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> None:
         try:
             transport.open(loop)
         except OSError as error:
             address, port = transport.requested_address[:2]
             where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-            kind = "DTLS" if isinstance(transport, DtlsServerTransport) else "UDP"
+            if isinstance(transport, TcpServerTransport):
+                kind = transport.kind
+            else:
+                kind = "DTLS" if isinstance(transport, DtlsServerTransport) else "UDP"
             raise StartupError(
                 f"cannot bind {kind} {where}: {error.strerror or error}; stop the other "
                 "server or choose another port (--coap-port, --plugtest-port; DTLS uses the "

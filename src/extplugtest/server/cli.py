@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from extplugtest import __version__
+from extplugtest.coap.transport_tcp import demo_tls_server_context
 from extplugtest.dtls.credentials import PskFileError, PskStore
 from extplugtest.dtls.handshake_server import DtlsConfig
 from extplugtest.dtls.pki import demo_server_credentials
@@ -80,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="DTLS (coaps) endpoints on the next port: 5784 and 5684 (default: on)",
     )
     group.add_argument("--dtls-only", action="store_true", help="only DTLS endpoints, no plain UDP")
+    group.add_argument(
+        "--tcp",
+        action=flag,
+        default=True,
+        help="CoAP over TCP and TLS (coap+tcp, coaps+tcp; RFC 8323) endpoints on the UDP and "
+        "DTLS ports (default: on; --dtls-only turns them off)",
+    )
+    group.add_argument(
+        "--client-auth",
+        choices=("NONE", "WANTED", "NEEDED"),
+        default="WANTED",
+        help="TLS client certificates (checked against the demo CA): not asked for, verified "
+        "if sent, or required (default: WANTED, Californium's TCP.TLS_CLIENT_AUTHENTICATION_MODE)",
+    )
     parser.add_argument(
         "--psk-file",
         type=Path,
@@ -167,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         echo_delay=args.echo_delay,
         dtls=dtls_config if args.dtls else None,
         dtls_only=args.dtls_only,
+        tcp=args.tcp,
+        tls=demo_tls_server_context(args.client_auth) if args.tcp else None,
     )
     loop: asyncio.AbstractEventLoop
     try:

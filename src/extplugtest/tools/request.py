@@ -5,7 +5,9 @@ Layers, bottom up:
 
 * ``Transport``: a datagram channel to one peer. ``UdpTransport`` is plain UDP (``coap://``);
   DTLS (``coaps://``) is meant to implement the same three methods and slot in through
-  ``open_transport``.
+  ``open_transport``. CoAP over TCP and TLS (``coap+tcp://``, ``coaps+tcp://``;
+  tcp_transport.py) reframes the messages and is ``reliable``: CON requests are not retransmitted
+  over it.
 * ``CoapClient.exchange``: one request, its first response (RFC 7252 §4-5). CON requests are
   retransmitted with exponential back-off until an ACK, RST or response arrives; responses are
   matched by token (piggy-backed ones by MID and token); a CON response is acknowledged, and a
@@ -54,7 +56,7 @@ from extplugtest.coap.blockwise import block_size, decode_block, encode_block, s
 from extplugtest.coap.codes import Code, Option, Type, mime_type
 from extplugtest.coap.transmission import TransmissionParameters
 
-DEFAULT_PORTS = {"coap": 5683, "coaps": 5684}
+DEFAULT_PORTS = {"coap": 5683, "coaps": 5684, "coap+tcp": 5683, "coaps+tcp": 5684}
 TOKEN_LENGTH = 8  # Californium's default token size
 DEFAULT_TIMEOUT = 30.0  # seconds; Californium's BENCHMARK_RESPONSE_TIMEOUT
 MAX_MESSAGE_SIZE = 1024  # larger bodies go block-wise (Californium's MAX_MESSAGE_SIZE)
@@ -117,8 +119,8 @@ def parse_uri(text: str, default_port: int | None = None) -> Target:
         raise ValueError(f"invalid URI '{text}': {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        if scheme in ("coap+tcp", "coaps+tcp"):
-            raise ValueError(f"scheme '{scheme}' is not supported, use coap:// or coaps://")
+        if scheme in ("coap+ws", "coaps+ws"):
+            raise ValueError(f"scheme '{scheme}' is not supported, use coap:// or coap+tcp://")
         raise ValueError(f"'{text}' is not a coap:// URI")
     if not parts.hostname:
         raise ValueError(f"URI '{text}' has no host")
@@ -237,6 +239,11 @@ def open_transport(
         if identity is not None:
             credentials = PskCredentials(identity, secret if secret is not None else b".fornium")
         return DtlsTransport(target.host, target.port, credentials)
+    if target.scheme in ("coap+tcp", "coaps+tcp"):
+        from extplugtest.tools.tcp_transport import TcpTransport, demo_tls_client_context
+
+        tls = demo_tls_client_context() if target.scheme == "coaps+tcp" else None
+        return TcpTransport(target.host, target.port, tls)
     raise ValueError(f"scheme '{target.scheme}' is not supported yet, use coap:// or coaps://")
 
 
@@ -403,7 +410,8 @@ class CoapClient:
             exchange.interval = self.params.ack_timeout * random.uniform(
                 1.0, self.params.ack_random_factor
             )
-            self._schedule(exchange)
+            if not getattr(self.transport, "reliable", False):  # TCP needs no retransmission
+                self._schedule(exchange)
         self._send(request)
         try:
             return await asyncio.wait_for(exchange.future, self.timeout)

@@ -1,0 +1,652 @@
+"""CoAP over TCP (RFC 8323) end to end on loopback: an in-process TcpServerTransport, driven by
+blocking client sockets that speak the framing of _tcp_codec.
+
+Covered: the CSM exchange (§3.3, §5.3), requests and responses matched by token, pipelined and
+fragmented frames, Ping/Pong and Custody (§5.4), Release and Abort in both directions (§5.5,
+§5.6), Abort for malformed, oversized and bad-CSM messages, 4.02/5.05 as over UDP, deferred
+responses, observe with cancel by GET Observe=1 and by closing (§7), BERT (§6), the server's own
+requests, the connection limit, the idle, slow and stall timeouts, bounded buffers with read
+pausing, and the counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from extplugtest.coap import _tcp_codec as tcp
+from extplugtest.coap._codec import Message
+from extplugtest.coap.blockwise import decode_block, encode_block
+from extplugtest.coap.codes import Code, Option
+from extplugtest.coap.endpoint_tcp import TcpEndpoint
+from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response, separate
+from extplugtest.coap.transport_tcp import (
+    TcpLimits,
+    TcpServerTransport,
+    demo_certs,
+    demo_tls_server_context,
+)
+from extplugtest.tools.tcp_transport import demo_tls_client_context
+
+LARGE = bytes(range(256)) * 20  # 5120 bytes
+WAIT = 5.0
+
+
+class Text(Resource):
+    def handle_get(self, exchange: Exchange) -> HandlerResult:
+        return response(Code.CONTENT, "hello", 0)
+
+
+class Large(Resource):
+    def handle_get(self, exchange: Exchange) -> HandlerResult:
+        return response(Code.CONTENT, LARGE, 42)
+
+    def handle_post(self, exchange: Exchange) -> HandlerResult:
+        return response(Code.CHANGED, f"got {len(exchange.request.payload)}", 0)
+
+
+class Observed(Resource):
+    def __init__(self) -> None:
+        super().__init__("obs", observable=True)
+        self.value = 0
+
+    def handle_get(self, exchange: Exchange) -> HandlerResult:
+        return response(Code.CONTENT, f"value {self.value}", 0)
+
+
+class Slow(Resource):
+    def handle_get(self, exchange: Exchange) -> HandlerResult:
+        return separate(response(Code.CONTENT, "later", 0), 0.05)
+
+
+class Broken(Resource):
+    def handle_get(self, exchange: Exchange) -> HandlerResult:
+        raise RuntimeError("broken on purpose")
+
+
+def tree() -> Resource:
+    root = Resource("")
+    root.add(Text("text"), Large("large"), Observed(), Slow("slow"), Broken("broken"))
+    return root
+
+
+class TcpServer:
+    """A TcpServerTransport on 127.0.0.1:0, run by its own uvloop in a thread."""
+
+    def __init__(
+        self, limits: TcpLimits, bulk_blocks: int = 4, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.root = tree()
+        self.endpoint = TcpEndpoint(self.root, bulk_blocks=bulk_blocks)
+        self.transport = TcpServerTransport(
+            self.endpoint, ("127.0.0.1", 0), limits=limits, ssl_context=tls
+        )
+        self.transport.open(self.loop)
+        self.address = self.transport.local_address
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        async def run() -> Any:
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=WAIT)
+
+    def counters(self) -> dict[str, int]:
+        return self.call(self.endpoint.counters)
+
+    def wait_for(self, name: str, value: int) -> dict[str, int]:
+        """Poll the counters (bounded) until *name* reaches *value*."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            counters = self.counters()
+            if counters[name] >= value or time.monotonic() > deadline:
+                return counters
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.call(self.transport.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=WAIT)
+        self.loop.close()
+
+
+class Peer:
+    """A blocking CoAP-over-TCP client connection."""
+
+    def __init__(
+        self,
+        address: tuple,
+        *,
+        csm: Message | None = None,
+        rcvbuf: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(address)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=address[0])
+        self.buffer = bytearray()
+        self.eof = False
+        if csm is not None:
+            self.send(csm)
+
+    @property
+    def address(self) -> tuple:
+        return self.sock.getsockname()
+
+    def send(self, message: Message | bytes) -> None:
+        self.sock.sendall(tcp.encode(message) if isinstance(message, Message) else message)
+
+    def receive(self, timeout: float = WAIT) -> Message | None:
+        """The next frame, or None at EOF or after *timeout* seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            size = tcp.frame_size(self.buffer)
+            if size and len(self.buffer) >= size:
+                frame = bytes(self.buffer[:size])
+                del self.buffer[:size]
+                return tcp.decode(frame)
+            left = deadline - time.monotonic()
+            if self.eof or left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            except (ConnectionResetError, ssl.SSLEOFError):
+                data = b""
+            if not data:
+                self.eof = True
+            self.buffer += data
+
+    def receive_non_signal(self, timeout: float = WAIT) -> Message | None:
+        while (message := self.receive(timeout)) is not None and message.code >> 5 == 7:
+            pass
+        return message
+
+    def closed(self, timeout: float = WAIT) -> bool:
+        """Read until EOF (True) or *timeout*; what arrives meanwhile is kept in ``seen``."""
+        self.seen: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.receive(deadline - time.monotonic())
+            if message is None:
+                return self.eof
+            self.seen.append(message)
+        return False
+
+    def request(self, code: int, path: str, token: bytes = b"\x01", **options: Any) -> Message:
+        message = Message(0, code, 0, token, payload=options.pop("payload", b""))
+        for segment in path.split("/"):
+            message.add_option(Option.URI_PATH, segment)
+        for number, value in options.pop("extra", ()):
+            message.add_option(number, value)
+        self.send(message)
+        answer = self.receive_non_signal()
+        assert answer is not None, f"no answer to {message}"
+        return answer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def csm(max_message_size: int | None = None, block_wise: bool = False) -> Message:
+    message = Message(code=tcp.CSM)
+    if max_message_size is not None:
+        message.add_option(tcp.MAX_MESSAGE_SIZE, max_message_size)
+    if block_wise:
+        message.add_option(tcp.BLOCK_WISE_TRANSFER, b"")
+    return message
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., TcpServer]]:
+    servers: list[TcpServer] = []
+
+    def start(bulk_blocks: int = 4, tls: ssl.SSLContext | None = None, **limits: Any) -> TcpServer:
+        server = TcpServer(TcpLimits(**limits), bulk_blocks, tls)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., TcpServer]) -> TcpServer:
+    return make_server()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., Peer]]:
+    peers: list[Peer] = []
+
+    def open_peer(address: tuple, **options: Any) -> Peer:
+        peer = Peer(address, **options)
+        peers.append(peer)
+        return peer
+
+    yield open_peer
+    for peer in peers:
+        peer.close()
+
+
+# -- CSM and plain exchanges ---------------------------------------------------------------------
+
+
+def test_server_sends_its_csm_first_without_waiting(server, connect):
+    peer = connect(server.address)  # sends nothing
+    first = peer.receive()
+    assert first is not None and first.code == tcp.CSM
+    assert first.options == [(2, (9216).to_bytes(2, "big")), (4, b"")]
+
+
+def test_request_is_answered_with_its_token(server, connect):
+    peer = connect(server.address, csm=csm())
+    assert peer.receive().code == tcp.CSM
+    answer = peer.request(Code.GET, "text", token=b"\xbe\xef")
+    assert (answer.code, answer.token, answer.payload) == (Code.CONTENT, b"\xbe\xef", b"hello")
+    missing = peer.request(Code.GET, "nothing", token=b"")
+    assert (missing.code, missing.token) == (Code.NOT_FOUND, b"")
+    assert server.counters()["tcp-csm-received"] == 1
+
+
+def test_missing_csm_is_tolerated_and_counted(server, connect):
+    """§3.3 says Abort; Californium's clients send no CSM, so its base values apply."""
+    peer = connect(server.address)
+    assert peer.request(Code.GET, "text").code == Code.CONTENT
+    assert server.counters()["tcp-csm-missing"] == 1
+
+
+def test_pipelined_and_fragmented_requests(server, connect):
+    peer = connect(server.address, csm=csm())
+    frames = b"".join(
+        tcp.encode(Message(0, Code.GET, 0, bytes([i]), [(Option.URI_PATH, b"text")]))
+        for i in range(50)
+    )
+    for i in range(0, len(frames), 7):  # 7-byte pieces: frames split anywhere
+        peer.send(frames[i : i + 7])
+        time.sleep(0.001 if i % 70 == 0 else 0)
+    tokens = [peer.receive_non_signal().token for _ in range(50)]
+    assert tokens == [bytes([i]) for i in range(50)]
+
+
+def test_empty_messages_are_ignored(server, connect):
+    peer = connect(server.address, csm=csm())
+    peer.send(b"\x00\x00" + b"\x10\x00\x48")  # two Empty messages, the second with garbage
+    assert peer.request(Code.GET, "text").code == Code.CONTENT
+    assert server.counters()["recv-ignored"] == 2
+
+
+def test_bad_critical_option_and_proxy_as_over_udp(server, connect):
+    peer = connect(server.address, csm=csm())
+    bad = peer.request(Code.GET, "text", extra=[(9, b"x")])
+    assert bad.code == Code.BAD_OPTION
+    proxy = peer.request(Code.GET, "text", extra=[(Option.PROXY_URI, b"coap://x")])
+    assert proxy.code == Code.PROXYING_NOT_SUPPORTED
+
+
+def test_deferred_and_failing_handlers(server, connect):
+    peer = connect(server.address, csm=csm())
+    later = peer.request(Code.GET, "slow", token=b"s")
+    assert (later.code, later.token, later.payload) == (Code.CONTENT, b"s", b"later")
+    failed = peer.request(Code.GET, "broken", token=b"b")
+    assert (failed.code, failed.token) == (Code.INTERNAL_SERVER_ERROR, b"b")
+
+
+# -- signalling ----------------------------------------------------------------------------------
+
+
+def test_ping_gets_pong_with_the_same_token_and_custody(server, connect):
+    peer = connect(server.address, csm=csm())
+    assert peer.receive().code == tcp.CSM
+    peer.send(Message(code=tcp.PING, token=b"\x42"))
+    pong = peer.receive()
+    assert (pong.code, pong.token, pong.options) == (tcp.PONG, b"\x42", [])
+    ping = Message(code=tcp.PING, token=b"\x43")
+    ping.add_option(tcp.CUSTODY, b"")
+    peer.send(ping)
+    pong = peer.receive()
+    assert (pong.code, pong.token, pong.options) == (tcp.PONG, b"\x43", [(2, b"")])
+    assert server.counters()["recv-pings"] == 2
+
+
+def test_release_closes_after_the_answers(server, connect):
+    peer = connect(server.address, csm=csm())
+    request = Message(0, Code.GET, 0, b"r", [(Option.URI_PATH, b"text")])
+    peer.send(tcp.encode(request) + tcp.encode(Message(code=tcp.RELEASE)))
+    assert peer.closed()
+    assert [m.code for m in peer.seen] == [tcp.CSM, Code.CONTENT]
+    assert server.wait_for("tcp-releases-received", 1)["tcp-connections"] == 0
+
+
+def test_abort_from_the_client_closes(server, connect):
+    peer = connect(server.address, csm=csm())
+    peer.send(Message(code=tcp.ABORT, payload=b"bye"))
+    assert peer.closed()
+    assert server.wait_for("tcp-aborts-received", 1)["tcp-connections"] == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "bad_option", "counter"),
+    [
+        (b"\x09\x01" + b"t" * 9, None, "recv-malformed"),  # TKL 9
+        (b"\x20\x01\xf0\x00", None, "recv-malformed"),  # option delta nibble 15
+        (b"\x00\x21", None, "recv-malformed"),  # code 1.01: a reserved class
+        (b"\x00\xe9", None, "recv-malformed"),  # signalling code 7.09: unknown
+        (b"\xf0\x00\x00\x00\x00\x01", None, "recv-oversized"),  # 65805 bytes announced
+        (b"\x20\xe1\x91\x01", 9, "tcp-aborts-sent"),  # CSM with a critical option 9
+        (b"\x60\xe1\x25" + b"\x00" * 5, 2, "tcp-aborts-sent"),  # Max-Message-Size of 5 bytes
+    ],
+)
+def test_abort_for_what_cannot_be_processed(server, connect, data, bad_option, counter):
+    """§5.6: format errors, oversized frames and a bad CSM are answered with Abort."""
+    peer = connect(server.address)
+    peer.send(data)
+    assert peer.closed()
+    abort = peer.seen[-1]
+    assert abort.code == tcp.ABORT and abort.payload, peer.seen
+    if bad_option is not None:
+        assert abort.options == [(tcp.BAD_CSM_OPTION, bytes([bad_option]))]
+    counters = server.wait_for("tcp-aborts-sent", 1)
+    assert counters[counter] >= 1 and counters["tcp-connections"] == 0
+
+
+def test_server_close_sends_release(make_server, connect):
+    server = make_server()
+    peer = connect(server.address, csm=csm())
+    assert peer.receive().code == tcp.CSM
+    server.call(server.transport.close)
+    assert peer.closed()
+    assert [m.code for m in peer.seen] == [tcp.RELEASE]
+
+
+# -- observe over TCP (§7) ------------------------------------------------------------------------
+
+
+def observe(peer: Peer, token: bytes, value: int) -> Message:
+    return peer.request(Code.GET, "obs", token=token, extra=[(Option.OBSERVE, value)])
+
+
+def test_observe_notifications_and_cancel_by_get(server, connect):
+    peer = connect(server.address, csm=csm())
+    registration = observe(peer, b"o1", 0)
+    assert registration.code == Code.CONTENT and registration.observe is not None
+    resource = server.root.children["obs"]
+    for value in range(1, 4):
+        resource.value = value
+        server.call(resource.changed)
+        note = peer.receive_non_signal()
+        assert (note.token, note.payload) == (b"o1", f"value {value}".encode())
+        assert note.observe is not None
+    cancel = observe(peer, b"o1", 1)
+    assert cancel.code == Code.CONTENT and cancel.observe is None
+    assert server.counters()["observes"] == 0
+    server.call(resource.changed)
+    assert peer.receive(0.3) is None
+
+
+def test_closing_the_connection_ends_its_observations(server, connect):
+    peer = connect(server.address, csm=csm())
+    observe(peer, b"o2", 0)
+    other = connect(server.address, csm=csm())
+    observe(other, b"o3", 0)
+    assert server.counters()["observes"] == 2
+    peer.close()
+    counters = server.wait_for("tcp-closed-by-peer", 1)
+    assert counters["observes"] == 1
+    server.call(server.root.children["obs"].changed)
+    assert other.receive_non_signal().token == b"o3"
+
+
+# -- block-wise and BERT (§6) ---------------------------------------------------------------------
+
+
+def block2(message: Message) -> tuple[int, bool, int]:
+    return decode_block(message.uint_option(Option.BLOCK2))
+
+
+def test_without_bert_large_answers_go_in_1024_byte_blocks(server, connect):
+    peer = connect(server.address, csm=csm())
+    first = peer.request(Code.GET, "large")
+    assert block2(first) == (0, True, 6) and len(first.payload) == 1024
+    bert = peer.request(Code.GET, "large", extra=[(Option.BLOCK2, encode_block(1, False, 7))])
+    assert bert.code == Code.BAD_REQUEST  # SZX 7 without BERT in the CSM
+
+
+def test_bert_download_when_both_csms_announce_it(server, connect):
+    peer = connect(server.address, csm=csm(8192, block_wise=True))
+    first = peer.request(Code.GET, "large")
+    assert block2(first) == (0, True, 7) and first.payload == LARGE[:4096]
+    rest = peer.request(Code.GET, "large", extra=[(Option.BLOCK2, encode_block(4, False, 7))])
+    assert block2(rest) == (4, False, 7) and rest.payload == LARGE[4096:]
+
+
+def test_bert_block_size_follows_the_peers_max_message_size(server, connect):
+    peer = connect(server.address, csm=csm(2000, block_wise=True))  # room for one unit
+    first = peer.request(Code.GET, "large")
+    assert block2(first) == (0, True, 7) and len(first.payload) == 1024
+
+
+def test_bert_upload(server, connect):
+    peer = connect(server.address, csm=csm(8192, block_wise=True))
+    body = b"u" * 5000
+    step = peer.request(
+        Code.POST, "large", extra=[(Option.BLOCK1, encode_block(0, True, 7))], payload=body[:4096]
+    )
+    assert step.code == Code.CONTINUE
+    assert decode_block(step.uint_option(Option.BLOCK1)) == (0, True, 7)
+    done = peer.request(
+        Code.POST, "large", extra=[(Option.BLOCK1, encode_block(4, False, 7))], payload=body[4096:]
+    )
+    assert (done.code, done.payload) == (Code.CHANGED, b"got 5000")
+    assert decode_block(done.uint_option(Option.BLOCK1)) == (4, False, 7)
+
+
+def test_bert_block_of_a_wrong_size_is_4_08(server, connect):
+    peer = connect(server.address, csm=csm(8192, block_wise=True))
+    step = peer.request(
+        Code.POST, "large", extra=[(Option.BLOCK1, encode_block(0, True, 7))], payload=b"x" * 1000
+    )
+    assert step.code == Code.REQUEST_ENTITY_INCOMPLETE
+
+
+# -- the server's own requests -------------------------------------------------------------------
+
+
+def test_server_request_over_the_connection(server, connect):
+    peer = connect(server.address, csm=csm())
+    assert peer.receive().code == tcp.CSM
+    address = peer.address
+
+    async def ask() -> Message:
+        request = Message(0, Code.GET)
+        request.add_option(Option.URI_PATH, "feed")
+        return await server.endpoint.request(request, address, timeout=WAIT)
+
+    future = asyncio.run_coroutine_threadsafe(ask(), server.loop)
+    request = peer.receive()
+    assert (request.code, request.uri_path) == (Code.GET, "feed")
+    peer.send(Message(code=Code.CONTENT, token=request.token, payload=b"fed"))
+    assert future.result(timeout=WAIT).payload == b"fed"
+    pending = asyncio.run_coroutine_threadsafe(ask(), server.loop)
+    assert peer.receive() is not None
+    peer.close()
+    with pytest.raises(ConnectionResetError):
+        pending.result(timeout=WAIT)
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+def test_connection_limit_refuses_at_once(make_server, connect):
+    server = make_server(max_connections=2)
+    peers = [connect(server.address, csm=csm()) for _ in range(2)]
+    for peer in peers:
+        assert peer.receive().code == tcp.CSM
+    third = connect(server.address, csm=csm())
+    assert third.closed() and third.seen == []
+    assert server.counters()["tcp-refused"] == 1
+    peers[0].close()
+    server.wait_for("tcp-closed-by-peer", 1)
+    fourth = connect(server.address, csm=csm())
+    assert fourth.request(Code.GET, "text").code == Code.CONTENT
+
+
+def test_idle_connection_is_released_and_closed(make_server, connect):
+    server = make_server(idle_timeout=0.3)
+    peer = connect(server.address, csm=csm())
+    assert peer.closed(timeout=3.0)
+    assert [m.code for m in peer.seen] == [tcp.CSM, tcp.RELEASE]
+    assert server.counters()["tcp-closed-idle"] == 1
+
+
+def test_slow_loris_and_silent_connections_are_closed(make_server, connect):
+    server = make_server(slow_timeout=0.3)
+    slow = connect(server.address, csm=csm())
+    silent = connect(server.address)
+    frame = tcp.encode(Message(0, Code.GET, 0, b"", [(Option.URI_PATH, b"text")]))
+    slow.send(frame[:3])  # and never the rest
+    assert slow.closed(timeout=3.0)
+    assert [m.code for m in slow.seen] == [tcp.CSM, tcp.ABORT]
+    assert silent.closed(timeout=3.0)
+    assert server.counters()["tcp-closed-slow"] == 2
+
+
+def test_a_peer_that_does_not_read_is_paused_then_closed(make_server, connect):
+    """Unsent bytes stay bounded: reading pauses, and a stalled connection is closed."""
+    server = make_server(max_pending=16384, stall_timeout=0.5)
+    peer = connect(server.address, csm=csm(), rcvbuf=4096)
+    request = tcp.encode(Message(0, Code.GET, 0, b"", [(Option.URI_PATH, b"large")]))
+    peer.sock.setblocking(False)
+    sent = 0
+    for _ in range(4000):  # until the server stops reading and the kernel buffers are full
+        try:
+            sent += peer.sock.send(request * 50)
+        except BlockingIOError:
+            time.sleep(0.01)
+            if server.counters()["tcp-read-pauses"]:
+                break
+        except (ConnectionResetError, BrokenPipeError):
+            break
+    counters = server.wait_for("tcp-closed-stalled", 1)
+    assert counters["tcp-read-pauses"] >= 1
+    assert counters["tcp-closed-stalled"] == 1 and counters["tcp-connections"] == 0
+
+
+def test_a_tls_peer_that_does_not_read_is_paused_then_closed(make_server, connect):
+    server = make_server(tls=demo_tls_server_context("NONE"), max_pending=16384, stall_timeout=0.5)
+    peer = connect(server.address, csm=csm(), rcvbuf=4096, tls=client_context(False))
+    request = tcp.encode(Message(0, Code.GET, 0, b"", [(Option.URI_PATH, b"large")]))
+    peer.sock.settimeout(0.05)
+    for _ in range(400):  # until the server stops reading and the buffers are full
+        try:
+            peer.sock.sendall(request * 50)
+        except (TimeoutError, ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            if server.counters()["tcp-read-pauses"]:
+                break
+    counters = server.wait_for("tcp-closed-stalled", 1)
+    assert counters["tcp-read-pauses"] >= 1
+    assert counters["tcp-closed-stalled"] == 1 and counters["tcp-connections"] == 0
+
+
+def test_counters_have_the_shared_names(server, connect):
+    peer = connect(server.address, csm=csm())
+    peer.request(Code.GET, "text")
+    counters = server.counters()
+    for name in ("recv-requests", "send-responses", "tcp-accepted", "observes"):
+        assert name in counters
+    assert counters["recv-requests"] == 1 and counters["send-responses"] >= 1
+
+
+# -- TLS (RFC 8323 §4.1) ---------------------------------------------------------------------------
+
+
+def client_context(certificate: bool = True, version: ssl.TLSVersion | None = None):
+    context = ssl.create_default_context(cafile=demo_certs() / "ca.pem")
+    context.set_alpn_protocols(["coap"])
+    if certificate:
+        context.load_cert_chain(demo_certs() / "client.pem", demo_certs() / "client.key")
+    if version is not None:
+        context.minimum_version = context.maximum_version = version
+    return context
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls_with_alpn_coap_on_1_2_and_1_3(make_server, connect, version):
+    server = make_server(tls=demo_tls_server_context("WANTED"))
+    peer = connect(server.address, tls=client_context(version=version), csm=csm())
+    assert peer.sock.selected_alpn_protocol() == "coap"
+    assert peer.sock.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2"}.get(version, "TLSv1.3")
+    assert peer.receive().code == tcp.CSM
+    assert peer.request(Code.GET, "text").payload == b"hello"
+    assert server.endpoint.scheme == "coaps+tcp"
+
+
+def test_tls_bert_and_observe(make_server, connect):
+    server = make_server(tls=demo_tls_server_context("NONE"))
+    peer = connect(server.address, tls=client_context(False), csm=csm(8192, block_wise=True))
+    first = peer.request(Code.GET, "large")
+    assert block2(first) == (0, True, 7) and first.payload == LARGE[:4096]
+    observe(peer, b"t1", 0)
+    server.call(server.root.children["obs"].changed)
+    assert peer.receive_non_signal().token == b"t1"
+
+
+def test_tls_client_auth_needed(make_server, connect):
+    """Without a client certificate the handshake fails (TLS 1.3 reports it on the first
+    read): not even the server's CSM arrives."""
+    server = make_server(tls=demo_tls_server_context("NEEDED"))
+    try:
+        refused = connect(server.address, tls=client_context(certificate=False), csm=csm())
+        received = refused.receive()
+    except (ssl.SSLError, ConnectionResetError):
+        received = None
+    assert received is None
+    assert server.wait_for("tcp-handshakes-failed", 1)["tcp-handshakes-failed"] == 1
+    good = connect(server.address, tls=client_context(certificate=True), csm=csm())
+    assert good.request(Code.GET, "text").code == Code.CONTENT
+
+
+def test_tls_handshake_timeout(make_server, connect):
+    server = make_server(tls=demo_tls_server_context("NONE"), handshake_timeout=0.3)
+    silent = connect(server.address)  # TCP only, no ClientHello
+    assert silent.closed(timeout=3.0)
+    assert server.counters()["tcp-handshakes-failed"] == 1
+
+
+def test_extclient_context_verifies_the_demo_server(make_server, connect):
+    server = make_server(tls=demo_tls_server_context("NEEDED"))
+    peer = connect(server.address, tls=demo_tls_client_context(), csm=csm())
+    assert peer.request(Code.GET, "text").code == Code.CONTENT
+
+
+# -- extserver ------------------------------------------------------------------------------------
+
+
+def test_extserver_tcp_and_tls_endpoints(start_extserver, connect):
+    """--tcp (default on): TCP on the UDP port, TLS on the DTLS port; --no-tcp: neither."""
+    server = start_extserver("--no-plugtest")
+    plain = connect(("127.0.0.1", server.port))
+    assert plain.receive().code == tcp.CSM
+    secure = connect(("127.0.0.1", server.port + 1), tls=client_context())
+    assert secure.receive().code == tcp.CSM
+    without = start_extserver("--no-plugtest", "--no-tcp")
+    for port in (without.port, without.port + 1):
+        with pytest.raises(ConnectionRefusedError):
+            connect(("127.0.0.1", port))
