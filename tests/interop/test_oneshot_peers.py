@@ -3,6 +3,7 @@ endpoint), libcoap's ``coap-server-notls`` and a small aiocoap server."""
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import subprocess
@@ -43,7 +44,9 @@ def traced(lines: str, direction: str, kind: str) -> list[str]:
     return [line for line in lines.splitlines() if f" {direction} {kind} " in line]
 
 
-def wait_for_ping(port: int, process: subprocess.Popen, timeout: float = 10) -> None:
+def wait_for_ping(
+    port: int, process: subprocess.Popen, timeout: float = 10, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if coap_ping(port):
@@ -51,7 +54,10 @@ def wait_for_ping(port: int, process: subprocess.Popen, timeout: float = 10) -> 
         time.sleep(0.05)
     process.kill()
     process.wait(timeout=5)
-    pytest.fail(f"{process.args[0]} did not answer a CoAP ping on port {port}", pytrace=False)
+    output = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+    pytest.fail(
+        f"{process.args[0]} did not answer a CoAP ping on port {port}\n{output}", pytrace=False
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -264,13 +270,18 @@ def aiocoap_server(tmp_path_factory) -> Iterator[str]:
     script = Path(tmp_path_factory.mktemp("aiocoap")) / "server.py"
     script.write_text(AIOCOAP_SERVER)
     port = free_udp_port()
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = script.with_suffix(".log")
+    with open(log, "wb") as output:
+        # UDP only: aiocoap's default TCP/TLS/WebSocket servers would also need free TCP
+        # ports, and starting them only slows the start on a busy box.
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "AIOCOAP_SERVER_TRANSPORT": "udp6"},
+        )
     try:
-        wait_for_ping(port, process)
+        wait_for_ping(port, process, timeout=30, log=log)
         yield f"coap://{LOOPBACK}:{port}"
     finally:
         stop(process)
