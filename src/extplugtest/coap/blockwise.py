@@ -165,14 +165,23 @@ class BlockwiseLayer:
         )
         return message.add_option(Option.SIZE1, self.max_body_size)
 
+    def _block_unit(self, szx: int) -> int | None:
+        """Bytes per step of NUM for this SZX, or None where the SZX is not allowed (BERT's 7
+        on UDP; CoAP over TCP allows it, RFC 8323 §6)."""
+        return None if szx == 7 else block_size(szx)
+
+    def _block_size_ok(self, szx: int, length: int) -> bool:
+        """Whether a block that is not the last one has the right size."""
+        return length == block_size(szx)
+
     def _upload(
         self, request: Message, context: BlockRequest, block: tuple[int, bool, int]
     ) -> tuple[BlockRequest, Message | None]:
         num, more, szx = block
-        if szx == 7:
+        unit = self._block_unit(szx)
+        if unit is None:
             return context, _error(Code.BAD_REQUEST, "BERT block size on UDP")
-        size = block_size(szx)
-        offset = num * size
+        offset = num * unit
         upload = self._uploads.get(context.key)
         if num == 0:
             upload = _Upload()
@@ -185,7 +194,7 @@ class BlockwiseLayer:
                 Code.REQUEST_ENTITY_INCOMPLETE,
                 f"request block1 offset {offset} doesn't match the current position {have}!",
             )
-        if more and len(request.payload) != size:
+        if more and not self._block_size_ok(szx, len(request.payload)):
             self._uploads.pop(context.key, None)
             self.incomplete += 1
             return context, _error(Code.REQUEST_ENTITY_INCOMPLETE, "block of the wrong size")

@@ -24,7 +24,6 @@ from extplugtest.coap.blockwise import (
     BlockRequest,
     BlockwiseLayer,
     _error,
-    _Upload,
     block_size,
     decode_block,
     encode_block,
@@ -86,47 +85,15 @@ class TcpBlockwiseLayer(BlockwiseLayer):
                 return context, self.slice(kept.response, context)
         return context, None
 
-    def _upload(
-        self, request: Message, context: BlockRequest, block: tuple[int, bool, int]
-    ) -> tuple[BlockRequest, Message | None]:
-        num, more, szx = block
-        if szx != BERT_SZX:
-            return super()._upload(request, context, block)
-        # A BERT block: NUM counts 1024-byte units, a non-final one carries a multiple of 1024.
-        offset = num * BERT_UNIT
-        upload = self._uploads.get(context.key)
-        if num == 0:
-            upload = _Upload()
-            self._put(self._uploads, context.key, upload)
-        elif upload is None or len(upload.body) != offset:
-            self._uploads.pop(context.key, None)
-            self.incomplete += 1
-            have = 0 if upload is None else len(upload.body)
-            return context, _error(
-                Code.REQUEST_ENTITY_INCOMPLETE,
-                f"request block1 offset {offset} doesn't match the current position {have}!",
-            )
-        if more and (not request.payload or len(request.payload) % BERT_UNIT):
-            self._uploads.pop(context.key, None)
-            self.incomplete += 1
-            return context, _error(Code.REQUEST_ENTITY_INCOMPLETE, "BERT block of a wrong size")
-        size1 = request.uint_option(Option.SIZE1) or 0
-        if offset + len(request.payload) > self.max_body_size or size1 > self.max_body_size:
-            self._uploads.pop(context.key, None)
-            return context, self._too_large()
-        upload.body += request.payload
-        upload.stamp = time.monotonic()
-        if more:  # 2.31 with the block number of the request (§6, figure 12)
-            answer = Message(code=Code.CONTINUE)
-            answer.add_option(Option.BLOCK1, encode_block(num, True, BERT_SZX))
-            return context, answer
-        del self._uploads[context.key]
-        self.uploads_completed += 1
-        context.block1 = (num, False, BERT_SZX)
-        request.payload = bytes(upload.body)
-        request.remove_option(Option.BLOCK1)
-        request.remove_option(Option.SIZE1)
-        return context, None
+    def _block_unit(self, szx: int) -> int | None:
+        # A BERT block: NUM counts 1024-byte units (RFC 8323 §6).
+        return BERT_UNIT if szx == BERT_SZX else super()._block_unit(szx)
+
+    def _block_size_ok(self, szx: int, length: int) -> bool:
+        # A non-final BERT block carries a multiple of 1024 bytes.
+        if szx == BERT_SZX:
+            return length > 0 and length % BERT_UNIT == 0
+        return super()._block_size_ok(szx, length)
 
     def slice(self, response: Message, context: BlockRequest) -> Message:
         units = self.bert_blocks(context.key[0])
