@@ -56,7 +56,6 @@ extensions = [
         extra_link_args=LDFLAGS,
     )
     for name, source in MODULES
-    if os.path.exists(source)
 ]
 
 setup(
