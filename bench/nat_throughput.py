@@ -27,13 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -48,6 +46,8 @@ from throughput import (
     host_info,
     load_average,
     process_cpu,
+    sleep_until,
+    start_generator,
     stop_on_sigterm,
     wait_idle,
 )
@@ -234,18 +234,6 @@ def start_nat(
     raise BenchError("extnat did not forward a CoAP ping")
 
 
-def read_lines(stream: IO[str], lines: queue.Queue[tuple[float, str]]) -> None:
-    for line in stream:
-        lines.put((time.monotonic(), line.rstrip("\n")))
-
-
-def sleep_until(moment: float, generator: subprocess.Popen[Any]) -> None:
-    while (left := moment - time.monotonic()) > 0:
-        if generator.poll() is not None:
-            raise BenchError(f"extclient exited early with {generator.returncode}")
-        time.sleep(min(left, 0.2))
-
-
 def measure(
     kind: str, mode: str, args: argparse.Namespace, work: Path, responder: Path | None
 ) -> dict[str, Any]:
@@ -260,32 +248,10 @@ def measure(
                                            log, work)  # fmt: skip
         else:
             port = backends[0][1]  # direct: the first backend only
-        command = [
-            "taskset", "-c", LOAD_CPU, str(VENV_BIN / "extclient"), "benchmark",
-            f"coap://{LOOPBACK}:{port}/{PATH}", "--clients", str(args.clients), "--method", "GET",
-            "--con", "--duration", str(args.duration), "--warmup", str(args.warmup),
-            "--json", str(result_file),
-        ]  # fmt: skip
-        generator = processes.start(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        lines: queue.Queue[tuple[float, str]] = queue.Queue()
-        threading.Thread(target=read_lines, args=(generator.stdout, lines), daemon=True).start()
-        output: list[str] = []
-        started = None
-        deadline = time.monotonic() + START_TIMEOUT
-        while started is None and time.monotonic() < deadline:
-            try:
-                stamp, line = lines.get(timeout=0.2)
-            except queue.Empty:
-                if generator.poll() is not None:
-                    break
-                continue
-            output.append(line)
-            if line == "Benchmark started.":
-                started = stamp
-        if started is None:
-            raise BenchError("extclient did not start:\n" + "\n".join(output[-10:]))
+        uri = f"coap://{LOOPBACK}:{port}/{PATH}"
+        run = start_generator(processes, LOAD_CPU, uri, args.clients, args, result_file,
+                              START_TIMEOUT)  # fmt: skip
+        generator, started = run.process, run.started
         pids = [p.pid for p, _ in backends]
         sleep_until(started + args.warmup, generator)
         cpu0 = {pid: process_cpu(pid) for pid in pids}
@@ -302,7 +268,7 @@ def measure(
         except subprocess.TimeoutExpired:
             raise BenchError("extclient did not finish") from None
         if generator.returncode != 0 or not result_file.exists():
-            raise BenchError(f"extclient failed ({generator.returncode}):\n" + "\n".join(output))
+            raise BenchError(f"extclient failed ({generator.returncode}):\n{run.tail()}")
     load = json.loads(result_file.read_text())
     wall = wall1 - wall0
     backend_cpu = sum(cpu1[pid] - cpu0[pid] for pid in pids) / wall

@@ -244,38 +244,64 @@ def sleep_until(moment: float, generator: subprocess.Popen[Any]) -> None:
         time.sleep(min(left, 0.2))
 
 
+@dataclass
+class Generator:
+    """A running ``extclient benchmark`` and what it printed so far."""
+
+    process: subprocess.Popen[Any]
+    started: float  # when it printed "Benchmark started."
+    lines: queue.Queue[tuple[float, str]]
+    output: list[str]
+
+    def tail(self) -> str:
+        while not self.lines.empty():
+            self.output.append(self.lines.get()[1])
+        return "\n".join(self.output[-20:])
+
+
+def start_generator(
+    processes: Processes,
+    cpu: str,
+    uri: str,
+    clients: int,
+    args: argparse.Namespace,
+    result_file: Path,
+    start_timeout: float = START_TIMEOUT,
+) -> Generator:
+    """``extclient benchmark`` (CON GET) pinned to *cpu*, once it has started its clients
+    (raises BenchError when it does not start in time)."""
+    command = [
+        "taskset", "-c", cpu, str(VENV_BIN / "extclient"), "benchmark", uri,
+        "--clients", str(clients), "--method", "GET", "--con",
+        "--duration", str(args.duration), "--warmup", str(args.warmup),
+        "--json", str(result_file),
+    ]  # fmt: skip
+    process = processes.start(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[tuple[float, str]] = queue.Queue()
+    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
+    output: list[str] = []
+    deadline = time.monotonic() + start_timeout
+    while time.monotonic() < deadline:
+        try:
+            stamp, line = lines.get(timeout=0.2)
+        except queue.Empty:
+            if process.poll() is not None:
+                break
+            continue
+        output.append(line)
+        if line == "Benchmark started.":
+            return Generator(process, stamp, lines, output)
+    raise BenchError("extclient did not start:\n" + "\n".join(output[-10:]))
+
+
 def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
     result_file = work / f"{server.name}-{clients}.json"
     with Processes() as processes, open(work / f"{server.name}-{clients}.log", "wb") as log:
         process, port = start_server(server, processes, log)
         uri = f"coap://{LOOPBACK}:{port}/{PATH}"
-        command = [
-            "taskset", "-c", GENERATOR_CPU, str(VENV_BIN / "extclient"), "benchmark", uri,
-            "--clients", str(clients), "--method", "GET", "--con",
-            "--duration", str(args.duration), "--warmup", str(args.warmup),
-            "--json", str(result_file),
-        ]  # fmt: skip
-        generator = processes.start(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        lines: queue.Queue[tuple[float, str]] = queue.Queue()
-        threading.Thread(target=read_lines, args=(generator.stdout, lines), daemon=True).start()
-        output: list[str] = []
-        started = None
-        deadline = time.monotonic() + START_TIMEOUT
-        while started is None and time.monotonic() < deadline:
-            try:
-                stamp, line = lines.get(timeout=0.2)
-            except queue.Empty:
-                if generator.poll() is not None:
-                    break
-                continue
-            output.append(line)
-            if line == "Benchmark started.":
-                started = stamp
-        if started is None:
-            raise BenchError("extclient did not start:\n" + "\n".join(output[-10:]))
+        run = start_generator(processes, GENERATOR_CPU, uri, clients, args, result_file)
+        generator, started = run.process, run.started
         # The generator opens its window `warmup` s after "Benchmark started."; sample the
         # server's CPU over the same stretch.
         sleep_until(started + args.warmup, generator)
@@ -287,9 +313,7 @@ def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) 
         except subprocess.TimeoutExpired:
             raise BenchError("extclient did not finish") from None
         if generator.returncode != 0 or not result_file.exists():
-            while not lines.empty():
-                output.append(lines.get()[1])
-            raise BenchError(f"extclient failed ({generator.returncode}):\n" + "\n".join(output))
+            raise BenchError(f"extclient failed ({generator.returncode}):\n{run.tail()}")
     load = json.loads(result_file.read_text())
     wall = wall1 - wall0
     server_cpu = (cpu1 - cpu0) / wall
