@@ -104,6 +104,13 @@ static inline void udp_batch_set(udp_batch *b, int i, const unsigned char *data,
     b->msgs[i].msg_hdr.msg_namelen = addrlen;
 }
 
+/* The datagram in receive slot i now has `length` bytes (it was rewritten in place, e.g. the
+ * plaintext of a DTLS record moved to the start of the slot). */
+static inline void udp_batch_set_length(udp_batch *b, int i, size_t length)
+{
+    b->msgs[i].msg_len = (unsigned int)length;
+}
+
 /* Queue the datagram in slot b->count (its buffer already filled) to address addr. */
 static inline void udp_batch_queue(udp_batch *b, size_t length, const struct sockaddr_storage *addr,
                                    socklen_t addrlen)

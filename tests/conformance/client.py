@@ -46,6 +46,7 @@ from extplugtest.coap._codec import (
     parse,
 )
 from extplugtest.coap.codes import Code, Option, Type
+from extplugtest.dtls._record import APPLICATION_DATA
 
 #: The checker waits 5 s for every response (§1.3).
 DEFAULT_TIMEOUT = 5.0
@@ -935,3 +936,55 @@ class TlsClient(TcpClient):
         from extplugtest.tools.tcp_transport import demo_tls_client_context
 
         super().__init__(host, port + 1, tls=demo_tls_client_context(), **kwargs)
+
+
+class DtlsClient(UdpClient):
+    """CoAP over DTLS 1.2 (coaps) to the secure port (the plain one + 1): our client's PSK
+    handshake (Client_identity / secretPSK, from the reference servers' store) with a
+    Connection ID, then every CoAP message in one application record."""
+
+    transport = "dtls"
+    HANDSHAKE_TIMEOUT = 10.0
+
+    def __init__(self, host: str, port: int, **kwargs: Any) -> None:
+        from extplugtest.dtls.handshake_client import ClientHandshake
+
+        super().__init__(host, port + 1, **kwargs)
+        handshake = ClientHandshake(b"Client_identity", b"secretPSK")
+        self.sock.send(handshake.start())
+        deadline = time.monotonic() + self.HANDSHAKE_TIMEOUT
+        wait = 0.5
+        while not handshake.done:  # bounded by the deadline; flights resent as RFC 6347 says
+            if time.monotonic() > deadline:
+                self.sock.close()
+                raise NoResponse(f"DTLS handshake with {self.address} timed out")
+            self.sock.settimeout(wait)
+            try:
+                datagram = self.sock.recv(65536)
+            except TimeoutError:
+                for record in handshake.retransmit():
+                    self.sock.send(record)
+                wait = min(2 * wait, 2.0)
+                continue
+            for record in handshake.on_datagram(datagram):
+                self.sock.send(record)
+        assert handshake.session is not None
+        self.session = handshake.session
+
+    def _send_bytes(self, data: bytes) -> None:
+        session = self.session
+        self.sock.send(session.cipher.seal(1, session.next_write_seq, APPLICATION_DATA, data))
+        session.next_write_seq += 1
+
+    def _recv_bytes(self, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while True:  # bounded by the deadline: non-application records are skipped
+            datagram = super()._recv_bytes(max(deadline - time.monotonic(), 0.0))
+            if datagram is None:
+                return None
+            try:
+                content_type, plaintext = self.session.cipher.open(datagram)
+            except ValueError:
+                continue  # not one authentic record: dropped, as a DTLS stack does
+            if content_type == APPLICATION_DATA:
+                return plaintext

@@ -3,8 +3,9 @@
 * ``target``: one ``extserver`` for the whole session, its plugtest endpoint and observe timing
   (``--notify-interval 200ms``, so the observe tests see a notification every 0.2 s).
 * ``transport``: the transports the suite runs over, one parameter per entry of ``TRANSPORTS``.
-  ``udp``, ``tcp`` and ``tls`` (RFC 8323); another client (a subclass of ``CoapTestClient`` in
-  client.py or in a module beside it) is added to ``TRANSPORTS`` and every test runs over it too.
+  ``udp``, ``dtls`` (coaps), ``tcp`` and ``tls`` (RFC 8323); another client (a subclass of
+  ``CoapTestClient`` in client.py or in a module beside it) is added to ``TRANSPORTS`` and every
+  test runs over it too.
 * ``client``: a fresh client (a new source port) for each test, closed afterwards.
 * ``new_client``: a factory for further clients in the same test.
 * ``udp_only``: skips a test of the UDP message layer (types, MIDs, empty ACK/RST) on a transport
@@ -46,6 +47,7 @@ NOTIFY_INTERVAL = 0.2  # seconds; passed to extserver as --notify-interval
 #: Transport name -> factory(host, port) of a connected CoapTestClient.
 TRANSPORTS: dict[str, Callable[..., Any]] = {
     "udp": cc.UdpClient,
+    "dtls": cc.DtlsClient,
     "tcp": cc.TcpClient,
     "tls": cc.TlsClient,
 }

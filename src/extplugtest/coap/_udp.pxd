@@ -2,9 +2,17 @@
 
 from libc.stdint cimport uint8_t, uint16_t
 from extplugtest.coap._codec cimport MessageView, Writer
-from extplugtest.coap._dedup cimport DeduplicationCache, Exchange
+from extplugtest.coap._dedup cimport DeduplicationCache, Exchange, PeerKey
 
-from extplugtest._net cimport udp_batch
+from extplugtest._net cimport sockaddr_storage, udp_batch
+
+cdef enum:
+    RX_BATCH = 64
+    TX_BATCH = 128
+    SLOT_SIZE = 2048            # Californium's UDP.DATAGRAM_SIZE
+    MAX_BATCHES = 8             # per wake-up, so that other callbacks get their turn
+
+cdef int peer_key_from_sockaddr(PeerKey* key, const sockaddr_storage* addr) noexcept nogil
 
 cdef class FastResource:
     """A resource answered entirely in C for its common requests.
@@ -46,18 +54,20 @@ cdef class UdpEngine:
     cdef double now
     cdef int max_batches
     cdef Py_ssize_t max_message_size
-    cdef object sink            # None: the socket; else sink(data, address) gets every datagram
     cdef EngineCounters c
     cdef Exchange* current      # dedup entry of the request being processed, or NULL
+
+    # Hooks a protection layer below CoAP overrides (dtls._datapath.DtlsEngine):
+    cdef int _receive(self, int slot) except -1
+    cdef void _send_now(self, int slot, const uint8_t* data, Py_ssize_t length) noexcept
+    cdef void _tx_commit(self, Py_ssize_t length, int slot) noexcept
+    cdef void _flush(self) noexcept
 
     cdef int _process(self, int slot) except -1
     cdef int _slow_request(self, int slot, const MessageView* view) except -1
     cdef void _resend_cached(self, int slot, Exchange* ex) noexcept
     cdef uint8_t* _tx_begin(self) noexcept
-    cdef void _tx_commit(self, Py_ssize_t length, int slot) noexcept
     cdef void _cache(self, const uint8_t* data, Py_ssize_t length) noexcept
     cdef void _reply_empty(self, int slot, int type, uint16_t mid) noexcept
     cdef void _reply_error(self, int slot, const MessageView* request, int code,
                            const char* text) noexcept
-    cdef void _flush(self) noexcept
-    cdef int _flush_to_sink(self) except -1

@@ -27,7 +27,7 @@ from extplugtest._net cimport (
     AF_INET, address_tuple, fill_sockaddr, monotonic_now, ntohs, sockaddr_in,
     sockaddr_in6, sockaddr_storage, udp_batch_addr, udp_batch_addrlen, udp_batch_buffer,
     udp_batch_free, udp_batch_init, udp_batch_length, udp_batch_queue,
-    udp_batch_queued_length, udp_batch_recv, udp_batch_send, udp_batch_set, udp_batch_truncated,
+    udp_batch_recv, udp_batch_send, udp_batch_truncated,
     udp_send_one,
 )
 
@@ -35,11 +35,6 @@ cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char* buf, int num)
 
 logger = logging.getLogger("extplugtest.coap.udp")
-
-DEF RX_BATCH = 64
-DEF TX_BATCH = 128
-DEF SLOT_SIZE = 2048          # Californium's UDP.DATAGRAM_SIZE
-DEF MAX_BATCHES = 8           # per wake-up, so that other callbacks get their turn
 
 cdef enum:
     CODE_EMPTY = 0
@@ -54,7 +49,8 @@ cdef class FastResource:
         return 0
 
 
-cdef int _key_from_sockaddr(PeerKey* key, const sockaddr_storage* addr) noexcept nogil:
+cdef int peer_key_from_sockaddr(PeerKey* key, const sockaddr_storage* addr) noexcept nogil:
+    """The fixed-size key of a peer address (IPv4 as IPv4-mapped IPv6), zero padded."""
     cdef const sockaddr_in* v4
     cdef const sockaddr_in6* v6
     memset(key, 0, sizeof(PeerKey))
@@ -82,7 +78,7 @@ cdef class UdpEngine:
     """
 
     def __cinit__(self, int fd, int family, endpoint, DeduplicationCache dedup=None,
-                  FastResource fast=None, Py_ssize_t max_message_size=1024, sink=None):
+                  FastResource fast=None, Py_ssize_t max_message_size=1024):
         self.fd = fd
         self.family = family
         self.endpoint = endpoint
@@ -90,7 +86,6 @@ cdef class UdpEngine:
         self.fast = fast
         self.max_batches = MAX_BATCHES
         self.max_message_size = max_message_size
-        self.sink = sink
         self.current = NULL
         memset(&self.c, 0, sizeof(EngineCounters))
         if udp_batch_init(&self.rx, RX_BATCH, SLOT_SIZE):
@@ -117,7 +112,7 @@ cdef class UdpEngine:
             self.now = monotonic_now()
             for i in range(n):
                 try:
-                    self._process(i)
+                    self._receive(i)
                 except Exception:
                     self.c.handler_errors += 1
                     logger.exception("datagram processing failed")
@@ -126,25 +121,6 @@ cdef class UdpEngine:
             rounds += 1
             if n < RX_BATCH:
                 break
-
-    def feed(self, data, address) -> None:
-        """Process one datagram that did not come from the socket (the plaintext of a DTLS
-        record); what it answers goes to the sink."""
-        cdef const uint8_t[:] raw = data
-        cdef sockaddr_storage addr
-        cdef unsigned int addrlen = fill_sockaddr(&addr, address)
-        if raw.shape[0] == 0 or raw.shape[0] > SLOT_SIZE:
-            self.c.recv_ignored += 1
-            return
-        udp_batch_set(&self.rx, 0, &raw[0], raw.shape[0], &addr, addrlen)
-        self.now = monotonic_now()
-        try:
-            self._process(0)
-        except Exception:
-            self.c.handler_errors += 1
-            logger.exception("datagram processing failed")
-        self.current = NULL
-        self._flush()
 
     def next_mid(self) -> int:
         self.mid += 1
@@ -155,9 +131,6 @@ cdef class UdpEngine:
         cdef sockaddr_storage addr
         cdef const uint8_t[:] raw = data
         cdef unsigned int addrlen = fill_sockaddr(&addr, address)
-        if self.sink is not None:
-            self.sink(bytes(data), address)
-            return True
         if udp_send_one(self.fd, &raw[0], raw.shape[0], &addr, addrlen) < 0:
             self.c.send_errors += 1
             return False
@@ -205,6 +178,10 @@ cdef class UdpEngine:
         }
 
     # -- per datagram -----------------------------------------------------------------------
+    cdef int _receive(self, int slot) except -1:
+        """A received datagram in rx *slot*: here a CoAP message as it is."""
+        return self._process(slot)
+
     cdef int _process(self, int slot) except -1:
         cdef const uint8_t* data = udp_batch_buffer(&self.rx, slot)
         cdef Py_ssize_t length = udp_batch_length(&self.rx, slot)
@@ -254,7 +231,7 @@ cdef class UdpEngine:
                 return 0
             self.c.recv_requests += 1
             if self.dedup is not None:
-                _key_from_sockaddr(&key, udp_batch_addr(&self.rx, slot))
+                peer_key_from_sockaddr(&key, udp_batch_addr(&self.rx, slot))
                 peer = self.dedup.peer(&key, self.now)
                 if peer != NULL:
                     ex = self.dedup.find(peer, view.mid, self.now)
@@ -344,7 +321,11 @@ cdef class UdpEngine:
             self._tx_commit(ex.response_length, slot)
             return
         self._flush()                           # too large for a batch slot: send on its own
-        if udp_send_one(self.fd, ex.response, ex.response_length, udp_batch_addr(&self.rx, slot),
+        self._send_now(slot, ex.response, ex.response_length)
+
+    cdef void _send_now(self, int slot, const uint8_t* data, Py_ssize_t length) noexcept:
+        """Send *data* to the source of rx *slot* at once (after a flush: keeps the order)."""
+        if udp_send_one(self.fd, data, length, udp_batch_addr(&self.rx, slot),
                         udp_batch_addrlen(&self.rx, slot)) < 0:
             self.c.send_errors += 1
 
@@ -393,21 +374,5 @@ cdef class UdpEngine:
         self._tx_commit(writer_length(&w), slot)
 
     cdef void _flush(self) noexcept:
-        if not self.tx.count:
-            return
-        if self.sink is None:
+        if self.tx.count:
             self.c.send_errors += udp_batch_send(self.fd, &self.tx)
-            return
-        try:
-            self._flush_to_sink()
-        except Exception:
-            self.c.send_errors += 1
-            logger.exception("sending through the sink failed")
-        self.tx.count = 0
-
-    cdef int _flush_to_sink(self) except -1:
-        cdef int i
-        for i in range(self.tx.count):
-            self.sink((<char*>udp_batch_buffer(&self.tx, i))[:udp_batch_queued_length(&self.tx, i)],
-                      address_tuple(udp_batch_addr(&self.tx, i)))
-        return 0

@@ -1,13 +1,15 @@
 """The DTLS server endpoint: connections by CID and by address, handshakes, and CoAP on top.
 
-Datagrams are read from the socket, split into records (C parser), and each record goes to its
-connection: found by CID for tls12_cid records (RFC 9146), else by source address. A ClientHello
-from an unknown peer is answered statelessly with a HelloVerifyRequest (RFC 6347 §4.2.1) until
-it carries a valid cookie; only then a connection and its handshake exist. Application data is
-opened and handed to the CoAP engine (UdpEngine.feed), whose answers come back through the
-sink and leave sealed. A CID record that authenticates and is the newest seen moves the
-connection to its source address (RFC 9146 §6). Connections and handshakes are bounded; the
-least recently active connection makes room; everything is counted.
+The socket belongs to a DtlsEngine (dtls/_datapath.pyx): it answers the application records of
+established connections in C and hands every other datagram to this connector as it arrived.
+Here datagrams are split into records (C parser), and each record goes to its connection:
+found by CID for tls12_cid records (RFC 9146), else by source address. A ClientHello from an
+unknown peer is answered statelessly with a HelloVerifyRequest (RFC 6347 §4.2.1) until it
+carries a valid cookie; only then a connection and its handshake exist. Application data met
+here is handed to the engine (DtlsEngine.feed), whose answers leave sealed. A CID record that
+authenticates and is the newest seen moves the connection to its source address (RFC 9146 §6).
+Connections and handshakes are bounded; the least recently active connection makes room;
+everything is counted.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import logging
 import os
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from extplugtest.coap._dedup import DeduplicationCache
-from extplugtest.coap._udp import FastResource, UdpEngine
+from extplugtest.coap._udp import FastResource
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.timer import PeriodicTimer
 from extplugtest.coap.transport_udp import bind_udp_socket
+from extplugtest.dtls._datapath import DtlsConnection, DtlsEngine, peer_key
 from extplugtest.dtls._record import (
     APPLICATION_DATA,
     TLS12_CID,
@@ -54,9 +57,12 @@ from extplugtest.dtls.reassembly import CompleteMessage
 
 logger = logging.getLogger("extplugtest.dtls")
 
-MAX_DATAGRAM = 2048
-RETRANSMIT_INTERVAL = 1.0  # flight retransmission (RFC 6347 §4.2.4.1: 1 s initial)
+TIMER_INTERVAL = 0.25  # flight retransmissions and sweeps are checked this often
+RETRANSMIT_INITIAL = 1.0  # RFC 6347 §4.2.4.1: 1 s initial, doubled up to 60 s
+RETRANSMIT_MAX = 60.0
 HANDSHAKE_LIFETIME = 30.0
+#: entries looked at when making room or sweeping, per call (keeps both O(1) per record)
+LRU_LOOKS = 64
 
 
 @dataclass
@@ -98,23 +104,6 @@ class DtlsCounters:
         }
 
 
-class DtlsConnection:
-    __slots__ = ("address", "handshake", "last_seen", "moved", "newest", "previous_address",
-                 "read_cid", "session", "started")  # fmt: skip
-
-    def __init__(self, address: tuple, read_cid: bytes) -> None:
-        self.address = address
-        self.read_cid = read_cid
-        self.handshake: ServerHandshake | None = None
-        self.session: Session | None = None
-        self.started = time.monotonic()
-        self.last_seen = self.started
-        self.previous_address: tuple | None = None
-        #: of the record being processed: the newest one seen, and did it move the connection
-        self.newest = True
-        self.moved = False
-
-
 class DtlsServerTransport:
     """A DTLS server socket serving *endpoint*'s resources (coaps)."""
 
@@ -139,12 +128,18 @@ class DtlsServerTransport:
         self.cookies = CookieGenerator()
         self.counters = DtlsCounters()
         self.sock: socket.socket | None = None
-        self.engine: UdpEngine | None = None
+        self.engine: DtlsEngine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._by_address: OrderedDict[tuple, DtlsConnection] = OrderedDict()  # LRU order
+        # Keyed by peer_key(address); in LRU order up to DtlsConnection.positioned (the data
+        # path only stamps last_seen: the order is mended lazily, see _make_room/_on_timer).
+        self._by_address: OrderedDict[bytes, DtlsConnection] = OrderedDict()
         self._by_cid: dict[bytes, DtlsConnection] = {}
         self._handshakes = 0
-        self._timer = PeriodicTimer(RETRANSMIT_INTERVAL, self._on_timer)
+        #: handshakes in progress -> (when their flight is due again, the current interval)
+        self._flights: dict[DtlsConnection, tuple[float, float]] = {}
+        #: established connections whose handshake stays a while for a lost last flight
+        self._lingering: deque[tuple[float, DtlsConnection]] = deque()
+        self._timer = PeriodicTimer(TIMER_INTERVAL, self._on_timer)
 
     # -- life cycle --------------------------------------------------------------------------
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -152,19 +147,15 @@ class DtlsServerTransport:
         family = sock.family
         self.sock = sock
         self.endpoint.scheme = "coaps"
-        self.engine = UdpEngine(
-            -1,  # no socket of its own: records come in through feed(), go out via the sink
-            family,
-            self.endpoint,
-            self.dedup,
-            self.fast,
+        self.engine = DtlsEngine(
+            sock.fileno(), family, self.endpoint, self.dedup, self.fast,
             self.endpoint.max_message_size,
-            sink=self._send_application,
-        )
+        )  # fmt: skip
+        self.engine.serve(self._by_cid, self._by_address, self.config.cid_length, self)
         self.endpoint.attach(self.engine, sock.getsockname())
         self.endpoint.security = self.context_fields
         self._loop = loop
-        loop.add_reader(sock.fileno(), self._on_readable)
+        loop.add_reader(sock.fileno(), self.engine.on_readable)
         self._timer.start(loop)
 
     @property
@@ -182,24 +173,10 @@ class DtlsServerTransport:
             self.sock = None
 
     def connection(self, address: tuple) -> DtlsConnection | None:
-        return self._by_address.get(address)
+        return self._by_address.get(peer_key(address))
 
-    # -- receiving ---------------------------------------------------------------------------
-    def _on_readable(self) -> None:
-        assert self.sock is not None
-        for _ in range(64):  # bounded per wake-up
-            try:
-                data, address = self.sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            try:
-                self._datagram(data, address)
-            except Exception:
-                logger.exception("DTLS datagram from %s failed", address)
-
-    def _datagram(self, data: bytes, address: tuple) -> None:
+    # -- receiving (what the engine's data path hands over) ----------------------------------
+    def datagram(self, data: bytes, address: tuple) -> None:
         try:
             records = parse_datagram(data, cid_length=self.config.cid_length)
         except RecordError as error:
@@ -213,7 +190,7 @@ class DtlsServerTransport:
         if record.content_type == TLS12_CID:
             connection = self._by_cid.get(record.cid)
         else:
-            connection = self._by_address.get(address)
+            connection = self._by_address.get(peer_key(address))
         if connection is None or (
             record.epoch == 0
             and record.content_type == ContentType.HANDSHAKE
@@ -225,7 +202,6 @@ class DtlsServerTransport:
                 self.counters.dropped_records += 1
             return
         connection.last_seen = time.monotonic()
-        self._by_address.move_to_end(connection.address)
         if connection.session is not None:
             self._protected_record(connection, record, address)
         elif connection.handshake is not None:
@@ -257,10 +233,10 @@ class DtlsServerTransport:
         if self._handshakes >= self.limits.max_handshakes:
             self.counters.handshakes_refused += 1
             return
-        old = self._by_address.get(address)
+        old = self._by_address.get(peer_key(address))
         if old is not None:  # a new handshake replaces the old connection of this address
             self._remove(old)
-        connection = DtlsConnection(address, self._new_cid())
+        connection = DtlsConnection(address, self._new_cid(), time.monotonic())
         handshake = ServerHandshake(
             self.config,
             CompleteMessage(header.msg_type, header.message_seq, body),
@@ -274,6 +250,7 @@ class DtlsServerTransport:
         self._by_cid[connection.read_cid] = connection
         self._handshakes += 1
         self.counters.handshakes_started += 1
+        self._flights[connection] = (time.monotonic() + RETRANSMIT_INITIAL, RETRANSMIT_INITIAL)
         try:
             self._send_all(handshake.start(), address)
         except (HandshakeFailure, DecodeError) as failure:
@@ -283,12 +260,17 @@ class DtlsServerTransport:
         handshake = connection.handshake
         assert handshake is not None
         try:
-            self._send_all(handshake.on_record(record), connection.address)
+            flight = handshake.on_record(record)
         except (HandshakeFailure, DecodeError) as failure:
             self._fail(connection, failure)
             return
+        if flight:  # the peer's flight is complete: ours answers it, its timer restarts
+            self._send_all(flight, connection.address)
+            self._flights[connection] = (time.monotonic() + RETRANSMIT_INITIAL, RETRANSMIT_INITIAL)
         if handshake.session is not None:
-            connection.session = handshake.session
+            connection.establish(handshake.session)
+            self._flights.pop(connection, None)  # RFC 6347 §4.2.4: the last flight has no timer
+            self._lingering.append((time.monotonic() + HANDSHAKE_LIFETIME, connection))
             self._handshakes -= 1
             self.counters.handshakes_succeeded += 1
             # The handshake stays a little for a lost last flight: it resends on the
@@ -320,11 +302,15 @@ class DtlsServerTransport:
         connection.moved = False
         moving = record.content_type == TLS12_CID and address != connection.address
         if moving and connection.newest:  # RFC 9146 §6: only the newest record moves the peer
-            self._move(connection, address)
+            self.move(connection, address)
             connection.moved = True
+        self.plaintext(connection, content_type, plaintext)
+
+    def plaintext(self, connection: DtlsConnection, content_type: int, plaintext: bytes) -> None:
+        """An authenticated record's content that is handled here (or came here)."""
         if content_type == APPLICATION_DATA:
             assert self.engine is not None
-            self.engine.feed(plaintext, connection.address)
+            self.engine.feed(plaintext, connection)
         elif content_type == ContentType.ALERT:
             alert = Alert.decode(plaintext)
             if alert.description == 0 or alert.level == 2:  # close_notify or fatal
@@ -334,15 +320,6 @@ class DtlsServerTransport:
             self._send_all(list(connection.handshake.flight), connection.address)
 
     # -- sending -----------------------------------------------------------------------------
-    def _send_application(self, data: bytes, address: tuple) -> None:
-        connection = self._by_address.get(address)
-        if connection is None or connection.session is None:
-            return
-        session = connection.session
-        record = session.cipher.seal(1, session.next_write_seq, APPLICATION_DATA, data)
-        session.next_write_seq += 1
-        self._send(record, connection.address)
-
     def _send_all(self, datagrams: list[bytes], address: tuple) -> None:
         for datagram in datagrams:
             self._send(datagram, address)
@@ -362,55 +339,80 @@ class DtlsServerTransport:
         raise RuntimeError("no free connection id")
 
     def _add(self, connection: DtlsConnection) -> None:
-        while len(self._by_address) >= self.limits.max_connections:
-            _, oldest = next(iter(self._by_address.items()))
-            self._remove(oldest)
-            self.counters.connections_evicted += 1
-        self._by_address[connection.address] = connection
+        if len(self._by_address) >= self.limits.max_connections:
+            self._make_room(time.monotonic())
+        self._by_address[connection.key] = connection
+
+    def _make_room(self, now: float) -> None:
+        """Evict the least recently active connection. The table is in LRU order as of each
+        entry's `positioned` stamp; an entry active since goes to the end instead (a second
+        chance), so the order is mended only where eviction looks."""
+        for _ in range(LRU_LOOKS):
+            key, oldest = next(iter(self._by_address.items()))
+            if oldest.last_seen <= oldest.positioned:
+                break
+            oldest.positioned = now
+            self._by_address.move_to_end(key)
+        self._remove(oldest)
+        self.counters.connections_evicted += 1
 
     def _remove(self, connection: DtlsConnection) -> None:
-        if self._by_address.get(connection.address) is connection:
-            del self._by_address[connection.address]
+        if self._by_address.get(connection.key) is connection:
+            del self._by_address[connection.key]
         if self._by_cid.get(connection.read_cid) is connection:
             del self._by_cid[connection.read_cid]
         if connection.handshake is not None and connection.session is None:
             self._handshakes -= 1
+        self._flights.pop(connection, None)
         connection.handshake = None
 
-    def _move(self, connection: DtlsConnection, address: tuple) -> None:
-        other = self._by_address.get(address)
+    def move(self, connection: DtlsConnection, address: tuple) -> None:
+        """The newest authenticated CID record came from *address* (RFC 9146 §6)."""
+        key = peer_key(address)
+        other = self._by_address.get(key)
         if other is not None and other is not connection:
             self._remove(other)
-        self._by_address.pop(connection.address, None)
+        self._by_address.pop(connection.key, None)
         connection.previous_address = connection.address
         connection.address = address
-        self._by_address[address] = connection
+        connection.positioned = time.monotonic()
+        self._by_address[key] = connection
         self.counters.address_changes += 1
 
     def _on_timer(self) -> None:
         now = time.monotonic()
-        for connection in list(self._by_address.values()):
+        for connection, (due, interval) in list(self._flights.items()):
             handshake = connection.handshake
-            if handshake is None:
-                continue
-            if connection.session is not None:
-                if now - connection.last_seen > HANDSHAKE_LIFETIME:
-                    connection.handshake = None  # no retransmitted Finished expected anymore
-                continue
-            if now - connection.started > HANDSHAKE_LIFETIME:
+            if handshake is None or connection.session is not None:
+                self._flights.pop(connection, None)
+            elif now - connection.started > HANDSHAKE_LIFETIME:
                 self.counters.handshakes_failed += 1
                 self._remove(connection)
-            elif now - connection.last_seen > RETRANSMIT_INTERVAL:
+            elif now >= due:  # RFC 6347 §4.2.4.1: resend the flight, double the timer
                 self._send_all(list(handshake.flight), connection.address)
-        while self._by_address:  # stale connections (least recently active first)
-            _, oldest = next(iter(self._by_address.items()))
-            if now - oldest.last_seen <= self.limits.stale_after:
-                break
-            self._remove(oldest)
+                interval = min(2 * interval, RETRANSMIT_MAX)
+                self._flights[connection] = (now + interval, interval)
+        while self._lingering and self._lingering[0][0] <= now:
+            self._lingering.popleft()[1].handshake = None
+        self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop stale connections, least recently active first."""
+        for _ in range(LRU_LOOKS * 16):  # bounded per tick; the next tick goes on
+            if not self._by_address:
+                return
+            key, oldest = next(iter(self._by_address.items()))
+            if now - oldest.last_seen > self.limits.stale_after:
+                self._remove(oldest)
+            elif oldest.last_seen > oldest.positioned:  # active since it was placed
+                oldest.positioned = now
+                self._by_address.move_to_end(key)
+            else:
+                return
 
     def context_fields(self, address: tuple) -> list[tuple[str, str | int | bool]]:
         """The DTLS fields of /mycontext (inventory §2.5), in Californium's order."""
-        connection = self._by_address.get(address)
+        connection = self._by_address.get(peer_key(address))
         if connection is None or connection.session is None:
             return []
         session = connection.session
@@ -442,6 +444,12 @@ class DtlsServerTransport:
 
     def dtls_counters(self) -> dict[str, int]:
         counters = self.counters.as_dict()
+        if self.engine is not None:  # what the C data path handled itself
+            datapath = self.engine.datapath_counters()
+            counters["received records"] += datapath["records"]
+            counters["dropped received records"] += datapath["dropped"] + datapath["replays"]
+            counters["dropped received mac-errors"] += datapath["mac errors"]
+            counters["sending records"] += datapath["sealed"]
         counters["handshakes pending"] = self._handshakes
         counters["associations"] = len(self._by_address)
         return counters

@@ -1,0 +1,51 @@
+# The DTLS data path in C: established connections' application records, from the socket to
+# the CoAP engine and back, without Python objects per record.
+
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint8_t
+
+from extplugtest.coap._udp cimport RX_BATCH, TX_BATCH, UdpEngine
+from extplugtest.dtls._record cimport AeadCipher
+from extplugtest._net cimport udp_batch
+
+cdef enum:
+    PEER_KEY_LENGTH = 24            # sizeof(PeerKey): address, scope, port, padding
+
+cdef class DtlsConnection:
+    cdef object _address                # (host, port[, flow, scope]) of the peer
+    cdef uint8_t _key[PEER_KEY_LENGTH]  # the same address as a PeerKey
+    cdef readonly bytes key             # ... and as bytes: the key of the by-address table
+    cdef readonly bytes read_cid        # ours: tls12_cid records to us carry it
+    cdef readonly AeadCipher cipher     # epoch-1 protection once established, else None
+    cdef public unsigned long long next_write_seq
+    cdef public object handshake        # ServerHandshake while it runs, or lingers
+    cdef public object session          # handshake_server.Session once established
+    cdef public object previous_address
+    cdef public double started
+    cdef public double last_seen        # of the newest authenticated or handshake record
+    cdef public double positioned       # when it last went to the end of the LRU order
+    # of the record processed last (for /mycontext):
+    cdef public bint newest             # the newest authenticated one of this connection
+    cdef public bint moved              # it moved the connection to a new address
+
+cdef struct DataPathCounters:
+    unsigned long long records          # application records opened in C
+    unsigned long long slow_datagrams   # handed to the Python connector
+    unsigned long long mac_errors
+    unsigned long long replays
+    unsigned long long dropped          # failed to open for another reason, or truncated
+    unsigned long long sealed
+    unsigned long long seal_errors
+
+cdef class DtlsEngine(UdpEngine):
+    cdef dict by_cid                    # read CID -> DtlsConnection
+    cdef object by_address              # peer key -> DtlsConnection (an OrderedDict)
+    cdef int cid_length
+    cdef object connector               # the slow path: DtlsServerTransport
+    cdef udp_batch sealed               # records of the tx batch, sealed
+    cdef PyObject* rx_connection[RX_BATCH + 1]  # owner of each rx slot's plaintext (borrowed)
+    cdef PyObject* tx_connection[TX_BATCH]      # ... of each queued response (a reference)
+    cdef DataPathCounters d
+
+    cdef int _slow(self, int slot) except -1
+    cdef int _deliver(self, int slot, DtlsConnection connection) except -1

@@ -1,0 +1,36 @@
+from typing import Any
+
+from typing_extensions import Buffer
+
+from extplugtest.coap._udp import UdpEngine
+from extplugtest.dtls._record import AeadCipher
+
+def peer_key(address: tuple[Any, ...]) -> bytes: ...
+
+class DtlsConnection:
+    key: bytes
+    read_cid: bytes
+    cipher: AeadCipher | None
+    next_write_seq: int
+    handshake: Any
+    session: Any
+    previous_address: tuple[Any, ...] | None
+    started: float
+    last_seen: float
+    positioned: float
+    newest: bool
+    moved: bool
+    address: tuple[Any, ...]
+    def __init__(self, address: tuple[Any, ...], read_cid: bytes, now: float) -> None: ...
+    def establish(self, session: Any) -> None: ...
+
+class DtlsEngine(UdpEngine):
+    def serve(
+        self,
+        by_cid: dict[bytes, DtlsConnection],
+        by_address: dict[bytes, DtlsConnection],
+        cid_length: int,
+        connector: Any,
+    ) -> None: ...
+    def feed(self, data: Buffer, connection: DtlsConnection) -> None: ...
+    def datapath_counters(self) -> dict[str, int]: ...

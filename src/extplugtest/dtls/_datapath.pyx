@@ -1,0 +1,329 @@
+"""The DTLS data path: application records of established connections, entirely in C.
+
+DtlsEngine is the CoAP UdpEngine with DTLS record protection below it. It owns the socket: a
+batch of datagrams comes in with one recvmmsg; a datagram that is exactly one application
+record (tls12_cid with our CID, or application_data from a known address) of an established
+connection is opened in place, its CoAP message answered by the engine (C fast resources or
+the Python endpoint), and the answers are sealed and leave with one sendmmsg per batch.
+Everything else (handshakes, alerts, several records in one datagram, unknown peers) goes to
+the Python connector (connector.DtlsServerTransport) as it arrived.
+
+A CID record that authenticates, comes from a new address and is the newest of its connection
+moves the connection there first (RFC 9146 §6), through the connector.
+"""
+
+import logging
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport Py_XDECREF, Py_XINCREF, PyObject
+from libc.stdint cimport uint8_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp, memcpy, memmove, memset
+
+from extplugtest.coap._dedup cimport PeerKey
+from extplugtest.coap._udp cimport RX_BATCH, SLOT_SIZE, TX_BATCH, UdpEngine, peer_key_from_sockaddr
+from extplugtest.dtls._record cimport (
+    ALERT, APPLICATION_DATA, EXPLICIT_NONCE_LENGTH, HEADER_LENGTH, MAX_CID_LENGTH,
+    RECORD_BAD_TAG, RECORD_DUPLICATE, RECORD_OK, RECORD_TOO_OLD, TLS12_CID, AeadCipher,
+    Plaintext, RecordView, parse_record_view,
+)
+from extplugtest._net cimport (
+    address_tuple, fill_sockaddr, sockaddr_storage, udp_batch_addr, udp_batch_addrlen,
+    udp_batch_buffer, udp_batch_free, udp_batch_init, udp_batch_length, udp_batch_queue,
+    udp_batch_queued_length, udp_batch_send, udp_batch_set, udp_batch_set_length,
+    udp_batch_truncated, udp_send_one,
+)
+
+logger = logging.getLogger("extplugtest.dtls")
+
+cdef enum:
+    # A sealed record is the plaintext plus header, CID, explicit nonce, inner type and tag.
+    RECORD_OVERHEAD = HEADER_LENGTH + MAX_CID_LENGTH + EXPLICIT_NONCE_LENGTH + 1 + 16
+    SEALED_SLOT = SLOT_SIZE + RECORD_OVERHEAD
+    FEED_SLOT = RX_BATCH            # the rx slot beyond the receive batch, for feed()
+
+
+cdef bytes _key_bytes(const sockaddr_storage* address):
+    cdef PeerKey key
+    peer_key_from_sockaddr(&key, address)
+    return PyBytes_FromStringAndSize(<const char*>&key, PEER_KEY_LENGTH)
+
+
+def peer_key(address) -> bytes:
+    """The by-address table key of a Python address tuple (as DtlsConnection.key)."""
+    cdef sockaddr_storage storage
+    fill_sockaddr(&storage, address)
+    return _key_bytes(&storage)
+
+
+cdef class DtlsConnection:
+    """One DTLS association: its handshake, then its session (connector.py manages both)."""
+
+    def __cinit__(self, address, bytes read_cid, double now):
+        self.read_cid = read_cid
+        self.address = address
+        self.started = now
+        self.last_seen = now
+        self.positioned = now
+        self.newest = True
+        self.cipher = None
+
+    @property
+    def address(self):
+        return self._address
+
+    @address.setter
+    def address(self, address):
+        cdef sockaddr_storage storage
+        fill_sockaddr(&storage, address)
+        self.key = _key_bytes(&storage)
+        memcpy(self._key, PyBytes_AS_STRING(self.key), PEER_KEY_LENGTH)
+        self._address = address
+
+    def establish(self, session) -> None:
+        """The handshake is done: application records use *session*'s epoch-1 cipher."""
+        self.session = session
+        self.cipher = session.cipher
+        self.next_write_seq = session.next_write_seq
+
+
+cdef class DtlsEngine(UdpEngine):
+    """The UdpEngine of a DTLS socket (see the module text). ``serve()`` connects it to the
+    connection tables and the connector before the socket is read."""
+
+    def __cinit__(self, *args, **kwargs):
+        # One rx slot more than a receive batch fills: feed() uses it, even in the middle of
+        # a batch (the connector's slow path), without overwriting a received datagram.
+        udp_batch_free(&self.rx)
+        if udp_batch_init(&self.rx, RX_BATCH + 1, SLOT_SIZE):
+            raise MemoryError()
+        self.rx.capacity = RX_BATCH
+        if udp_batch_init(&self.sealed, TX_BATCH, SEALED_SLOT):
+            raise MemoryError()
+        memset(self.rx_connection, 0, sizeof(self.rx_connection))
+        memset(self.tx_connection, 0, sizeof(self.tx_connection))
+        memset(&self.d, 0, sizeof(DataPathCounters))
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(TX_BATCH):
+            Py_XDECREF(self.tx_connection[i])
+        udp_batch_free(&self.sealed)
+
+    def serve(self, dict by_cid not None, by_address not None, int cid_length, connector) -> None:
+        """Look connections up in *by_cid* (read CID -> DtlsConnection) and *by_address* (peer
+        key -> DtlsConnection, a dict or OrderedDict); hand everything else to *connector*:
+        ``datagram(data, address)``, ``plaintext(connection, content_type, data)`` and
+        ``move(connection, address)``."""
+        if not isinstance(by_address, dict):
+            raise TypeError("by_address must be a dict")
+        self.by_cid = by_cid
+        self.by_address = by_address
+        self.cid_length = cid_length
+        self.connector = connector
+
+    # -- receiving --------------------------------------------------------------------------
+    cdef int _receive(self, int slot) except -1:
+        cdef uint8_t* data = udp_batch_buffer(&self.rx, slot)
+        cdef Py_ssize_t length = udp_batch_length(&self.rx, slot)
+        cdef RecordView record
+        cdef Plaintext plain
+        cdef PeerKey source
+        cdef PyObject* found
+        cdef DtlsConnection connection
+        cdef AeadCipher cipher
+        cdef int status
+        if udp_batch_truncated(&self.rx, slot) or self.connector is None:
+            self.d.dropped += 1
+            return 0
+        if parse_record_view(data, length, self.cid_length, &record) != RECORD_OK:
+            return self._slow(slot)
+        if record.record_length != length or record.epoch == 0:
+            return self._slow(slot)                 # several records, or not protected
+        peer_key_from_sockaddr(&source, udp_batch_addr(&self.rx, slot))
+        if record.type == TLS12_CID:
+            found = PyDict_GetItem(self.by_cid, PyBytes_FromStringAndSize(
+                <const char*>record.cid, record.cid_length))
+        elif record.type == APPLICATION_DATA or record.type == ALERT:
+            found = PyDict_GetItem(self.by_address, PyBytes_FromStringAndSize(
+                <const char*>&source, PEER_KEY_LENGTH))
+        else:
+            return self._slow(slot)
+        if found == NULL:
+            return self._slow(slot)
+        connection = <DtlsConnection>found
+        cipher = connection.cipher
+        if cipher is None or record.epoch != cipher.epoch:
+            return self._slow(slot)                 # still in its handshake
+        # Decrypt in place: the plaintext starts behind the explicit nonce.
+        status = cipher.open_view(&record, <uint8_t*>record.fragment + EXPLICIT_NONCE_LENGTH,
+                                  length - (record.fragment + EXPLICIT_NONCE_LENGTH - data),
+                                  &plain)
+        if status != RECORD_OK:
+            if status == RECORD_BAD_TAG:
+                self.d.mac_errors += 1
+            elif status == RECORD_DUPLICATE or status == RECORD_TOO_OLD:
+                self.d.replays += 1
+            else:
+                self.d.dropped += 1
+            return 0
+        self.d.records += 1
+        connection.last_seen = self.now
+        connection.newest = plain.newest
+        connection.moved = False
+        if memcmp(&source, connection._key, PEER_KEY_LENGTH) != 0:
+            # Only a CID record finds its connection from another address.
+            if not plain.newest:                    # RFC 9146 §6: an older one moves nothing
+                self.connector.plaintext(connection, plain.content_type,
+                                         PyBytes_FromStringAndSize(<const char*>plain.data,
+                                                                   plain.length))
+                return 0
+            self.connector.move(connection, address_tuple(udp_batch_addr(&self.rx, slot)))
+            connection.moved = True
+        if plain.content_type != APPLICATION_DATA:
+            self.connector.plaintext(connection, plain.content_type,
+                                     PyBytes_FromStringAndSize(<const char*>plain.data,
+                                                               plain.length))
+            return 0
+        memmove(data, plain.data, plain.length)
+        udp_batch_set_length(&self.rx, slot, plain.length)
+        return self._deliver(slot, connection)
+
+    cdef int _deliver(self, int slot, DtlsConnection connection) except -1:
+        """The CoAP message in rx *slot* came from *connection*: the engine answers it."""
+        self.rx_connection[slot] = <PyObject*>connection
+        try:
+            return self._process(slot)
+        finally:
+            self.rx_connection[slot] = NULL
+
+    cdef int _slow(self, int slot) except -1:
+        self.d.slow_datagrams += 1
+        self.connector.datagram(
+            PyBytes_FromStringAndSize(<const char*>udp_batch_buffer(&self.rx, slot),
+                                      udp_batch_length(&self.rx, slot)),
+            address_tuple(udp_batch_addr(&self.rx, slot)))
+        return 0
+
+    def feed(self, data, DtlsConnection connection not None) -> None:
+        """The connector opened an application record of *connection*: answer its CoAP
+        message (to the connection's address)."""
+        cdef const uint8_t[:] raw = data
+        cdef sockaddr_storage address
+        cdef unsigned int address_length = fill_sockaddr(&address, connection.address)
+        if raw.shape[0] == 0 or raw.shape[0] > SLOT_SIZE:
+            self.c.recv_ignored += 1
+            return
+        udp_batch_set(&self.rx, FEED_SLOT, &raw[0], raw.shape[0], &address, address_length)
+        try:
+            self._deliver(FEED_SLOT, connection)
+        except Exception:
+            self.c.handler_errors += 1
+            logger.exception("datagram processing failed")
+        self.current = NULL
+        self._flush()
+
+    # -- sending ----------------------------------------------------------------------------
+    cdef void _tx_commit(self, Py_ssize_t length, int slot) noexcept:
+        cdef PyObject* connection = self.rx_connection[slot]
+        Py_XINCREF(connection)
+        self.tx_connection[self.tx.count] = connection
+        UdpEngine._tx_commit(self, length, slot)
+
+    cdef void _flush(self) noexcept:
+        cdef int i
+        cdef PyObject* owner
+        cdef DtlsConnection connection
+        cdef AeadCipher cipher
+        cdef Py_ssize_t n
+        for i in range(self.tx.count):
+            owner = self.tx_connection[i]
+            self.tx_connection[i] = NULL
+            if owner == NULL:
+                self.d.seal_errors += 1
+                continue
+            connection = <DtlsConnection>owner
+            Py_XDECREF(owner)                       # `connection` holds its own reference
+            cipher = connection.cipher
+            if cipher is None:                      # removed while its answer was queued
+                self.d.seal_errors += 1
+                continue
+            n = cipher.seal_into(cipher.epoch, connection.next_write_seq, APPLICATION_DATA,
+                                 udp_batch_buffer(&self.tx, i),
+                                 <Py_ssize_t>udp_batch_queued_length(&self.tx, i),
+                                 cipher.write_cid_data, cipher.write_cid_length,
+                                 udp_batch_buffer(&self.sealed, self.sealed.count), SEALED_SLOT)
+            if n < 0:
+                self.d.seal_errors += 1
+                continue
+            connection.next_write_seq += 1
+            self.d.sealed += 1
+            udp_batch_queue(&self.sealed, n, udp_batch_addr(&self.tx, i),
+                            udp_batch_addrlen(&self.tx, i))
+        self.tx.count = 0
+        if self.sealed.count:
+            self.c.send_errors += udp_batch_send(self.fd, &self.sealed)
+
+    cdef void _send_now(self, int slot, const uint8_t* data, Py_ssize_t length) noexcept:
+        cdef PyObject* owner = self.rx_connection[slot]
+        cdef DtlsConnection connection
+        cdef AeadCipher cipher
+        cdef uint8_t* record
+        cdef Py_ssize_t n
+        if owner == NULL:
+            self.d.seal_errors += 1
+            return
+        connection = <DtlsConnection>owner
+        cipher = connection.cipher
+        record = <uint8_t*>malloc(length + RECORD_OVERHEAD)
+        if record == NULL or cipher is None:
+            free(record)
+            self.d.seal_errors += 1
+            return
+        n = cipher.seal_into(cipher.epoch, connection.next_write_seq, APPLICATION_DATA, data,
+                             length, cipher.write_cid_data, cipher.write_cid_length, record,
+                             length + RECORD_OVERHEAD)
+        if n < 0:
+            self.d.seal_errors += 1
+        else:
+            connection.next_write_seq += 1
+            self.d.sealed += 1
+            if udp_send_one(self.fd, record, n, udp_batch_addr(&self.rx, slot),
+                            udp_batch_addrlen(&self.rx, slot)) < 0:
+                self.c.send_errors += 1
+        free(record)
+
+    def send(self, data, address) -> bool:
+        """Send one CoAP message to *address* now, sealed for its connection (separate
+        responses, notifications, retransmissions). False when there is no session."""
+        cdef sockaddr_storage storage
+        cdef unsigned int storage_length = fill_sockaddr(&storage, address)
+        cdef PyObject* found = PyDict_GetItem(self.by_address, _key_bytes(&storage))
+        cdef DtlsConnection connection
+        cdef bytes record
+        if found == NULL or (<DtlsConnection>found).cipher is None:
+            self.d.seal_errors += 1
+            return False
+        connection = <DtlsConnection>found
+        self._flush()                               # keep the order of datagrams to the peer
+        record = connection.cipher.seal(connection.cipher.epoch, connection.next_write_seq,
+                                        APPLICATION_DATA, data)
+        connection.next_write_seq += 1
+        self.d.sealed += 1
+        if udp_send_one(self.fd, PyBytes_AS_STRING(record), PyBytes_GET_SIZE(record), &storage,
+                        storage_length) < 0:
+            self.c.send_errors += 1
+            return False
+        return True
+
+    def datapath_counters(self) -> dict:
+        return {
+            "records": self.d.records,
+            "slow datagrams": self.d.slow_datagrams,
+            "mac errors": self.d.mac_errors,
+            "replays": self.d.replays,
+            "dropped": self.d.dropped,
+            "sealed": self.d.sealed,
+            "seal errors": self.d.seal_errors,
+        }
