@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -130,8 +131,8 @@ class DtlsServerTransport:
         self.sock: socket.socket | None = None
         self.engine: DtlsEngine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Keyed by peer_key(address); in LRU order up to DtlsConnection.positioned (the data
-        # path only stamps last_seen: the order is mended lazily, see _make_room/_on_timer).
+        # Keyed by peer_key(address), in the order of DtlsConnection.positioned (the data path
+        # only stamps last_seen; _make_room and _sweep mend the order where they look).
         self._by_address: OrderedDict[bytes, DtlsConnection] = OrderedDict()
         self._by_cid: dict[bytes, DtlsConnection] = {}
         self._handshakes = 0
@@ -344,16 +345,17 @@ class DtlsServerTransport:
         self._by_address[connection.key] = connection
 
     def _make_room(self, now: float) -> None:
-        """Evict the least recently active connection. The table is in LRU order as of each
-        entry's `positioned` stamp; an entry active since goes to the end instead (a second
-        chance), so the order is mended only where eviction looks."""
-        for _ in range(LRU_LOOKS):
-            key, oldest = next(iter(self._by_address.items()))
-            if oldest.last_seen <= oldest.positioned:
-                break
-            oldest.positioned = now
-            self._by_address.move_to_end(key)
-        self._remove(oldest)
+        """Evict the least recently active of the oldest-placed connections (a sampled LRU: the
+        data path only stamps last_seen, so the table's order is that of placement). The
+        sampled ones that were active since they were placed go to the end, so the next
+        eviction samples others."""
+        sample = list(itertools.islice(self._by_address.values(), LRU_LOOKS))
+        victim = min(sample, key=lambda connection: connection.last_seen)
+        for connection in sample:
+            if connection is not victim and connection.last_seen > connection.positioned:
+                connection.positioned = now
+                self._by_address.move_to_end(connection.key)
+        self._remove(victim)
         self.counters.connections_evicted += 1
 
     def _remove(self, connection: DtlsConnection) -> None:
@@ -397,8 +399,9 @@ class DtlsServerTransport:
         self._sweep(now)
 
     def _sweep(self, now: float) -> None:
-        """Drop stale connections, least recently active first."""
-        for _ in range(LRU_LOOKS * 16):  # bounded per tick; the next tick goes on
+        """Drop stale connections, from the oldest placed on; active ones met on the way go to
+        the end (bounded per tick: the next tick goes on)."""
+        for _ in range(LRU_LOOKS * 16):
             if not self._by_address:
                 return
             key, oldest = next(iter(self._by_address.items()))

@@ -1,0 +1,251 @@
+"""The C data path of the DTLS endpoint (dtls/_datapath.pyx) through a live socket: records of
+established connections answered in C, replays and forgeries counted, the slow path for
+several records in one datagram, address changes by CID (RFC 9146 §6), the LRU bound."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+import uvloop
+
+from extplugtest.coap._codec import Message, parse
+from extplugtest.coap.endpoint import CoapEndpoint
+from extplugtest.coap.resource import Resource
+from extplugtest.dtls._datapath import DtlsConnection, peer_key
+from extplugtest.dtls._record import APPLICATION_DATA
+from extplugtest.dtls.connector import DtlsLimits, DtlsServerTransport
+from extplugtest.dtls.credentials import PskStore
+from extplugtest.dtls.handshake_client import ClientHandshake
+from extplugtest.dtls.handshake_server import DtlsConfig
+from extplugtest.resources.echo import Echo
+from extplugtest.resources.settings import ResourceSettings
+
+GET, POST, CON, ACK = 1, 2, 0, 2
+URI_PATH, URI_QUERY = 11, 15
+
+
+def make_server(limits: DtlsLimits | None = None):
+    loop = uvloop.new_event_loop()
+    root = Resource("")
+    root.add(Echo(ResourceSettings()))
+    transport = DtlsServerTransport(
+        CoapEndpoint(root), ("127.0.0.1", 0), DtlsConfig(PskStore()), limits=limits
+    )
+    transport.open(loop)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def call(function, *args):
+        async def run():
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=5)
+
+    def stop():
+        call(transport.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        loop.close()
+
+    transport.call = call
+    transport.stop = stop
+    return transport
+
+
+@pytest.fixture
+def server():
+    transport = make_server()
+    yield transport
+    transport.stop()
+
+
+class Client:
+    """Our PSK client on one UDP socket; *cid* as in ClientHandshake (b"": the server's CID
+    on our records, none on its records)."""
+
+    def __init__(self, address: tuple, cid: bytes | None = b"") -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(2)
+        handshake = ClientHandshake(b"Client_identity", b"secretPSK", cid=cid)
+        self.sock.sendto(handshake.start(), address)
+        for _ in range(10):  # bounded: a PSK handshake takes 3 round trips
+            for datagram in handshake.on_datagram(self.sock.recv(4096)):
+                self.sock.sendto(datagram, address)
+            if handshake.done:
+                break
+        assert handshake.session is not None
+        self.session = handshake.session
+        self.mid = 0x100
+
+    def seal(self, payload: bytes, seq: int | None = None) -> bytes:
+        session = self.session
+        if seq is None:
+            seq = session.next_write_seq
+            session.next_write_seq += 1
+        return session.cipher.seal(1, seq, APPLICATION_DATA, payload)
+
+    def request(self, code: int = POST, payload: bytes = b"", path: str = "echo") -> bytes:
+        self.mid += 1
+        message = Message(CON, code, self.mid, self.mid.to_bytes(2, "big"))
+        message.add_option(URI_PATH, path.encode())
+        message.payload = payload
+        return message.to_bytes()
+
+    def receive(self) -> Message:
+        content_type, plaintext = self.session.cipher.open(self.sock.recv(4096))
+        assert content_type == APPLICATION_DATA
+        return parse(plaintext)
+
+    def rebind(self) -> None:
+        """A new source port, as after a NAT rebinding."""
+        self.sock.close()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(2)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def records_in_c(server) -> int:
+    return server.call(server.engine.datapath_counters)["records"]
+
+
+def test_peer_key_is_the_connections_key():
+    connection = DtlsConnection(("127.0.0.1", 5684), b"cid", 0.0)
+    assert connection.key == peer_key(("127.0.0.1", 5684))
+    assert connection.key != peer_key(("127.0.0.1", 5685))
+    connection.address = ("::1", 5684, 0, 0)
+    assert connection.key == peer_key(("::1", 5684, 0, 0))
+
+
+@pytest.mark.parametrize("cid", [b"", None], ids=["cid", "no-cid"])
+def test_requests_are_answered_in_c(server, cid):
+    client = Client(server.local_address, cid=cid)
+    for index in range(20):
+        client.sock.sendto(client.seal(client.request(payload=b"ping %d" % index)),
+                           server.local_address)  # fmt: skip
+        response = client.receive()
+        assert (response.type, response.code, response.mid) == (ACK, 0x44, client.mid)
+        assert response.payload == b"ping %d" % index
+    assert records_in_c(server) == 20
+    client.close()
+
+
+def test_replayed_and_forged_records_are_dropped_and_counted(server):
+    client = Client(server.local_address)
+    record = client.seal(client.request(payload=b"once"))
+    client.sock.sendto(record, server.local_address)
+    assert client.receive().payload == b"once"
+    client.sock.sendto(record, server.local_address)  # replay: no second answer
+    forged = bytearray(client.seal(client.request(payload=b"forged")))
+    forged[-1] ^= 1
+    client.sock.sendto(bytes(forged), server.local_address)
+    client.sock.sendto(client.seal(client.request(payload=b"after")), server.local_address)
+    assert client.receive().payload == b"after"  # the next answer is for the genuine record
+    counters = server.call(server.engine.datapath_counters)
+    assert counters["replays"] == 1 and counters["mac errors"] == 1
+    dtls = server.call(server.dtls_counters)
+    assert dtls["dropped received mac-errors"] >= 1
+    client.close()
+
+
+def test_two_records_in_one_datagram_take_the_slow_path(server):
+    client = Client(server.local_address)
+    datagram = client.seal(client.request(payload=b"first"))
+    datagram += client.seal(client.request(payload=b"second"))
+    client.sock.sendto(datagram, server.local_address)
+    assert {client.receive().payload, client.receive().payload} == {b"first", b"second"}
+    client.close()
+
+
+def test_large_response_is_sealed_too(server):
+    client = Client(server.local_address)
+    client.mid += 1
+    message = Message(CON, POST, client.mid, b"big")
+    message.add_option(URI_PATH, b"echo")
+    message.add_option(URI_QUERY, b"rlen=1000")
+    client.sock.sendto(client.seal(message.to_bytes()), server.local_address)
+    response = client.receive()
+    assert response.code == 0x44 and response.payload == b"*" * 1000
+    client.close()
+
+
+def test_cid_record_from_a_new_port_moves_the_connection(server):
+    client = Client(server.local_address)
+    client.sock.sendto(client.seal(client.request(payload=b"before")), server.local_address)
+    assert client.receive().payload == b"before"
+    old_port = client.sock.getsockname()[1]
+    stale = client.seal(client.request(payload=b"stale"))  # older than the next one
+    client.rebind()
+    client.sock.sendto(client.seal(client.request(payload=b"moved")), server.local_address)
+    assert client.receive().payload == b"moved"
+    new_address = client.sock.getsockname()
+    connection = server.call(server.connection, new_address)
+    assert connection is not None and connection.previous_address[1] == old_port
+    assert server.call(server.connection, ("127.0.0.1", old_port)) is None
+    # An older record from yet another port is answered, but moves nothing (RFC 9146 §6).
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.sendto(stale, server.local_address)
+    assert client.receive().payload == b"stale"  # to the connection's address
+    assert server.call(server.connection, new_address) is connection
+    assert server.call(server.dtls_counters)["address changes"] == 1
+    other.close()
+    client.close()
+
+
+def test_the_least_recently_active_connection_makes_room():
+    server = make_server(DtlsLimits(max_connections=2))
+    try:
+        first = Client(server.local_address)
+        second = Client(server.local_address)
+        time.sleep(0.01)  # so that the next record is stamped after the connections were placed
+        first.sock.sendto(first.seal(first.request(payload=b"active")), server.local_address)
+        assert first.receive().payload == b"active"
+        third = Client(server.local_address)  # evicts `second`, idle since its handshake
+        assert server.call(server.connection, second.sock.getsockname()) is None
+        assert server.call(server.connection, first.sock.getsockname()) is not None
+        assert server.call(server.connection, third.sock.getsockname()) is not None
+        assert server.call(server.dtls_counters)["connections evicted"] == 1
+        for client in (first, second, third):
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_flights_are_resent_with_back_off(server, monkeypatch):
+    from extplugtest.dtls import connector
+
+    clock = [time.monotonic()]
+    monkeypatch.setattr(connector.time, "monotonic", lambda: clock[0])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    handshake = ClientHandshake(b"Client_identity", b"secretPSK")
+    sock.sendto(handshake.start(), server.local_address)
+    hello_verify = sock.recv(4096)
+    for datagram in handshake.on_datagram(hello_verify):
+        sock.sendto(datagram, server.local_address)
+    sock.recv(4096)  # the server's flight 4 (ServerHello ... ServerHelloDone)
+    resent_at = []
+    for step in range(1, 16):  # 0.5 s steps over 7.5 s: due at 1, 3 (=1+2) and 7 (=3+4) s
+        clock[0] += 0.5
+        server.call(server._on_timer)
+        sock.settimeout(0.05)
+        received = 0
+        for _ in range(8):  # a flight may take several datagrams
+            try:
+                sock.recv(4096)
+                received += 1
+            except TimeoutError:
+                break
+        if received:
+            resent_at.append(step * 0.5)
+    assert resent_at == [1.0, 3.0, 7.0]
+    sock.close()
