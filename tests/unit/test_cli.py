@@ -82,6 +82,30 @@ def test_config_file_keys(tmp_path):
     assert config.max_active_peers == 1_000_000  # blank means default
 
 
+def test_dtls_and_tcp_keys_reach_the_endpoint_limits(tmp_path):
+    from extplugtest.server.app import ExtendedServer
+
+    config = ServerConfig()
+    config.apply(
+        {
+            "DTLS.MAX_CONNECTIONS": "500",
+            "DTLS.STALE_CONNECTION_THRESHOLD": "10min",
+            "DTLS.MAC_ERROR_FILTER_THRESHOLD": "0",
+            "DTLS.MAC_ERROR_FILTER_QUIET_TIME": "2s",
+            "TCP.CONNECT_TIMEOUT": "5s",
+            "TCP.CONNECTION_IDLE_TIMEOUT": "12h",
+            "TCP.TLS_HANDSHAKE_TIMEOUT": "30s",
+        }
+    )
+    server = ExtendedServer(config, InterfaceSelection())
+    dtls, tcp = server.dtls_limits, server.tcp_limits
+    assert (dtls.max_connections, dtls.stale_after) == (500, 600.0)
+    assert (dtls.mac_filter_threshold, dtls.mac_filter_quiet) == (0, 2.0)
+    assert (tcp.slow_timeout, tcp.idle_timeout, tcp.handshake_timeout) == (5.0, 43200.0, 30.0)
+    with pytest.raises(ConfigError, match=r"DTLS\.MAX_CONNECTIONS"):
+        config.apply({"DTLS.MAX_CONNECTIONS": "0"})
+
+
 def test_config_rejects_bad_values(tmp_path):
     path = tmp_path / "bad.properties"
     path.write_text("COAP.DEDUPLICATOR=CROP_ROTATION\n")

@@ -249,3 +249,28 @@ def test_flights_are_resent_with_back_off(server, monkeypatch):
             resent_at.append(step * 0.5)
     assert resent_at == [1.0, 3.0, 7.0]
     sock.close()
+
+
+def test_mac_error_filter_drops_records_until_a_quiet_gap():
+    quiet = 2.0
+    server = make_server(DtlsLimits(mac_filter_threshold=8, mac_filter_quiet=quiet))
+    try:
+        client = Client(server.local_address)
+        for _ in range(9):  # more than the threshold, without a gap
+            forged = bytearray(client.seal(client.request(payload=b"forged")))
+            forged[-1] ^= 1
+            client.sock.sendto(bytes(forged), server.local_address)
+        client.sock.sendto(client.seal(client.request(payload=b"filtered")), server.local_address)
+        client.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            client.receive()
+        counters = server.call(server.dtls_counters)
+        assert counters["dropped received mac-errors"] == 9
+        assert counters["dropped received mac-filtered"] == 1
+        time.sleep(quiet + 0.2)  # the quiet gap: records are opened again
+        client.sock.settimeout(2)
+        client.sock.sendto(client.seal(client.request(payload=b"again")), server.local_address)
+        assert client.receive().payload == b"again"
+        client.close()
+    finally:
+        server.stop()

@@ -27,11 +27,18 @@ cdef class DtlsConnection:
     # of the record processed last (for /mycontext):
     cdef public bint newest             # the newest authenticated one of this connection
     cdef public bint moved              # it moved the connection to a new address
+    # Californium's MAC error filter (DTLS.MAC_ERROR_FILTER_*): bad MACs in a row, and when
+    cdef public unsigned int mac_errors
+    cdef public double last_mac_error
+
+    cdef bint mac_filtered(self, double now, unsigned int threshold, double quiet) noexcept
+    cdef void mac_error(self, double now, double quiet) noexcept
 
 cdef struct DataPathCounters:
     unsigned long long records          # application records opened in C
     unsigned long long slow_datagrams   # handed to the Python connector
     unsigned long long mac_errors
+    unsigned long long mac_filtered     # dropped unopened: too many MAC errors lately
     unsigned long long replays
     unsigned long long dropped          # failed to open for another reason, or truncated
     unsigned long long sealed
@@ -41,6 +48,8 @@ cdef class DtlsEngine(UdpEngine):
     cdef dict by_cid                    # read CID -> DtlsConnection
     cdef object by_address              # peer key -> DtlsConnection (an OrderedDict)
     cdef int cid_length
+    cdef unsigned int mac_filter_threshold  # 0: no MAC error filter
+    cdef double mac_filter_quiet
     cdef object connector               # the slow path: DtlsServerTransport
     cdef udp_batch sealed               # records of the tx batch, sealed
     cdef PyObject* rx_connection[RX_BATCH + 1]  # owner of each rx slot's plaintext (borrowed)

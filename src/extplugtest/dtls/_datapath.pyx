@@ -81,6 +81,24 @@ cdef class DtlsConnection:
         memcpy(self._key, PyBytes_AS_STRING(self.key), PEER_KEY_LENGTH)
         self._address = address
 
+    cdef bint mac_filtered(self, double now, unsigned int threshold, double quiet) noexcept:
+        """More than *threshold* MAC errors without a *quiet* gap: drop the records of this
+        connection unopened until the gap (Californium's MAC error filter)."""
+        return threshold and self.mac_errors > threshold and now - self.last_mac_error < quiet
+
+    cdef void mac_error(self, double now, double quiet) noexcept:
+        if now - self.last_mac_error >= quiet:
+            self.mac_errors = 0                     # a quiet gap: start counting again
+        self.mac_errors += 1
+        self.last_mac_error = now
+
+    def check_mac_filter(self, double now, unsigned int threshold, double quiet) -> bool:
+        """True when a record of this connection is to be dropped unopened."""
+        return self.mac_filtered(now, threshold, quiet)
+
+    def count_mac_error(self, double now, double quiet) -> None:
+        self.mac_error(now, quiet)
+
     def establish(self, session) -> None:
         """The handshake is done: application records use *session*'s epoch-1 cipher."""
         self.session = session
@@ -111,17 +129,22 @@ cdef class DtlsEngine(UdpEngine):
             Py_XDECREF(self.tx_connection[i])
         udp_batch_free(&self.sealed)
 
-    def serve(self, dict by_cid not None, by_address not None, int cid_length, connector) -> None:
+    def serve(self, dict by_cid not None, by_address not None, int cid_length, connector, *,
+              unsigned int mac_filter_threshold=0, double mac_filter_quiet=0.0) -> None:
         """Look connections up in *by_cid* (read CID -> DtlsConnection) and *by_address* (peer
         key -> DtlsConnection, a dict or OrderedDict); hand everything else to *connector*:
         ``datagram(data, address)``, ``plaintext(connection, content_type, data)`` and
-        ``move(connection, address)``."""
+        ``move(connection, address)``. The MAC error filter drops a connection's records
+        unopened after more than *mac_filter_threshold* bad MACs without a
+        *mac_filter_quiet* seconds gap (0: off)."""
         if not isinstance(by_address, dict):
             raise TypeError("by_address must be a dict")
         self.by_cid = by_cid
         self.by_address = by_address
         self.cid_length = cid_length
         self.connector = connector
+        self.mac_filter_threshold = mac_filter_threshold
+        self.mac_filter_quiet = mac_filter_quiet
 
     # -- receiving --------------------------------------------------------------------------
     cdef int _receive(self, int slot) except -1:
@@ -156,6 +179,9 @@ cdef class DtlsEngine(UdpEngine):
         cipher = connection.cipher
         if cipher is None or record.epoch != cipher.epoch:
             return self._slow(slot)                 # still in its handshake
+        if connection.mac_filtered(self.now, self.mac_filter_threshold, self.mac_filter_quiet):
+            self.d.mac_filtered += 1
+            return 0
         # Decrypt in place: the plaintext starts behind the explicit nonce.
         status = cipher.open_view(&record, <uint8_t*>record.fragment + EXPLICIT_NONCE_LENGTH,
                                   length - (record.fragment + EXPLICIT_NONCE_LENGTH - data),
@@ -163,6 +189,7 @@ cdef class DtlsEngine(UdpEngine):
         if status != RECORD_OK:
             if status == RECORD_BAD_TAG:
                 self.d.mac_errors += 1
+                connection.mac_error(self.now, self.mac_filter_quiet)
             elif status == RECORD_DUPLICATE or status == RECORD_TOO_OLD:
                 self.d.replays += 1
             else:
@@ -322,6 +349,7 @@ cdef class DtlsEngine(UdpEngine):
             "records": self.d.records,
             "slow datagrams": self.d.slow_datagrams,
             "mac errors": self.d.mac_errors,
+            "mac filtered": self.d.mac_filtered,
             "replays": self.d.replays,
             "dropped": self.d.dropped,
             "sealed": self.d.sealed,

@@ -32,6 +32,7 @@ from extplugtest.coap.transport_udp import bind_udp_socket
 from extplugtest.dtls._datapath import DtlsConnection, DtlsEngine, peer_key
 from extplugtest.dtls._record import (
     APPLICATION_DATA,
+    RECORD_BAD_TAG,
     TLS12_CID,
     Record,
     RecordError,
@@ -71,6 +72,8 @@ class DtlsLimits:
     max_connections: int = 100_000
     max_handshakes: int = 10_000
     stale_after: float = 180.0  # DTLS.STALE_CONNECTION_THRESHOLD
+    mac_filter_threshold: int = 8  # DTLS.MAC_ERROR_FILTER_THRESHOLD (0: no filter)
+    mac_filter_quiet: float = 4.0  # DTLS.MAC_ERROR_FILTER_QUIET_TIME
 
 
 @dataclass
@@ -78,6 +81,7 @@ class DtlsCounters:
     received_records: int = 0
     dropped_records: int = 0
     mac_errors: int = 0
+    mac_filtered: int = 0
     hello_verify_requests: int = 0
     handshakes_started: int = 0
     handshakes_succeeded: int = 0
@@ -93,6 +97,7 @@ class DtlsCounters:
             "received records": self.received_records,
             "dropped received records": self.dropped_records,
             "dropped received mac-errors": self.mac_errors,
+            "dropped received mac-filtered": self.mac_filtered,
             "hello verify requests": self.hello_verify_requests,
             "handshakes pending": 0,
             "handshakes started": self.handshakes_started,
@@ -152,7 +157,11 @@ class DtlsServerTransport:
             sock.fileno(), family, self.endpoint, self.dedup, self.fast,
             self.endpoint.max_message_size,
         )  # fmt: skip
-        self.engine.serve(self._by_cid, self._by_address, self.config.cid_length, self)
+        self.engine.serve(
+            self._by_cid, self._by_address, self.config.cid_length, self,
+            mac_filter_threshold=self.limits.mac_filter_threshold,
+            mac_filter_quiet=self.limits.mac_filter_quiet,
+        )  # fmt: skip
         self.endpoint.attach(self.engine, sock.getsockname())
         self.endpoint.security = self.context_fields
         self._loop = loop
@@ -293,11 +302,20 @@ class DtlsServerTransport:
         if record.epoch == 0:
             self.counters.dropped_records += 1
             return
+        now = time.monotonic()
+        limits = self.limits
+        if connection.check_mac_filter(now, limits.mac_filter_threshold, limits.mac_filter_quiet):
+            self.counters.mac_filtered += 1
+            return
         before = session.cipher.highest_seq
         try:
             content_type, plaintext = session.cipher.open(record.raw)
-        except ValueError:
-            self.counters.mac_errors += 1
+        except RecordError as error:
+            if error.result == RECORD_BAD_TAG:
+                self.counters.mac_errors += 1
+                connection.count_mac_error(now, limits.mac_filter_quiet)
+            else:  # replayed, or not for this epoch / CID
+                self.counters.dropped_records += 1
             return
         connection.newest = before is None or record.seq > before
         connection.moved = False
@@ -452,6 +470,7 @@ class DtlsServerTransport:
             counters["received records"] += datapath["records"]
             counters["dropped received records"] += datapath["dropped"] + datapath["replays"]
             counters["dropped received mac-errors"] += datapath["mac errors"]
+            counters["dropped received mac-filtered"] += datapath["mac filtered"]
             counters["sending records"] += datapath["sealed"]
         counters["handshakes pending"] = self._handshakes
         counters["associations"] = len(self._by_address)

@@ -18,7 +18,7 @@ from extplugtest.coap.resource import Resource
 from extplugtest.coap.transmission import TransmissionParameters
 from extplugtest.coap.transport_tcp import TcpLimits, TcpServerTransport
 from extplugtest.coap.transport_udp import UdpServerTransport
-from extplugtest.dtls.connector import DtlsServerTransport
+from extplugtest.dtls.connector import DtlsLimits, DtlsServerTransport
 from extplugtest.dtls.handshake_server import DtlsConfig
 from extplugtest.resources.benchmark import Benchmark
 from extplugtest.resources.extended import add_extended_resources
@@ -106,7 +106,17 @@ class ExtendedServer:
         self.dtls_only = dtls_only and dtls is not None
         #: TCP endpoints (RFC 8323) on the plain ports; --dtls-only forces them off
         self.tcp = tcp and not self.dtls_only
-        self.tcp_limits = tcp_limits or TcpLimits()
+        self.tcp_limits = tcp_limits or TcpLimits(
+            idle_timeout=config.tcp_connection_idle_timeout,
+            slow_timeout=config.tcp_connect_timeout,
+            handshake_timeout=config.tcp_tls_handshake_timeout,
+        )
+        self.dtls_limits = DtlsLimits(
+            max_connections=config.dtls_max_connections,
+            stale_after=config.dtls_stale_connection_threshold,
+            mac_filter_threshold=config.dtls_mac_error_filter_threshold,
+            mac_filter_quiet=config.dtls_mac_error_filter_quiet_time,
+        )
         #: TLS endpoints (coaps+tcp) on the secure ports, with --tcp
         self.tls = tls if self.tcp else None
         self.settings = ResourceSettings(
@@ -226,6 +236,7 @@ class ExtendedServer:
             self.dtls,
             dedup=self._dedup(plugtest=not extended),
             fast=self.benchmark.fast_path if extended else None,
+            limits=self.dtls_limits,
             buffer_size=self.config.udp_receive_buffer_size,
         )
 

@@ -65,6 +65,13 @@ _PROPERTY_KEYS: dict[str, tuple[str, object]] = {
     "UDP.RECEIVE_BUFFER_SIZE": ("udp_receive_buffer_size", int),
     "UDP.SEND_BUFFER_SIZE": ("udp_send_buffer_size", int),
     "DTLS.CONNECTION_ID_LENGTH": ("dtls_cid_length", int),
+    "DTLS.MAX_CONNECTIONS": ("dtls_max_connections", int),
+    "DTLS.STALE_CONNECTION_THRESHOLD": ("dtls_stale_connection_threshold", "duration"),
+    "DTLS.MAC_ERROR_FILTER_THRESHOLD": ("dtls_mac_error_filter_threshold", int),
+    "DTLS.MAC_ERROR_FILTER_QUIET_TIME": ("dtls_mac_error_filter_quiet_time", "duration"),
+    "TCP.CONNECT_TIMEOUT": ("tcp_connect_timeout", "duration"),
+    "TCP.CONNECTION_IDLE_TIMEOUT": ("tcp_connection_idle_timeout", "duration"),
+    "TCP.TLS_HANDSHAKE_TIMEOUT": ("tcp_tls_handshake_timeout", "duration"),
 }
 
 
@@ -94,6 +101,13 @@ class ServerConfig:
     udp_receive_buffer_size: int = 4 * 1024 * 1024
     udp_send_buffer_size: int = 4 * 1024 * 1024
     dtls_cid_length: int = 6
+    dtls_max_connections: int = 1_000_000
+    dtls_stale_connection_threshold: float = 180.0
+    dtls_mac_error_filter_threshold: int = 8
+    dtls_mac_error_filter_quiet_time: float = 4.0
+    tcp_connect_timeout: float = 15.0
+    tcp_connection_idle_timeout: float = 3600.0
+    tcp_tls_handshake_timeout: float = 60.0
 
     @property
     def deduplication(self) -> bool:
@@ -128,6 +142,11 @@ class ServerConfig:
                 raise ConfigError(f"{source}: {name} {getattr(self, name)} is not a UDP port")
         if not 0 <= self.dtls_cid_length <= 16:
             raise ConfigError(f"{source}: DTLS.CONNECTION_ID_LENGTH must be 0..16")
+        if self.dtls_max_connections < 1 or self.dtls_mac_error_filter_threshold < 0:
+            raise ConfigError(
+                f"{source}: DTLS.MAX_CONNECTIONS must be positive and "
+                "DTLS.MAC_ERROR_FILTER_THRESHOLD not negative"
+            )
         if self.peers_mark_and_sweep_messages < 1 or self.max_active_peers < 1:
             raise ConfigError(f"{source}: deduplication bounds must be positive")
 
