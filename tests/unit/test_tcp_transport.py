@@ -33,7 +33,9 @@ from extplugtest.coap.transport_tcp import (
     TcpServerTransport,
     demo_certs,
     demo_tls_server_context,
+    distinguished_name,
 )
+from extplugtest.resources.context import MyContext
 from extplugtest.tools.tcp_transport import demo_tls_client_context
 
 LARGE = bytes(range(256)) * 20  # 5120 bytes
@@ -75,6 +77,7 @@ class Broken(Resource):
 def tree() -> Resource:
     root = Resource("")
     root.add(Text("text"), Large("large"), Observed(), Slow("slow"), Broken("broken"))
+    root.add(MyContext())
     return root
 
 
@@ -596,6 +599,27 @@ def test_tls_with_alpn_coap_on_1_2_and_1_3(make_server, connect, version):
     assert peer.receive().code == tcp.CSM
     assert peer.request(Code.GET, "text").payload == b"hello"
     assert server.endpoint.scheme == "coaps+tcp"
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_mycontext_shows_the_tls_session(make_server, connect, version):
+    server = make_server(tls=demo_tls_server_context("WANTED"))
+    peer = connect(server.address, tls=client_context(version=version), csm=csm())
+    text = peer.request(Code.GET, "mycontext").payload.decode()
+    fields = dict(line.split(": ", 1) for line in text.splitlines())
+    assert fields["port"] == str(peer.sock.getsockname()[1])
+    # the demo client certificate's subject as RFC 4514 (openssl -nameopt RFC2253) writes it
+    assert fields["peer"] == "O=extplugtest demo,CN=cf-client"
+    expected = {ssl.TLSVersion.TLSv1_2: "TLS_ECDHE_ECDSA_WITH_"}.get(version, "TLS_AES_")
+    assert fields["cipher-suite"].startswith(expected)
+    plain = connect(make_server().address, csm=csm())  # no TLS: no TLS fields
+    assert "cipher-suite" not in plain.request(Code.GET, "mycontext").payload.decode()
+
+
+def test_distinguished_name_is_most_specific_first():
+    subject = ((("countryName", "CA"),), (("organizationName", "Eclipse IoT"),),
+               (("commonName", "cf-client"),))  # fmt: skip
+    assert distinguished_name(subject) == "CN=cf-client,O=Eclipse IoT,C=CA"
 
 
 def test_tls_bert_and_observe(make_server, connect):

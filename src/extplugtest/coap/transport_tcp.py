@@ -94,17 +94,59 @@ def demo_tls_server_context(client_auth: str = "WANTED") -> ssl.SSLContext:
     )
 
 
+#: OpenSSL's names of the TLS 1.2 suites a client may get here -> the IANA names Californium
+#: shows (TLS 1.3 suites already have their IANA names).
+IANA_CIPHER_NAMES = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-CCM8": "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8",
+    "ECDHE-ECDSA-AES128-CCM": "TLS_ECDHE_ECDSA_WITH_AES_128_CCM",
+    "ECDHE-ECDSA-AES128-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "ECDHE-ECDSA-AES256-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384",
+}
+
+
+def distinguished_name(subject: tuple) -> str:
+    """An X.509 subject as ``ssl.getpeercert()`` gives it, written as RFC 4514 does (and Java's
+    X500Principal.getName()): the most specific RDN first."""
+    short = {"commonName": "CN", "organizationalUnitName": "OU", "organizationName": "O",
+             "localityName": "L", "stateOrProvinceName": "ST", "countryName": "C",
+             "streetAddress": "STREET", "domainComponent": "DC", "userId": "UID"}  # fmt: skip
+    rdns = ["+".join(f"{short.get(name, name)}={value}" for name, value in rdn) for rdn in subject]
+    return ",".join(reversed(rdns))
+
+
+def tls_context_fields(ssl_object: ssl.SSLObject) -> list[tuple[str, str | int | bool]]:
+    """The TLS fields of /mycontext (inventory §2.5): peer, cipher-suite, session-id."""
+    fields: list[tuple[str, str | int | bool]] = []
+    certificate = ssl_object.getpeercert()
+    if certificate and certificate.get("subject"):
+        fields.append(("peer", distinguished_name(certificate["subject"])))
+    cipher = ssl_object.cipher()
+    if cipher is not None:
+        fields.append(("cipher-suite", IANA_CIPHER_NAMES.get(cipher[0], cipher[0])))
+    session = ssl_object.session
+    if session is not None and session.id:
+        fields.append(("session-id", session.id.hex().upper()))
+    return fields
+
+
 class _TlsStream(asyncio.Protocol):
     """A TLS connection: decrypted bytes go to the engine, answers through the transport."""
 
-    def __init__(self, engine: TcpEngine, peer: tuple) -> None:
+    def __init__(self, engine: TcpEngine, peer: tuple, streams: dict[tuple, _TlsStream]) -> None:
         self.engine = engine
         self.peer = peer
+        self.streams = streams  # the open TLS connections by peer, for /mycontext
         self.connection: TcpConnection | None = None
+        self.ssl_object: ssl.SSLObject | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport subclasses)
         self.connection = self.engine.attach(cast(asyncio.Transport, transport), self.peer)
+        self.ssl_object = transport.get_extra_info("ssl_object")
+        self.streams[self.peer] = self
 
     def data_received(self, data: bytes) -> None:
         if self.connection is not None:
@@ -114,6 +156,8 @@ class _TlsStream(asyncio.Protocol):
         return False  # close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.streams.get(self.peer) is self:
+            del self.streams[self.peer]
         if self.connection is not None:
             self.engine.connection_lost(self.connection)
 
@@ -147,6 +191,8 @@ class TcpServerTransport:
         self.engine: TcpEngine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handshakes: set[asyncio.Task[object]] = set()
+        #: TLS connections by peer (bounded by max_connections, as the engine's)
+        self._tls_streams: dict[tuple, _TlsStream] = {}
         self._accepting = False
         self._sweeper = PeriodicTimer(SWEEP_INTERVAL, self._sweep)
 
@@ -179,6 +225,8 @@ class TcpServerTransport:
             on_close=self.endpoint.connection_closed,
         )
         self.endpoint.attach(self.engine, sock.getsockname())
+        if self.ssl_context is not None:
+            self.endpoint.security = self.context_fields
         self._loop = loop
         loop.add_reader(self.engine.epoll_fd, self.engine.poll)  # every plain connection
         self._start_accepting()
@@ -246,7 +294,7 @@ class TcpServerTransport:
         engine = self.engine
         try:
             await self._loop.connect_accepted_socket(
-                lambda: _TlsStream(engine, peer),
+                lambda: _TlsStream(engine, peer, self._tls_streams),
                 sock,
                 ssl=self.ssl_context,
                 ssl_handshake_timeout=self.limits.handshake_timeout,
@@ -255,6 +303,12 @@ class TcpServerTransport:
             engine.count("tcp-handshakes-failed")
             logger.debug("TLS handshake with %s failed: %r", peer, error)
             sock.close()
+
+    def context_fields(self, peer: tuple) -> list[tuple[str, str | int | bool]]:
+        stream = self._tls_streams.get(peer)
+        if stream is None or stream.ssl_object is None:
+            return []
+        return tls_context_fields(stream.ssl_object)
 
     # -- upkeep ------------------------------------------------------------------------------
     def _sweep(self) -> None:
