@@ -121,8 +121,9 @@ def tls_context_fields(ssl_object: ssl.SSLObject) -> list[tuple[str, str | int |
     """The TLS fields of /mycontext (inventory §2.5): peer, cipher-suite, session-id."""
     fields: list[tuple[str, str | int | bool]] = []
     certificate = ssl_object.getpeercert()
-    if certificate and certificate.get("subject"):
-        fields.append(("peer", distinguished_name(certificate["subject"])))
+    subject = certificate.get("subject") if certificate else None
+    if isinstance(subject, tuple) and subject:
+        fields.append(("peer", distinguished_name(subject)))
     cipher = ssl_object.cipher()
     if cipher is not None:
         fields.append(("cipher-suite", IANA_CIPHER_NAMES.get(cipher[0], cipher[0])))
