@@ -1,13 +1,28 @@
-"""DTLS 1.2 (PSK) against real peers: OpenSSL s_client, libcoap over OpenSSL and GnuTLS."""
+"""DTLS 1.2 against real peers: OpenSSL s_client/s_server, libcoap over OpenSSL and GnuTLS.
+
+PSK and ECDHE_ECDSA; client certificates (our server with --client-auth NEEDED, our client
+against ``openssl s_server -Verify``) and session resumption (``s_client -sess_out/-sess_in``).
+"""
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 
-from extplugtest.dtls.pki import demo_ca_path
+from extplugtest.dtls import ciphersuites as cs
+from extplugtest.dtls.handshake_client import ClientHandshake, ClientSession
+from extplugtest.dtls.pki import (
+    demo_ca_path,
+    demo_certs_path,
+    demo_client_credentials,
+    make_demo_pki,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -100,3 +115,169 @@ def test_client_without_p256_gets_handshake_failure(default_server):
                   "-CAfile", str(demo_ca_path()), "-cipher", "ECDHE-ECDSA-AES128-CCM8",
                   "-curves", "X25519"])  # fmt: skip
     assert "alert handshake failure" in result.stdout + result.stderr
+
+
+# -- client certificates and resumption --------------------------------------------------------
+
+CERTS = demo_certs_path()
+CLIENT_CERTIFICATE = ["-cert", str(CERTS / "client.pem"), "-key", str(CERTS / "client.key")]
+DEMO_CLIENT = "O=extplugtest demo,CN=cf-client"
+
+
+@pytest.fixture(scope="module")
+def needed_server(start_extserver):
+    """The extended endpoints only, with DTLS client certificates required."""
+    return start_extserver("--no-plugtest", "--no-tcp", "--client-auth", "NEEDED")
+
+
+def s_client(port: int, *options: str, stdin: str = "") -> str:
+    result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
+                  "-CAfile", str(demo_ca_path()), *options], stdin=stdin)  # fmt: skip
+    return result.stdout + result.stderr
+
+
+@pytest.mark.requires_bin("openssl")
+def test_openssl_client_certificate_with_client_auth_needed(needed_server):
+    output = s_client(needed_server.port + 1, "-cipher", "ECDHE-ECDSA-AES128-CCM8",
+                      *CLIENT_CERTIFICATE)  # fmt: skip
+    assert "New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-CCM8" in output, output
+    assert "Acceptable client certificate CA names\nCN = cf-ca, O = extplugtest demo" in output
+    assert "Verify return code: 0 (ok)" in output
+
+
+@pytest.mark.requires_bin("openssl")
+def test_openssl_without_certificate_is_refused_when_needed(needed_server):
+    output = s_client(needed_server.port + 1, "-cipher", "ECDHE-ECDSA-AES128-CCM8")
+    assert "alert handshake failure" in output, output
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory):
+    """A client certificate of another CA (the demo trust store does not know it)."""
+    directory = tmp_path_factory.mktemp("other-ca")
+    make_demo_pki(directory)
+    return ["-cert", str(directory / "client.pem"), "-key", str(directory / "client.key")]
+
+
+@pytest.mark.requires_bin("openssl")
+def test_client_certificate_of_an_unknown_ca(start_extserver, needed_server, other_ca):
+    """Refused against the demo trust store; accepted with --trust-all. Both CAs are named
+    "cf-ca", so s_client completes its chain with the demo CA of -CAfile, whose signature
+    does not match: bad_certificate (without that CA: unknown_ca, see the unit tests)."""
+    options = ["-cipher", "ECDHE-ECDSA-AES128-CCM8", *other_ca]
+    assert "alert bad certificate" in s_client(needed_server.port + 1, *options)
+    trusting = start_extserver("--no-plugtest", "--no-tcp", "--client-auth", "NEEDED",
+                               "--trust-all")  # fmt: skip
+    output = s_client(trusting.port + 1, *options)
+    assert "New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-CCM8" in output, output
+
+
+@pytest.mark.requires_bin("openssl")
+@pytest.mark.parametrize(
+    "credentials",
+    [["-psk", "73656372657450534b", "-psk_identity", "Client_identity",
+      "-cipher", "PSK-AES128-CCM8"],
+     ["-cipher", "ECDHE-ECDSA-AES128-CCM8", *CLIENT_CERTIFICATE]],
+    ids=["psk", "ecdsa"],
+)  # fmt: skip
+def test_openssl_resumes_the_session(needed_server, credentials, tmp_path):
+    """RFC 5246 §7.3: the second s_client offers the saved session and gets it back."""
+    port = needed_server.port + 1
+    saved = tmp_path / "session.pem"
+    first = s_client(port, *credentials, "-sess_out", str(saved))
+    assert "New, TLSv1.2" in first and saved.exists(), first
+    session_id = next(line for line in first.splitlines() if "Session-ID:" in line)
+    second = s_client(port, *credentials, "-sess_in", str(saved))
+    assert "Reused, TLSv1.2" in second, second
+    assert session_id in second
+
+
+@pytest.mark.parametrize("client", ["coap-client-openssl", "coap-client-gnutls"])
+@pytest.mark.parametrize("trust", ["-C", "-R"])
+def test_libcoap_client_certificate(needed_server, client, trust):
+    """-c/-j: libcoap's client certificate and key; -C: CA to verify the server (and send
+    as the client's chain), -R: root CA store only. The server names the client."""
+    if shutil.which(client) is None:
+        pytest.skip(f"{client} is not installed")
+    result = run([client, "-B", "5", trust, str(demo_ca_path()),
+                  "-c", str(CERTS / "client.pem"), "-j", str(CERTS / "client.key"),
+                  f"coaps://127.0.0.1:{needed_server.port + 1}/mycontext"])  # fmt: skip
+    assert f"peer: {DEMO_CLIENT}" in result.stdout.splitlines(), result.stdout + result.stderr
+    assert "cipher-suite: TLS_ECDHE_ECDSA_WITH_AES_128_" in result.stdout
+
+
+# -- our client against openssl s_server ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def s_server(port: int, *options: str) -> subprocess.Popen:
+    """One connection; stdin stays open (s_server ends on EOF), the output goes to a pipe."""
+    return subprocess.Popen(
+        ["openssl", "s_server", "-dtls1_2", "-accept", f"127.0.0.1:{port}",
+         "-cert", str(CERTS / "server.pem"), "-key", str(CERTS / "server.key"),
+         "-cipher", "ECDHE-ECDSA-AES128-CCM8", "-naccept", "1", *options],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def read_until(process: subprocess.Popen, marker: str, timeout: float = 10) -> str:
+    """The process's output until *marker* shows up, it exits, or the time is up."""
+    output = b""
+    deadline = time.monotonic() + timeout
+    while marker.encode() not in output and time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break  # the process ended
+            output += chunk
+    return output.decode(errors="replace")
+
+
+def handshake_with(port: int, handshake: ClientHandshake) -> ClientSession:
+    """Our client's handshake over a loopback socket; retries while s_server starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        sock.connect(("127.0.0.1", port))
+        outgoing = [handshake.start()]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not handshake.done:
+            for datagram in outgoing:
+                sock.send(datagram)
+            try:
+                outgoing = handshake.on_datagram(sock.recv(4096))
+            except (TimeoutError, ConnectionRefusedError):
+                outgoing = handshake.retransmit()  # not listening yet, or a lost datagram
+        assert handshake.session is not None, "no handshake with s_server"
+        session = handshake.session
+        sock.send(session.cipher.seal(1, session.next_write_seq, 23, b"hello s_server\n"))
+        return session
+
+
+@pytest.mark.requires_bin("openssl")
+@pytest.mark.parametrize("with_certificate", [True, False])
+def test_our_ecdsa_client_against_openssl_s_server(with_certificate):
+    port = free_port()
+    verify = ["-Verify", "1"] if with_certificate else ["-verify", "1"]  # required / asked for
+    server = s_server(port, "-CAfile", str(demo_ca_path()), *verify)
+    try:
+        handshake = ClientHandshake(
+            cipher_suites=(cs.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8,),
+            certificate=demo_client_credentials() if with_certificate else None,
+            cid=None,  # OpenSSL 3.0 has no RFC 9146
+        )
+        session = handshake_with(port, handshake)
+        assert session.peer == "O=extplugtest demo,CN=cf-server"
+        output = read_until(server, "hello s_server")
+    finally:
+        server.kill()
+        server.wait(timeout=5)
+    assert "CIPHER is ECDHE-ECDSA-AES128-CCM8" in output, output
+    assert "hello s_server" in output
+    # s_server prints the client certificate it verified (none: an empty Certificate)
+    assert ("subject=CN = cf-client, O = extplugtest demo" in output) == with_certificate

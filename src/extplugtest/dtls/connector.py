@@ -437,8 +437,10 @@ class DtlsServerTransport:
         if connection is None or connection.session is None:
             return []
         session = connection.session
-        fields: list[tuple[str, str | int | bool]] = [
-            ("peer", session.identity.decode("utf-8", "replace")),
+        fields: list[tuple[str, str | int | bool]] = []
+        if session.identity:  # none for an anonymous certificate handshake, as Californium
+            fields.append(("peer", session.identity.decode("utf-8", "replace")))
+        fields += [
             ("cipher-suite", session.suite.name),
             ("session-id", session.session_id.hex().upper()),
         ]
@@ -472,6 +474,9 @@ class DtlsServerTransport:
             counters["dropped received mac-errors"] += datapath["mac errors"]
             counters["dropped received mac-filtered"] += datapath["mac filtered"]
             counters["sending records"] += datapath["sealed"]
+        cache = self.config.session_cache
+        counters["sessions cached"] = len(cache)
+        counters["sessions resumed"] = cache.counters.resumed
         counters["handshakes pending"] = self._handshakes
         counters["associations"] = len(self._by_address)
         return counters

@@ -5,15 +5,26 @@ the cookie of the ClientHello (RFC 6347 §4.2.1) before this object exists, so a
 round trip before any state is kept. PSK suites (RFC 4279) with the Connection ID extension
 (RFC 9146), the extended master secret (RFC 7627) and the renegotiation indication (RFC 5746;
 renegotiation itself is not supported). Key exchanges: PSK (RFC 4279), ECDHE_PSK (RFC 5489) and
-ECDHE_ECDSA (RFC 8422) with an X.509 chain or a raw public key (RFC 7250); no client
-certificates are requested yet.
+ECDHE_ECDSA (RFC 8422) with an X.509 chain or a raw public key (RFC 7250).
+
+With ECDHE_ECDSA the server asks for a client certificate (RFC 5246 §7.4.4) unless client
+authentication is NONE; it checks the chain (or raw public key) against the trust store and the
+CertificateVerify signature over the transcript (§7.4.8). NEEDED refuses a client without one.
+
+A ClientHello that offers the id of a cached session gets the abbreviated handshake
+(RFC 5246 §7.3): ServerHello with that id, ChangeCipherSpec and Finished in one flight, then the
+client's ChangeCipherSpec and Finished complete it. The extended master secret rules of
+RFC 7627 §5.3 decide whether a session may be resumed.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from extplugtest.dtls import ciphersuites as cs
 from extplugtest.dtls._record import AEAD_FOR_CIPHER_SUITE, AeadCipher, Record
@@ -32,6 +43,7 @@ from extplugtest.dtls.keys import (
     Transcript,
     ecdhe_psk_premaster_secret,
     ecdsa_sign_sha256,
+    ecdsa_verify_sha256_digest,
     extended_master_secret,
     key_block,
     master_secret,
@@ -44,8 +56,12 @@ from extplugtest.dtls.messages import (
     Alert,
     AlertLevel,
     Certificate,
+    CertificateRequest,
     CertificateType,
+    CertificateVerify,
     ChangeCipherSpec,
+    ClientCertificateType,
+    ClientCertificateTypeExtension,
     ClientHello,
     ClientKeyExchange,
     ConnectionIdExtension,
@@ -65,8 +81,15 @@ from extplugtest.dtls.messages import (
     SupportedGroupsExtension,
     encode_message,
 )
-from extplugtest.dtls.pki import CertificateCredentials
+from extplugtest.dtls.pki import (
+    CertificateCredentials,
+    TrustStore,
+    UntrustedCertificate,
+    rpk_principal,
+    x509_principal,
+)
 from extplugtest.dtls.reassembly import CompleteMessage, Reassembler
+from extplugtest.dtls.session_cache import CachedSession, SessionCache
 
 PSK_SUITES = tuple(s for s in cs.DEFAULT_PREFERENCE if s.key_exchange is KeyExchange.PSK)
 #: the groups we offer for ECDHE, in our order of preference (RFC 8422 §5.1.1)
@@ -81,6 +104,18 @@ class HandshakeFailure(Exception):
         self.alert = alert
 
 
+class ClientAuth(Enum):
+    """DTLS.CLIENT_AUTHENTICATION_MODE: whether an ECDHE_ECDSA client must show a certificate."""
+
+    NONE = "NONE"  # no CertificateRequest
+    WANTED = "WANTED"  # asked for; a client without one stays unauthenticated
+    NEEDED = "NEEDED"  # a client without one fails the handshake
+
+
+#: the signature algorithms we verify in CertificateVerify (RFC 5246 §7.4.4)
+CLIENT_SIGNATURE_SCHEMES = (SignatureScheme.ECDSA_SECP256R1_SHA256,)
+
+
 @dataclass
 class DtlsConfig:
     psk_store: PskStore
@@ -90,6 +125,12 @@ class DtlsConfig:
     #: length of the CIDs this server assigns (0: support the extension, use no CID inbound)
     cid_length: int = 6
     extended_master_secret: bool = True
+    #: the extended test server's value (inventory §1.3); Scandium's own default is NEEDED
+    client_auth: ClientAuth = ClientAuth.WANTED
+    #: checks client certificates; the demo CA unless --trust-store/--trust-all
+    trust_store: TrustStore = field(default_factory=TrustStore.demo)
+    #: sessions that a ClientHello may resume by session id
+    session_cache: SessionCache = field(default_factory=SessionCache)
 
 
 @dataclass
@@ -106,6 +147,11 @@ class Session:
     extended_master_secret: bool
     secure_renegotiation: bool
     next_write_seq: int  # epoch 1
+    #: how *identity* was authenticated: None for PSK (or no client certificate), else the
+    #: CertificateType of the client's certificate; then *identity* is its principal name
+    #: (an X.509 subject DN, or an ni: URI of a raw public key), UTF-8
+    peer_certificate_type: int | None = None
+    resumed: bool = False  # an abbreviated handshake (RFC 5246 §7.3)
 
 
 def plain_record(content_type: int, seq: int, payload: bytes, version: int = DTLS_1_2) -> bytes:
@@ -155,6 +201,13 @@ class ServerHandshake:
         self.client_ccs = False
         self.pending_epoch1: list[Record] = []
         self.ecdhe: EcdheKeyPair | None = None
+        #: the handshake message we accept next from the client
+        self.expected = HandshakeType.CLIENT_KEY_EXCHANGE
+        self.resumed: CachedSession | None = None
+        #: the certificate type of a requested client certificate (None: not requested)
+        self.client_certificate_type: int | None = None
+        self.client_key: ec.EllipticCurvePublicKey | None = None
+        self.peer_certificate_type: int | None = None
 
     @property
     def done(self) -> bool:
@@ -162,32 +215,25 @@ class ServerHandshake:
 
     # -- flight 4 ----------------------------------------------------------------------------
     def start(self) -> list[bytes]:
-        """Negotiate and answer with ServerHello ... ServerHelloDone (as one datagram)."""
+        """Negotiate and answer with ServerHello ... ServerHelloDone (as one datagram), or,
+        resuming a session, with ServerHello, ChangeCipherSpec and Finished."""
         hello = self.hello
         if hello.client_version > DTLS_1_2:  # a smaller number is a newer version
             raise HandshakeFailure(AlertDescription.PROTOCOL_VERSION, "client below DTLS 1.2")
         if NULL_COMPRESSION not in hello.compression_methods:
             raise HandshakeFailure(AlertDescription.ILLEGAL_PARAMETER, "no null compression")
-        suites = cs.common_suites(self.config.cipher_suites, hello.cipher_suites)
-        suites = [s for s in suites if self._usable(s)]
-        if not suites:
-            raise HandshakeFailure(AlertDescription.HANDSHAKE_FAILURE, "no common cipher suite")
-        self.suite = suites[0]
-        extensions: list[Extension] = []
-        if self.config.extended_master_secret and hello.extension(ExtendedMasterSecretExtension):
-            self.use_ems = True
-            extensions.append(ExtendedMasterSecretExtension())
-        renegotiation = hello.extension(RenegotiationInfoExtension)
-        if renegotiation is not None and renegotiation.renegotiated_connection:
-            raise HandshakeFailure(AlertDescription.HANDSHAKE_FAILURE, "renegotiation info set")
-        if renegotiation is not None or cs.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites:
-            self.secure_renegotiation = True  # RFC 5746 §3.6
-            extensions.append(RenegotiationInfoExtension())
-        cid = hello.extension(ConnectionIdExtension)
-        if cid is not None:  # RFC 9146 §3: the client's CID is what we put on our records
-            self.cid_negotiated = True
-            self.write_cid = cid.cid
-            extensions.append(ConnectionIdExtension(self.read_cid))
+        self.resumed = self._resumable_session()
+        if self.resumed is not None:
+            self.suite = self.resumed.suite
+        else:
+            suites = cs.common_suites(self.config.cipher_suites, hello.cipher_suites)
+            suites = [s for s in suites if self._usable(s)]
+            if not suites:
+                raise HandshakeFailure(AlertDescription.HANDSHAKE_FAILURE, "no common cipher suite")
+            self.suite = suites[0]
+        extensions = self._common_extensions()
+        if self.resumed is not None:
+            return self._abbreviated_flight(extensions)
         flight: list[object] = []
         if self.suite.uses_ecdhe:
             self.ecdhe = EcdheKeyPair.generate(self._group())
@@ -205,6 +251,85 @@ class ServerHandshake:
         messages = [server_hello, *flight, ServerHelloDone()]
         payload = b"".join(self._encode(m) for m in messages)
         self.flight = [plain_record(ContentType.HANDSHAKE, self._next_seq(), payload)]
+        return list(self.flight)
+
+    def _common_extensions(self) -> list[Extension]:
+        """EMS, renegotiation indication and CID: answered alike in full and abbreviated
+        handshakes (a resumed session takes the CID of this ClientHello)."""
+        hello = self.hello
+        extensions: list[Extension] = []
+        if self._offers_ems():
+            self.use_ems = True
+            extensions.append(ExtendedMasterSecretExtension())
+        renegotiation = hello.extension(RenegotiationInfoExtension)
+        if renegotiation is not None and renegotiation.renegotiated_connection:
+            raise HandshakeFailure(AlertDescription.HANDSHAKE_FAILURE, "renegotiation info set")
+        if renegotiation is not None or cs.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites:
+            self.secure_renegotiation = True  # RFC 5746 §3.6
+            extensions.append(RenegotiationInfoExtension())
+        cid = hello.extension(ConnectionIdExtension)
+        if cid is not None:  # RFC 9146 §3: the client's CID is what we put on our records
+            self.cid_negotiated = True
+            self.write_cid = cid.cid
+            extensions.append(ConnectionIdExtension(self.read_cid))
+        return extensions
+
+    def _offers_ems(self) -> bool:
+        return self.config.extended_master_secret and (
+            self.hello.extension(ExtendedMasterSecretExtension) is not None
+        )
+
+    # -- resumption (RFC 5246 §7.3) ----------------------------------------------------------
+    def _resumable_session(self) -> CachedSession | None:
+        """The cached session the ClientHello offers, if it can be resumed; None means a
+        full handshake (with a new session id)."""
+        session_id = self.hello.session_id
+        if not session_id:
+            return None
+        cached = self.config.session_cache.get(session_id)
+        if cached is None:
+            return None
+        # RFC 5246 §7.4.1.2: the offer must include the session's suite (and we must
+        # still allow it).
+        if cached.suite.code not in self.hello.cipher_suites or (
+            cached.suite not in self.config.cipher_suites
+        ):
+            return None
+        offers_ems = self.hello.extension(ExtendedMasterSecretExtension) is not None
+        if cached.extended_master_secret and not offers_ems:
+            # RFC 7627 §5.3: the server MUST abort the abbreviated handshake.
+            raise HandshakeFailure(
+                AlertDescription.HANDSHAKE_FAILURE,
+                "resumption of an extended master secret session without the extension",
+            )
+        if not cached.extended_master_secret and self._offers_ems():
+            return None  # RFC 7627 §5.3: a full handshake instead
+        return cached
+
+    def _abbreviated_flight(self, extensions: list[Extension]) -> list[bytes]:
+        """ServerHello (same session id), ChangeCipherSpec, Finished: one datagram."""
+        cached = self.resumed
+        assert cached is not None and self.suite is not None
+        self.session_id = cached.session_id
+        self.identity = cached.identity
+        self.peer_certificate_type = cached.peer_certificate_type
+        self.master = cached.master_secret
+        server_hello = ServerHello(
+            DTLS_1_2, self.server_random, self.session_id, self.suite.code,
+            extensions=tuple(extensions),
+        )  # fmt: skip
+        encoded_hello = self._encode(server_hello)
+        hello_record = plain_record(ContentType.HANDSHAKE, self._next_seq(), encoded_hello)
+        self._install_keys()
+        assert self.cipher is not None
+        # RFC 5246 §7.4.9: in the abbreviated handshake the server's Finished comes first and
+        # covers ClientHello and ServerHello.
+        finished = Finished(verify_data(self.master, SERVER_FINISHED, self.transcript.digest()))
+        ccs = plain_record(ContentType.CHANGE_CIPHER_SPEC, self._next_seq(),
+                           ChangeCipherSpec().encode())  # fmt: skip
+        sealed = self.cipher.seal(1, 0, ContentType.HANDSHAKE, self._encode(finished))
+        self.expected = HandshakeType.FINISHED
+        self.flight = [hello_record + ccs + sealed]
         return list(self.flight)
 
     # -- negotiation ---------------------------------------------------------------------
@@ -234,13 +359,7 @@ class ServerHandshake:
 
     def _certificate_type(self) -> int | None:
         """X.509 unless the client asks only for a raw public key (RFC 7250 §4.1)."""
-        wanted = self.hello.extension(ServerCertificateTypeExtension)
-        if wanted is None:
-            return CertificateType.X509
-        for kind in wanted.types:
-            if kind in (CertificateType.X509, CertificateType.RAW_PUBLIC_KEY):
-                return kind
-        return None
+        return _choose_certificate_type(self.hello.extension(ServerCertificateTypeExtension))
 
     def _certificate_messages(self, params: EcdhParams, extensions: list[Extension]) -> list:
         credentials = self.config.certificate
@@ -260,7 +379,36 @@ class ServerHandshake:
             signature_algorithm=SignatureScheme.ECDSA_SECP256R1_SHA256,
             signature=ecdsa_sign_sha256(credentials.private_key, signed),
         )
-        return [certificate, key_exchange]
+        messages: list[object] = [certificate, key_exchange]
+        request = self._certificate_request(extensions)
+        if request is not None:
+            messages.append(request)
+        return messages
+
+    def _certificate_request(self, extensions: list[Extension]) -> CertificateRequest | None:
+        """Ask for a client certificate (RFC 5246 §7.4.4), in a type both sides support
+        (RFC 7250 §4.2: the ServerHello then names it)."""
+        mode = self.config.client_auth
+        if mode is ClientAuth.NONE:
+            return None
+        offered = self.hello.extension(ClientCertificateTypeExtension)
+        kind = _choose_certificate_type(offered)
+        if kind is None:
+            if mode is ClientAuth.NEEDED:
+                raise HandshakeFailure(
+                    AlertDescription.UNSUPPORTED_CERTIFICATE,
+                    "no common client certificate type, and a client certificate is needed",
+                )
+            return None  # WANTED: no CertificateRequest then (Californium 4.0)
+        if offered is not None:
+            extensions.append(ClientCertificateTypeExtension((kind,)))
+        self.client_certificate_type = kind
+        self.expected = HandshakeType.CERTIFICATE
+        return CertificateRequest(
+            (ClientCertificateType.ECDSA_SIGN,),
+            CLIENT_SIGNATURE_SCHEMES,
+            self.config.trust_store.authorities if kind == CertificateType.X509 else (),
+        )
 
     def _encode(self, message: object) -> bytes:
         encoded = encode_message(message, self.message_seq)  # type: ignore[arg-type]
@@ -323,15 +471,70 @@ class ServerHandshake:
         return out
 
     def _message(self, message: CompleteMessage) -> list[bytes]:
-        if message.msg_type == HandshakeType.CLIENT_KEY_EXCHANGE and self.cipher is None:
+        """The client's flight in the order RFC 5246 §7.3 fixes: [Certificate]
+        ClientKeyExchange [CertificateVerify] Finished; only Finished when resuming."""
+        if message.msg_type != self.expected or self.session is not None:
+            raise HandshakeFailure(
+                AlertDescription.UNEXPECTED_MESSAGE,
+                f"unexpected handshake message {message.msg_type}",
+            )
+        if message.msg_type == HandshakeType.CERTIFICATE:
+            self._client_certificate(message)
+        elif message.msg_type == HandshakeType.CLIENT_KEY_EXCHANGE:
             self._client_key_exchange(message)
-            return []
-        if message.msg_type == HandshakeType.FINISHED and self.cipher is not None:
+        elif message.msg_type == HandshakeType.CERTIFICATE_VERIFY:
+            self._certificate_verify(message)
+        elif message.msg_type == HandshakeType.FINISHED:
             return self._finished(message)
-        raise HandshakeFailure(
-            AlertDescription.UNEXPECTED_MESSAGE, f"unexpected handshake message {message.msg_type}"
-        )
+        return []
 
+    # -- client authentication (RFC 5246 §7.4.6, §7.4.8) -----------------------------------
+    def _client_certificate(self, message: CompleteMessage) -> None:
+        assert self.client_certificate_type is not None
+        certificate = Certificate.decode(message.body, self.client_certificate_type)
+        self.transcript.update(message.to_bytes())
+        self.expected = HandshakeType.CLIENT_KEY_EXCHANGE
+        if not certificate.certificates:
+            if self.config.client_auth is ClientAuth.NEEDED:
+                # RFC 5246 §7.4.6: the server may answer an empty Certificate with a fatal
+                # handshake_failure alert.
+                raise HandshakeFailure(
+                    AlertDescription.HANDSHAKE_FAILURE, "the client sent no certificate"
+                )
+            return  # WANTED: the client stays unauthenticated
+        trust = self.config.trust_store
+        try:
+            if self.client_certificate_type == CertificateType.RAW_PUBLIC_KEY:
+                public_key_info = certificate.certificates[0]
+                self.client_key = trust.verify_raw_public_key(public_key_info)
+                self.identity = rpk_principal(public_key_info).encode()
+            else:
+                leaf, self.client_key = trust.verify_chain(certificate.certificates)
+                self.identity = x509_principal(leaf).encode()
+        except UntrustedCertificate as untrusted:
+            raise HandshakeFailure(untrusted.alert, f"client certificate: {untrusted}") from None
+        self.peer_certificate_type = self.client_certificate_type
+
+    def _certificate_verify(self, message: CompleteMessage) -> None:
+        assert self.client_key is not None
+        verify = CertificateVerify.decode(message.body)
+        if verify.signature_algorithm not in CLIENT_SIGNATURE_SCHEMES:
+            # RFC 5246 §7.4.8: one of the algorithms of our CertificateRequest
+            raise HandshakeFailure(
+                AlertDescription.ILLEGAL_PARAMETER,
+                f"CertificateVerify with signature algorithm {verify.signature_algorithm:#06x}",
+            )
+        # The signature covers all handshake messages up to, not including, this one.
+        if not ecdsa_verify_sha256_digest(
+            self.client_key, self.transcript.digest(), verify.signature
+        ):
+            raise HandshakeFailure(
+                AlertDescription.DECRYPT_ERROR, "the client's CertificateVerify does not verify"
+            )
+        self.transcript.update(message.to_bytes())
+        self.expected = HandshakeType.FINISHED
+
+    # -- key exchange ------------------------------------------------------------------------
     def _client_key_exchange(self, message: CompleteMessage) -> None:
         assert self.suite is not None
         exchange = ClientKeyExchange.decode(message.body, self.suite.key_exchange)
@@ -355,9 +558,16 @@ class ServerHandshake:
         else:
             pre_master = shared
         if self.use_ems:
+            # RFC 7627 §3: the session hash ends with ClientKeyExchange (no CertificateVerify)
             self.master = extended_master_secret(pre_master, self.transcript.digest())
         else:
             self.master = master_secret(pre_master, self.hello.random, self.server_random)
+        self._install_keys()
+        has_key = self.client_key is not None
+        self.expected = HandshakeType.CERTIFICATE_VERIFY if has_key else HandshakeType.FINISHED
+
+    def _install_keys(self) -> None:
+        assert self.suite is not None
         keys = key_block(self.master, self.hello.random, self.server_random, self.suite)
         self.cipher = AeadCipher(
             AEAD_FOR_CIPHER_SUITE[self.suite.code],
@@ -375,14 +585,21 @@ class ServerHandshake:
         if not hmac.compare_digest(Finished.decode(message.body).verify_data, expected):
             raise HandshakeFailure(AlertDescription.DECRYPT_ERROR, "wrong Finished (wrong PSK?)")
         self.transcript.update(message.to_bytes())
-        finished = Finished(verify_data(self.master, SERVER_FINISHED, self.transcript.digest()))
-        ccs = plain_record(ContentType.CHANGE_CIPHER_SPEC, self._next_seq(),
-                           ChangeCipherSpec().encode())  # fmt: skip
-        sealed = self.cipher.seal(
-            1, 0, ContentType.HANDSHAKE, encode_message(finished, self.message_seq)
-        )
-        self.message_seq += 1
-        self.flight = [ccs + sealed]
+        if self.resumed is not None:
+            # Our Finished went out first; the client's completes the handshake and
+            # nothing is left to (re)send.
+            self.flight = []
+            self.config.session_cache.counters.resumed += 1
+        else:
+            finished = Finished(verify_data(self.master, SERVER_FINISHED, self.transcript.digest()))
+            ccs = plain_record(ContentType.CHANGE_CIPHER_SPEC, self._next_seq(),
+                               ChangeCipherSpec().encode())  # fmt: skip
+            sealed = self.cipher.seal(
+                1, 0, ContentType.HANDSHAKE, encode_message(finished, self.message_seq)
+            )
+            self.message_seq += 1
+            self.flight = [ccs + sealed]
+            self._cache_session()
         self.session = Session(
             self.suite,
             self.cipher,
@@ -394,14 +611,48 @@ class ServerHandshake:
             self.use_ems,
             self.secure_renegotiation,
             next_write_seq=1,
+            peer_certificate_type=self.peer_certificate_type,
+            resumed=self.resumed is not None,
         )
         return list(self.flight)
+
+    def _cache_session(self) -> None:
+        """Keep the new session for resumption. Without the extended master secret only when
+        EMS is off altogether: RFC 7627 §5.3 lets a server refuse to resume such sessions, and
+        Californium gives them no session id."""
+        assert self.suite is not None
+        if not self.use_ems and self.config.extended_master_secret:
+            return
+        self.config.session_cache.put(
+            CachedSession(
+                self.session_id,
+                self.suite,
+                self.master,
+                self.use_ems,
+                self.identity,
+                self.peer_certificate_type,
+                created=self.config.session_cache.now(),
+            )
+        )
 
     # -- failures ----------------------------------------------------------------------------
     def alert(self, description: AlertDescription) -> bytes:
         """A fatal alert record. Plain: until our ChangeCipherSpec the client reads epoch 0."""
         payload = Alert(AlertLevel.FATAL, description).encode()
         return plain_record(ContentType.ALERT, self._next_seq(), payload)
+
+
+def _choose_certificate_type(
+    offered: ClientCertificateTypeExtension | ServerCertificateTypeExtension | None,
+) -> int | None:
+    """The first type of the client's list that we support (RFC 7250 §4.1); X.509 when the
+    client sent no list; None when nothing fits."""
+    if offered is None:
+        return CertificateType.X509
+    for kind in offered.types:
+        if kind in (CertificateType.X509, CertificateType.RAW_PUBLIC_KEY):
+            return kind
+    return None
 
 
 def decode_failure(error: DecodeError) -> HandshakeFailure:

@@ -6,7 +6,8 @@
   12-byte DTLS headers; RFC 7627 §3 session_hash);
 * premaster secrets for PSK (RFC 4279 §2) and ECDHE_PSK (RFC 5489 §2);
 * ECDHE on secp256r1 and x25519 (RFC 8422 §5.10, §5.11) and ECDSA-SHA256 signatures,
-  with ``cryptography``.
+  with ``cryptography``; CertificateVerify signatures (RFC 5246 §7.4.8) over the transcript
+  hash, which is the SHA-256 the signature algorithm would compute itself.
 
 An invalid peer public value raises ``DecodeError`` with illegal_parameter.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from extplugtest.dtls.ciphersuites import CipherSuite
 from extplugtest.dtls.handshake_header import AlertDescription, DecodeError
@@ -34,7 +36,9 @@ __all__ = [
     "Transcript",
     "ecdhe_psk_premaster_secret",
     "ecdsa_sign_sha256",
+    "ecdsa_sign_sha256_digest",
     "ecdsa_verify_sha256",
+    "ecdsa_verify_sha256_digest",
     "extended_master_secret",
     "key_block",
     "master_secret",
@@ -198,5 +202,21 @@ def ecdsa_verify_sha256(
     try:
         public_key.verify(signature, data, ec.ECDSA(_SHA256))
     except InvalidSignature:
+        return False
+    return True
+
+
+def ecdsa_sign_sha256_digest(private_key: ec.EllipticCurvePrivateKey, digest: bytes) -> bytes:
+    """ecdsa_secp256r1_sha256 over data whose SHA-256 is *digest*: the CertificateVerify
+    signature, computed from the running transcript hash (RFC 5246 §7.4.8)."""
+    return private_key.sign(digest, ec.ECDSA(Prehashed(_SHA256)))
+
+
+def ecdsa_verify_sha256_digest(
+    public_key: ec.EllipticCurvePublicKey, digest: bytes, signature: bytes
+) -> bool:
+    try:
+        public_key.verify(signature, digest, ec.ECDSA(Prehashed(_SHA256)))
+    except (InvalidSignature, ValueError):
         return False
     return True

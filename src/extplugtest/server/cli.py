@@ -12,8 +12,8 @@ from pathlib import Path
 from extplugtest import __version__
 from extplugtest.coap.transport_tcp import demo_tls_server_context
 from extplugtest.dtls.credentials import PskFileError, PskStore
-from extplugtest.dtls.handshake_server import DtlsConfig
-from extplugtest.dtls.pki import demo_server_credentials
+from extplugtest.dtls.handshake_server import ClientAuth, DtlsConfig
+from extplugtest.dtls.pki import TrustStore, demo_server_credentials
 from extplugtest.server.app import ExtendedServer, InterfaceSelection, StartupError
 from extplugtest.server.config import DEFAULT_FILE, ConfigError, ServerConfig, parse_duration
 
@@ -92,8 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-auth",
         choices=("NONE", "WANTED", "NEEDED"),
         default="WANTED",
-        help="TLS client certificates (checked against the demo CA): not asked for, verified "
-        "if sent, or required (default: WANTED, Californium's TCP.TLS_CLIENT_AUTHENTICATION_MODE)",
+        help="client certificates for DTLS (ECDHE_ECDSA suites) and TLS: not asked for, verified "
+        "if sent, or required (default: WANTED, the extended server's "
+        "DTLS.CLIENT_AUTHENTICATION_MODE and TCP.TLS_CLIENT_AUTHENTICATION_MODE)",
+    )
+    trust = group.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--trust-store",
+        type=Path,
+        metavar="FILE.pem",
+        help="PEM bundle of the CAs that DTLS client certificates must chain to (default: the "
+        "demo CA; TLS always uses the demo CA)",
+    )
+    trust.add_argument(
+        "--trust-all",
+        action="store_true",
+        help="accept any DTLS client certificate chain (its CertificateVerify is still checked)",
     )
     parser.add_argument(
         "--psk-file",
@@ -162,8 +176,21 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"cannot read {args.psk_file}: {error.strerror}", EXIT_USAGE)
     except (ConfigError, PskFileError) as error:
         return fail(f"{error}", EXIT_USAGE)
+    try:
+        trust_store = TrustStore.demo()
+        if args.trust_store is not None:
+            trust_store = TrustStore.from_pem_file(args.trust_store)
+    except OSError as error:
+        return fail(f"cannot read {args.trust_store}: {error.strerror}", EXIT_USAGE)
+    except ValueError as error:
+        return fail(f"--trust-store: {error}", EXIT_USAGE)
+    trust_store.trust_all = args.trust_all
     dtls_config = DtlsConfig(
-        psk_store, certificate=demo_server_credentials(), cid_length=config.dtls_cid_length
+        psk_store,
+        certificate=demo_server_credentials(),
+        cid_length=config.dtls_cid_length,
+        client_auth=ClientAuth(args.client_auth),
+        trust_store=trust_store,
     )
     interfaces = InterfaceSelection(
         loopback=args.loopback,

@@ -1,10 +1,16 @@
-"""``coaps://`` for extclient: a DTLS 1.2 (PSK) channel with the Transport interface of
-request.py, on our own handshake and record layer.
+"""``coaps://`` for extclient: a DTLS 1.2 channel with the Transport interface of request.py,
+on our own handshake and record layer.
 
 Credentials as Californium's cf-cli has them: ``-i/--identity`` and ``-s/--secret``; without
 an identity a random ``cali.<16 hex>`` one with the secret ``.fornium``, which the reference
 servers (and ours) accept for any ``cali.`` identity. The client offers an empty Connection ID
 (it supports CIDs; the server's CID goes on its records), as Californium's benchmark client does.
+
+``DtlsClientOptions`` holds what cf-cli's ``--auth``, ``--cipher``, ``--trust-all`` and the
+certificate options choose: the cipher suites to offer (PSK by default), the client's
+certificate and key (sent when an ECDHE_ECDSA server asks), X.509 or raw public keys (RFC 7250)
+and the trust store for the server's certificate. A previous session given as ``resume`` is
+offered for an abbreviated handshake (RFC 5246 §7.3).
 """
 
 from __future__ import annotations
@@ -12,11 +18,20 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from extplugtest.dtls._record import ALERT, APPLICATION_DATA, RecordError, parse_datagram
+from extplugtest.dtls._record import (
+    ALERT,
+    APPLICATION_DATA,
+    HANDSHAKE,
+    RecordError,
+    parse_datagram,
+)
+from extplugtest.dtls.ciphersuites import CipherSuite
 from extplugtest.dtls.handshake_client import ClientHandshake, ClientSession
-from extplugtest.dtls.handshake_server import HandshakeFailure
+from extplugtest.dtls.handshake_server import PSK_SUITES, HandshakeFailure
+from extplugtest.dtls.messages import CertificateType
+from extplugtest.dtls.pki import CertificateCredentials, TrustStore
 from extplugtest.tools.request import ClientError, UdpTransport
 
 HANDSHAKE_RETRANSMISSIONS = 4  # initial timeout 1 s, doubled each time (RFC 6347 §4.2.4.1)
@@ -32,11 +47,30 @@ class PskCredentials:
         return cls(b"cali." + os.urandom(8).hex().upper().encode(), b".fornium")
 
 
+@dataclass
+class DtlsClientOptions:
+    cipher_suites: tuple[CipherSuite, ...] = PSK_SUITES
+    #: ours, for a server that asks (ECDHE_ECDSA); None: an empty Certificate then
+    certificate: CertificateCredentials | None = None
+    certificate_types: tuple[int, ...] = (CertificateType.X509,)
+    trust_store: TrustStore = field(default_factory=TrustStore.demo)
+
+
 class DtlsTransport:
-    def __init__(self, host: str, port: int, credentials: PskCredentials) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        credentials: PskCredentials,
+        options: DtlsClientOptions | None = None,
+        *,
+        resume: ClientSession | None = None,
+    ) -> None:
         self.udp = UdpTransport(host, port)
         self.peer = self.udp.peer
         self.credentials = credentials
+        self.options = options if options is not None else DtlsClientOptions()
+        self.resume = resume
         self.session: ClientSession | None = None
         self._handshake: ClientHandshake | None = None
         self._receive: Callable[[bytes], None] | None = None
@@ -50,8 +84,15 @@ class DtlsTransport:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         await self.udp.open(self._on_datagram, self._on_error)
+        options = self.options
         handshake = self._handshake = ClientHandshake(
-            self.credentials.identity, self.credentials.secret
+            self.credentials.identity,
+            self.credentials.secret,
+            cipher_suites=options.cipher_suites,
+            certificate=options.certificate,
+            certificate_types=options.certificate_types,
+            trust_store=options.trust_store,
+            resume=self.resume,
         )
         self.udp.send(handshake.start())
         timeout = 1.0
@@ -94,6 +135,14 @@ class DtlsTransport:
             records = parse_datagram(data, cid_length=len(session.read_cid))
         except RecordError as error:
             records = list(error.records)
+        if handshake is not None and any(
+            r.epoch == 0 and r.content_type == HANDSHAKE for r in records
+        ):
+            # The server repeats its last flight: after an abbreviated handshake ours (CCS and
+            # Finished) was lost, and the server still waits for it (RFC 6347 §4.2.4).
+            for datagram in handshake.retransmit():
+                self.udp.send(datagram)
+            return
         for record in records:
             try:
                 content_type, plaintext = session.cipher.open(record.raw)

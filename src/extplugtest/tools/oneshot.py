@@ -33,7 +33,8 @@ import random
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import cbor2
 import uvloop
@@ -47,12 +48,18 @@ from extplugtest.tools.request import (
     Observation,
     Response,
     Target,
+    Transport,
     code_name,
     describe,
     is_success,
     open_transport,
     parse_uri,
 )
+
+if TYPE_CHECKING:  # coaps modules are imported when used: coap:// starts faster without
+    from extplugtest.dtls.ciphersuites import CipherSuite
+    from extplugtest.dtls.pki import CertificateCredentials
+    from extplugtest.tools.dtls_transport import DtlsClientOptions
 
 T = TypeVar("T")
 
@@ -136,6 +143,43 @@ def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-s", "--secret", help="PSK secret, UTF-8 (default: .fornium, as Californium's)"
     )
+    add_dtls_arguments(parser)
+
+
+def add_dtls_arguments(parser: argparse.ArgumentParser) -> None:
+    """cf-cli's authentication options for coaps (inventory §3.1)."""
+    parser.add_argument(
+        "-a", "--auth", metavar="MODE[:MODE...]",
+        help="coaps authentication: PSK (default), ECDHE_PSK, X509 or RPK (certificates with "
+        "ECDHE_ECDSA); several separated by ':'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cipher", metavar="SUITE[:SUITE...]",
+        help="cipher suites to offer, IANA (TLS_...) or OpenSSL names (default: all that fit "
+        "--auth)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-c", "--cert", metavar="FILE.pem",
+        help="own certificate chain for X509/RPK, sent when the server asks (default: the "
+        "demo client certificate, CN=cf-client)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--private-key", metavar="FILE.pem", help="private key of --cert (default: in --cert)"
+    )
+    parser.add_argument(
+        "--anonymous", action="store_true",
+        help="no client certificate (an empty one when the server asks)",
+    )  # fmt: skip
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument(
+        "-t", "--trust-store", "--trusts", metavar="FILE.pem",
+        help="PEM bundle of the CAs the server's certificate must chain to (default: the demo "
+        "CA)",
+    )  # fmt: skip
+    trust.add_argument(
+        "--trust-all", action="store_true",
+        help="accept any server certificate or raw public key (its signature still counts)",
+    )  # fmt: skip
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -420,16 +464,105 @@ async def until_stopped(
 
 
 def client_for(args: argparse.Namespace, target: Target) -> CoapClient:
+    identity = None if args.identity is None else args.identity.encode()
+    secret = None if args.secret is None else args.secret.encode()
+    transport: Transport
+    if target.scheme == "coaps":
+        from extplugtest.tools.dtls_transport import DtlsTransport, PskCredentials
+
+        credentials = PskCredentials.default()
+        if identity is not None:
+            credentials = PskCredentials(identity, secret if secret is not None else b".fornium")
+        transport = DtlsTransport(target.host, target.port, credentials, dtls_options(args))
+    else:
+        transport = open_transport(target, identity, secret)
     return CoapClient(
-        open_transport(
-            target,
-            None if args.identity is None else args.identity.encode(),
-            None if args.secret is None else args.secret.encode(),
-        ),
+        transport,
         timeout=args.timeout / 1000,
         block_size=getattr(args, "blocksize", None),
         tracer=make_tracer(target.authority) if args.verbose else None,
     )
+
+
+#: cf-cli's --auth modes and the key exchanges (KeyExchange values) of their cipher suites
+AUTH_MODES = {"PSK": "PSK", "ECDHE_PSK": "ECDHE_PSK", "X509": "ECDHE_ECDSA", "RPK": "ECDHE_ECDSA"}
+
+
+def dtls_options(args: argparse.Namespace) -> DtlsClientOptions:
+    """The coaps handshake options of --auth, --cipher, --cert, --trust-store, ..."""
+    from extplugtest.dtls.ciphersuites import DEFAULT_PREFERENCE, KeyExchange
+    from extplugtest.dtls.messages import CertificateType
+    from extplugtest.dtls.pki import TrustStore
+    from extplugtest.tools.dtls_transport import DtlsClientOptions
+
+    modes = [mode.strip().upper() for mode in (getattr(args, "auth", None) or "").split(":")]
+    modes = [mode for mode in modes if mode]
+    for mode in modes:
+        if mode == "NONE":
+            raise ToolError("--auth NONE: use a coap:// URI for no authentication", 2)
+        if mode not in AUTH_MODES:
+            raise ToolError(f"unknown --auth mode '{mode}' (PSK, ECDHE_PSK, X509, RPK)", 2)
+    suites = parse_cipher_suites(getattr(args, "cipher", None) or "")
+    if not modes:  # the suites decide, else PSK (cf-cli's default without a certificate)
+        modes = ["X509" if suite.uses_certificate else suite.key_exchange.value for suite in suites]
+        modes = list(dict.fromkeys(modes)) or ["PSK"]
+    exchanges = [KeyExchange(AUTH_MODES[mode]) for mode in modes]
+    if suites:
+        for suite in suites:
+            if suite.key_exchange not in exchanges:
+                raise ToolError(
+                    f"cipher suite {suite.name} does not fit --auth {':'.join(modes)}", 2
+                )
+    else:
+        for exchange in dict.fromkeys(exchanges):  # in the order of --auth
+            suites += [suite for suite in DEFAULT_PREFERENCE if suite.key_exchange is exchange]
+    options = DtlsClientOptions(cipher_suites=tuple(suites))
+    types = {"X509": CertificateType.X509, "RPK": CertificateType.RAW_PUBLIC_KEY}
+    certificate_types = tuple(types[mode] for mode in modes if mode in types)
+    options.certificate_types = certificate_types or (CertificateType.X509,)
+    try:
+        if getattr(args, "trust_store", None):
+            options.trust_store = TrustStore.from_pem_file(Path(args.trust_store))
+        options.trust_store.trust_all = bool(getattr(args, "trust_all", False))
+        if KeyExchange.ECDHE_ECDSA in exchanges and not getattr(args, "anonymous", False):
+            options.certificate = own_certificate(args)
+    except OSError as exc:
+        raise ToolError(f"cannot read {exc.filename}: {exc.strerror}", 2) from None
+    except ValueError as exc:
+        raise ToolError(str(exc), 2) from None
+    return options
+
+
+def parse_cipher_suites(text: str) -> list[CipherSuite]:
+    """Suites by IANA/Californium or OpenSSL name, ':'-separated, in the given order."""
+    from extplugtest.dtls.ciphersuites import ALL_SUITES
+
+    names = {suite.name: suite for suite in ALL_SUITES}
+    names |= {suite.openssl_name: suite for suite in ALL_SUITES if suite.openssl_name}
+    suites: list[CipherSuite] = []
+    for name in (part.strip() for part in text.split(":")):
+        if not name:
+            continue
+        suite = names.get(name) or names.get(name.upper())
+        if suite is None:
+            raise ToolError(f"unsupported cipher suite '{name}'", 2)
+        suites.append(suite)
+    return list(dict.fromkeys(suites))
+
+
+def own_certificate(args: argparse.Namespace) -> CertificateCredentials:
+    from extplugtest.dtls.pki import demo_client_credentials, load_credentials
+
+    cert = getattr(args, "cert", None)
+    key = getattr(args, "private_key", None)
+    if cert is None:
+        if key is not None:
+            raise ValueError("--private-key needs --cert")
+        return demo_client_credentials()
+    try:
+        return load_credentials(Path(cert), Path(key or cert))
+    except ValueError as exc:
+        raise ValueError(f"cannot use {cert} / {key or cert}: {exc}") from None
 
 
 def run_tool(args: argparse.Namespace, work: Callable[[asyncio.Event], Awaitable[int]]) -> int:
