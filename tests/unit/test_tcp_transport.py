@@ -33,7 +33,6 @@ from extplugtest.coap.transport_tcp import (
     TcpServerTransport,
     demo_certs,
     demo_tls_server_context,
-    distinguished_name,
 )
 from extplugtest.resources.context import MyContext
 from extplugtest.tools.tcp_transport import demo_tls_client_context
@@ -614,12 +613,6 @@ def test_mycontext_shows_the_tls_session(make_server, connect, version):
     assert fields["cipher-suite"].startswith(expected)
     plain = connect(make_server().address, csm=csm())  # no TLS: no TLS fields
     assert "cipher-suite" not in plain.request(Code.GET, "mycontext").payload.decode()
-
-
-def test_distinguished_name_is_most_specific_first():
-    subject = ((("countryName", "CA"),), (("organizationName", "Eclipse IoT"),),
-               (("commonName", "cf-client"),))  # fmt: skip
-    assert distinguished_name(subject) == "CN=cf-client,O=Eclipse IoT,C=CA"
 
 
 def test_tls_bert_and_observe(make_server, connect):

@@ -24,10 +24,13 @@ from importlib import resources
 from pathlib import Path
 from typing import cast
 
+from cryptography import x509
+
 from extplugtest.coap._tcp_codec import TcpConnection, TcpEngine
 from extplugtest.coap._udp import FastResource
 from extplugtest.coap.endpoint_tcp import TcpEndpoint
 from extplugtest.coap.timer import PeriodicTimer
+from extplugtest.dtls.pki import x509_principal
 
 logger = logging.getLogger("extplugtest.coap.tcp")
 
@@ -107,23 +110,12 @@ IANA_CIPHER_NAMES = {
 }
 
 
-def distinguished_name(subject: tuple) -> str:
-    """An X.509 subject as ``ssl.getpeercert()`` gives it, written as RFC 4514 does (and Java's
-    X500Principal.getName()): the most specific RDN first."""
-    short = {"commonName": "CN", "organizationalUnitName": "OU", "organizationName": "O",
-             "localityName": "L", "stateOrProvinceName": "ST", "countryName": "C",
-             "streetAddress": "STREET", "domainComponent": "DC", "userId": "UID"}  # fmt: skip
-    rdns = ["+".join(f"{short.get(name, name)}={value}" for name, value in rdn) for rdn in subject]
-    return ",".join(reversed(rdns))
-
-
 def tls_context_fields(ssl_object: ssl.SSLObject) -> list[tuple[str, str | int | bool]]:
     """The TLS fields of /mycontext (inventory §2.5): peer, cipher-suite, session-id."""
     fields: list[tuple[str, str | int | bool]] = []
-    certificate = ssl_object.getpeercert()
-    subject = certificate.get("subject") if certificate else None
-    if isinstance(subject, tuple) and subject:
-        fields.append(("peer", distinguished_name(subject)))
+    der = ssl_object.getpeercert(binary_form=True)
+    if der:
+        fields.append(("peer", x509_principal(x509.load_der_x509_certificate(der))))
     cipher = ssl_object.cipher()
     if cipher is not None:
         fields.append(("cipher-suite", IANA_CIPHER_NAMES.get(cipher[0], cipher[0])))
