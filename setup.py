@@ -13,9 +13,62 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "no", "false", "off")
+
+
+def _static_libcrypto(prefix: str | None) -> str:
+    """Path of libcrypto.a: under OPENSSL_DIR, else in the compiler's (multiarch) library dirs."""
+    if prefix:
+        dirs = [f"{prefix}/lib", f"{prefix}/lib64"]
+    else:
+        dirs = []
+        try:
+            libdir = subprocess.run(
+                ["pkg-config", "--variable=libdir", "libcrypto"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            dirs.append(libdir)
+        except (OSError, subprocess.CalledProcessError):
+            pass
+        try:
+            multiarch = subprocess.run(
+                [os.environ.get("CC", "gcc").split()[0], "-print-multiarch"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            if multiarch:
+                dirs.append(f"/usr/lib/{multiarch}")
+        except (OSError, subprocess.CalledProcessError):
+            pass
+        dirs += ["/usr/local/lib64", "/usr/local/lib", "/usr/lib64", "/usr/lib"]
+    for directory in dirs:
+        if os.path.isfile(f"{directory}/libcrypto.a"):
+            return f"{directory}/libcrypto.a"
+    raise SystemExit(
+        f"EXTPLUGTEST_STATIC_OPENSSL=1: no libcrypto.a in {', '.join(dirs)} "
+        "(install libssl-dev, or set OPENSSL_DIR to an OpenSSL built with no-shared)"
+    )
+
+
 def libcrypto_flags() -> tuple[list[str], list[str]]:
-    """Compiler and linker flags for libcrypto (OPENSSL_DIR overrides pkg-config)."""
+    """Compiler and linker flags for libcrypto (OPENSSL_DIR overrides pkg-config).
+
+    EXTPLUGTEST_STATIC_OPENSSL=1 (the wheels, see wheels/README.md) links libcrypto.a into each
+    extension instead, with every symbol but PyInit_* hidden so that it cannot interpose on, or
+    be interposed by, another libcrypto in the process; each copy skips the host's openssl.cnf
+    (csrc/openssl_init.h).
+    """
     prefix = os.environ.get("OPENSSL_DIR")
+    if _truthy("EXTPLUGTEST_STATIC_OPENSSL"):
+        include = [f"-I{prefix}/include"] if prefix else []
+        return (
+            [*include, "-fvisibility=hidden", "-DEXTPLUGTEST_STATIC_OPENSSL=1"],
+            [_static_libcrypto(prefix), "-Wl,--exclude-libs,ALL", "-pthread", "-ldl", "-Wl,-S"],
+        )
     if prefix:
         return [f"-I{prefix}/include"], [f"-L{prefix}/lib", f"-L{prefix}/lib64", "-lcrypto"]
     try:
@@ -46,6 +99,9 @@ MODULES = [
     ("extplugtest.dtls._record", "src/extplugtest/dtls/_record.pyx"),
     ("extplugtest.dtls._datapath", "src/extplugtest/dtls/_datapath.pyx"),
     ("extplugtest.coap._tcp_codec", "src/extplugtest/coap/_tcp_codec.pyx"),
+    ("extplugtest._build_info", "src/extplugtest/_build_info.pyx"),
+    ("extplugtest.cluster._header", "src/extplugtest/cluster/_header.pyx"),
+    ("extplugtest.cluster._router", "src/extplugtest/cluster/_router.pyx"),
 ]
 
 extensions = [

@@ -10,7 +10,7 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(build-essential "pkgconf|pkg-config" libssl-dev python3-dev python3-venv)
-TEST_PACKAGES=(libcoap3-bin gnutls-bin)
+TEST_PACKAGES=(libcoap3-bin gnutls-bin nginx libnginx-mod-stream autoconf automake libtool)
 
 case "${1:-all}" in
     build) wanted=("${BUILD_PACKAGES[@]}") ;;

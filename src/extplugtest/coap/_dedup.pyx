@@ -10,6 +10,10 @@ from socket import AF_INET, AF_INET6, inet_pton
 cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char* buf, int num)
 
+from extplugtest._openssl_init cimport extplugtest_openssl_init
+
+extplugtest_openssl_init()  # before any other libcrypto call (csrc/openssl_init.h)
+
 
 cdef inline uint64_t _hash_key(const PeerKey* key, uint64_t seed) noexcept nogil:
     # 64-bit multiply-xorshift over the 24-byte key, seeded per cache (from RAND_bytes) so that

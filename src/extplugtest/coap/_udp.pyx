@@ -34,6 +34,10 @@ from extplugtest._net cimport (
 cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char* buf, int num)
 
+from extplugtest._openssl_init cimport extplugtest_openssl_init
+
+extplugtest_openssl_init()  # before any other libcrypto call (csrc/openssl_init.h)
+
 logger = logging.getLogger("extplugtest.coap.udp")
 
 cdef enum:

@@ -6,7 +6,7 @@ from libc.stdint cimport uint8_t
 
 from extplugtest.coap._udp cimport RX_BATCH, TX_BATCH, UdpEngine
 from extplugtest.dtls._record cimport AeadCipher
-from extplugtest._net cimport udp_batch
+from extplugtest._net cimport sockaddr_storage, udp_batch
 
 cdef enum:
     PEER_KEY_LENGTH = 24            # sizeof(PeerKey): address, scope, port, padding
@@ -30,6 +30,9 @@ cdef class DtlsConnection:
     # Californium's MAC error filter (DTLS.MAC_ERROR_FILTER_*): bad MACs in a row, and when
     cdef public unsigned int mac_errors
     cdef public double last_mac_error
+    # DTLS-CID cluster: the node that forwarded the newest record (-1: it came directly);
+    # answers go back through it (cluster/_router.pyx)
+    cdef public int router_node
 
     cdef bint mac_filtered(self, double now, unsigned int threshold, double quiet) noexcept
     cdef void mac_error(self, double now, double quiet) noexcept
@@ -58,3 +61,10 @@ cdef class DtlsEngine(UdpEngine):
 
     cdef int _slow(self, int slot) except -1
     cdef int _deliver(self, int slot, DtlsConnection connection) except -1
+    # Hooks of the DTLS-CID cluster (cluster/_router.pyx):
+    cdef void _authenticated(self, int slot, DtlsConnection connection, bint newest) noexcept
+    cdef void _queue_record(self, DtlsConnection connection, Py_ssize_t length,
+                            const sockaddr_storage* address, unsigned int address_length) noexcept
+    cdef void _send_record(self, DtlsConnection connection, const uint8_t* record,
+                           Py_ssize_t length, const sockaddr_storage* address,
+                           unsigned int address_length) noexcept

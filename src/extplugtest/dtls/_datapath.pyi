@@ -22,6 +22,7 @@ class DtlsConnection:
     moved: bool
     mac_errors: int
     last_mac_error: float
+    router_node: int
     address: tuple[Any, ...]
     def __init__(self, address: tuple[Any, ...], read_cid: bytes, now: float) -> None: ...
     def check_mac_filter(self, now: float, threshold: int, quiet: float) -> bool: ...

@@ -68,6 +68,7 @@ cdef class DtlsConnection:
         self.positioned = now
         self.newest = True
         self.cipher = None
+        self.router_node = -1
 
     @property
     def address(self):
@@ -199,6 +200,7 @@ cdef class DtlsEngine(UdpEngine):
         connection.last_seen = self.now
         connection.newest = plain.newest
         connection.moved = False
+        self._authenticated(slot, connection, plain.newest)
         if memcmp(&source, connection._key, PEER_KEY_LENGTH) != 0:
             # Only a CID record finds its connection from another address.
             if not plain.newest:                    # RFC 9146 §6: an older one moves nothing
@@ -224,6 +226,10 @@ cdef class DtlsEngine(UdpEngine):
             return self._process(slot)
         finally:
             self.rx_connection[slot] = NULL
+
+    cdef void _authenticated(self, int slot, DtlsConnection connection, bint newest) noexcept:
+        """A record of *connection* in rx *slot* authenticated (here: nothing more to do)."""
+        pass
 
     cdef int _slow(self, int slot) except -1:
         self.d.slow_datagrams += 1
@@ -265,6 +271,8 @@ cdef class DtlsEngine(UdpEngine):
         cdef AeadCipher cipher
         cdef Py_ssize_t n
         for i in range(self.tx.count):
+            if self.sealed.count == self.sealed.capacity:
+                self.c.send_errors += udp_batch_send(self.fd, &self.sealed)
             owner = self.tx_connection[i]
             self.tx_connection[i] = NULL
             if owner == NULL:
@@ -286,11 +294,24 @@ cdef class DtlsEngine(UdpEngine):
                 continue
             connection.next_write_seq += 1
             self.d.sealed += 1
-            udp_batch_queue(&self.sealed, n, udp_batch_addr(&self.tx, i),
-                            udp_batch_addrlen(&self.tx, i))
+            self._queue_record(connection, n, udp_batch_addr(&self.tx, i),
+                               udp_batch_addrlen(&self.tx, i))
         self.tx.count = 0
         if self.sealed.count:
             self.c.send_errors += udp_batch_send(self.fd, &self.sealed)
+
+    cdef void _queue_record(self, DtlsConnection connection, Py_ssize_t length,
+                            const sockaddr_storage* address, unsigned int address_length) noexcept:
+        """The record of *connection* sealed into the next slot of the sealed batch goes out
+        with it."""
+        udp_batch_queue(&self.sealed, length, address, address_length)
+
+    cdef void _send_record(self, DtlsConnection connection, const uint8_t* record,
+                           Py_ssize_t length, const sockaddr_storage* address,
+                           unsigned int address_length) noexcept:
+        """Send a sealed record of *connection* now (after a flush: keeps the order)."""
+        if udp_send_one(self.fd, record, length, address, address_length) < 0:
+            self.c.send_errors += 1
 
     cdef void _send_now(self, int slot, const uint8_t* data, Py_ssize_t length) noexcept:
         cdef PyObject* owner = self.rx_connection[slot]
@@ -316,9 +337,8 @@ cdef class DtlsEngine(UdpEngine):
         else:
             connection.next_write_seq += 1
             self.d.sealed += 1
-            if udp_send_one(self.fd, record, n, udp_batch_addr(&self.rx, slot),
-                            udp_batch_addrlen(&self.rx, slot)) < 0:
-                self.c.send_errors += 1
+            self._send_record(connection, record, n, udp_batch_addr(&self.rx, slot),
+                              udp_batch_addrlen(&self.rx, slot))
         free(record)
 
     def send(self, data, address) -> bool:
@@ -338,10 +358,8 @@ cdef class DtlsEngine(UdpEngine):
                                         APPLICATION_DATA, data)
         connection.next_write_seq += 1
         self.d.sealed += 1
-        if udp_send_one(self.fd, PyBytes_AS_STRING(record), PyBytes_GET_SIZE(record), &storage,
-                        storage_length) < 0:
-            self.c.send_errors += 1
-            return False
+        self._send_record(connection, <const uint8_t*>PyBytes_AS_STRING(record),
+                          PyBytes_GET_SIZE(record), &storage, storage_length)
         return True
 
     def datapath_counters(self) -> dict:

@@ -29,6 +29,10 @@ from extplugtest.dtls._openssl cimport (
 
 from collections import namedtuple
 
+from extplugtest._openssl_init cimport extplugtest_openssl_init
+
+extplugtest_openssl_init()  # before any other libcrypto call (csrc/openssl_init.h)
+
 cdef enum:
     KEY_LENGTH = 16                 # AES-128
     IMPLICIT_IV_LENGTH = 4          # client/server_write_IV (RFC 6655 §3, RFC 5288 §3)

@@ -123,8 +123,14 @@ class DtlsServerTransport:
         fast: FastResource | None = None,
         limits: DtlsLimits | None = None,
         buffer_size: int = 4 * 1024 * 1024,
+        engine_type: type[DtlsEngine] = DtlsEngine,
+        node_id: int | None = None,
     ) -> None:
         self.endpoint = endpoint
+        #: DTLS-CID cluster: the engine that routes (cluster._router.ClusterEngine), and this
+        #: node's id, which every CID handed out here starts with (inventory §5.5)
+        self.engine_type = engine_type
+        self.node_id = node_id
         self.requested_address = address
         self.config = config
         self.dedup = dedup
@@ -153,7 +159,7 @@ class DtlsServerTransport:
         family = sock.family
         self.sock = sock
         self.endpoint.scheme = "coaps"
-        self.engine = DtlsEngine(
+        self.engine = self.engine_type(
             sock.fileno(), family, self.endpoint, self.dedup, self.fast,
             self.endpoint.max_message_size,
         )  # fmt: skip
@@ -269,6 +275,17 @@ class DtlsServerTransport:
     def _handshake_record(self, connection: DtlsConnection, record: Record) -> None:
         handshake = connection.handshake
         assert handshake is not None
+        if record.content_type == ContentType.ALERT and record.epoch == 0:
+            try:
+                alert = Alert.decode(record.fragment)
+            except DecodeError:
+                self.counters.dropped_records += 1
+                return
+            if alert.is_fatal or alert.description == 0:  # the peer gave up (or closed)
+                self.counters.handshakes_failed += 1
+                logger.info("DTLS handshake with %s: peer sent %s", connection.address, alert.name)
+                self._remove(connection)
+            return
         try:
             flight = handshake.on_record(record)
         except (HandshakeFailure, DecodeError) as failure:
@@ -353,6 +370,8 @@ class DtlsServerTransport:
     def _new_cid(self) -> bytes:
         for _ in range(16):
             cid = os.urandom(self.config.cid_length)
+            if self.node_id is not None:
+                cid = bytes([self.node_id]) + cid[1:]
             if cid not in self._by_cid:
                 return cid
         raise RuntimeError("no free connection id")
@@ -438,6 +457,8 @@ class DtlsServerTransport:
             return []
         session = connection.session
         fields: list[tuple[str, str | int | bool]] = []
+        if self.node_id is not None:
+            fields.append(("node-id", str(self.node_id)))
         if session.identity:  # none for an anonymous certificate handshake, as Californium
             fields.append(("peer", session.identity.decode("utf-8", "replace")))
         fields += [
@@ -447,6 +468,8 @@ class DtlsServerTransport:
         if session.cid_negotiated:
             fields += [("read-cid", session.read_cid.hex().upper()),
                        ("write-cid", session.write_cid.hex().upper())]  # fmt: skip
+        if connection.router_node >= 0:  # its newest record came through another node
+            fields.append(("via", "dtls-cid-router"))
         fields += [
             ("secure-renegotiation", session.secure_renegotiation),
             ("ext-master-secret", session.extended_master_secret),
@@ -474,6 +497,9 @@ class DtlsServerTransport:
             counters["dropped received mac-errors"] += datapath["mac errors"]
             counters["dropped received mac-filtered"] += datapath["mac filtered"]
             counters["sending records"] += datapath["sealed"]
+        cluster_counters = getattr(self.engine, "cluster_counters", None)
+        if cluster_counters is not None:
+            counters.update(cluster_counters())
         cache = self.config.session_cache
         counters["sessions cached"] = len(cache)
         counters["sessions resumed"] = cache.counters.resumed

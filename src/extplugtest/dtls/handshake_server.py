@@ -154,6 +154,29 @@ class Session:
     resumed: bool = False  # an abbreviated handshake (RFC 5246 §7.3)
 
 
+#: Largest datagram of a flight: the IPv6 minimum MTU (1280) less the IPv6 and UDP headers,
+#: so that no flight depends on IP fragmentation.
+MAX_FLIGHT_DATAGRAM = 1232
+RECORD_HEADER = 13  # type, version, epoch, sequence number, length
+HANDSHAKE_HEADER = 12  # type, length, message_seq, fragment_offset, fragment_length
+
+
+def split_handshake_message(encoded: bytes, limit: int) -> list[bytes]:
+    """An encoded (unfragmented) handshake message as fragments of at most *limit* bytes each,
+    header included (RFC 6347 §4.2.3)."""
+    if len(encoded) <= limit:
+        return [encoded]
+    msg_type_length_seq, body = encoded[:6], encoded[HANDSHAKE_HEADER:]
+    chunk = limit - HANDSHAKE_HEADER
+    return [
+        msg_type_length_seq
+        + offset.to_bytes(3, "big")
+        + len(body[offset : offset + chunk]).to_bytes(3, "big")
+        + body[offset : offset + chunk]
+        for offset in range(0, len(body), chunk)
+    ]
+
+
 def plain_record(content_type: int, seq: int, payload: bytes, version: int = DTLS_1_2) -> bytes:
     """An epoch-0 record (RFC 6347 §4.1)."""
     return (
@@ -249,9 +272,26 @@ class ServerHandshake:
             extensions=tuple(extensions),
         )  # fmt: skip
         messages = [server_hello, *flight, ServerHelloDone()]
-        payload = b"".join(self._encode(m) for m in messages)
-        self.flight = [plain_record(ContentType.HANDSHAKE, self._next_seq(), payload)]
+        self.flight = self._flight_datagrams([self._encode(m) for m in messages])
         return list(self.flight)
+
+    def _flight_datagrams(self, encoded_messages: list[bytes]) -> list[bytes]:
+        """Handshake messages as datagrams: one record per message (or per fragment of a
+        message too large for a datagram, RFC 6347 §4.2.3), several records per datagram up
+        to MAX_FLIGHT_DATAGRAM. Several messages in one record are legal TLS, but some DTLS
+        stacks (tinydtls) refuse them, and Californium does not send them either."""
+        datagrams: list[bytes] = []
+        current = b""
+        for encoded in encoded_messages:
+            for fragment in split_handshake_message(encoded, MAX_FLIGHT_DATAGRAM - RECORD_HEADER):
+                record = plain_record(ContentType.HANDSHAKE, self._next_seq(), fragment)
+                if current and len(current) + len(record) > MAX_FLIGHT_DATAGRAM:
+                    datagrams.append(current)
+                    current = b""
+                current += record
+        if current:
+            datagrams.append(current)
+        return datagrams
 
     def _common_extensions(self) -> list[Extension]:
         """EMS, renegotiation indication and CID: answered alike in full and abbreviated

@@ -6,10 +6,15 @@ import asyncio
 import ipaddress
 import logging
 import re
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+from extplugtest.cluster._router import ClusterEngine
+from extplugtest.cluster.management import ClusterManager, Membership, StaticCluster
+from extplugtest.cluster.node import ClusterNode
+from extplugtest.cluster.options import ClusterConfig, ClusterMode, ClusterNodeSpec, HostPort
 from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.endpoint_tcp import TcpEndpoint
@@ -98,8 +103,14 @@ class ExtendedServer:
         tcp: bool = True,
         tcp_limits: TcpLimits | None = None,
         tls: ssl.SSLContext | None = None,
+        cluster: ClusterConfig | None = None,
     ) -> None:
         self.config = config
+        #: the DTLS-CID cluster: its nodes' DTLS endpoints replace the extended server's
+        #: DTLS endpoints, and the plugtest server is left out (as Californium does)
+        self.cluster = cluster if cluster is not None and cluster.enabled else None
+        if self.cluster is not None:
+            plugtest = False
         self.interfaces = interfaces
         #: DTLS endpoints on the next port (5784, 5684), or None for plain CoAP only
         self.dtls = dtls
@@ -136,6 +147,7 @@ class ExtendedServer:
             add_plugtest_resources(self.plugtest_root, self.settings)
             self.plugtest_root.add(well_known(self.plugtest_root))
         self.transports: list[Transport] = []
+        self.cluster_nodes: list[ClusterNode] = []
 
     def _endpoint(
         self,
@@ -200,12 +212,14 @@ class ExtendedServer:
                         self._open(loop, self._udp(root, address, scope, port, extended))
                     if self.tcp:
                         self._open(loop, self._tcp(root, address, scope, port, extended))
-                    if self.dtls is not None:
+                    if self.dtls is not None and self.cluster is None:
                         self._open(loop, self._dtls(root, address, scope, port + 1, extended))
                     if self.tls is not None:
                         self._open(
                             loop, self._tcp(root, address, scope, port + 1, extended, self.tls)
                         )
+            if self.cluster is not None:
+                self._open_cluster(loop, self.cluster)
         except StartupError:
             self.close()
             raise
@@ -267,6 +281,61 @@ class ExtendedServer:
             ssl_context=tls,
         )
 
+    # -- the DTLS-CID cluster (inventory §5) ---------------------------------------------------
+    def _open_cluster(self, loop: asyncio.AbstractEventLoop, cluster: ClusterConfig) -> None:
+        if self.dtls is None:
+            raise StartupError("a DTLS-CID cluster needs DTLS: drop --no-dtls")
+        if self.dtls.cid_length < 6:
+            raise StartupError(
+                "a DTLS-CID cluster needs DTLS.CONNECTION_ID_LENGTH of at least 6 (the node id "
+                "is its first byte)"
+            )
+        if cluster.security is not None or cluster.mac:
+            raise StartupError(
+                "the DTLS-protected management channel (--dtls-cluster-group-security, the "
+                "cluster MAC) is not implemented yet: run the cluster without it"
+            )
+        if cluster.mode is ClusterMode.K8S:
+            raise StartupError("--k8s-dtls-cluster is not wired into extserver yet")
+        for node in cluster.local_nodes:
+            assert node.dtls is not None
+            transport = DtlsServerTransport(
+                self._endpoint(self.extended_root, "127.0.0.1", plugtest=False),
+                _resolve(node.dtls),
+                self.dtls,
+                dedup=self._dedup(plugtest=False),
+                fast=self.benchmark.fast_path,
+                limits=self.dtls_limits,
+                buffer_size=self.config.udp_receive_buffer_size,
+                engine_type=ClusterEngine,
+                node_id=node.node_id,
+            )
+            self._open(loop, transport)
+            cluster_node = ClusterNode(
+                transport, _resolve(node.mgmt), self._membership(cluster, node),
+                backward=cluster.backward,
+            )  # fmt: skip
+            try:
+                cluster_node.open(loop)
+            except OSError as error:
+                raise StartupError(
+                    f"cannot bind the cluster management socket {node.mgmt}: "
+                    f"{error.strerror or error}; choose another --dtls-cluster address"
+                ) from None
+            self.cluster_nodes.append(cluster_node)
+
+    @staticmethod
+    def _membership(cluster: ClusterConfig, node: ClusterNodeSpec) -> Membership:
+        if cluster.mode is ClusterMode.STATIC:
+            table = {other.node_id: _resolve(other.mgmt) for other in cluster.nodes}
+            return StaticCluster(node.node_id, table)
+        return ClusterManager(
+            node.node_id,
+            [_resolve(address) for address in cluster.group],
+            initial_nodes=cluster.initial_nodes,
+            timers=cluster.timers,
+        )
+
     def _open(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> None:
         try:
             transport.open(loop)
@@ -289,6 +358,9 @@ class ExtendedServer:
         return [resource for root in roots for resource in (root, *root.walk())]
 
     def close(self) -> None:
+        for node in self.cluster_nodes:
+            node.close()
+        self.cluster_nodes.clear()
         for resource in self._all_resources():
             resource.stop()
         for transport in self.transports:
@@ -297,3 +369,16 @@ class ExtendedServer:
 
     def counters(self) -> dict[str, dict[str, int]]:
         return {t.endpoint.uri: t.endpoint.counters() for t in self.transports}
+
+
+def _resolve(address: HostPort) -> tuple[str, int]:
+    """An address of a cluster option as a socket address: ``:port`` is the IPv4 wildcard, a
+    host name its first IPv4 (else IPv6) address."""
+    if not address.host:
+        return ("0.0.0.0", address.port)
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as error:
+        raise StartupError(f"cannot resolve {address.host}: {error.strerror}") from None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    return (str(infos[0][4][0]), address.port)

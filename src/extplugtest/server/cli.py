@@ -10,6 +10,13 @@ import sys
 from pathlib import Path
 
 from extplugtest import __version__
+from extplugtest._build_info import VersionAction
+from extplugtest.cluster.options import (
+    ClusterOptionError,
+    add_cluster_options,
+    cluster_config,
+    join_dash_values,
+)
 from extplugtest.coap.transport_tcp import demo_tls_server_context
 from extplugtest.dtls.credentials import PskFileError, PskStore
 from extplugtest.dtls.handshake_server import ClientAuth, DtlsConfig
@@ -28,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="CoAP extended plugtest server: extended resources (/benchmark, ...) on "
         "5783, the ETSI plugtest resources on 5683.",
     )
-    parser.add_argument("--version", action="version", version=f"extserver {__version__}")
+    parser.add_argument("--version", action=VersionAction)  # package and OpenSSL versions
     group = parser.add_argument_group("endpoints")
     group.add_argument(
         "--loopback",
@@ -142,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
+    add_cluster_options(parser)
     return parser
 
 
@@ -151,7 +159,12 @@ def fail(message: str, code: int = EXIT_FAILURE) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # The README's --dtls-cluster "---;..." value starts with dashes (cluster/options.py).
+    args = build_parser().parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
+    try:
+        cluster = cluster_config(args)
+    except ClusterOptionError as error:
+        return fail(str(error), EXIT_USAGE)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -209,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         echo_delay=args.echo_delay,
         dtls=dtls_config if args.dtls else None,
         dtls_only=args.dtls_only,
+        cluster=cluster,
         tcp=args.tcp,
         tls=demo_tls_server_context(args.client_auth) if args.tcp else None,
     )

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
+from extplugtest._build_info import VersionAction
 from extplugtest.tools import benchmark, oneshot, receivetest
 
 # name -> (help, add_arguments, run)
@@ -53,6 +54,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="extclient", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action=VersionAction)  # package and OpenSSL versions
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (text, add_arguments, run) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=text, description=text)

@@ -249,7 +249,9 @@ def parse_args(argv: list[str]) -> NatOptions | None:
             print(USAGE, end="")
             return None
         if arg == "--version":
-            print(f"extnat {__version__}")
+            from extplugtest._build_info import version_text
+
+            print(version_text("extnat"))
             return None
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")

@@ -1,0 +1,319 @@
+"""The DTLS-CID cluster router: the DTLS engine of a cluster node (inventory §5.2, §5.5, §5.6).
+
+Behind a plain UDP load balancer a client's record may reach any node. The CID says which
+node holds the keys: its first byte is the node id. ClusterEngine is the DtlsEngine of a node:
+
+* a tls12_cid datagram whose CID names another node is *forwarded* to that node's management
+  address as a cluster IN packet (type 63: the client's address, then the datagram as
+  received), and not processed here; handshakes always stay on the node that got them, so
+  the CID the client gets names that node;
+* on the management socket, an IN packet from a known node is processed as if the client had
+  sent it here, and the connection remembers that node as its router; answers to it go back
+  as OUT packets (type 62: the client's address, then the sealed record) to the router, which
+  sends the record to the client from its own DTLS socket, so the client and any NAT in
+  between see the address they talk to (`backward`). Without backward (the load balancer
+  re-points its entry, e.g. ``extnat -r``) the answer goes straight to the client;
+* ping/pong and anything else on the management socket goes to the Python membership.
+
+Every decision and header is C (cluster/_header.pyx); a packet from an address that is not a
+known node's is dropped and counted, as are packets for unknown nodes.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t
+from libc.string cimport memcmp, memcpy, memset
+
+from extplugtest.cluster._header cimport (
+    CLUSTER_MAX_HEADER_LENGTH, CLUSTER_MAX_NODE_ID, CLUSTER_OK, CLUSTER_RECORD_INCOMING,
+    CLUSTER_RECORD_OUTGOING, CLUSTER_ROUTE_LOCAL, ClusterView, cluster_decode,
+    cluster_encode_sockaddr, cluster_route, cluster_view_sockaddr,
+)
+from extplugtest.coap._dedup cimport PeerKey
+from extplugtest.coap._udp cimport RX_BATCH, SLOT_SIZE, TX_BATCH, peer_key_from_sockaddr
+from extplugtest.dtls._datapath cimport DtlsConnection, DtlsEngine
+from extplugtest._net cimport (
+    address_tuple, fill_sockaddr, monotonic_now, sockaddr_storage, udp_batch, udp_batch_addr,
+    udp_batch_buffer, udp_batch_free, udp_batch_init, udp_batch_length,
+    udp_batch_queue, udp_batch_recv, udp_batch_send, udp_batch_set, udp_batch_truncated,
+    udp_send_one,
+)
+
+cdef enum:
+    NODES = CLUSTER_MAX_NODE_ID + 1
+    # A cluster packet: header (with room for a MAC) plus a datagram or record.
+    CLUSTER_SLOT = SLOT_SIZE + CLUSTER_MAX_HEADER_LENGTH + 64
+    MANAGEMENT_BATCH = 64
+    IN_SLOT = 0                     # rx slot of the record of an IN packet being processed
+
+cdef struct ClusterCounters:
+    # Californium's health names (§5.6)
+    unsigned long long forwarded            # IN sent to the owner node
+    unsigned long long process_forwarded    # IN received and processed here
+    unsigned long long backwarded           # OUT sent to the router node
+    unsigned long long send_backwarded      # OUT received, record sent to the client
+    unsigned long long drop_forward         # for an unknown node, or does not fit
+    unsigned long long drop_backward        # its router is gone, or does not fit
+    unsigned long long bad_forward          # IN from no known node, or malformed
+    unsigned long long bad_backward         # OUT from no known node, or malformed
+    unsigned long long management_received  # ping/pong and others: the membership's
+
+
+cdef class ClusterEngine(DtlsEngine):
+    """The DtlsEngine of a cluster node (see the module text). ``cluster()`` sets the node id,
+    the management socket and the membership callback; ``set_node()`` keeps the node table."""
+
+    cdef int own_node_id
+    cdef bint backward
+    cdef int management_fd
+    cdef object management                  # management(data, address): ping/pong & others
+    cdef sockaddr_storage node_address[NODES]
+    cdef unsigned int node_address_length[NODES]    # 0: unknown node
+    cdef PeerKey node_key[NODES]
+    cdef int known[NODES]                   # ids of the known nodes, known_count of them
+    cdef int known_count
+    cdef int rx_router[RX_BATCH + 1]        # node that forwarded rx slot's record, or -1
+    cdef udp_batch forward                  # IN packets (to the management socket)
+    cdef udp_batch backward_batch           # OUT packets (to the management socket)
+    cdef udp_batch management_rx
+    cdef ClusterCounters k
+
+    def __cinit__(self, *args, **kwargs):
+        cdef int i
+        self.own_node_id = -1
+        self.management_fd = -1
+        self.backward = True
+        memset(self.node_address_length, 0, sizeof(self.node_address_length))
+        memset(&self.k, 0, sizeof(ClusterCounters))
+        for i in range(RX_BATCH + 1):
+            self.rx_router[i] = -1
+        if (udp_batch_init(&self.forward, TX_BATCH, CLUSTER_SLOT)
+                or udp_batch_init(&self.backward_batch, TX_BATCH, CLUSTER_SLOT)
+                or udp_batch_init(&self.management_rx, MANAGEMENT_BATCH, CLUSTER_SLOT)):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        udp_batch_free(&self.forward)
+        udp_batch_free(&self.backward_batch)
+        udp_batch_free(&self.management_rx)
+
+    def cluster(self, int own_node_id, int management_fd, management not None, *,
+                bint backward=True) -> None:
+        """Serve as node *own_node_id*; cluster packets go out of *management_fd* (whose
+        ``on_management_readable`` the caller registers); other management datagrams go to
+        ``management(data, address)``."""
+        if not 0 <= own_node_id < NODES:
+            raise ValueError(f"node id must be 0..{NODES - 1}")
+        self.own_node_id = own_node_id
+        self.management_fd = management_fd
+        self.management = management
+        self.backward = backward
+
+    def set_node(self, int node_id, address) -> None:
+        """Node *node_id* is at management *address* now (None: it is gone)."""
+        cdef int i
+        if not 0 <= node_id < NODES or node_id == self.own_node_id:
+            raise ValueError(f"not another node's id: {node_id}")
+        if address is None:
+            if self.node_address_length[node_id]:
+                self.node_address_length[node_id] = 0
+                for i in range(self.known_count):
+                    if self.known[i] == node_id:
+                        self.known_count -= 1
+                        self.known[i] = self.known[self.known_count]
+                        break
+            return
+        if not self.node_address_length[node_id]:
+            self.known[self.known_count] = node_id
+            self.known_count += 1
+        self.node_address_length[node_id] = fill_sockaddr(&self.node_address[node_id], address)
+        peer_key_from_sockaddr(&self.node_key[node_id], &self.node_address[node_id])
+
+    def nodes(self) -> dict:
+        """The node table: node id -> management address."""
+        return {self.known[i]: address_tuple(&self.node_address[self.known[i]])
+                for i in range(self.known_count)}
+
+    cdef int _node_at(self, const sockaddr_storage* address) noexcept:
+        """The id of the known node whose management address this is, or -1."""
+        cdef PeerKey key
+        cdef int i
+        peer_key_from_sockaddr(&key, address)
+        for i in range(self.known_count):
+            if memcmp(&key, &self.node_key[self.known[i]], sizeof(PeerKey)) == 0:
+                return self.known[i]
+        return -1
+
+    # -- the external DTLS socket: forward what belongs to another node -----------------------
+    cdef int _receive(self, int slot) except -1:
+        cdef const uint8_t* data = udp_batch_buffer(&self.rx, slot)
+        cdef Py_ssize_t length = udp_batch_length(&self.rx, slot)
+        cdef int node
+        cdef Py_ssize_t n
+        self.rx_router[slot] = -1
+        if self.own_node_id < 0 or udp_batch_truncated(&self.rx, slot):
+            return DtlsEngine._receive(self, slot)
+        node = cluster_route(data, length, self.cid_length, self.own_node_id)
+        if node == CLUSTER_ROUTE_LOCAL:
+            return DtlsEngine._receive(self, slot)
+        if not self.node_address_length[node]:
+            self.k.drop_forward += 1                # §5.5: a foreign node we do not know
+            return 0
+        if self.forward.count == self.forward.capacity:
+            self._send_cluster(&self.forward)
+        n = cluster_encode_sockaddr(CLUSTER_RECORD_INCOMING, udp_batch_addr(&self.rx, slot),
+                                    data, length, False,
+                                    udp_batch_buffer(&self.forward, self.forward.count),
+                                    CLUSTER_SLOT)
+        if n < 0:
+            self.k.drop_forward += 1
+            return 0
+        udp_batch_queue(&self.forward, n, &self.node_address[node],
+                        self.node_address_length[node])
+        self.k.forwarded += 1
+        return 0
+
+    cdef void _authenticated(self, int slot, DtlsConnection connection, bint newest) noexcept:
+        if newest:                                  # answers follow the newest record's path
+            connection.router_node = self.rx_router[slot]
+
+    # -- answers: back through the router ----------------------------------------------------
+    cdef Py_ssize_t _backward_packet(self, DtlsConnection connection, const uint8_t* record,
+                                     Py_ssize_t length, const sockaddr_storage* client,
+                                     uint8_t* out) noexcept:
+        """The OUT packet of a record for a forwarded connection in *out*: its length, 0 when
+        the record goes straight to the client, -1 when it cannot go at all (counted)."""
+        cdef int router = connection.router_node
+        cdef Py_ssize_t n
+        if not self.backward or router < 0:
+            return 0
+        if not self.node_address_length[router]:
+            self.k.drop_backward += 1               # the router is gone
+            return -1
+        n = cluster_encode_sockaddr(CLUSTER_RECORD_OUTGOING, client, record, length, False, out,
+                                    CLUSTER_SLOT)
+        if n < 0:
+            self.k.drop_backward += 1
+            return -1
+        self.k.backwarded += 1
+        return n
+
+    cdef void _queue_record(self, DtlsConnection connection, Py_ssize_t length,
+                            const sockaddr_storage* address, unsigned int address_length) noexcept:
+        cdef Py_ssize_t n
+        if self.backward_batch.count == self.backward_batch.capacity:
+            self._send_cluster(&self.backward_batch)
+        n = self._backward_packet(connection, udp_batch_buffer(&self.sealed, self.sealed.count),
+                                  length, address,
+                                  udp_batch_buffer(&self.backward_batch,
+                                                   self.backward_batch.count))
+        if n == 0:
+            DtlsEngine._queue_record(self, connection, length, address, address_length)
+        elif n > 0:
+            udp_batch_queue(&self.backward_batch, n,
+                            &self.node_address[connection.router_node],
+                            self.node_address_length[connection.router_node])
+
+    cdef void _send_record(self, DtlsConnection connection, const uint8_t* record,
+                           Py_ssize_t length, const sockaddr_storage* address,
+                           unsigned int address_length) noexcept:
+        cdef uint8_t packet[CLUSTER_SLOT]
+        cdef Py_ssize_t n
+        if length > SLOT_SIZE:                      # no room for a header: it cannot go back
+            n = -1 if self.backward and connection.router_node >= 0 else 0
+        else:
+            n = self._backward_packet(connection, record, length, address, packet)
+        if n == 0:
+            DtlsEngine._send_record(self, connection, record, length, address, address_length)
+        elif n > 0:                                 # (the caller has flushed the batches)
+            if udp_send_one(self.management_fd, packet, n,
+                            &self.node_address[connection.router_node],
+                            self.node_address_length[connection.router_node]) < 0:
+                self.c.send_errors += 1
+
+    cdef void _send_cluster(self, udp_batch* batch) noexcept:
+        if batch.count:
+            self.c.send_errors += udp_batch_send(self.management_fd, batch)
+
+    cdef void _flush(self) noexcept:
+        DtlsEngine._flush(self)
+        self._send_cluster(&self.forward)
+        self._send_cluster(&self.backward_batch)
+
+    # -- the management socket ---------------------------------------------------------------
+    def on_management_readable(self):
+        """Drain the management socket (bounded per call): cluster packets in C, the rest to
+        the membership."""
+        cdef int n, i, rounds = 0
+        if self.management_fd < 0:
+            return
+        while rounds < 8:
+            n = udp_batch_recv(self.management_fd, &self.management_rx)
+            if n <= 0:
+                break
+            self.now = monotonic_now()
+            for i in range(n):
+                try:
+                    self._management_packet(i)
+                except Exception:
+                    self.c.handler_errors += 1
+                self.current = NULL
+            self._flush()
+            rounds += 1
+            if n < MANAGEMENT_BATCH:
+                break
+
+    cdef int _management_packet(self, int index) except -1:
+        cdef const uint8_t* data = udp_batch_buffer(&self.management_rx, index)
+        cdef Py_ssize_t length = udp_batch_length(&self.management_rx, index)
+        cdef sockaddr_storage* sender = udp_batch_addr(&self.management_rx, index)
+        cdef ClusterView view
+        cdef sockaddr_storage client
+        cdef unsigned int client_length
+        cdef int node
+        if udp_batch_truncated(&self.management_rx, index) or length == 0:
+            self.k.bad_forward += 1
+            return 0
+        if data[0] != CLUSTER_RECORD_INCOMING and data[0] != CLUSTER_RECORD_OUTGOING:
+            self.k.management_received += 1
+            self.management(PyBytes_FromStringAndSize(<const char*>data, length),
+                            address_tuple(sender))
+            return 0
+        node = self._node_at(sender)
+        if (node < 0 or cluster_decode(data, length, False, &view) != CLUSTER_OK
+                or view.record_length > SLOT_SIZE):
+            if data[0] == CLUSTER_RECORD_INCOMING:  # forged, or not from a cluster node
+                self.k.bad_forward += 1
+            else:
+                self.k.bad_backward += 1
+            return 0
+        client_length = cluster_view_sockaddr(&view, &client)
+        if view.type == CLUSTER_RECORD_INCOMING:
+            # As if the client had sent it here; the connection remembers the router.
+            udp_batch_set(&self.rx, IN_SLOT, view.record, view.record_length, &client,
+                          client_length)
+            self.rx_router[IN_SLOT] = node
+            self.k.process_forwarded += 1
+            DtlsEngine._receive(self, IN_SLOT)
+            self.rx_router[IN_SLOT] = -1
+            return 0
+        # OUT: the owner's record to our client, from our DTLS socket.
+        if self.sealed.count == self.sealed.capacity:
+            self.c.send_errors += udp_batch_send(self.fd, &self.sealed)
+        memcpy(udp_batch_buffer(&self.sealed, self.sealed.count), view.record,
+               view.record_length)
+        udp_batch_queue(&self.sealed, view.record_length, &client, client_length)
+        self.k.send_backwarded += 1
+        return 0
+
+    def cluster_counters(self) -> dict:
+        return {
+            "forwarded": self.k.forwarded,
+            "process forwarded": self.k.process_forwarded,
+            "backwarded": self.k.backwarded,
+            "send backwarded": self.k.send_backwarded,
+            "drop forward": self.k.drop_forward,
+            "drop backward": self.k.drop_backward,
+            "bad forward": self.k.bad_forward,
+            "bad backward": self.k.bad_backward,
+            "management received": self.k.management_received,
+        }
