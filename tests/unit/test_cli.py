@@ -143,3 +143,15 @@ ADDRESSES = [
 )
 def test_interface_selection(selection, expected):
     assert [address for address, _ in selection.select(ADDRESSES)] == expected
+
+
+def test_k8s_cluster_outside_a_pod_is_one_clear_line():
+    result = run("--no-external", "--no-ipv6", "--dtls-only", "--no-tcp", "--coap-port", "0",
+                 "--k8s-dtls-cluster", ":45784;:45884;45884")  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "k8s discovery: no CA file" in result.stderr
+
+
+def test_cluster_options_are_checked():
+    result = run("--dtls-cluster", "127.0.0.1:1;127.0.0.1:2;300")
+    assert result.returncode == 2 and "node" in result.stderr

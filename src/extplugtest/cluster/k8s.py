@@ -193,7 +193,10 @@ class K8sDiscoverClient:
 
     def __init__(self, settings: K8sApiSettings, management_port: int) -> None:
         if settings.ca_file is None:
-            raise K8sError("no CA file for the k8s API server (refusing to trust all)")
+            raise K8sError(
+                "no CA file for the k8s API server (refusing to trust all): run in a pod with a "
+                f"service account, or put the CA into {CUSTOM_TRUST_FILE}"
+            )
         self.settings = settings
         self.management_port = management_port
         self.node_id = node_id_from_hostname(settings.hostname, settings.node_id)

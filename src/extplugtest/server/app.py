@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extplugtest.cluster._router import ClusterEngine
+from extplugtest.cluster.k8s import K8sApiSettings, K8sDiscoverClient, K8sError, keep_scope_fresh
 from extplugtest.cluster.management import ClusterManager, Membership, StaticCluster
+from extplugtest.cluster.monitor import MonitorService
 from extplugtest.cluster.node import ClusterNode
 from extplugtest.cluster.options import ClusterConfig, ClusterMode, ClusterNodeSpec, HostPort
 from extplugtest.coap._dedup import DeduplicationCache
@@ -148,6 +150,9 @@ class ExtendedServer:
             self.plugtest_root.add(well_known(self.plugtest_root))
         self.transports: list[Transport] = []
         self.cluster_nodes: list[ClusterNode] = []
+        self.monitor: MonitorService | None = None
+        self._k8s_stop: asyncio.Event | None = None
+        self._background: list[asyncio.Task[Any]] = []
 
     def _endpoint(
         self,
@@ -295,9 +300,7 @@ class ExtendedServer:
                 "the DTLS-protected management channel (--dtls-cluster-group-security, the "
                 "cluster MAC) is not implemented yet: run the cluster without it"
             )
-        if cluster.mode is ClusterMode.K8S:
-            raise StartupError("--k8s-dtls-cluster is not wired into extserver yet")
-        for node in cluster.local_nodes:
+        for node, membership in self._cluster_members(loop, cluster):
             assert node.dtls is not None
             transport = DtlsServerTransport(
                 self._endpoint(self.extended_root, "127.0.0.1", plugtest=False),
@@ -312,9 +315,8 @@ class ExtendedServer:
             )
             self._open(loop, transport)
             cluster_node = ClusterNode(
-                transport, _resolve(node.mgmt), self._membership(cluster, node),
-                backward=cluster.backward,
-            )  # fmt: skip
+                transport, _resolve(node.mgmt), membership, backward=cluster.backward
+            )
             try:
                 cluster_node.open(loop)
             except OSError as error:
@@ -323,18 +325,45 @@ class ExtendedServer:
                     f"{error.strerror or error}; choose another --dtls-cluster address"
                 ) from None
             self.cluster_nodes.append(cluster_node)
+        if cluster.monitor is not None:
+            self._start_monitor(loop, cluster.monitor)
 
-    @staticmethod
-    def _membership(cluster: ClusterConfig, node: ClusterNodeSpec) -> Membership:
+    def _cluster_members(
+        self, loop: asyncio.AbstractEventLoop, cluster: ClusterConfig
+    ) -> list[tuple[ClusterNodeSpec, Membership]]:
+        """The nodes this process serves, each with its membership (inventory §5.1)."""
         if cluster.mode is ClusterMode.STATIC:
             table = {other.node_id: _resolve(other.mgmt) for other in cluster.nodes}
-            return StaticCluster(node.node_id, table)
-        return ClusterManager(
-            node.node_id,
-            [_resolve(address) for address in cluster.group],
-            initial_nodes=cluster.initial_nodes,
-            timers=cluster.timers,
-        )
+            return [(node, StaticCluster(node.node_id, table)) for node in cluster.local_nodes]
+        if cluster.mode is ClusterMode.DYNAMIC:
+            scope = [_resolve(address) for address in cluster.group]
+            members: list[tuple[ClusterNodeSpec, Membership]] = []
+            for node in cluster.local_nodes:
+                manager = ClusterManager(
+                    node.node_id, scope, initial_nodes=cluster.initial_nodes, timers=cluster.timers
+                )
+                members.append((node, manager))
+            return members
+        # k8s (§5.9): node id and cluster size from the own pod, the scope from the pod list.
+        assert cluster.k8s is not None
+        try:
+            client = K8sDiscoverClient(
+                K8sApiSettings.from_environment(), cluster.k8s.external_mgmt_port
+            )
+            initial_nodes = client.initial_nodes()
+        except (K8sError, ValueError, OSError) as error:
+            raise StartupError(f"k8s discovery: {error}") from None
+        manager = ClusterManager(client.node_id, initial_nodes=initial_nodes, timers=cluster.timers)
+        self._k8s_stop = asyncio.Event()
+        self._background.append(loop.create_task(keep_scope_fresh(client, manager, self._k8s_stop)))
+        node = ClusterNodeSpec(cluster.k8s.dtls, cluster.k8s.mgmt, client.node_id)
+        return [(node, manager)]
+
+    def _start_monitor(self, loop: asyncio.AbstractEventLoop, address: HostPort) -> None:
+        """--k8s-monitor: /alive, and /ready once every cluster node is ready (§5.10)."""
+        nodes = list(self.cluster_nodes)
+        self.monitor = MonitorService([lambda: all(node.membership.ready for node in nodes)])
+        self._background.append(loop.create_task(self.monitor.start(address.host, address.port)))
 
     def _open(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> None:
         try:
@@ -358,6 +387,11 @@ class ExtendedServer:
         return [resource for root in roots for resource in (root, *root.walk())]
 
     def close(self) -> None:
+        if self._k8s_stop is not None:
+            self._k8s_stop.set()
+        for task in self._background:
+            task.cancel()
+        self._background.clear()
         for node in self.cluster_nodes:
             node.close()
         self.cluster_nodes.clear()
