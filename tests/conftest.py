@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -91,7 +92,7 @@ def coap_ping(port: int, timeout: float = 0.2, mid: int = 0x1234) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM when the test process dies, so no server outlives a killed run."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -122,7 +123,7 @@ class ExtServer:
                 stdout=out,
                 stderr=err,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> bool:
@@ -216,3 +217,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if IN_CI:
                 pytest.fail(f"{reason} (required in CI)", pytrace=False)
             pytest.skip(reason)
+
+
+def nat_destination_usages(control: str) -> dict[str, int]:
+    """Destination -> number of NAT entries, from a running extnat's ``info`` (control socket)."""
+    from extplugtest.tools.nat_console import send_command
+
+    result = {}
+    for line in send_command(control, "info"):
+        match = re.fullmatch(r"Destination: (\S+), usage: (\d+)", line)
+        if match:
+            result[match[1]] = int(match[2])
+    return result

@@ -228,18 +228,14 @@ SEEDS: tuple[bytes, ...] = tuple(_seeds())
 
 def main(argv: list[str]) -> None:
     import atheris
-    from seed_corpus import with_seed_corpus  # beside this file (run as a script)
+    from seed_corpus import fuzz  # beside this file (run as a script)
 
     global _header
     with atheris.instrument_imports(include=["extplugtest"]):
         from extplugtest.cluster import _header as header
     _header = header
-    for func in (reference_decode, reference_route, reference_encode, check_decode, check):
-        atheris.instrument_func(func)
-    for seed in SEEDS:  # the seeds must pass before fuzzing means anything
-        check(seed)
-    atheris.Setup(with_seed_corpus(argv, SEEDS), TestOneInput)
-    atheris.Fuzz()
+    fuzz(argv, SEEDS, check, TestOneInput,
+         (reference_decode, reference_route, reference_encode, check_decode, check))  # fmt: skip
 
 
 if __name__ == "__main__":

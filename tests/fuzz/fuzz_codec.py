@@ -251,18 +251,13 @@ SEEDS: tuple[bytes, ...] = (
 
 def main(argv: list[str]) -> None:
     import atheris
-    from seed_corpus import with_seed_corpus  # beside this file (run as a script)
+    from seed_corpus import fuzz  # beside this file (run as a script)
 
     global _codec
     with atheris.instrument_imports(include=["extplugtest"]):
         from extplugtest.coap import _codec as codec
     _codec = codec
-    for func in (option_rules, _extended, reference_parse, check):
-        atheris.instrument_func(func)
-    for seed in SEEDS:  # the seeds must pass before fuzzing means anything
-        check(seed)
-    atheris.Setup(with_seed_corpus(argv, SEEDS), TestOneInput)
-    atheris.Fuzz()
+    fuzz(argv, SEEDS, check, TestOneInput, (option_rules, _extended, reference_parse, check))
 
 
 if __name__ == "__main__":

@@ -216,16 +216,11 @@ def seeds() -> tuple[bytes, ...]:
 
 def main(argv: list[str]) -> None:
     import atheris
-    from seed_corpus import with_seed_corpus  # beside this file (run as a script)
+    from seed_corpus import fuzz  # beside this file (run as a script)
 
     with atheris.instrument_imports(include=["extplugtest.dtls"]):
         _load()
-    for func in (_round_trip, _check_records, check):
-        atheris.instrument_func(func)
-    for seed in seeds():  # the seeds must pass before fuzzing means anything
-        check(seed)
-    atheris.Setup(with_seed_corpus(argv, seeds()), TestOneInput)
-    atheris.Fuzz()
+    fuzz(argv, seeds(), check, TestOneInput, (_round_trip, _check_records, check))
 
 
 if __name__ == "__main__":

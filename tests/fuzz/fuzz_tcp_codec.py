@@ -362,20 +362,16 @@ SEEDS: tuple[bytes, ...] = (
 
 def main(argv: list[str]) -> None:
     import atheris
-    from seed_corpus import with_seed_corpus  # beside this file (run as a script)
+    from seed_corpus import fuzz  # beside this file (run as a script)
 
     global _codec, _tcp
     with atheris.instrument_imports(include=["extplugtest"]):
         from extplugtest.coap import _codec as codec
         from extplugtest.coap import _tcp_codec as tcp
     _codec, _tcp = codec, tcp
-    for func in (reference_header, raw_options, reference_decode, reference_stream, check):
-        atheris.instrument_func(func)
-    atheris.instrument_func(udp_reference.reference_parse)
-    for seed in SEEDS:  # the seeds must pass before fuzzing means anything
-        check(seed)
-    atheris.Setup(with_seed_corpus(argv, SEEDS), TestOneInput)
-    atheris.Fuzz()
+    fuzz(argv, SEEDS, check, TestOneInput,
+         (reference_header, raw_options, reference_decode, reference_stream, check,
+          udp_reference.reference_parse))  # fmt: skip
 
 
 if __name__ == "__main__":

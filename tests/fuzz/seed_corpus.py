@@ -1,10 +1,10 @@
-"""The fuzz targets' --seed-corpus=DIR option: write the target's seeds into DIR and use DIR
-as a corpus directory of libFuzzer."""
+"""What every fuzz target shares: its --seed-corpus=DIR option (write the target's seeds into
+DIR and use DIR as a corpus directory of libFuzzer), and the start of the fuzzing itself."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 def with_seed_corpus(argv: list[str], seeds: Iterable[bytes]) -> list[str]:
@@ -21,3 +21,24 @@ def with_seed_corpus(argv: list[str], seeds: Iterable[bytes]) -> list[str]:
         else:
             out.append(arg)
     return out
+
+
+def fuzz(
+    argv: list[str],
+    seeds: Iterable[bytes],
+    check: Callable[[bytes], None],
+    test_one_input: Callable[[bytes], None],
+    instrumented: Iterable[Callable[..., object]] = (),
+) -> None:
+    """The common end of every target's main(): instrument *instrumented* (the target's own
+    reference code), prove that every seed passes *check* (fuzzing means nothing otherwise),
+    then hand over to libFuzzer with the seeds as corpus."""
+    import atheris
+
+    for function in instrumented:
+        atheris.instrument_func(function)
+    seeds = list(seeds)
+    for seed in seeds:
+        check(seed)
+    atheris.Setup(with_seed_corpus(argv, seeds), test_one_input)
+    atheris.Fuzz()

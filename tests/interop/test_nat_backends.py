@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import nat_destination_usages
 
 from extplugtest.tools.nat_console import send_command
 
@@ -99,12 +100,7 @@ class NatProcess:
         return send_command(self.control, line)
 
     def usages(self) -> dict[str, int]:
-        result = {}
-        for line in self.command("info"):
-            match = re.fullmatch(r"Destination: (\S+), usage: (\d+)", line)
-            if match:
-                result[match[1]] = int(match[2])
-        return result
+        return nat_destination_usages(self.control)
 
 
 @pytest.fixture

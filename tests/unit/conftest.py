@@ -19,14 +19,13 @@ from extplugtest.coap.resource import Resource
 from extplugtest.coap.transport_udp import UdpServerTransport
 
 
-class ServerThread:
-    def __init__(self, root: Resource, **endpoint_options: Any) -> None:
-        self.root = root
+class TransportThread:
+    """*transport* (anything with open(loop), local_address and close()) served by its own
+    uvloop in a daemon thread."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
         self.loop = uvloop.new_event_loop()
-        dedup = endpoint_options.pop("dedup", DeduplicationCache(max_peers=1000))
-        fast = endpoint_options.pop("fast", None)
-        self.endpoint = CoapEndpoint(root, **endpoint_options)
-        self.transport = UdpServerTransport(self.endpoint, ("127.0.0.1", 0), dedup=dedup, fast=fast)
         self.transport.open(self.loop)
         self.address = self.transport.local_address
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -42,6 +41,19 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
         self.loop.close()
+
+
+class ServerThread(TransportThread):
+    """A CoAP server of *root* on plain UDP."""
+
+    def __init__(self, root: Resource, **endpoint_options: Any) -> None:
+        self.root = root
+        dedup = endpoint_options.pop("dedup", DeduplicationCache(max_peers=1000))
+        fast = endpoint_options.pop("fast", None)
+        self.endpoint = CoapEndpoint(root, **endpoint_options)
+        super().__init__(
+            UdpServerTransport(self.endpoint, ("127.0.0.1", 0), dedup=dedup, fast=fast)
+        )
 
 
 async def _call(function: Callable[..., Any], *args: Any) -> Any:
@@ -93,6 +105,22 @@ def make_server() -> Iterator[Callable[..., ServerThread]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Any], TransportThread]]:
+    """Factory: ``serve(transport)`` opens any server transport in a loop thread (stopped
+    after the test)."""
+    threads: list[TransportThread] = []
+
+    def start(transport: Any) -> TransportThread:
+        thread = TransportThread(transport)
+        threads.append(thread)
+        return thread
+
+    yield start
+    for thread in threads:
+        thread.stop()
 
 
 @pytest.fixture

@@ -4,13 +4,10 @@ several records in one datagram, address changes by CID (RFC 9146 §6), the LRU 
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 
 import pytest
-import uvloop
 
 from extplugtest.coap._codec import Message, parse
 from extplugtest.coap.endpoint import CoapEndpoint
@@ -28,39 +25,23 @@ GET, POST, CON, ACK = 1, 2, 0, 2
 URI_PATH, URI_QUERY = 11, 15
 
 
-def make_server(limits: DtlsLimits | None = None):
-    loop = uvloop.new_event_loop()
+def dtls_transport(limits: DtlsLimits | None = None) -> DtlsServerTransport:
     root = Resource("")
     root.add(Echo(ResourceSettings()))
-    transport = DtlsServerTransport(
+    return DtlsServerTransport(
         CoapEndpoint(root), ("127.0.0.1", 0), DtlsConfig(PskStore()), limits=limits
     )
-    transport.open(loop)
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def call(function, *args):
-        async def run():
-            return function(*args)
-
-        return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=5)
-
-    def stop():
-        call(transport.close)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        loop.close()
-
-    transport.call = call
-    transport.stop = stop
-    return transport
 
 
 @pytest.fixture
-def server():
-    transport = make_server()
-    yield transport
-    transport.stop()
+def make_server(serve):
+    """``make_server(limits)``: a DTLS server thread; ``.transport`` is the connector."""
+    return lambda limits=None: serve(dtls_transport(limits))
+
+
+@pytest.fixture
+def server(make_server):
+    return make_server()
 
 
 class Client:
@@ -114,7 +95,7 @@ class Client:
 
 
 def records_in_c(server) -> int:
-    return server.call(server.engine.datapath_counters)["records"]
+    return server.call(server.transport.engine.datapath_counters)["records"]
 
 
 def test_peer_key_is_the_connections_key():
@@ -127,10 +108,10 @@ def test_peer_key_is_the_connections_key():
 
 @pytest.mark.parametrize("cid", [b"", None], ids=["cid", "no-cid"])
 def test_requests_are_answered_in_c(server, cid):
-    client = Client(server.local_address, cid=cid)
+    client = Client(server.address, cid=cid)
     for index in range(20):
         client.sock.sendto(client.seal(client.request(payload=b"ping %d" % index)),
-                           server.local_address)  # fmt: skip
+                           server.address)  # fmt: skip
         response = client.receive()
         assert (response.type, response.code, response.mid) == (ACK, 0x44, client.mid)
         assert response.payload == b"ping %d" % index
@@ -139,85 +120,82 @@ def test_requests_are_answered_in_c(server, cid):
 
 
 def test_replayed_and_forged_records_are_dropped_and_counted(server):
-    client = Client(server.local_address)
+    client = Client(server.address)
     record = client.seal(client.request(payload=b"once"))
-    client.sock.sendto(record, server.local_address)
+    client.sock.sendto(record, server.address)
     assert client.receive().payload == b"once"
-    client.sock.sendto(record, server.local_address)  # replay: no second answer
+    client.sock.sendto(record, server.address)  # replay: no second answer
     forged = bytearray(client.seal(client.request(payload=b"forged")))
     forged[-1] ^= 1
-    client.sock.sendto(bytes(forged), server.local_address)
-    client.sock.sendto(client.seal(client.request(payload=b"after")), server.local_address)
+    client.sock.sendto(bytes(forged), server.address)
+    client.sock.sendto(client.seal(client.request(payload=b"after")), server.address)
     assert client.receive().payload == b"after"  # the next answer is for the genuine record
-    counters = server.call(server.engine.datapath_counters)
+    counters = server.call(server.transport.engine.datapath_counters)
     assert counters["replays"] == 1 and counters["mac errors"] == 1
-    dtls = server.call(server.dtls_counters)
+    dtls = server.call(server.transport.dtls_counters)
     assert dtls["dropped received mac-errors"] >= 1
     client.close()
 
 
 def test_two_records_in_one_datagram_take_the_slow_path(server):
-    client = Client(server.local_address)
+    client = Client(server.address)
     datagram = client.seal(client.request(payload=b"first"))
     datagram += client.seal(client.request(payload=b"second"))
-    client.sock.sendto(datagram, server.local_address)
+    client.sock.sendto(datagram, server.address)
     assert {client.receive().payload, client.receive().payload} == {b"first", b"second"}
     client.close()
 
 
 def test_large_response_is_sealed_too(server):
-    client = Client(server.local_address)
+    client = Client(server.address)
     client.mid += 1
     message = Message(CON, POST, client.mid, b"big")
     message.add_option(URI_PATH, b"echo")
     message.add_option(URI_QUERY, b"rlen=1000")
-    client.sock.sendto(client.seal(message.to_bytes()), server.local_address)
+    client.sock.sendto(client.seal(message.to_bytes()), server.address)
     response = client.receive()
     assert response.code == 0x44 and response.payload == b"*" * 1000
     client.close()
 
 
 def test_cid_record_from_a_new_port_moves_the_connection(server):
-    client = Client(server.local_address)
-    client.sock.sendto(client.seal(client.request(payload=b"before")), server.local_address)
+    client = Client(server.address)
+    client.sock.sendto(client.seal(client.request(payload=b"before")), server.address)
     assert client.receive().payload == b"before"
     old_port = client.sock.getsockname()[1]
     stale = client.seal(client.request(payload=b"stale"))  # older than the next one
     client.rebind()
-    client.sock.sendto(client.seal(client.request(payload=b"moved")), server.local_address)
+    client.sock.sendto(client.seal(client.request(payload=b"moved")), server.address)
     assert client.receive().payload == b"moved"
     new_address = client.sock.getsockname()
-    connection = server.call(server.connection, new_address)
+    connection = server.call(server.transport.connection, new_address)
     assert connection is not None and connection.previous_address[1] == old_port
-    assert server.call(server.connection, ("127.0.0.1", old_port)) is None
+    assert server.call(server.transport.connection, ("127.0.0.1", old_port)) is None
     # An older record from yet another port is answered, but moves nothing (RFC 9146 §6).
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other.bind(("127.0.0.1", 0))
-    other.sendto(stale, server.local_address)
+    other.sendto(stale, server.address)
     assert client.receive().payload == b"stale"  # to the connection's address
-    assert server.call(server.connection, new_address) is connection
-    assert server.call(server.dtls_counters)["address changes"] == 1
+    assert server.call(server.transport.connection, new_address) is connection
+    assert server.call(server.transport.dtls_counters)["address changes"] == 1
     other.close()
     client.close()
 
 
-def test_the_least_recently_active_connection_makes_room():
+def test_the_least_recently_active_connection_makes_room(make_server):
     server = make_server(DtlsLimits(max_connections=2))
-    try:
-        first = Client(server.local_address)
-        second = Client(server.local_address)
-        time.sleep(0.01)  # so that the next record is stamped after the connections were placed
-        first.sock.sendto(first.seal(first.request(payload=b"active")), server.local_address)
-        assert first.receive().payload == b"active"
-        third = Client(server.local_address)  # evicts `second`, idle since its handshake
-        assert server.call(server.connection, second.sock.getsockname()) is None
-        assert server.call(server.connection, first.sock.getsockname()) is not None
-        assert server.call(server.connection, third.sock.getsockname()) is not None
-        assert server.call(server.dtls_counters)["connections evicted"] == 1
-        for client in (first, second, third):
-            client.close()
-    finally:
-        server.stop()
+    first = Client(server.address)
+    second = Client(server.address)
+    time.sleep(0.01)  # so that the next record is stamped after the connections were placed
+    first.sock.sendto(first.seal(first.request(payload=b"active")), server.address)
+    assert first.receive().payload == b"active"
+    third = Client(server.address)  # evicts `second`, idle since its handshake
+    assert server.call(server.transport.connection, second.sock.getsockname()) is None
+    assert server.call(server.transport.connection, first.sock.getsockname()) is not None
+    assert server.call(server.transport.connection, third.sock.getsockname()) is not None
+    assert server.call(server.transport.dtls_counters)["connections evicted"] == 1
+    for client in (first, second, third):
+        client.close()
 
 
 def test_flights_are_resent_with_back_off(server, monkeypatch):
@@ -228,15 +206,15 @@ def test_flights_are_resent_with_back_off(server, monkeypatch):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(2)
     handshake = ClientHandshake(b"Client_identity", b"secretPSK")
-    sock.sendto(handshake.start(), server.local_address)
+    sock.sendto(handshake.start(), server.address)
     hello_verify = sock.recv(4096)
     for datagram in handshake.on_datagram(hello_verify):
-        sock.sendto(datagram, server.local_address)
+        sock.sendto(datagram, server.address)
     sock.recv(4096)  # the server's flight 4 (ServerHello ... ServerHelloDone)
     resent_at = []
     for step in range(1, 16):  # 0.5 s steps over 7.5 s: due at 1, 3 (=1+2) and 7 (=3+4) s
         clock[0] += 0.5
-        server.call(server._on_timer)
+        server.call(server.transport._on_timer)
         sock.settimeout(0.05)
         received = 0
         for _ in range(8):  # a flight may take several datagrams
@@ -251,26 +229,23 @@ def test_flights_are_resent_with_back_off(server, monkeypatch):
     sock.close()
 
 
-def test_mac_error_filter_drops_records_until_a_quiet_gap():
+def test_mac_error_filter_drops_records_until_a_quiet_gap(make_server):
     quiet = 2.0
     server = make_server(DtlsLimits(mac_filter_threshold=8, mac_filter_quiet=quiet))
-    try:
-        client = Client(server.local_address)
-        for _ in range(9):  # more than the threshold, without a gap
-            forged = bytearray(client.seal(client.request(payload=b"forged")))
-            forged[-1] ^= 1
-            client.sock.sendto(bytes(forged), server.local_address)
-        client.sock.sendto(client.seal(client.request(payload=b"filtered")), server.local_address)
-        client.sock.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            client.receive()
-        counters = server.call(server.dtls_counters)
-        assert counters["dropped received mac-errors"] == 9
-        assert counters["dropped received mac-filtered"] == 1
-        time.sleep(quiet + 0.2)  # the quiet gap: records are opened again
-        client.sock.settimeout(2)
-        client.sock.sendto(client.seal(client.request(payload=b"again")), server.local_address)
-        assert client.receive().payload == b"again"
-        client.close()
-    finally:
-        server.stop()
+    client = Client(server.address)
+    for _ in range(9):  # more than the threshold, without a gap
+        forged = bytearray(client.seal(client.request(payload=b"forged")))
+        forged[-1] ^= 1
+        client.sock.sendto(bytes(forged), server.address)
+    client.sock.sendto(client.seal(client.request(payload=b"filtered")), server.address)
+    client.sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        client.receive()
+    counters = server.call(server.transport.dtls_counters)
+    assert counters["dropped received mac-errors"] == 9
+    assert counters["dropped received mac-filtered"] == 1
+    time.sleep(quiet + 0.2)  # the quiet gap: records are opened again
+    client.sock.settimeout(2)
+    client.sock.sendto(client.seal(client.request(payload=b"again")), server.address)
+    assert client.receive().payload == b"again"
+    client.close()

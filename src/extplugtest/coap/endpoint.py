@@ -13,6 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from extplugtest.coap._codec import Message
@@ -30,6 +31,17 @@ from extplugtest.coap.transmission import (
 
 if TYPE_CHECKING:
     from extplugtest.coap._udp import UdpEngine
+
+
+@dataclass
+class SecureHealth:
+    """What a secure transport adds to /diagnose (Californium's DtlsHealthLogger and
+    DtlsClusterHealthLogger): groups of (key, value) under a tag suffix."""
+
+    max_connections: int
+    node_id: int | None
+    groups: list[tuple[str, list[tuple[str, int]]]]
+
 
 logger = logging.getLogger("extplugtest.coap.endpoint")
 
@@ -89,6 +101,9 @@ class CoapEndpoint:
         self.log = RateLimitedLog()
         #: the secure transport's context fields of a peer (/mycontext), or None for plain UDP
         self.security: Callable[[tuple], list[tuple[str, str | int | bool]]] | None = None
+        #: /diagnose of a secure endpoint (DTLS): max-connections, node-id and its own counter
+        #: groups, from the transport (dtls.connector.DtlsServerTransport.health)
+        self.secure_health: Callable[[], SecureHealth] | None = None
         self.deferred_refused = 0
 
     def attach(self, engine: UdpEngine, local_address: tuple) -> None:

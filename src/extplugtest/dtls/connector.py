@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap._udp import FastResource
-from extplugtest.coap.endpoint import CoapEndpoint
+from extplugtest.coap.endpoint import CoapEndpoint, SecureHealth
 from extplugtest.coap.timer import PeriodicTimer
 from extplugtest.coap.transport_udp import bind_udp_socket
 from extplugtest.dtls._datapath import DtlsConnection, DtlsEngine, peer_key
@@ -65,6 +65,19 @@ RETRANSMIT_MAX = 60.0
 HANDSHAKE_LIFETIME = 30.0
 #: entries looked at when making room or sweeping, per call (keeps both O(1) per record)
 LRU_LOOKS = 64
+
+
+#: DtlsHealthLogger's keys, in Californium's order (inventory §2.4)
+DTLS_HEALTH_KEYS = (
+    "associations", "handshakes pending", "handshakes succeeded", "handshakes failed",
+    "received records", "dropped received records", "dropped received mac-errors",
+    "sending records",
+)  # fmt: skip
+#: DtlsClusterHealthLogger's keys, in Californium's order, and ours
+CLUSTER_HEALTH_KEYS = (
+    "forwarded", "process forwarded", "bad forward", "drop forward", "backwarded",
+    "send backwarded", "bad backward", "drop backward", "management received",
+)  # fmt: skip
 
 
 @dataclass
@@ -170,6 +183,7 @@ class DtlsServerTransport:
         )  # fmt: skip
         self.endpoint.attach(self.engine, sock.getsockname())
         self.endpoint.security = self.context_fields
+        self.endpoint.secure_health = self.health
         self._loop = loop
         loop.add_reader(sock.fileno(), self.engine.on_readable)
         self._timer.start(loop)
@@ -487,6 +501,16 @@ class DtlsServerTransport:
         (1280) less the IP and UDP headers."""
         datagram = 1280 - (48 if ":" in address[0] else 28)
         return datagram - session.cipher.record_length(0)
+
+    def health(self) -> SecureHealth:
+        """/diagnose: Californium's DTLS health keys in its order, then ours; the cluster's."""
+        counters = self.dtls_counters()
+        cluster = [(key, counters.pop(key)) for key in CLUSTER_HEALTH_KEYS if key in counters]
+        dtls = [(key, counters.pop(key)) for key in DTLS_HEALTH_KEYS if key in counters]
+        groups = [("dtls", dtls + sorted(counters.items()))]
+        if cluster:
+            groups.append(("cluster", cluster))
+        return SecureHealth(self.limits.max_connections, self.node_id, groups)
 
     def dtls_counters(self) -> dict[str, int]:
         counters = self.counters.as_dict()

@@ -122,6 +122,10 @@ class HealthStatistics:
             snapshots = [e.counters() for e in members]
             values = [(key, sum(c.get(key, 0) for c in snapshots)) for key in OBSERVE_KEYS]
             groups.append((tag, values))
+        if endpoint.secure_health is not None:  # DTLS (and cluster) health of a coaps endpoint
+            tag = endpoint_tag(endpoint)
+            for suffix, values in endpoint.secure_health().groups:
+                groups.append((f"{tag}{suffix} ", values))
         counters = endpoint.counters()
         coap = [(key, counters[key]) for key in COAP_KEYS if key in counters]
         groups.append((endpoint_tag(endpoint), coap))
@@ -213,10 +217,10 @@ class Diagnose(Resource):
     def handle_get(self, exchange: Exchange) -> HandlerResult:
         receiving = exchange.endpoint
         max_connections = node_id = None
-        if receiving.scheme == "coaps":
-            # TODO(dtls): DTLS.MAX_CONNECTIONS and DTLS.CONNECTION_ID_NODE_ID of the endpoint
-            max_connections = getattr(receiving, "max_connections", None)
-            node_id = getattr(receiving, "node_id", None)
+        reported = self.endpoint or receiving
+        if reported.secure_health is not None:
+            health = reported.secure_health()
+            max_connections, node_id = health.max_connections, health.node_id
         groups = self.health.groups(self.endpoint or receiving)
         accept = exchange.request.accept
         if accept is None or accept == ContentFormat.TEXT_PLAIN:
