@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import threading
 
 import pytest
-import uvloop
 
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.resource import Resource
@@ -21,28 +18,13 @@ PSK_CCM8 = 0xC0A8
 
 
 @pytest.fixture
-def server():
-    loop = uvloop.new_event_loop()
-    transport = DtlsServerTransport(
-        CoapEndpoint(Resource("")), ("127.0.0.1", 0), DtlsConfig(PskStore()),
-        limits=DtlsLimits(max_handshakes=4),
+def server(serve):
+    return serve(
+        DtlsServerTransport(
+            CoapEndpoint(Resource("")), ("127.0.0.1", 0), DtlsConfig(PskStore()),
+            limits=DtlsLimits(max_handshakes=4),
+        )
     )  # fmt: skip
-    transport.open(loop)
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def call(function, *args):
-        async def run():
-            return function(*args)
-
-        return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=5)
-
-    transport.call = call
-    yield transport
-    call(transport.close)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
-    loop.close()
 
 
 def client_hello(cookie: bytes = b"") -> bytes:
@@ -54,10 +36,10 @@ def test_client_hello_flood_keeps_no_state(server):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(2)
     for _ in range(200):
-        sock.sendto(client_hello(), server.local_address)
+        sock.sendto(client_hello(), server.address)
         reply = sock.recv(2048)
         assert reply[0] == ContentType.HANDSHAKE and reply[13] == 3  # HelloVerifyRequest
-    counters = server.call(server.dtls_counters)
+    counters = server.call(server.transport.dtls_counters)
     assert counters["hello verify requests"] == 200
     assert counters["associations"] == 0 and counters["handshakes started"] == 0
     sock.close()
@@ -67,9 +49,9 @@ def test_forged_cookies_keep_no_state(server):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(2)
     for _ in range(50):
-        sock.sendto(client_hello(os.urandom(32)), server.local_address)
+        sock.sendto(client_hello(os.urandom(32)), server.address)
         sock.recv(2048)  # a fresh HelloVerifyRequest, no handshake
-    assert server.call(server.dtls_counters)["associations"] == 0
+    assert server.call(server.transport.dtls_counters)["associations"] == 0
     sock.close()
 
 
@@ -81,10 +63,10 @@ def test_forged_cookies_keep_no_state(server):
 def test_garbage_is_dropped_and_counted(server, datagram):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.3)
-    sock.sendto(datagram, server.local_address)
+    sock.sendto(datagram, server.address)
     with pytest.raises(TimeoutError):
         sock.recv(2048)
-    counters = server.call(server.dtls_counters)
+    counters = server.call(server.transport.dtls_counters)
     assert counters["associations"] == 0
     assert counters["dropped received records"] == 1
     sock.close()
