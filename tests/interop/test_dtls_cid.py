@@ -236,3 +236,44 @@ def test_bc_client_against_mbedtls_server(mbedtls_server, bc_client):
     # ssl_server2 answers any request with its HTTP page
     assert field(out, "response 1").startswith("not CoAP"), out
     assert "Mbed TLS Test Server" in payload(out, 1), out
+
+
+# -- our client -> Mbed TLS ssl_server2 cid=1 -----------------------------------------------------
+@pytest.mark.parametrize("own_cid", [b"\xc0\xff\xee", b""], ids=["cid", "empty-cid"])
+def test_our_client_against_mbedtls_server(mbedtls_server, own_cid):
+    """Our DTLS client negotiates RFC 9146 CIDs with Mbed TLS both ways and exchanges
+    application data in tls12_cid records."""
+    from extplugtest.dtls._record import APPLICATION_DATA, TLS12_CID, parse_datagram
+    from extplugtest.dtls.handshake_client import ClientHandshake
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    server = (LOOPBACK, mbedtls_server)
+    try:
+        handshake = ClientHandshake(IDENTITY.encode(), bytes.fromhex(PSK_HEX), cid=own_cid)
+        sock.sendto(handshake.start(), server)
+        for _ in range(20):  # bounded: a PSK handshake takes three round trips
+            for datagram in handshake.on_datagram(sock.recv(4096)):
+                sock.sendto(datagram, server)
+            if handshake.done:
+                break
+        session = handshake.session
+        assert session is not None
+        assert session.write_cid == bytes.fromhex("beef0102")  # ssl_server2's cid_val
+        assert session.read_cid == own_cid
+        request = b"GET / HTTP/1.0\r\n\r\n"
+        sock.sendto(session.cipher.seal(1, session.next_write_seq, APPLICATION_DATA, request),
+                    server)  # fmt: skip
+        answer = b""
+        for _ in range(20):  # the page may come in several records
+            datagram = sock.recv(16384)
+            for record in parse_datagram(datagram, cid_length=len(own_cid)):
+                assert (record.content_type == TLS12_CID) == bool(own_cid)
+                content_type, plaintext = session.cipher.open(record.raw)
+                if content_type == APPLICATION_DATA:
+                    answer += plaintext
+            if b"Mbed TLS Test Server" in answer:
+                break
+        assert b"Mbed TLS Test Server" in answer
+    finally:
+        sock.close()
