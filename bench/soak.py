@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         generator = processes.start(
             ["taskset", "-c", GENERATOR_CPU, str(VENV_BIN / "extclient"), "benchmark",
              f"coap://{LOOPBACK}:{port}/benchmark?rlen=40", "--clients", str(args.clients),
-             "--duration", str(args.duration), "--warmup", "2"],
+             "--no-stop", "--duration", str(args.duration), "--warmup", "2"],
             stdout=subprocess.PIPE,
             text=True,
         )  # fmt: skip

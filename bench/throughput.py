@@ -272,7 +272,7 @@ def start_generator(
     (raises BenchError when it does not start in time)."""
     command = [
         "taskset", "-c", cpu, str(VENV_BIN / "extclient"), "benchmark", uri,
-        "--clients", str(clients), "--method", "GET", "--con",
+        "--clients", str(clients), "--method", "GET", "--con", "--no-stop",
         "--duration", str(args.duration), "--warmup", str(args.warmup),
         "--json", str(result_file),
     ]  # fmt: skip

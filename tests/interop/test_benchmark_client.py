@@ -14,7 +14,9 @@ from tests.conftest import coap_ping, free_udp_port
 pytestmark = pytest.mark.interop
 
 
-def run_benchmark(uri: str, *args: str, tmp_path) -> dict:
+def run_benchmark(uri: str, *args: str, tmp_path, output: list[str] | None = None) -> dict:
+    """Run ``extclient benchmark`` (bounded by --requests/--duration) and return its JSON;
+    *output* gets the printed lines."""
     result_file = tmp_path / "result.json"
     completed = subprocess.run(
         [
@@ -33,6 +35,8 @@ def run_benchmark(uri: str, *args: str, tmp_path) -> dict:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "Benchmark started." in completed.stdout
+    if output is not None:
+        output.extend(completed.stdout.splitlines())
     return json.loads(result_file.read_text())
 
 
@@ -49,6 +53,134 @@ def test_against_extserver(bench_server, tmp_path, kind):
     )
     assert result["requests"] == 1000
     assert result["transmission_errors"] == 0
+
+
+def test_nstart_interval_payload_against_extserver(bench_server, tmp_path):
+    lines: list[str] = []
+    result = run_benchmark(
+        f"{bench_server.uri}/benchmark?rlen=40",
+        "--clients", "5", "--requests", "4", "--nstart", "2", "--interval", "20",
+        "--timeout", "5000", "--ack-timeout", "1000", "--payload", "hello benchmark",
+        "--progress-interval", "0.2",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert result["responses"] == result["success"] == 20
+    assert (result["nstart"], result["interval_ms"], result["timeout_ms"]) == (2, 20, 5000)
+    assert result["payload"] == len("hello benchmark")
+    assert result["client_requests"] == ["   5 clients with 4 requests."]
+    assert "5 benchmark clients finished." in lines
+
+
+def test_blockwise_against_extserver(bench_server, tmp_path):
+    # 500 bytes up in 64-byte Block1 blocks, 300 bytes down in Block2 blocks
+    result = run_benchmark(
+        f"{bench_server.uri}/benchmark?rlen=300",
+        "--clients", "3", "--requests", "5", "--blocksize", "64", "--payload-random", "500",
+        "-m", "POST",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["responses"] == result["success"] == 15
+    assert result["blocksize"] == 64
+    # per request 8 Block1 blocks, the last answered with Block2 0 of 5: 7 + 4 follow-ups
+    assert result["blocks"] == 15 * 11
+    assert result["transmission_errors"] == 0
+
+
+def test_payload_sources_and_method_against_extserver(bench_server, tmp_path):
+    payload_file = tmp_path / "payload.bin"
+    payload_file.write_bytes(b"from a file")
+    for payload in (["--payloadhex", "68656c6c6f"], ["--payload-file", str(payload_file)]):
+        result = run_benchmark(
+            f"{bench_server.uri}/benchmark", "--clients", "2", "--requests", "3", "-m", "POST",
+            *payload, tmp_path=tmp_path,
+        )  # fmt: skip
+        assert result["success"] == 6 and result["method"] == "POST"
+
+
+def test_no_stop_against_extserver_error_responses(bench_server, tmp_path):
+    # an unsupported query: 4.02 for every request
+    uri = f"{bench_server.uri}/benchmark?nonsense=1"
+    lines: list[str] = []
+    stopping = run_benchmark(
+        uri, "--clients", "2", "--requests", "3", tmp_path=tmp_path, output=lines
+    )
+    assert stopping["stopped_clients"] == 2 and stopping["stale"] is True
+    assert "Benchmark clients, first request answered with 4.02." in lines
+    assert "2 benchmark clients stopped." in lines
+    lines.clear()
+    going_on = run_benchmark(
+        uri, "--clients", "2", "--requests", "2", "--no-stop", tmp_path=tmp_path, output=lines
+    )
+    assert going_on["stopped_clients"] == 0 and going_on["stop"] is False
+    assert going_on["error_responses"] == going_on["transmission_errors"] == 4
+    assert lines[0].startswith("Create 2 none-stop benchmark clients")
+
+
+def test_duration_warmup_plot_and_local_port(bench_server, tmp_path):
+    pytest.importorskip("matplotlib")
+    picture = tmp_path / "run.png"
+    local_port = free_udp_port()
+    result = run_benchmark(
+        f"{bench_server.uri}/benchmark?rlen=40",
+        "--clients", "4", "--duration", "1", "--warmup", "0.5", "--progress-interval", "0.5",
+        "--non", "-m", "GET", "--local-port", str(local_port), "--plot", str(picture),
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["type"] == "NON" and result["warmup_s"] == 0.5
+    assert result["responses"] > 0 and result["series"]
+    assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.fixture(scope="module")
+def observe_server(start_extserver):
+    """/benchmark notifies every 100 ms."""
+    return start_extserver("--benchmark", "--no-plugtest", "--notify-interval", "100ms")
+
+
+def test_observe_against_extserver(observe_server, tmp_path):
+    lines: list[str] = []
+    result = run_benchmark(
+        f"{observe_server.uri}/benchmark",
+        "--clients", "3", "--notifies", "6", "--reregister", "2", "--register", "3",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert result["notifies"] == result["notifies_expected"] == 18
+    assert result["finished"] is True and result["method"] == "GET"
+    assert "Expect 18 notifies received, reregister every 2 and register every 3 notify" in lines
+    assert "18 notifies received, 18 expected" in lines
+
+
+def test_reverse_request_against_extserver(bench_server, tmp_path):
+    # every POST makes the server GET /feed-CON 30 times from the client
+    lines: list[str] = []
+    result = run_benchmark(
+        f"{bench_server.uri}/reverse-request?req=30&res=feed-CON&rlen=40",
+        "--clients", "3", "--requests", "2", "--reverse", "60",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert lines[1] == "Expect 180 notifies sent, interval 100 [ms]"
+    assert result["reverse_responses"] >= result["reverse_expected"] == 180
+    assert result["finished"] is True and result["feed_registrations"] == 0
+    assert "180 reverse-responses sent, 180 expected" in lines
+
+
+@pytest.mark.parametrize("feed", ["feed-CON", "feed-NON"])
+def test_reverse_observe_against_extserver(bench_server, tmp_path, feed):
+    # the server observes the client's feed, re-registering after 5 notifications
+    lines: list[str] = []
+    result = run_benchmark(
+        f"{bench_server.uri}/reverse-observe?obs=5&res={feed}&rlen=100",
+        "--clients", "2", "--requests", "1", "--reverse", "12", "--min", "40", "--max", "60",
+        "--progress-interval", "0.2",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert lines[1] == "Expect 24 notifies sent, interval 40 ... 60 [ms]"
+    assert result["reverse_responses"] >= 24 and result["finished"] is True
+    assert result["feed_registrations"] >= 4  # 2 clients, registered again after 5
+    assert result["feed_failures"] == 0
+    # 12 notifications each, at least 40 ms apart, outlast the registration by far
+    assert "Requests sent." in lines
+    assert any(line.startswith("24 notifies sent, 24 expected, ") for line in lines)
 
 
 @pytest.mark.requires_bin("coap-server-notls")
@@ -98,6 +230,13 @@ def test_against_libcoap_server(tmp_path):
         )
         assert result["requests"] == 1000
         assert result["transmission_errors"] == 0
+        # block-wise from a third-party server: 40 bytes in 16-byte Block2 blocks
+        blockwise = run_benchmark(
+            f"coap://127.0.0.1:{port}/benchmark",
+            "--clients", "2", "--requests", "5", "-m", "GET", "--blocksize", "16",
+            tmp_path=tmp_path,
+        )  # fmt: skip
+        assert blockwise["success"] == 10 and blockwise["blocks"] == 10 * 2
     finally:
         server.kill()
         server.wait(timeout=10)

@@ -195,9 +195,13 @@ def test_con_piggybacked_few_requests_each_client_sends_exactly_n(
     assert len({(r.mid, r.token) for r in requests}) == 12
     assert len({r.token for r in requests}) == 12
     window = generator.window()
+    # the first response of each client is a "connect" (Californium's statistic)
+    assert window["connect_latency_us"]["count"] == 4
     latency = window["success_latency_us"]
-    assert latency["count"] == 12
+    assert latency["count"] == 8
     assert latency["p50"] <= latency["p99"] <= latency["max"]
+    assert sum(count for _, count in generator.latency_histogram("success")) == 8
+    assert generator.client_requests() == [3, 3, 3, 3]
 
 
 def test_many_requests_share_one_counter(responder_factory: Any, make_generator: Any) -> None:
@@ -272,31 +276,64 @@ def test_lost_requests_are_retransmitted(responder_factory: Any, make_generator:
     assert [(r.mid, r.token) for r in requests[0::2]] == [(r.mid, r.token) for r in requests[1::2]]
 
 
-def test_silent_server_gives_transmission_errors(
-    responder_factory: Any, make_generator: Any
-) -> None:
+def test_silent_server_stops_con_clients(responder_factory: Any, make_generator: Any) -> None:
+    # Californium without --no-stop: a failed CON request ends its client
     responder = responder_factory(lambda responder, request, send: None)
     generator = make_generator(responder.port, clients=2, ack_timeout_ms=10, max_retransmit=2)
     generator.run(requests=2)
     totals = generator.totals()
-    assert totals["sent"] == 4
-    assert totals["timeouts"] == 4
-    assert totals["retransmissions"] == 8
+    assert totals["sent"] == 2
+    assert totals["timeouts"] == totals["transmission_errors"] == 2
+    assert totals["retransmissions"] == 4
+    assert totals["stopped_clients"] == 2
     assert totals["success"] == 0
-    assert len(responder.requests()) == 12
+    assert totals["active"] == totals["pending"] == 0
+    assert len(responder.requests()) == 6
     assert generator.client(0)["last_code"] == -2
+    assert generator.client(0)["stopped"]
 
 
-def test_non_without_response_times_out(responder_factory: Any, make_generator: Any) -> None:
-    responder = responder_factory(lambda responder, request, send: None)
-    generator = make_generator(responder.port, clients=1, confirmable=False, response_timeout_ms=20)
+def test_no_stop_retries_failed_requests(responder_factory: Any, make_generator: Any) -> None:
+    seen: dict[bytes, int] = {}
+
+    def second_transmission_answered(responder: Responder, request: Message, send: Send) -> None:
+        # the first request (and its retransmission) is lost, the retry is answered
+        seen[request.token] = seen.get(request.token, 0) + 1
+        if len(seen) > 1:
+            send(response(request, ACK))
+
+    responder = responder_factory(second_transmission_answered)
+    generator = make_generator(
+        responder.port, ack_timeout_ms=10, max_retransmit=1, no_stop=True,
+        retry_delay_ms=20, jitter_ms=0,
+    )  # fmt: skip
     generator.run(requests=2)
     totals = generator.totals()
-    assert totals["sent"] == totals["timeouts"] == 2
+    assert totals["timeouts"] == totals["transmission_errors"] == totals["retried"] == 1
+    # the failed request was given back: two requests answered, three sent
+    assert totals["success"] == 2 and totals["sent"] == 3
+    assert totals["stopped_clients"] == 0
+    assert not generator.client(0)["stopped"]
+
+
+def test_non_without_response_times_out_and_retries(
+    responder_factory: Any, make_generator: Any
+) -> None:
+    # a failed NON request is retried even without --no-stop (as Californium)
+    responder = responder_factory(lambda responder, request, send: None)
+    generator = make_generator(
+        responder.port, clients=1, confirmable=False, response_timeout_ms=20,
+        retry_delay_ms=10, jitter_ms=0,
+    )  # fmt: skip
+    generator.run(requests=2, duration=0.3)
+    totals = generator.totals()
+    assert totals["sent"] == totals["timeouts"] >= 2
+    assert totals["retried"] >= 1
     assert totals["retransmissions"] == 0
+    assert totals["stopped_clients"] == 0
 
 
-def test_rst_and_error_codes(responder_factory: Any, make_generator: Any) -> None:
+def test_rst_and_error_codes_with_no_stop(responder_factory: Any, make_generator: Any) -> None:
     def handler(responder: Responder, request: Message, send: Send) -> None:
         if request.token[-1] % 2:
             send(empty(RST, request.mid))
@@ -304,13 +341,31 @@ def test_rst_and_error_codes(responder_factory: Any, make_generator: Any) -> Non
             send(response(request, ACK, code=NOT_FOUND))
 
     responder = responder_factory(handler)
-    generator = make_generator(responder.port, clients=1)
+    generator = make_generator(
+        responder.port, clients=1, no_stop=True, retry_delay_ms=5, jitter_ms=0
+    )
     generator.run(requests=4)
     totals = generator.totals()
-    assert totals["rejects"] == 2
-    assert totals["error_responses"] == 2
+    # an RST gives the request back, an error response uses it up
+    assert totals["rejects"] == totals["retried"]
+    assert totals["error_responses"] == 4
+    assert totals["transmission_errors"] == totals["rejects"] + 4
     assert totals["success"] == 0
-    assert generator.window()["error_latency_us"]["count"] == 2
+    # the client's first response is its "connect"
+    window = generator.window()
+    assert window["error_latency_us"]["count"] + window["connect_latency_us"]["count"] == 4
+
+
+def test_error_response_stops_the_client(responder_factory: Any, make_generator: Any) -> None:
+    responder = responder_factory(
+        lambda responder, request, send: send(response(request, ACK, code=NOT_FOUND))
+    )
+    generator = make_generator(responder.port, clients=2)
+    generator.run(requests=3)
+    totals = generator.totals()
+    assert totals["error_responses"] == totals["stopped_clients"] == 2
+    assert totals["transmission_errors"] == 0
+    assert generator.client(1)["last_code"] == NOT_FOUND
 
 
 def test_unmatched_responses_are_ignored(responder_factory: Any, make_generator: Any) -> None:
@@ -387,31 +442,223 @@ def test_generator_argument_checks(make_generator: Any) -> None:
     generator = make_generator(9, clients=1)
     with pytest.raises(ValueError):
         generator.run()  # neither requests nor duration
+    for options in (
+        {"nstart": 0},
+        {"nstart": 33},
+        {"block_size": 48},
+        {"block_size": 2048},
+        {"interval_ms": -1},
+        {"payload": b"x" * 70000},
+    ):
+        with pytest.raises(ValueError):
+            make_generator(9, clients=1, **options)
+    assert [_loadgen.size_exponent(size) for size in (16, 64, 1024)] == [0, 2, 6]
+
+
+def test_nstart_keeps_requests_outstanding(responder_factory: Any, make_generator: Any) -> None:
+    held: list[tuple[Message, Send]] = []
+
+    def answer_in_threes(responder: Responder, request: Message, send: Send) -> None:
+        # Without three requests outstanding at once nothing is ever answered.
+        held.append((request, send))
+        if len(held) == 3:
+            for message, reply in held:
+                reply(response(message, ACK))
+            held.clear()
+
+    responder = responder_factory(answer_in_threes)
+    generator = make_generator(responder.port, clients=2, nstart=3, ack_timeout_ms=5000)
+    generator.run(requests=6)  # per client, as 3 + 3 concurrent requests
+    totals = generator.totals()
+    assert totals["sent"] == totals["success"] == 12
+    assert totals["retransmissions"] == 0
+    assert generator.client_requests() == [6, 6]
+    requests = responder.requests()
+    assert len({r.token for r in requests}) == len({r.mid for r in requests}) == 12
+
+
+def test_interval_pauses_between_requests(responder_factory: Any, make_generator: Any) -> None:
+    stamps: list[tuple[str, float]] = []
+
+    def handler(responder: Responder, request: Message, send: Send) -> None:
+        stamps.append(("request", time.monotonic()))
+        send(response(request, ACK))
+        stamps.append(("response", time.monotonic()))
+
+    responder = responder_factory(handler)
+    generator = make_generator(responder.port, interval_ms=50, jitter_ms=0)
+    generator.run(requests=3)
+    assert generator.totals()["success"] == 3
+    kinds = [kind for kind, _ in stamps]
+    assert kinds == ["request", "response"] * 3
+    # causality, not speed: the next request leaves at least the interval after the response
+    for (_, answered), (_, asked) in zip(stamps[1::2], stamps[2::2], strict=False):
+        assert asked - answered >= 0.05
+
+
+def test_service_unavailable_waits_and_goes_on(responder_factory: Any, make_generator: Any) -> None:
+    answered: list[int] = []
+
+    def handler(responder: Responder, request: Message, send: Send) -> None:
+        if not answered:
+            reply = Message(ACK, 0xA3, request.mid, request.token)  # 5.03
+            reply.add_option(14, 0)  # Max-Age 0: Californium waits at least 1 s
+            send(reply.to_bytes())
+        else:
+            send(response(request, ACK))
+        answered.append(request.mid)
+
+    responder = responder_factory(handler)
+    generator = make_generator(responder.port, jitter_ms=0)
+    generator.run(requests=2)
+    totals = generator.totals()
+    assert totals["unavailable"] == totals["error_responses"] == 1
+    assert totals["success"] == 1 and totals["stopped_clients"] == 0
+    assert totals["transmission_errors"] == 0
+
+
+def test_rst_for_non_is_retried(responder_factory: Any, make_generator: Any) -> None:
+    def reject_first(responder: Responder, request: Message, send: Send) -> None:
+        if len(responder.requests()) == 1:
+            send(empty(RST, request.mid))
+        else:
+            send(response(request, NON, mid=responder.mid()))
+
+    responder = responder_factory(reject_first)
+    generator = make_generator(responder.port, confirmable=False, retry_delay_ms=5, jitter_ms=0)
+    generator.run(requests=1)
+    totals = generator.totals()
+    assert totals["rejects"] == totals["retried"] == 1
+    assert totals["success"] == 1 and totals["sent"] == 2
+
+
+def block_server(body: bytes, uploads: list[bytes], server_szx: int | None = None) -> Handler:
+    """A block-wise responder (RFC 7959): collects Block1 uploads, answers with *body* sliced
+    at the Block2 size asked for (64 bytes if none); *server_szx* asks for smaller Block1s."""
+    pending: dict[bytes, bytearray] = {}  # by token: the generator keeps it for a transfer
+
+    def handler(responder: Responder, request: Message, send: Send) -> None:
+        if request.code == 0:
+            return
+        block1 = request.uint_option(27)
+        if block1 is not None:
+            num, more, szx = block1 >> 4, bool(block1 & 8), block1 & 7
+            size = 16 << szx
+            upload = pending.setdefault(request.token, bytearray())
+            if len(upload) != num * size:
+                return  # out of order: no answer, the test fails on the counts
+            upload.extend(request.payload)
+            if more:
+                reply = Message(ACK, 0x5F, request.mid, request.token)  # 2.31 Continue
+                answer_szx = szx if server_szx is None else min(szx, server_szx)
+                reply.add_option(27, (num << 4) | 8 | answer_szx)
+                send(reply.to_bytes())
+                return
+            uploads.append(bytes(pending.pop(request.token)))
+        block2 = request.uint_option(23)
+        num, szx = (block2 >> 4, block2 & 7) if block2 is not None else (0, 2)
+        size = 16 << szx
+        part = body[num * size : (num + 1) * size]
+        reply = Message(ACK, CONTENT, request.mid, request.token)
+        if block1 is not None:
+            reply.add_option(27, block1)
+        reply.add_option(23, (num << 4) | (8 if (num + 1) * size < len(body) else 0) | szx)
+        reply.payload = part
+        send(reply.to_bytes())
+
+    return handler
+
+
+def test_blockwise_upload_and_download(responder_factory: Any, make_generator: Any) -> None:
+    uploads: list[bytes] = []
+    payload = bytes(range(32, 127)) * 3  # 285 bytes: 5 blocks of 64
+    responder = responder_factory(block_server(b"R" * 150, uploads))
+    generator = make_generator(responder.port, clients=2, code=POST, payload=payload, block_size=64)
+    generator.run(requests=2)
+    totals = generator.totals()
+    assert totals["sent"] == totals["success"] == 4
+    # per request: 5 Block1 blocks, then Block2 blocks 1 and 2 of the 150-byte answer
+    assert totals["transmissions"] == 4 * 7 and totals["blocks"] == 4 * 6
+    assert uploads == [payload] * 4
+    requests = responder.requests()
+    first = requests[0]
+    assert first.uint_option(27) == (0 << 4) | 8 | 2 and first.uint_option(23) == 2
+    follow_ups = [r for r in requests if (r.uint_option(23) or 0) >> 4]
+    assert sorted({r.uint_option(23) >> 4 for r in follow_ups}) == [1, 2]
+    assert all(not r.payload and r.uint_option(27) is None for r in follow_ups)
+    assert generator.window()["block_latency_us"]["count"] == 4
+
+
+def test_server_may_ask_for_smaller_blocks(responder_factory: Any, make_generator: Any) -> None:
+    uploads: list[bytes] = []
+    payload = b"p" * 200
+    responder = responder_factory(block_server(b"ok", uploads, server_szx=1))  # 32 bytes
+    generator = make_generator(
+        responder.port, code=POST, payload=payload, block_size=128, options=[(11, b"x")],
+        ack_timeout_ms=1000,
+    )  # fmt: skip
+    generator.run(requests=1)
+    assert generator.totals()["success"] == 1
+    assert uploads == [payload]
+    sizes = [len(r.payload) for r in responder.requests()]
+    assert sizes == [128, 32, 32, 8]  # 128 bytes, then the rest at the server's 32
+
+
+def test_large_response_is_followed_without_blocksize(
+    responder_factory: Any, make_generator: Any
+) -> None:
+    responder = responder_factory(block_server(b"L" * 200, []))
+    generator = make_generator(responder.port, ack_timeout_ms=1000)
+    generator.run(requests=1)
+    totals = generator.totals()
+    assert totals["success"] == 1 and totals["blocks"] == 3  # 64-byte blocks 1, 2 and 3
+    assert responder.requests()[0].uint_option(23) is None  # no early negotiation
+
+
+def observe_server(responder: Responder, request: Message, send: Send) -> None:
+    """Answers a registration with a notification (Observe) and sends one more at once.
+
+    When the second registration has a new token, a late notification of the first (now
+    forgotten) relation comes first: it must be rejected, not counted."""
+    if request.code == 0:
+        return
+    tokens = [r.token for r in responder.requests()]
+    if len(tokens) == 2 and tokens[0] != tokens[1]:
+        late = Message(CON, CONTENT, responder.mid(), tokens[0])
+        late.add_option(6, 1)
+        send(late.to_bytes())
+    responder.sequence = getattr(responder, "sequence", 1) + 1
+    first = Message(ACK, CONTENT, request.mid, request.token)
+    first.add_option(6, responder.sequence)
+    send(first.to_bytes())
+    notification = Message(CON, CONTENT, responder.mid(), request.token)
+    notification.add_option(6, responder.sequence + 1)
+    responder.later(0.005, lambda: send(notification.to_bytes()))
+
+
+@pytest.mark.parametrize(("reregister", "register", "tokens"), [(2, 0, 1), (0, 2, 3)])
+def test_observe_counts_notifications(
+    responder_factory: Any, make_generator: Any, reregister: int, register: int, tokens: int
+) -> None:
+    responder = responder_factory(observe_server)
+    generator = make_generator(
+        responder.port, observe=True, reregister=reregister, register=register
+    )
+    generator.run(requests=1, notifies=5)
+    totals = generator.totals()
+    assert totals["notifies"] == 5 and totals["notifies_remaining"] == 0
+    registrations = responder.requests()
+    # registration, then one re-registration or new registration after every 2 notifications
+    assert len(registrations) == 3
+    assert all(r.code == GET and r.observe == 0 for r in registrations)
+    assert len({r.token for r in registrations}) == tokens
+    assert totals["success"] == 3
+    if register:
+        # the notification of a forgotten relation is rejected (a reactive cancel)
+        assert responder.wait_for(lambda: any(m.type == RST for m in responder.received))
 
 
 # -- the command line --------------------------------------------------------------------------
-
-
-def test_progress_line_format() -> None:
-    zero = dict.fromkeys(
-        ("sent", "retransmissions", "success", "error_responses", "timeouts", "rejects"), 0
-    )
-    now = {
-        **zero,
-        "sent": 286184,
-        "success": 286180,
-        "retransmissions": 4922,
-        "active": 2000,
-        "pending": 0,
-    }
-    assert benchmark.progress_line(1, zero, now, 10.0) == (
-        "[0001]: 286184 requests (28618 reqs/s, 4922 retransmissions (1.72%), "
-        "0 transmission errors (0.00%), 2000 clients)"
-    )
-    stale = {**now, "active": 3, "pending": 1}
-    assert benchmark.progress_line(2, now, stale, 10.0) == (
-        "[0002]: 286184 requests, stale (3 clients, 1 pending)"
-    )
 
 
 @pytest.mark.parametrize(
@@ -443,7 +690,7 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
         (["coap://127.0.0.1/x", "--clients", "0"], "--clients must be 1..20000"),
         (["coap://127.0.0.1/x", "--clients", "20001"], "--clients must be 1..20000"),
         (["coap://127.0.0.1/x", "--duration", "99999"], "--duration must be"),
-        (["coap://127.0.0.1/x", "--payload-random", "5000"], "--payload-random must be"),
+        (["coap://127.0.0.1/x", "--payload-random", "9000"], "--payload-random must be"),
     ],
 )
 def test_cli_bad_input(capsys: Any, argv: list[str], message: str) -> None:
@@ -501,15 +748,98 @@ def test_cli_run_prints_californium_lines_and_json(
     assert "Benchmark started." in lines
     assert "3 benchmark clients finished." in lines
     assert "60 requests sent, 60 expected" in lines
-    assert any(line.startswith("success-responses : #: 60, avg.: ") for line in lines)
+    # each client's first response is a "connect"
+    assert any(line.startswith("connects          : #: 3, ") for line in lines)
+    assert any(line.startswith("success-responses : #: 57, ") for line in lines)
     assert "errors-responses  : no values available!" in lines
-    assert any(line.startswith("latency           : p50: ") for line in lines)
+    assert any(line.startswith("latency           : #: 57, avg.: ") for line in lines)
     result = json.loads(result_file.read_text())
     assert result["requests"] == result["responses"] == result["success"] == 60
     assert result["transmission_errors"] == 0
     assert set(result["latency_ms"]) >= {"p50", "p90", "p99", "p99.9", "max"}
+    assert result["series"] and result["series"][-1]["requests"] == 60
     # the requests themselves: GET with the random printable payload, Content-Format and Accept 0
     request = responder.requests()[-1]
     assert request.code == GET and request.uri_query == ["rlen=40"]
     assert len(request.payload) == 8 and all(0x20 <= b <= 0x7E for b in request.payload)
     assert request.content_format == 0 and request.accept == 0
+
+
+# -- reverse mode: the clients serve feed-CON/feed-NON -------------------------------------------
+
+
+def feed_get(
+    type: int, mid: int, token: bytes, path: str, *queries: str, observe: int | None = None
+) -> bytes:
+    request = Message(type, GET, mid, token)
+    if observe is not None:
+        request.add_option(6, observe)
+    request.add_option(11, path)
+    for query in queries:
+        request.add_option(15, query)
+    return request.to_bytes()
+
+
+def test_feeds_answer_the_servers_requests(responder_factory: Any, make_generator: Any) -> None:
+    def reverse_server(responder: Responder, message: Message, send: Send) -> None:
+        if message.code != POST:
+            if message.type == NON and message.observe is not None:
+                send(empty(RST, message.mid))  # the first notification: cancel (reactively)
+            return
+        send(response(message, ACK, code=0x44))
+        get = feed_get(CON, 0x100, b"T1", "feed-CON", "rlen=30")
+        for datagram in (
+            get,
+            get,  # a duplicate: answered again, counted once
+            feed_get(NON, 0x101, b"T2", "feed-NON"),
+            feed_get(CON, 0x102, b"T3", "nothing"),
+            feed_get(CON, 0x103, b"T4", "feed-NON", "rlen=20", observe=0),
+        ):
+            send(datagram)
+
+    responder = responder_factory(reverse_server)
+    generator = make_generator(
+        responder.port, code=POST, serve_feeds=True, feed_min_ms=300, feed_max_ms=300
+    )
+    generator.run(requests=1, reverse=10, duration=1.0)
+    totals = generator.totals()
+    assert totals["success"] == 1
+    # GET feed-CON, GET feed-NON, the registration and one notification
+    assert totals["reverse_responses"] == 4
+    assert totals["feed_registrations"] == totals["feed_notifies"] == 1
+    assert totals["observers"] == 0  # ended by the RST
+    answers = {m.token: m for m in responder.received if m.code >= 64}
+    replies = [m for m in responder.received if m.token == b"T1"]
+    assert len(replies) == 2 and replies[0].to_bytes() == replies[1].to_bytes()
+    assert replies[0].type == ACK and replies[0].mid == 0x100 and replies[0].code == CONTENT
+    assert replies[0].payload == b"hello 0 feed-1".ljust(30, b"*")
+    assert answers[b"T2"].type == NON and answers[b"T2"].payload == b"hello 0 feed-2"
+    assert answers[b"T3"].code == NOT_FOUND
+    registration = [m for m in responder.received if m.token == b"T4"]
+    assert registration[0].type == ACK and registration[0].observe is not None
+    assert registration[0].payload == b"hello 0 feed-3".ljust(20, b"*")
+    notification = registration[1]
+    assert notification.type == NON and notification.observe > registration[0].observe
+    assert notification.payload == b"hello 0 feed-4".ljust(20, b"*")
+
+
+def test_unacknowledged_con_notifications_end_the_observation(
+    responder_factory: Any, make_generator: Any
+) -> None:
+    def reverse_server(responder: Responder, message: Message, send: Send) -> None:
+        if message.code == POST:
+            send(response(message, ACK, code=0x44))
+            send(feed_get(CON, 0x200, b"OB", "feed-CON", observe=0))
+        # notifications are never acknowledged
+
+    responder = responder_factory(reverse_server)
+    generator = make_generator(
+        responder.port, code=POST, serve_feeds=True, feed_min_ms=30, feed_max_ms=30,
+        ack_timeout_ms=10, max_retransmit=1,
+    )  # fmt: skip
+    generator.run(requests=1, reverse=10, duration=0.5)
+    totals = generator.totals()
+    assert totals["feed_notifies"] == totals["feed_failures"] == 1
+    assert totals["observers"] == 0
+    notifications = [m for m in responder.received if m.type == CON and m.token == b"OB"]
+    assert len(notifications) == 2 and notifications[0].mid == notifications[1].mid

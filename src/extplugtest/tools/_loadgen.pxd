@@ -1,7 +1,8 @@
 # Closed-loop CoAP load generator, C level (see _loadgen.pyx).
 #
-# One Engine drives N emulated clients. Each client owns a connected UDP socket and has at most
-# one request outstanding; the Engine's loop runs without the GIL in a worker thread.
+# One Engine drives N emulated clients. Each client owns a connected UDP socket and has up to
+# nstart requests outstanding (one Exchange each); the Engine's loop runs without the GIL in a
+# worker thread.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
@@ -14,34 +15,81 @@ cdef enum:
     MAX_VALUE_BITS = 38
     BUCKETS = (MAX_VALUE_BITS - SUB_BITS + 1) * (1 << (SUB_BITS - 1)) + (1 << (SUB_BITS - 1))
 
-cdef enum ClientState:
-    IDLE = 0            # nothing outstanding: not started yet, or out of requests
+cdef enum ExchangeState:
+    IDLE = 0            # nothing to do: not started yet, out of requests, or client stopped
     WAIT_ACK = 1        # CON sent, retransmitting until an ACK (or the response) arrives
     WAIT_RESPONSE = 2   # NON sent, or empty ACK received: waiting for the response
+    WAIT_DELAY = 3      # the next request (after --interval, or a retry) is due at deadline_ns
+    OBSERVING = 4       # observe mode: registered, counting notifications
+
+cdef struct Exchange:
+    int client              # index of the owning client
+    uint8_t state
+    uint8_t retransmits
+    uint8_t block1_szx      # Block1 size exponent (the server may ask for smaller blocks)
+    uint8_t block2_szx      # Block2 size exponent asked for
+    bint blockwise          # built per transmission (block options), not from the template
+    uint16_t mid
+    uint32_t token
+    uint32_t block1_offset  # payload offset of the Block1 block in flight
+    uint32_t block2_num     # Block2 number asked for (0: the first block)
+    uint32_t notifies       # observe mode: notifications of this client's relation
+    uint64_t started_ns     # first transmission of the request (application RTT)
+    uint64_t sent_ns        # latest transmission (block or retransmission): transmission RTT
+    uint64_t timeout_ns     # current retransmission timeout (doubles on every retransmission)
+    uint64_t deadline_ns    # next retransmission, response timeout or delayed start; 0: none
 
 cdef struct Client:
     int fd
-    uint8_t state
-    uint8_t retransmits
-    bint started            # has completed at least one request (Californium's "pending")
+    bint started            # has received a response (Californium's "pending" until then)
+    bint stopped            # stopped after a failure (Californium's default, without --no-stop)
     bint has_acked_mid
-    uint16_t mid
+    uint16_t mid            # last MID used
     uint16_t acked_mid      # MID of the last separate CON response we acknowledged
-    uint32_t token
-    int64_t remaining       # requests left for this client; -1: use the shared down-counter
-    uint64_t sent_ns        # first transmission of the outstanding request
-    uint64_t timeout_ns     # current retransmission timeout (doubles on every retransmission)
-    uint64_t deadline_ns    # next retransmission or response timeout; 0: no timer
-    int last_code           # code of the last response, 0 if none
+    uint32_t token          # last token used
+    int busy                # exchanges not IDLE
+    int64_t remaining       # requests left for this client (per-client budget)
+    uint32_t completed      # responses received in this run (Californium's requestsCounter)
+    int last_code           # code of the last response, -1 RST, -2 timeout, 0 if none
     int last_error          # errno of the last socket error, 0 if none
+    # reverse mode: the client's feed-CON/feed-NON resources (Californium's Feed)
+    uint32_t feed_counter       # "hello <client> feed-<counter>"
+    bint has_request_mid
+    uint16_t request_mid        # MID of the last request the server sent us (duplicates)
+    uint32_t request_counter    # ... and the counter value of its answer
+    bint request_observed       # ... and whether it was a registration
+    bint observed               # the server observes one of our feeds
+    bint observed_con           # feed-CON: CON notifications
+    uint8_t observer_token_length
+    uint8_t observer_token[8]
+    uint16_t observer_rlen
+    uint32_t observe_sequence
+    uint64_t notify_due_ns      # next notification; 0: none (or after the pending one's ACK)
+    bint notify_pending         # a CON notification waits for its ACK
+    uint16_t notify_mid         # MID of the last notification
+    uint8_t notify_retransmits
+    uint32_t notify_counter     # its counter value (a retransmission repeats it)
+    uint64_t notify_timeout_ns
+    uint64_t notify_resend_ns
 
 cdef struct Counters:
-    uint64_t sent               # new requests (first transmissions)
+    uint64_t sent               # new requests (first transmission of their first message)
+    uint64_t transmissions      # first transmissions of every message (each block counts)
     uint64_t retransmissions
+    uint64_t blocks             # follow-up block requests (Block1 continue, Block2 next)
     uint64_t success            # 2.xx responses
-    uint64_t error_responses    # any other response code
+    uint64_t error_responses    # any other response code (5.03 included)
+    uint64_t unavailable        # 5.03 responses
     uint64_t timeouts           # CON exchange gave up, or NON/separate response timed out
     uint64_t rejects            # RST for our request
+    uint64_t transmission_errors  # timeouts + rejects, + error responses with --no-stop
+    uint64_t retried            # failed requests given back to the budget and retried
+    uint64_t stopped_clients    # clients stopped by a failure
+    uint64_t notifies           # observe mode: notifications received
+    uint64_t reverse_responses  # reverse mode: answers to the server's requests + notifications
+    uint64_t feed_notifies      # reverse mode: notifications sent
+    uint64_t feed_registrations  # reverse mode: observe registrations received
+    uint64_t feed_failures      # reverse mode: CON notifications never acknowledged
     uint64_t socket_errors      # failed send/recv (ICMP errors, full buffers)
     uint64_t ignored            # datagrams that matched nothing
 
@@ -53,16 +101,41 @@ cdef struct Histogram:
 
 cdef struct Engine:
     Client* clients
+    Exchange* exchanges         # client_count * nstart, client i owns [i*nstart, (i+1)*nstart)
     int client_count
-    int active                  # clients with a request outstanding
-    int pending                 # active clients without a completed request yet
+    int nstart
+    int active                  # clients not stopped with something to do
+    int pending                 # active clients without a response yet
     int epfd
     uint8_t* request            # template: MID and token are patched in per transmission
     Py_ssize_t request_length
+    uint8_t* base               # template without payload, for block-wise transmissions
+    Py_ssize_t base_length
+    uint16_t base_last_option
+    uint8_t* payload
+    Py_ssize_t payload_length
+    int early_block2_szx        # -1: no Block2 in the first request (no --blocksize)
+    int block1_szx              # block size exponent for payloads larger than one block
+    bint payload_blockwise      # payload_length > block size: Block1 transfer
     bint confirmable
     uint64_t ack_timeout_ns
     int max_retransmit
     uint64_t response_timeout_ns
+    uint64_t interval_ns        # pause after a response before the client's next request
+    uint64_t retry_delay_ns     # pause before a retry after a failure (Californium: 1 s)
+    uint64_t jitter_ns          # random extra on every pause (Californium: 0..499 ms)
+    bint no_stop                # --no-stop: a failed CON request is retried, not the end
+    bint observe                # observe mode: requests register, notifications are counted
+    uint32_t reregister         # observe: re-register (same token) every n notifications
+    uint32_t register           # observe: register anew (new token) every n notifications
+    bint notifies_limited
+    uint64_t notifies_remaining  # observe: notifications still expected overall
+    bint serve_feeds            # reverse mode: answer requests for feed-CON/feed-NON
+    bint reverse_limited
+    uint64_t reverse_remaining  # reverse responses still expected overall
+    int64_t feed_min_ms         # notification interval; <= 0: after the previous completed
+    int64_t feed_max_ms
+    int observers               # feeds observed right now
     bint shared                 # use shared_remaining instead of per-client counters
     uint64_t shared_remaining
     bint unlimited              # no request limit (run until the deadline)
@@ -83,8 +156,10 @@ cdef struct Engine:
     uint64_t window_cpu_end_ns
     Counters total
     Counters window_base        # total at the start of the window
+    Histogram connect_latency   # the first response of each client
     Histogram success_latency
     Histogram error_latency
+    Histogram block_latency     # transmission RTT where it differs (Californium's single-blocks)
 
 
 cdef class LoadGenerator:

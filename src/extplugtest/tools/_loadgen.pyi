@@ -2,8 +2,13 @@ from collections.abc import Iterable
 from typing import Any
 
 MAX_CLIENTS: int
+MAX_NSTART: int
+MAX_EXCHANGES: int
+MAX_PAYLOAD: int
 ACK_TIMEOUT_MS: int
 MAX_RETRANSMIT: int
+RETRY_DELAY_MS: int
+JITTER_MS: int
 
 def build_request(
     confirmable: bool,
@@ -13,6 +18,7 @@ def build_request(
     mid: int = ...,
     token: int = ...,
 ) -> bytes: ...
+def size_exponent(size: int) -> int: ...
 
 class LoadGenerator:
     def __init__(
@@ -26,6 +32,18 @@ class LoadGenerator:
         ack_timeout_ms: int = ...,
         max_retransmit: int = ...,
         response_timeout_ms: int = ...,
+        nstart: int = ...,
+        interval_ms: int = ...,
+        no_stop: bool = ...,
+        block_size: int = ...,
+        retry_delay_ms: int = ...,
+        jitter_ms: int = ...,
+        observe: bool = ...,
+        reregister: int = ...,
+        register: int = ...,
+        serve_feeds: bool = ...,
+        feed_min_ms: int = ...,
+        feed_max_ms: int = ...,
     ) -> None: ...
     @property
     def client_count(self) -> int: ...
@@ -40,10 +58,14 @@ class LoadGenerator:
         duration: float = ...,
         warmup: float = ...,
         stop_on_error: bool = ...,
+        notifies: int = ...,
+        reverse: int = ...,
     ) -> None: ...
     def join(self, timeout: float | None = ...) -> bool: ...
     def run(self, **limits: Any) -> None: ...
     def stop(self) -> None: ...
     def totals(self) -> dict[str, int]: ...
     def window(self) -> dict[str, Any]: ...
+    def latency_histogram(self, kind: str = ...) -> list[tuple[int, int]]: ...
+    def client_requests(self) -> list[int]: ...
     def client(self, index: int) -> dict[str, int]: ...

@@ -2,16 +2,39 @@
 """Closed-loop CoAP load generator: the hot path of ``extclient benchmark``.
 
 N emulated clients, each with its own connected, non-blocking UDP socket (so its own source
-port) and exactly one request outstanding: the next request is sent from the receive path as
-soon as the response arrives. One epoll loop does all sending, receiving, matching,
-retransmission and latency accounting in C without the GIL, so it runs in a worker thread
-while the Python main thread prints progress (see benchmark.py).
+port) and up to ``nstart`` requests outstanding: a client's next request is sent from the
+receive path as soon as a response arrives (or after ``interval``). One epoll loop does all
+sending, receiving, matching, retransmission, block-wise transfer and latency accounting in C
+without the GIL, so it runs in a worker thread while the Python main thread prints progress
+(see benchmark.py).
 
 Retransmission follows RFC 7252 §4.2 with Californium's defaults: the first timeout is random
 in [ACK_TIMEOUT, ACK_TIMEOUT * 1.5], it doubles with every retransmission, and once
-MAX_RETRANSMIT retransmissions have timed out the exchange fails (a "transmission error") and
-the client goes on with a new request. After an empty ACK, and for NON requests, the client
-waits up to the response timeout for the response.
+MAX_RETRANSMIT retransmissions have timed out the exchange fails (a "transmission error").
+After an empty ACK, and for NON requests, the client waits up to the response timeout.
+
+What happens after a failure follows Californium's BenchmarkClient: a failed CON request stops
+its client, unless ``no_stop``; then, and for NON requests, the request is given back and
+retried after ``retry_delay`` (+ jitter). A 5.03 is retried after max(1 s, Max-Age); other
+error responses stop the client, or with ``no_stop`` count as transmission errors and the
+client goes on after ``retry_delay``.
+
+Block-wise (RFC 7959): with ``block_size`` every request asks for Block2 of that size (early
+negotiation) and a payload larger than one block is sent as Block1 blocks; a response with
+Block2 "more" is always followed up to its last block. Only the whole transfer counts as one
+request; its latency runs from the first block to the last response.
+
+Observe mode: the request carries Observe=0; a 2.xx with Observe starts counting notifications
+on that token. Every ``reregister`` notifications the client re-registers with the same token,
+every ``register`` notifications it forgets the token (the next notification gets an RST,
+a "reactive cancel") and registers anew.
+
+Reverse mode (``serve_feeds``): the clients also serve Californium's ``Feed`` resources
+``feed-CON`` and ``feed-NON`` for the server's requests (its /reverse-request and
+/reverse-observe): a GET is answered with "hello <client> feed-<n>" (cut or padded to
+``?rlen``), a GET with Observe=0 starts notifications every ``feed_min``..``feed_max`` ms (CON
+for feed-CON, retransmitted until acknowledged; a non-positive interval: that long after the
+previous one completed). An RST for a notification ends the observation.
 
 The sockets belong to the caller; the generator only reads, writes and polls them.
 """
@@ -20,13 +43,14 @@ from libc.errno cimport errno, EAGAIN, EINTR
 from libc.math cimport ceil
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, UINT64_MAX
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
+from libc.stdio cimport snprintf
+from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID
 from posix.unistd cimport close
 
 from extplugtest.coap._codec cimport (
-    parse_view, MessageView, Writer, writer_init, write_header, write_option,
-    write_uint_option, write_payload, writer_length, PARSE_OK, CON, NON, ACK, RST,
+    parse_view, MessageView, OptionView, option_uint, Writer, writer_init, write_header,
+    write_option, write_uint_option, write_payload, writer_length, PARSE_OK, CON, NON, ACK, RST,
 )
 
 import os
@@ -69,12 +93,30 @@ cdef enum:
     DATAGRAM_SIZE = 2048        # Californium's UDP.DATAGRAM_SIZE; larger datagrams are cut
     SCAN_INTERVAL_MS = 10       # timer resolution: how often deadlines are checked
     HALF = 1 << (SUB_BITS - 1)
+    OPTION_OBSERVE = 6
+    OPTION_URI_PATH = 11
+    OPTION_CONTENT_FORMAT = 12
+    OPTION_MAX_AGE = 14
+    OPTION_URI_QUERY = 15
+    OPTION_BLOCK2 = 23
+    OPTION_BLOCK1 = 27
+    CODE_CONTENT = 0x45         # 2.05
+    CODE_CONTINUE = 0x5F        # 2.31
+    CODE_NOT_FOUND = 0x84       # 4.04
+    CODE_METHOD_NOT_ALLOWED = 0x85  # 4.05
+    CODE_SERVICE_UNAVAILABLE = 0xA3  # 5.03
+    DEFAULT_MAX_AGE = 60        # s, when a 5.03 has no Max-Age (RFC 7252 §5.10.5)
+    MIN_FEED_INTERVAL_MS = 20   # Californium's Feed: notifications at least 20 ms apart
+    MAX_FEED_PAYLOAD = 1024     # feed answers go in one datagram (no block-wise)
 
 ACK_TIMEOUT_MS = 2000
 MAX_RETRANSMIT = 4
 MAX_CLIENTS = 20000
-
-
+MAX_NSTART = 32
+MAX_EXCHANGES = 80000           # clients x nstart: the timer scan walks all of them every 10 ms
+MAX_PAYLOAD = 65536
+RETRY_DELAY_MS = 1000
+JITTER_MS = 500
 # -- helpers ---------------------------------------------------------------------------------
 
 cdef inline uint64_t monotonic_ns() noexcept nogil:
@@ -155,16 +197,62 @@ cdef inline void socket_error(Engine* e, Client* c, int err) noexcept nogil:
         lg_store(&e.stop, 1)
 
 
-cdef inline void transmit(Engine* e, Client* c) noexcept nogil:
-    # The template is private to this loop: patch MID and token in place and send it.
-    cdef uint8_t* m = e.request
-    m[2] = c.mid >> 8
-    m[3] = c.mid & 0xFF
-    m[4] = c.token >> 24
-    m[5] = (c.token >> 16) & 0xFF
-    m[6] = (c.token >> 8) & 0xFF
-    m[7] = c.token & 0xFF
-    if send(c.fd, m, e.request_length, MSG_NOSIGNAL) < 0:
+cdef inline uint64_t pause_ns(Engine* e, uint64_t delay_ns) noexcept nogil:
+    """A pause before a client's next request: Californium adds 0..499 ms to any pause."""
+    if delay_ns == 0:
+        return 0
+    return delay_ns + (next_random(e) % e.jitter_ns if e.jitter_ns else 0)
+
+
+cdef inline void patch(uint8_t* m, const Exchange* x) noexcept nogil:
+    m[2] = x.mid >> 8
+    m[3] = x.mid & 0xFF
+    m[4] = x.token >> 24
+    m[5] = (x.token >> 16) & 0xFF
+    m[6] = (x.token >> 8) & 0xFF
+    m[7] = x.token & 0xFF
+
+
+cdef inline uint32_t block_bytes(int szx) noexcept nogil:
+    return <uint32_t>1 << (szx + 4)
+
+
+cdef void transmit(Engine* e, Client* c, Exchange* x) noexcept nogil:
+    """Send (or resend) the exchange's current message: built from its state, so that a
+    retransmission repeats it byte for byte."""
+    cdef uint8_t buffer[DATAGRAM_SIZE]
+    cdef uint8_t* message
+    cdef Py_ssize_t length
+    cdef Writer w
+    cdef uint32_t size, left
+    cdef bint more
+    if not x.blockwise:
+        # The common case: the template is private to this loop, patch it in place.
+        message = e.request
+        length = e.request_length
+    else:
+        message = buffer
+        memcpy(buffer, e.base, e.base_length)
+        w.start = buffer
+        w.pos = buffer + e.base_length
+        w.end = buffer + DATAGRAM_SIZE
+        w.last_option = e.base_last_option
+        w.overflow = False
+        if x.block2_num > 0 or e.early_block2_szx >= 0:
+            write_uint_option(&w, OPTION_BLOCK2, (x.block2_num << 4) | x.block2_szx)
+        if x.block2_num == 0 and e.payload_length > 0:
+            if e.payload_blockwise:
+                size = block_bytes(x.block1_szx)
+                left = <uint32_t>e.payload_length - x.block1_offset
+                more = left > size
+                write_uint_option(&w, OPTION_BLOCK1, ((x.block1_offset // size) << 4)
+                                  | (<uint32_t>more << 3) | x.block1_szx)
+                write_payload(&w, e.payload + x.block1_offset, size if more else left)
+            else:
+                write_payload(&w, e.payload, e.payload_length)
+        length = writer_length(&w)
+    patch(message, x)
+    if send(c.fd, message, length, MSG_NOSIGNAL) < 0:
         # Lost like a dropped datagram: a CON is retransmitted, a NON times out.
         socket_error(e, c, errno)
 
@@ -192,47 +280,425 @@ cdef inline bint take_request(Engine* e, Client* c) noexcept nogil:
     return True
 
 
-cdef void start_next(Engine* e, Client* c, uint64_t now) noexcept nogil:
-    """Send the client's next request, or retire the client when its budget is spent."""
-    if not take_request(e, c):
-        c.state = IDLE
-        c.deadline_ns = 0
-        e.active -= 1
-        if not c.started:
-            e.pending -= 1
+cdef inline void give_back(Engine* e, Client* c) noexcept nogil:
+    """A failed request goes back to the budget, to be retried (Californium's down-counter)."""
+    e.total.retried += 1
+    if e.unlimited:
         return
-    c.mid = (c.mid + 1) & 0xFFFF
-    c.token += 1
-    c.sent_ns = now
-    c.retransmits = 0
-    if e.confirmable:
-        c.state = WAIT_ACK
-        c.timeout_ns = e.ack_timeout_ns + next_random(e) % (e.ack_timeout_ns // 2 + 1)
-        c.deadline_ns = now + c.timeout_ns
+    if e.shared:
+        e.shared_remaining += 1
     else:
-        c.state = WAIT_RESPONSE
-        c.deadline_ns = now + e.response_timeout_ns
+        c.remaining += 1
+
+
+cdef inline void client_idle(Engine* e, Client* c) noexcept nogil:
+    """The client has nothing left to do: it no longer counts as active (or pending)."""
+    e.active -= 1
+    if not c.started:
+        e.pending -= 1
+
+
+cdef inline void retire(Engine* e, Client* c, Exchange* x) noexcept nogil:
+    x.state = IDLE
+    x.deadline_ns = 0
+    c.busy -= 1
+    if c.busy == 0:
+        client_idle(e, c)
+
+
+cdef void stop_client(Engine* e, Client* c) noexcept nogil:
+    """Californium without --no-stop: a failure ends the client, whatever it has outstanding."""
+    cdef Exchange* x
+    cdef int i
+    cdef int first = <int>(c - e.clients) * e.nstart
+    for i in range(first, first + e.nstart):
+        x = &e.exchanges[i]
+        x.state = IDLE
+        x.deadline_ns = 0
+    c.stopped = True
+    e.total.stopped_clients += 1
+    if c.busy > 0:
+        c.busy = 0
+        client_idle(e, c)
+
+
+cdef void send_message(Engine* e, Client* c, Exchange* x, uint64_t now) noexcept nogil:
+    """First transmission of a new message of the exchange (a request or its next block)."""
+    c.mid = (c.mid + 1) & 0xFFFF
+    x.mid = c.mid
+    x.sent_ns = now
+    x.retransmits = 0
+    if e.confirmable:
+        x.state = WAIT_ACK
+        x.timeout_ns = e.ack_timeout_ns + next_random(e) % (e.ack_timeout_ns // 2 + 1)
+        x.deadline_ns = now + x.timeout_ns
+    else:
+        x.state = WAIT_RESPONSE
+        x.deadline_ns = now + e.response_timeout_ns
+    e.total.transmissions += 1
+    transmit(e, c, x)
+
+
+cdef void register_request(Engine* e, Client* c, Exchange* x, uint64_t now,
+                           bint new_token) noexcept nogil:
+    if new_token:
+        c.token += 1
+        x.token = c.token
+    x.started_ns = now
+    x.block1_offset = 0
+    x.block1_szx = e.block1_szx
+    x.block2_num = 0
+    x.block2_szx = e.early_block2_szx if e.early_block2_szx >= 0 else 6
+    x.blockwise = e.early_block2_szx >= 0 or e.payload_blockwise
     e.total.sent += 1
-    transmit(e, c)
+    send_message(e, c, x, now)
 
 
-cdef inline void finish(Engine* e, Client* c, uint64_t now) noexcept nogil:
+cdef void start_request(Engine* e, Client* c, Exchange* x, uint64_t now) noexcept nogil:
+    """Send the exchange's next request, or retire it when the budget is spent."""
+    if not take_request(e, c):
+        retire(e, c, x)
+        return
+    register_request(e, c, x, now, True)
+
+
+cdef inline void schedule(Engine* e, Client* c, Exchange* x, uint64_t now,
+                          uint64_t delay_ns) noexcept nogil:
+    delay_ns = pause_ns(e, delay_ns)
+    if delay_ns == 0:
+        start_request(e, c, x, now)
+    else:
+        x.state = WAIT_DELAY
+        x.deadline_ns = now + delay_ns
+
+
+cdef inline void record_latency(Engine* e, Client* c, Exchange* x, uint64_t now,
+                                Histogram* h) noexcept nogil:
+    if not c.started:
+        h = &e.connect_latency   # includes whatever the first contact costs
+    record(h, (now - x.started_ns) // 1000)
+    if x.sent_ns != x.started_ns:
+        record(&e.block_latency, (now - x.sent_ns) // 1000)
+
+
+cdef inline void responded(Engine* e, Client* c, int code) noexcept nogil:
+    c.last_code = code
+    c.completed += 1
     if not c.started:
         c.started = True
         e.pending -= 1
-    start_next(e, c, now)
 
 
-cdef inline void complete(Engine* e, Client* c, uint64_t now, int code) noexcept nogil:
-    cdef uint64_t us = (now - c.sent_ns) // 1000
+cdef void count_notify(Engine* e, Client* c, Exchange* x, uint64_t now) noexcept nogil:
+    """Observe mode: one more notification of the client's relation."""
+    e.total.notifies += 1
+    x.notifies += 1
+    if e.notifies_limited:
+        if e.notifies_remaining > 0:
+            e.notifies_remaining -= 1
+        if e.notifies_remaining == 0:
+            lg_store(&e.stop, 1)     # all expected notifications are there: the run is done
+            return
+    if e.register and x.notifies % e.register == 0:
+        # Forget the relation (the server's next notification gets an RST) and register anew.
+        register_request(e, c, x, now, True)
+    elif e.reregister and x.notifies % e.reregister == 0:
+        register_request(e, c, x, now, False)
+
+
+cdef inline uint32_t find_option(const MessageView* view, uint16_t number,
+                                 bint* present) noexcept nogil:
+    cdef int i
+    for i in range(view.option_count):
+        if view.options[i].number == number:
+            present[0] = True
+            return option_uint(&view.options[i])
+    present[0] = False
+    return 0
+
+
+cdef bint next_block(Engine* e, Client* c, Exchange* x, const MessageView* view,
+                     uint64_t now) noexcept nogil:
+    """Follow a block-wise transfer: True if the next block was requested."""
+    cdef bint present
+    cdef uint32_t value
+    if view.code == CODE_CONTINUE and e.payload_blockwise and x.block2_num == 0:
+        x.block1_offset += block_bytes(x.block1_szx)
+        value = find_option(view, OPTION_BLOCK1, &present)
+        if present and (value & 7) < x.block1_szx:
+            # The server wants smaller blocks (RFC 7959 §2.5, figure 6): the block it got
+            # counts, the rest goes at its size.
+            x.block1_szx = value & 7
+        if x.block1_offset < e.payload_length:
+            x.blockwise = True
+            e.total.blocks += 1
+            send_message(e, c, x, now)
+            return True
+        return False
+    if (view.code >> 5) != 2:
+        return False
+    value = find_option(view, OPTION_BLOCK2, &present)
+    if not present or not (value & 8) or (value & 7) == 7:
+        return False
+    x.block2_num = (value >> 4) + 1
+    x.block2_szx = value & 7
+    x.blockwise = True
+    e.total.blocks += 1
+    send_message(e, c, x, now)
+    return True
+
+
+cdef void complete(Engine* e, Client* c, Exchange* x, uint64_t now,
+                   const MessageView* view) noexcept nogil:
+    """The (last) response of a request is there: account for it and go on."""
+    cdef int code = view.code
+    cdef bint present
+    cdef uint32_t max_age
+    if next_block(e, c, x, view, now):
+        return
     if (code >> 5) == 2:
         e.total.success += 1
-        record(&e.success_latency, us)
+        record_latency(e, c, x, now, &e.success_latency)
+        responded(e, c, code)
+        if e.observe and x.state != OBSERVING:
+            find_option(view, OPTION_OBSERVE, &present)
+            if present:
+                x.state = OBSERVING
+                x.deadline_ns = 0
+                count_notify(e, c, x, now)
+                return
+        schedule(e, c, x, now, e.interval_ns)
+        return
+    e.total.error_responses += 1
+    record_latency(e, c, x, now, &e.error_latency)
+    responded(e, c, code)
+    if code == CODE_SERVICE_UNAVAILABLE:
+        e.total.unavailable += 1
+        max_age = find_option(view, OPTION_MAX_AGE, &present)
+        if not present:
+            max_age = DEFAULT_MAX_AGE
+        schedule(e, c, x, now, max(<uint64_t>max_age * 1000000000, <uint64_t>1000000000))
+    elif e.no_stop:
+        e.total.transmission_errors += 1
+        schedule(e, c, x, now, e.retry_delay_ns)
     else:
-        e.total.error_responses += 1
-        record(&e.error_latency, us)
+        stop_client(e, c)
+
+
+cdef void fail(Engine* e, Client* c, Exchange* x, uint64_t now, int code) noexcept nogil:
+    """No response (timeout) or an RST: Californium's onError()."""
+    if code == -1:
+        e.total.rejects += 1
+    else:
+        e.total.timeouts += 1
+    e.total.transmission_errors += 1
     c.last_code = code
-    finish(e, c, now)
+    if e.no_stop or not e.confirmable:
+        give_back(e, c)
+        x.state = WAIT_DELAY
+        x.deadline_ns = now + pause_ns(e, e.retry_delay_ns)
+    else:
+        stop_client(e, c)
+
+
+# -- reverse mode: the client's feed resources -----------------------------------------------
+
+cdef void count_reverse(Engine* e) noexcept nogil:
+    e.total.reverse_responses += 1
+    if e.reverse_limited and e.reverse_remaining > 0:
+        e.reverse_remaining -= 1
+
+
+cdef Py_ssize_t feed_payload(uint8_t* out, int client, uint32_t counter,
+                             int rlen) noexcept nogil:
+    """Californium's Feed payload: "hello <client> feed-<counter>", cut or padded with '*' to
+    rlen (if given)."""
+    cdef char text[64]
+    cdef int length = snprintf(text, sizeof(text), "hello %d feed-%u", client, counter)
+    cdef int i
+    if rlen <= 0:
+        rlen = length
+    for i in range(rlen):
+        out[i] = text[i] if i < length else 42    # '*'
+    return rlen
+
+
+cdef void send_feed(Engine* e, Client* c, int type, int code, uint16_t mid,
+                    const uint8_t* token, int token_length, bint observe, uint32_t counter,
+                    int rlen) noexcept nogil:
+    cdef uint8_t buffer[DATAGRAM_SIZE]
+    cdef Writer w
+    writer_init(&w, buffer, DATAGRAM_SIZE)
+    write_header(&w, type, code, mid, token, token_length)
+    if observe:
+        write_uint_option(&w, OPTION_OBSERVE, c.observe_sequence & 0xFFFFFF)
+    if (code >> 5) == 2:
+        write_uint_option(&w, OPTION_CONTENT_FORMAT, 0)
+        w.pos[0] = 0xFF     # payload marker; rlen is capped, so it fits
+        w.pos += 1 + feed_payload(w.pos + 1, <int>(c - e.clients), counter, rlen)
+    if send(c.fd, buffer, w.pos - buffer, MSG_NOSIGNAL) < 0:
+        socket_error(e, c, errno)
+
+
+cdef uint64_t feed_interval_ns(Engine* e) noexcept nogil:
+    """Pause before the next notification: in [min, max) (min if equal), at least 20 ms; 0 for
+    "after the previous one completed" (a non-positive interval)."""
+    cdef int64_t ms = e.feed_min_ms
+    if e.feed_min_ms <= 0:
+        return 0
+    if e.feed_max_ms > e.feed_min_ms:
+        ms += <int64_t>(next_random(e) % <uint64_t>(e.feed_max_ms - e.feed_min_ms))
+    return <uint64_t>max(ms, MIN_FEED_INTERVAL_MS) * 1000000
+
+
+cdef inline uint64_t after_completion_ns(Engine* e) noexcept nogil:
+    cdef int64_t ms = -e.feed_min_ms
+    return <uint64_t>max(ms, MIN_FEED_INTERVAL_MS) * 1000000
+
+
+cdef void end_observation(Engine* e, Client* c) noexcept nogil:
+    if c.observed:
+        c.observed = False
+        e.observers -= 1
+    c.notify_pending = False
+    c.notify_due_ns = 0
+
+
+cdef void send_notification(Engine* e, Client* c, uint64_t now,
+                            bint retransmission) noexcept nogil:
+    if not retransmission:
+        c.feed_counter += 1
+        c.notify_counter = c.feed_counter
+        c.observe_sequence += 1
+        c.mid = (c.mid + 1) & 0xFFFF
+        c.notify_mid = c.mid
+        e.total.feed_notifies += 1
+        count_reverse(e)
+    send_feed(e, c, CON if c.observed_con else NON, CODE_CONTENT, c.notify_mid,
+              c.observer_token, c.observer_token_length, True, c.notify_counter,
+              c.observer_rlen)
+    if c.observed_con:
+        if not retransmission:
+            c.notify_pending = True
+            c.notify_retransmits = 0
+            c.notify_timeout_ns = e.ack_timeout_ns + next_random(e) % (e.ack_timeout_ns // 2 + 1)
+            # the next one is due after this one's ACK, or after the interval
+            c.notify_due_ns = 0 if e.feed_min_ms <= 0 else now + feed_interval_ns(e)
+        c.notify_resend_ns = now + c.notify_timeout_ns
+    elif not retransmission:
+        c.notify_due_ns = now + (after_completion_ns(e) if e.feed_min_ms <= 0
+                                 else feed_interval_ns(e))
+
+
+cdef void feed_timers(Engine* e, Client* c, uint64_t now) noexcept nogil:
+    if not c.observed:
+        return
+    if c.notify_pending and now >= c.notify_resend_ns:
+        if c.notify_retransmits < e.max_retransmit:
+            c.notify_retransmits += 1
+            c.notify_timeout_ns *= 2
+            send_notification(e, c, now, True)
+        else:
+            e.total.feed_failures += 1    # Californium: "notifies could not be completed"
+            end_observation(e, c)
+        return
+    if c.notify_due_ns and now >= c.notify_due_ns and not c.notify_pending:
+        send_notification(e, c, now, False)
+
+
+cdef bint feed_empty_message(Engine* e, Client* c, const MessageView* view,
+                             uint64_t now) noexcept nogil:
+    """An ACK or RST for a notification: True if it was one."""
+    if not c.observed or view.mid != c.notify_mid:
+        return False
+    if view.type == RST:
+        end_observation(e, c)    # the server cancelled (reactive cancel)
+        return True
+    if view.type == ACK and c.notify_pending:
+        c.notify_pending = False
+        if c.notify_due_ns == 0:
+            c.notify_due_ns = now + after_completion_ns(e)
+        return True
+    return False
+
+
+cdef void feed_request(Engine* e, Client* c, const MessageView* view,
+                       uint64_t now) noexcept nogil:
+    """A request of the server (reverse mode): GET feed-CON or feed-NON, maybe observing."""
+    cdef const OptionView* option
+    cdef int i, segments = 0, rlen = 0, code = CODE_CONTENT
+    cdef bint feed_con = False, known = False, has_observe = False, observed = False
+    cdef uint32_t observe = 0, counter
+    cdef int reply_type = ACK if view.type == CON else NON
+    cdef uint16_t reply_mid = view.mid
+    if view.type == CON and c.has_request_mid and view.mid == c.request_mid:
+        # our answer got lost: the same again, not counted twice
+        send_feed(e, c, ACK, CODE_CONTENT, view.mid, view.token, view.token_length,
+                  c.request_observed, c.request_counter, c.observer_rlen)
+        return
+    for i in range(view.option_count):
+        option = &view.options[i]
+        if option.number == OPTION_URI_PATH:
+            segments += 1
+            if option.length == 8 and memcmp(option.value, b"feed-CON", 8) == 0:
+                known = feed_con = True
+            elif option.length == 8 and memcmp(option.value, b"feed-NON", 8) == 0:
+                known = True
+        elif option.number == OPTION_URI_QUERY:
+            if option.length > 5 and memcmp(option.value, b"rlen=", 5) == 0:
+                rlen = parse_uint(option.value + 5, option.length - 5)
+        elif option.number == OPTION_OBSERVE:
+            has_observe = True
+            observe = option_uint(option)
+    if view.type != CON:
+        c.mid = (c.mid + 1) & 0xFFFF
+        reply_mid = c.mid
+    if not known or segments != 1:
+        code = CODE_NOT_FOUND
+    elif view.code != 1:
+        code = CODE_METHOD_NOT_ALLOWED
+    if code != CODE_CONTENT:
+        send_feed(e, c, reply_type, code, reply_mid, view.token, view.token_length, False,
+                  0, 0)
+        return
+    if rlen > MAX_FEED_PAYLOAD:
+        rlen = MAX_FEED_PAYLOAD   # one datagram, no block-wise
+    if has_observe and observe == 0:
+        if not c.observed:
+            e.observers += 1
+        c.observed = True
+        c.observed_con = feed_con
+        c.observer_token_length = view.token_length
+        memcpy(c.observer_token, view.token, view.token_length)
+        c.notify_pending = False
+        c.notify_due_ns = now + feed_interval_ns(e) if e.feed_min_ms > 0 else (
+            now + after_completion_ns(e))
+        e.total.feed_registrations += 1
+        observed = True
+    elif has_observe and observe == 1 and c.observed and view.token_length == (
+            c.observer_token_length) and memcmp(view.token, c.observer_token,
+                                                view.token_length) == 0:
+        end_observation(e, c)
+    c.observer_rlen = rlen
+    c.feed_counter += 1
+    counter = c.feed_counter
+    if view.type == CON:
+        c.has_request_mid = True
+        c.request_mid = view.mid
+        c.request_counter = counter
+        c.request_observed = observed
+    send_feed(e, c, reply_type, CODE_CONTENT, reply_mid, view.token, view.token_length,
+              observed, counter, rlen)
+    count_reverse(e)
+
+
+cdef int parse_uint(const uint8_t* text, int length) noexcept nogil:
+    cdef int value = 0, i
+    for i in range(length):
+        if text[i] < 48 or text[i] > 57 or value > 100000:
+            return 0
+        value = value * 10 + (text[i] - 48)
+    return value
 
 
 cdef inline uint32_t token_of(const MessageView* view) noexcept nogil:
@@ -240,29 +706,60 @@ cdef inline uint32_t token_of(const MessageView* view) noexcept nogil:
     return (<uint32_t>t[0] << 24) | (<uint32_t>t[1] << 16) | (<uint32_t>t[2] << 8) | t[3]
 
 
+cdef Exchange* by_mid(Engine* e, Client* c, uint16_t mid) noexcept nogil:
+    cdef Exchange* x
+    cdef int i
+    cdef int first = <int>(c - e.clients) * e.nstart
+    for i in range(first, first + e.nstart):
+        x = &e.exchanges[i]
+        if x.mid == mid and (x.state == WAIT_ACK or x.state == WAIT_RESPONSE):
+            return x
+    return NULL
+
+
+cdef Exchange* by_token(Engine* e, Client* c, const MessageView* view) noexcept nogil:
+    cdef Exchange* x
+    cdef uint32_t token
+    cdef int i
+    cdef int first = <int>(c - e.clients) * e.nstart
+    if view.token_length != TOKEN_LENGTH:
+        return NULL
+    token = token_of(view)
+    for i in range(first, first + e.nstart):
+        x = &e.exchanges[i]
+        if x.token == token and (x.state == WAIT_ACK or x.state == WAIT_RESPONSE
+                                 or x.state == OBSERVING):
+            return x
+    return NULL
+
+
 cdef void on_datagram(Engine* e, Client* c, uint64_t now,
                       const uint8_t* data, ssize_t length) noexcept nogil:
     cdef MessageView view
-    cdef bint matches
-    if parse_view(data, length, &view) != PARSE_OK:
+    cdef Exchange* x
+    if c.stopped or parse_view(data, length, &view) != PARSE_OK:
         e.total.ignored += 1
         return
     if view.code == 0:
-        if view.mid == c.mid and c.state != IDLE:
-            if view.type == ACK and c.state == WAIT_ACK:
+        if e.serve_feeds and feed_empty_message(e, c, &view, now):
+            return
+        x = by_mid(e, c, view.mid)
+        if x != NULL:
+            if view.type == ACK and x.state == WAIT_ACK:
                 # Empty ACK: the server answers separately; stop retransmitting and wait.
-                c.state = WAIT_RESPONSE
-                c.deadline_ns = now + e.response_timeout_ns
+                x.state = WAIT_RESPONSE
+                x.deadline_ns = now + e.response_timeout_ns
                 return
             if view.type == RST:
-                e.total.rejects += 1
-                c.last_code = -1
-                finish(e, c, now)
+                fail(e, c, x, now, -1)
                 return
         if view.type == CON:
             send_empty(e, c, RST, view.mid)     # CoAP ping
         else:
             e.total.ignored += 1
+        return
+    if view.code < 32 and e.serve_feeds:
+        feed_request(e, c, &view, now)
         return
     if view.code < 64:
         # A request (we serve nothing) or a reserved code.
@@ -270,12 +767,12 @@ cdef void on_datagram(Engine* e, Client* c, uint64_t now,
             send_empty(e, c, RST, view.mid)
         e.total.ignored += 1
         return
-    matches = (c.state != IDLE and view.token_length == TOKEN_LENGTH
-               and token_of(&view) == c.token)
+    x = by_token(e, c, &view)
     if view.type == ACK:
-        matches = matches and c.state == WAIT_ACK and view.mid == c.mid
+        if x != NULL and not (x.state == WAIT_ACK and view.mid == x.mid):
+            x = NULL
     elif view.type == CON:
-        if matches:
+        if x != NULL:
             send_empty(e, c, ACK, view.mid)
             c.acked_mid = view.mid
             c.has_acked_mid = True
@@ -286,36 +783,49 @@ cdef void on_datagram(Engine* e, Client* c, uint64_t now,
         else:
             send_empty(e, c, RST, view.mid)
     elif view.type == RST:
-        matches = False
-    if not matches:
+        x = NULL
+    elif x == NULL and e.observe:
+        send_empty(e, c, RST, view.mid)     # a NON notification of a forgotten relation
+    if x == NULL:
         e.total.ignored += 1
         return
-    complete(e, c, now, view.code)
+    if x.state == OBSERVING:
+        count_notify(e, c, x, now)
+        return
+    complete(e, c, x, now, &view)
 
 
 cdef void scan_timers(Engine* e, uint64_t now) noexcept nogil:
+    cdef Exchange* x
     cdef Client* c
     cdef int i
-    for i in range(e.client_count):
-        c = &e.clients[i]
-        if c.deadline_ns == 0 or c.deadline_ns > now:
+    for i in range(e.run_clients * e.nstart):
+        x = &e.exchanges[i]
+        if x.deadline_ns == 0 or x.deadline_ns > now:
             continue
-        if c.state == WAIT_ACK and c.retransmits < e.max_retransmit:
-            c.retransmits += 1
-            c.timeout_ns *= 2
-            c.deadline_ns = now + c.timeout_ns
+        c = &e.clients[x.client]
+        if x.state == WAIT_DELAY:
+            start_request(e, c, x, now)
+        elif x.state == WAIT_ACK and x.retransmits < e.max_retransmit:
+            x.retransmits += 1
+            x.timeout_ns *= 2
+            x.deadline_ns = now + x.timeout_ns
+            x.sent_ns = now
             e.total.retransmissions += 1
-            transmit(e, c)
+            transmit(e, c, x)
         else:
-            e.total.timeouts += 1
-            c.last_code = -2
-            finish(e, c, now)
+            fail(e, c, x, now, -2)
+    if e.serve_feeds:
+        for i in range(e.run_clients):
+            feed_timers(e, &e.clients[i], now)
 
 
 cdef void open_window(Engine* e, uint64_t now) noexcept nogil:
     e.window_base = e.total
+    memset(&e.connect_latency, 0, sizeof(Histogram))
     memset(&e.success_latency, 0, sizeof(Histogram))
     memset(&e.error_latency, 0, sizeof(Histogram))
+    memset(&e.block_latency, 0, sizeof(Histogram))
     e.window_start_ns = now
     e.window_cpu_start_ns = cpu_ns()
     e.window_is_open = True
@@ -339,8 +849,12 @@ cdef void run_loop(Engine* e) noexcept nogil:
     e.active = e.run_clients
     e.pending = e.run_clients
     for i in range(e.run_clients):
-        start_next(e, &e.clients[i], now)
-    while e.active > 0 and not lg_load(&e.stop):
+        e.clients[i].busy = e.nstart
+    for i in range(e.run_clients * e.nstart):
+        start_request(e, &e.clients[e.exchanges[i].client], &e.exchanges[i], now)
+    # Reverse mode: after its own requests a client goes on serving the server's requests.
+    while (e.active > 0 or (e.reverse_limited and e.reverse_remaining > 0)) and not lg_load(
+            &e.stop):
         now = monotonic_ns()
         if now >= e.end_ns:
             break
@@ -410,14 +924,32 @@ def _option_number(entry):
     return entry[0]
 
 
+def size_exponent(int size):
+    """RFC 7959 SZX of a block size 16..1024 (a power of two); ValueError otherwise."""
+    if size < 16 or size > 1024 or size & (size - 1):
+        raise ValueError(f"block size must be 16, 32, ..., 1024, not {size}")
+    return (size.bit_length() - 1) - 4
+
+
 cdef dict _counters(const Counters* now, const Counters* base):
     return {
         "sent": now.sent - base.sent,
+        "transmissions": now.transmissions - base.transmissions,
         "retransmissions": now.retransmissions - base.retransmissions,
+        "blocks": now.blocks - base.blocks,
         "success": now.success - base.success,
         "error_responses": now.error_responses - base.error_responses,
+        "unavailable": now.unavailable - base.unavailable,
         "timeouts": now.timeouts - base.timeouts,
         "rejects": now.rejects - base.rejects,
+        "transmission_errors": now.transmission_errors - base.transmission_errors,
+        "retried": now.retried - base.retried,
+        "stopped_clients": now.stopped_clients - base.stopped_clients,
+        "notifies": now.notifies - base.notifies,
+        "reverse_responses": now.reverse_responses - base.reverse_responses,
+        "feed_notifies": now.feed_notifies - base.feed_notifies,
+        "feed_registrations": now.feed_registrations - base.feed_registrations,
+        "feed_failures": now.feed_failures - base.feed_failures,
         "socket_errors": now.socket_errors - base.socket_errors,
         "ignored": now.ignored - base.ignored,
     }
@@ -428,6 +960,7 @@ cdef dict _latency(const Histogram* h):
     return {
         "count": h.count,
         "avg": h.sum_us / <double>h.count if h.count else 0.0,
+        "sum": h.sum_us,
         "p50": percentile(h, 0.5),
         "p90": percentile(h, 0.9),
         "p95": percentile(h, 0.95),
@@ -435,6 +968,11 @@ cdef dict _latency(const Histogram* h):
         "p99.9": percentile(h, 0.999),
         "max": h.max_us,
     }
+
+
+cdef list _buckets(const Histogram* h):
+    """[(upper limit in us, count), ...] of the non-empty buckets."""
+    return [(bucket_upper(i), h.buckets[i]) for i in range(BUCKETS) if h.buckets[i]]
 
 
 cdef class LoadGenerator:
@@ -450,10 +988,14 @@ cdef class LoadGenerator:
 
     def __init__(self, fds, *, bint confirmable=True, int code=2, options=(),
                  bytes payload=b"", int ack_timeout_ms=ACK_TIMEOUT_MS,
-                 int max_retransmit=MAX_RETRANSMIT, int response_timeout_ms=10000):
+                 int max_retransmit=MAX_RETRANSMIT, int response_timeout_ms=10000,
+                 int nstart=1, int interval_ms=0, bint no_stop=False, int block_size=0,
+                 int retry_delay_ms=RETRY_DELAY_MS, int jitter_ms=JITTER_MS,
+                 bint observe=False, int reregister=0, int register=0,
+                 bint serve_feeds=False, int feed_min_ms=100, int feed_max_ms=100):
         cdef epoll_event event
         cdef int i, fd
-        cdef bytes request
+        cdef bytes request, base
         cdef uint64_t seed = int.from_bytes(os.urandom(8), "little") | 1
         if self.e.clients != NULL:
             raise RuntimeError("already initialised")
@@ -462,22 +1004,65 @@ cdef class LoadGenerator:
             raise ValueError(f"number of clients must be in 1..{MAX_CLIENTS}")
         if ack_timeout_ms <= 0 or response_timeout_ms <= 0 or max_retransmit < 0:
             raise ValueError("timeouts must be positive, max_retransmit not negative")
-        request = build_request(confirmable, code, options, payload)
-        # A private copy: the loop patches MID and token into it in place.
+        if not 0 < nstart <= MAX_NSTART:
+            raise ValueError(f"nstart must be in 1..{MAX_NSTART}")
+        if len(fds) * nstart > MAX_EXCHANGES:
+            raise ValueError(f"clients x nstart must be at most {MAX_EXCHANGES}")
+        if interval_ms < 0 or retry_delay_ms < 0 or jitter_ms < 0:
+            raise ValueError("interval, retry delay and jitter must not be negative")
+        if reregister < 0 or register < 0:
+            raise ValueError("reregister and register must not be negative")
+        if len(payload) > MAX_PAYLOAD:
+            raise ValueError(f"payload larger than {MAX_PAYLOAD} bytes")
+        options = list(options)
+        if observe:
+            options.append((OPTION_OBSERVE, 0))
+        if any(number >= OPTION_BLOCK2 for number, _ in options):
+            # block options are appended behind the template's options
+            raise ValueError(f"options must be below {OPTION_BLOCK2}")
+        self.e.early_block2_szx = size_exponent(block_size) if block_size else -1
+        self.e.block1_szx = self.e.early_block2_szx if block_size else 6   # 1024 by default
+        self.e.payload_blockwise = len(payload) > block_bytes(self.e.block1_szx)
+        base = build_request(confirmable, code, options)
+        # Without block-wise the whole request is one template; else it must fit one block.
+        request = base if self.e.payload_blockwise else build_request(
+            confirmable, code, options, payload)
+        # Private copies: the loop patches MID and token into them in place.
         self.e.request = <uint8_t*>malloc(len(request))
-        if self.e.request == NULL:
+        self.e.base = <uint8_t*>malloc(len(base))
+        self.e.payload = <uint8_t*>malloc(len(payload) or 1)
+        if self.e.request == NULL or self.e.base == NULL or self.e.payload == NULL:
             raise MemoryError()
         memcpy(self.e.request, <const char*>request, len(request))
         self.e.request_length = len(request)
+        memcpy(self.e.base, <const char*>base, len(base))
+        self.e.base_length = len(base)
+        self.e.base_last_option = max([number for number, _ in options], default=0)
+        memcpy(self.e.payload, <const char*>payload, len(payload))
+        self.e.payload_length = len(payload)
         self.e.confirmable = confirmable
         self.e.ack_timeout_ns = <uint64_t>ack_timeout_ms * 1000000
         self.e.max_retransmit = max_retransmit
         self.e.response_timeout_ns = <uint64_t>response_timeout_ms * 1000000
+        self.e.interval_ns = <uint64_t>interval_ms * 1000000
+        self.e.retry_delay_ns = <uint64_t>retry_delay_ms * 1000000
+        self.e.jitter_ns = <uint64_t>jitter_ms * 1000000
+        self.e.no_stop = no_stop
+        self.e.observe = observe
+        self.e.reregister = reregister
+        self.e.register = register
+        self.e.nstart = nstart
+        self.e.serve_feeds = serve_feeds
+        self.e.feed_min_ms = min(feed_min_ms, feed_max_ms)
+        self.e.feed_max_ms = max(feed_min_ms, feed_max_ms)
         self.e.rng = seed
         self.e.clients = <Client*>calloc(len(fds), sizeof(Client))
-        if self.e.clients == NULL:
+        self.e.exchanges = <Exchange*>calloc(len(fds) * nstart, sizeof(Exchange))
+        if self.e.clients == NULL or self.e.exchanges == NULL:
             raise MemoryError()
         self.e.client_count = len(fds)
+        for i in range(len(fds) * nstart):
+            self.e.exchanges[i].client = i // nstart
         self.e.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.e.epfd < 0:
             raise OSError(errno, os.strerror(errno))
@@ -496,7 +1081,10 @@ cdef class LoadGenerator:
         if self.e.epfd >= 0:
             close(self.e.epfd)
         free(self.e.clients)
+        free(self.e.exchanges)
         free(self.e.request)
+        free(self.e.base)
+        free(self.e.payload)
 
     @property
     def client_count(self) -> int:
@@ -504,17 +1092,22 @@ cdef class LoadGenerator:
 
     @property
     def request(self) -> bytes:
-        """The request as last sent (or the template, MID 0 and token 0, before a run)."""
+        """The request template as last sent (MID 0 and token 0 before a run; without the
+        payload when that goes block-wise)."""
         return self.e.request[:self.e.request_length]
 
     def start(self, int clients=-1, long long requests=0, double duration=0.0,
-              double warmup=0.0, bint stop_on_error=False):
+              double warmup=0.0, bint stop_on_error=False, long long notifies=0,
+              long long reverse=0):
         """Start a run of the first *clients* clients (all if -1) in a worker thread.
 
         *requests* follows Californium's ``--requests``: per client, overall requests x clients;
         up to 10 each client sends exactly that many, above that they share one down-counter
         (fast clients send more); 0: no limit. *duration* (seconds after the *warmup*; 0: no
-        limit) ends the run by time. ``window()`` covers the time after the warm-up.
+        limit) ends the run by time. *notifies* (observe mode): the run ends once that many
+        notifications per client arrived overall. *reverse* (reverse mode): the run goes on
+        until that many answers and notifications per client were sent for the server's
+        requests. ``window()`` covers the time after the warm-up.
         """
         cdef Engine* e = &self.e
         cdef int i
@@ -522,21 +1115,37 @@ cdef class LoadGenerator:
             raise RuntimeError("generator is already running")
         if clients < 0 or clients > e.client_count:
             clients = e.client_count
-        if requests <= 0 and duration <= 0:
-            raise ValueError("need a request limit or a duration")
+        if requests <= 0 and duration <= 0 and notifies <= 0 and reverse <= 0:
+            raise ValueError("need a request limit, a notification limit or a duration")
         memset(&e.total, 0, sizeof(Counters))
+        memset(&e.connect_latency, 0, sizeof(Histogram))
         memset(&e.success_latency, 0, sizeof(Histogram))
         memset(&e.error_latency, 0, sizeof(Histogram))
+        memset(&e.block_latency, 0, sizeof(Histogram))
         e.unlimited = requests <= 0
         e.shared = requests > 10
         e.shared_remaining = <uint64_t>requests * clients if e.shared else 0
+        e.notifies_limited = notifies > 0
+        e.notifies_remaining = <uint64_t>notifies * clients if notifies > 0 else 0
+        e.reverse_limited = reverse > 0
+        e.reverse_remaining = <uint64_t>reverse * clients if reverse > 0 else 0
+        e.observers = 0
         for i in range(e.client_count):
             e.clients[i].remaining = requests if (requests > 0 and not e.shared) else 0
-            e.clients[i].state = IDLE
-            e.clients[i].deadline_ns = 0
             e.clients[i].started = False
+            e.clients[i].stopped = False
+            e.clients[i].busy = 0
+            e.clients[i].completed = 0
             e.clients[i].last_code = 0
             e.clients[i].last_error = 0
+            e.clients[i].observed = False
+            e.clients[i].notify_pending = False
+            e.clients[i].notify_due_ns = 0
+            e.clients[i].has_request_mid = False
+        for i in range(e.client_count * e.nstart):
+            e.exchanges[i].state = IDLE
+            e.exchanges[i].deadline_ns = 0
+            e.exchanges[i].notifies = 0
         e.run_clients = clients
         e.warmup_ns = <uint64_t>(warmup * 1e9) if warmup > 0 else 0
         e.duration_ns = <uint64_t>(duration * 1e9) if duration > 0 else 0
@@ -590,7 +1199,8 @@ cdef class LoadGenerator:
         return self._thread is not None and not self._done.is_set()
 
     def totals(self) -> dict:
-        """Counters since the start of the run, plus active and pending clients.
+        """Counters since the start of the run, plus active and pending clients, and the
+        requests and notifications still to come (-1: no limit).
 
         Safe to call while the loop runs: each value is read atomically, the set is not
         a consistent snapshot (good enough for progress lines).
@@ -600,6 +1210,11 @@ cdef class LoadGenerator:
         result = _counters(&self.e.total, &zero)
         result["active"] = self.e.active
         result["pending"] = self.e.pending
+        result["notifies_remaining"] = (
+            self.e.notifies_remaining if self.e.notifies_limited else -1)
+        result["reverse_remaining"] = (
+            self.e.reverse_remaining if self.e.reverse_limited else -1)
+        result["observers"] = self.e.observers
         return result
 
     def window(self) -> dict:
@@ -607,17 +1222,42 @@ cdef class LoadGenerator:
         result = _counters(&self.e.total, &self.e.window_base)
         result["duration"] = (self.e.window_end_ns - self.e.window_start_ns) / 1e9
         result["cpu"] = (self.e.window_cpu_end_ns - self.e.window_cpu_start_ns) / 1e9
+        result["connect_latency_us"] = _latency(&self.e.connect_latency)
         result["success_latency_us"] = _latency(&self.e.success_latency)
         result["error_latency_us"] = _latency(&self.e.error_latency)
+        result["block_latency_us"] = _latency(&self.e.block_latency)
         return result
+
+    def latency_histogram(self, str kind="success") -> list:
+        """Non-empty buckets [(upper limit in us, count), ...] of the window's *kind* latency
+        (connect, success, error or block) (after a run)."""
+        cdef Histogram* h
+        if kind == "connect":
+            h = &self.e.connect_latency
+        elif kind == "success":
+            h = &self.e.success_latency
+        elif kind == "error":
+            h = &self.e.error_latency
+        elif kind == "block":
+            h = &self.e.block_latency
+        else:
+            raise ValueError(f"unknown latency kind {kind!r}")
+        return _buckets(h)
+
+    def client_requests(self) -> list:
+        """Responses per client in the last run (Californium's per-client request count)."""
+        return [self.e.clients[i].completed for i in range(self.e.run_clients)]
 
     def client(self, int index) -> dict:
         """State of one client: last response code (-1 RST, -2 timeout), last socket errno."""
         if not 0 <= index < self.e.client_count:
             raise IndexError(index)
         cdef Client* c = &self.e.clients[index]
+        cdef Exchange* x = &self.e.exchanges[index * self.e.nstart]
         return {
-            "state": c.state,
+            "state": x.state,
+            "stopped": c.stopped,
+            "completed": c.completed,
             "last_code": c.last_code,
             "last_error": c.last_error,
             "mid": c.mid,

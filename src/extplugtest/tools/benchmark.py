@@ -1,26 +1,37 @@
 """``extclient benchmark``: Californium's BenchmarkClient for plain CoAP over UDP.
 
-Many emulated clients, each with its own UDP socket and one request outstanding (closed loop),
-against one URI. The generator core (``_loadgen``) runs in a worker thread without the GIL; this
-module parses the command line, opens the sockets, prints Californium's progress lines every
-10 s and the final summary, and optionally writes the results as JSON (for ``bench/``).
+Many emulated clients, each with its own UDP socket and up to ``--nstart`` requests outstanding
+(closed loop), against one URI. The generator core (``_loadgen``) runs in a worker thread
+without the GIL; this module parses the command line, opens the sockets, prints Californium's
+progress lines every 10 s and the final summary, and optionally writes the results as JSON
+(for ``bench/``; with one entry per progress interval) and plots them (``--plot``, needs
+matplotlib).
+
+Modes, as Californium's: requests (POST by default; ``--blocksize`` for block-wise), observe
+(``--notifies``: GET with Observe, counting notifications, ``--reregister``/``--register``)
+and reverse (``--reverse``: the clients serve ``feed-CON``/``feed-NON`` for the server's
+/reverse-request and /reverse-observe). Without ``--no-stop`` a failed CON request or an error
+response ends its client; a run without progress for a progress interval (+ ``--interval``)
+ends as stale.
 
 Differences from Californium, on purpose:
 
 * ``--duration``/``--warmup`` (seconds) end a run by time; statistics cover the time after the
   warm-up. Without ``--requests`` a run with ``--duration`` is limited by time only.
-* After a transmission error a client goes on at once with a new request (Californium's
-  ``--no-stop`` waits 1 s first).
 * ``--timeout`` (response timeout for NON requests and after an empty ACK) defaults to 10 s,
   not Californium's 30 s BENCHMARK_RESPONSE_TIMEOUT / 145 s NON_LIFETIME: in a short benchmark
   run a lost NON request would otherwise park its client for the rest of the run.
-* Latency figures have microsecond resolution (Californium uses 5 ms buckets), and error
+* The first request (Californium's test()) is not counted in the run's figures.
+* The Californium summary lines (``connects``, ``success-responses``, ...) are whole ms as
+  Californium prints them; an extra ``latency`` line has microsecond resolution. Error
   responses get their own statistic (Californium mixes them into ``success-responses``).
+* Decimal numbers use ``.`` (Californium uses the JVM's locale).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import ipaddress
 import json
@@ -28,6 +39,7 @@ import os
 import random
 import resource
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,12 +50,19 @@ from extplugtest.tools import _loadgen
 PROGRESS_INTERVAL = 10.0  # seconds between progress lines (Californium's DEFAULT_TIMEOUT_SECONDS)
 DEFAULT_REQUESTS = 100  # per client, when neither --requests nor --duration is given
 MAX_CLIENTS = _loadgen.MAX_CLIENTS
+MAX_NSTART = _loadgen.MAX_NSTART
 MAX_REQUESTS = 1_000_000_000  # per client
+MAX_NOTIFIES = 10_000_000  # per client (the server's limit for reverse observes)
 MAX_DURATION = 3600.0  # seconds
 MAX_WARMUP = 600.0
 MAX_TIMEOUT_MS = 600_000
-MAX_PAYLOAD = 1024  # no block-wise transfer: the request must fit one datagram
-SOCKET_BUFFER = 64 * 1024  # per client socket; one request outstanding needs far less
+MAX_INTERVAL_MS = 3_600_000
+MAX_PAYLOAD = 8192  # Californium's MAX_RESOURCE_BODY_SIZE; larger ones go block-wise (Block1)
+BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)
+JITTER_MS = _loadgen.JITTER_MS  # random part of every pause between requests
+SOCKET_BUFFER = 64 * 1024  # per client socket; a few requests outstanding need far less
+DEFAULT_FEED_INTERVAL_MS = 100  # Californium's Feed.DEFAULT_FEED_INTERVAL_IN_MILLIS
+PLOT_HINT = "extclient: --plot needs matplotlib: pip install 'extplugtest[plot]'"
 
 METHODS = {"GET": 1, "POST": 2, "PUT": 3, "DELETE": 4}
 OPTION_URI_HOST = 3
@@ -198,89 +217,373 @@ class Runner:
             raise BenchmarkError(f"load generator failed: {exc}") from None
 
 
-def watch(runner: Runner) -> None:
-    """Print a progress line every PROGRESS_INTERVAL s until the run ends."""
-    index = 0
-    last = runner.generator.totals()
-    next_line = time.monotonic() + PROGRESS_INTERVAL
-    while not runner.wait(max(0.0, next_line - time.monotonic())):
-        if time.monotonic() >= next_line:
-            index += 1
-            now = runner.generator.totals()
-            _say(progress_line(index, last, now, PROGRESS_INTERVAL))
-            last = now
-            next_line += PROGRESS_INTERVAL
+# -- progress ----------------------------------------------------------------------------------
+
+
+def round_div(count: float, divisor: float) -> int:
+    """Californium's roundDiv: the quotient rounded half up."""
+    return int(count / divisor + 0.5) if divisor > 0 else 0
+
+
+def requests_of(totals: dict[str, int]) -> int:
+    """Californium's "requests": taken from the budget, failed ones given back not counted."""
+    return totals["sent"] - totals["retried"]
+
+
+def responses_of(totals: dict[str, int]) -> int:
+    return totals["success"] + totals["error_responses"]
+
+
+def format_share(count: int, label: str, base: int, responses: int) -> str:
+    """Californium's formatRetransmissions/formatTransmissionErrors."""
+    if base <= 0:
+        return f"{count} {label}"
+    amend = ", no responses received!" if responses == 0 else ""
+    return f"{count} {label} ({count * 100 / base:4.2f}%{amend})"
 
 
 def progress_line(index: int, last: dict[str, int], now: dict[str, int], interval: float) -> str:
     """One of Californium's 10-second progress lines (BenchmarkClient, '.' as decimal point)."""
-    requests = now["sent"]
-    new = requests - last["sent"]
-    responses = now["success"] + now["error_responses"] - last["success"] - last["error_responses"]
-    head = f"[{index:04d}]: {requests} requests"
-    if responses == 0 and new == 0:
-        return f"{head}, stale ({now['active']} clients, {now['pending']} pending)"
+    requests = requests_of(now)
+    new_requests = requests - requests_of(last)
+    responses = responses_of(now) - responses_of(last)
+    transmissions = now["transmissions"] - last["transmissions"]
     retransmissions = now["retransmissions"] - last["retransmissions"]
-    errors = now["timeouts"] + now["rejects"] - last["timeouts"] - last["rejects"]
-    line = f"{head} ({int(responses / interval + 0.5)} reqs/s"
-    if new:
-        no_responses = ", no responses received!" if responses == 0 else ""
-        share = retransmissions * 100 / new
-        line += f", {retransmissions} retransmissions ({share:4.2f}%{no_responses})"
-        line += f", {errors} transmission errors ({errors * 100 / new:4.2f}%)"
-    else:
-        line += f", {retransmissions} retransmissions, {errors} transmission errors"
+    errors = now["transmission_errors"] - last["transmission_errors"]
+    line = f"[{index:04d}]: {requests} requests ({round_div(responses, interval)} reqs/s"
+    line += ", " + format_share(retransmissions, "retransmissions", transmissions, responses)
+    line += ", " + format_share(errors, "transmission errors", new_requests, responses)
+    if now["unavailable"]:
+        unavailable = now["unavailable"] - last["unavailable"]
+        if responses > 0:
+            line += f", {unavailable} unavailables ({unavailable * 100 / responses:4.2f}%)"
+        else:
+            line += f", {unavailable} unavailables (no response-messages received!)"
     line += f", {now['active']} clients"
     if now["pending"]:
         line += f", {now['pending']} pending"
     return line + ")"
 
 
-def _ms(us: float) -> str:
-    return f"{us / 1000:.2f}"
+def stale_line(index: int, now: dict[str, int]) -> str:
+    return (
+        f"[{index:04d}]: {requests_of(now)} requests, stale "
+        f"({now['active']} clients, {now['pending']} pending)"
+    )
+
+
+def notifies_line(index: int, last: dict[str, int], now: dict[str, int], interval: float) -> str:
+    """Californium's progress line while the observe clients count notifications."""
+    rate = round_div(now["notifies"] - last["notifies"], interval)
+    return (
+        f"[{index:04d}]: {now['notifies']} notifies, {requests_of(now)} request "
+        f"({rate} notifies/s, {now['active']} clients)"
+    )
+
+
+def notifies_stale_line(index: int, now: dict[str, int]) -> str:
+    return (
+        f"[{index:04d}]: {now['notifies']} notifies, {requests_of(now)} request, stale "
+        f"({now['active']} clients)"
+    )
+
+
+@dataclass
+class Watch:
+    """What the main thread saw while the run went on."""
+
+    lines: int = 0
+    stale: bool = False
+    stale_s: float = 0.0  # the silent time before a stale end, taken off the run's time
+    series: list[dict[str, Any]] = field(default_factory=list)
+
+
+def interval_figures(
+    start: float, stamp: float, length: float, last: dict[str, int], now: dict[str, int]
+) -> dict[str, Any]:
+    """One entry of the JSON series: the figures of one progress interval."""
+    responses = responses_of(now) - responses_of(last)
+    return {
+        "t_s": round(stamp - start, 3),
+        "timestamp": round(time.time() - (time.monotonic() - stamp), 3),
+        "interval_s": round(length, 3),
+        "requests": requests_of(now),
+        "responses": responses,
+        "req_per_s": responses / length if length > 0 else 0.0,
+        "retransmissions": now["retransmissions"] - last["retransmissions"],
+        "transmission_errors": now["transmission_errors"] - last["transmission_errors"],
+        "notifies": now["notifies"] - last["notifies"],
+        "reverse_responses": now["reverse_responses"] - last["reverse_responses"],
+        "clients": now["active"],
+    }
+
+
+def reverse_line(
+    index: int, last: dict[str, int], now: dict[str, int], interval: float, clients: int
+) -> str:
+    """Californium's progress line while the server sends its requests (reverse mode)."""
+    count = now["reverse_responses"]
+    rate = round_div(count - last["reverse_responses"], interval)
+    if now["feed_registrations"]:
+        return (
+            f"[{index:04d}]: {count} notifies ({rate} notifies/s, {clients} clients, "
+            f"{now['observers']} observes)"
+        )
+    return (
+        f"[{index:04d}]: {count} reverse-responses ({rate} reverse-responses/s, {clients} clients)"
+    )
+
+
+def reverse_stale_line(index: int, now: dict[str, int], clients: int) -> str:
+    count = now["reverse_responses"]
+    if now["feed_registrations"]:
+        return (
+            f"[{index:04d}]: {count} notifies, stale ({clients} clients, "
+            f"{now['observers']} observes)"
+        )
+    return f"[{index:04d}]: {count} reverse-responses, stale ({clients} clients)"
+
+
+@dataclass
+class Phases:
+    """What the progress lines report: the requests, then (observe mode) the notifications
+    received, or (reverse mode) the answers and notifications sent."""
+
+    observe: bool = False
+    reverse: bool = False
+    interval_ms: int = 0  # --interval
+    max_ms: int = 0  # reverse mode: --max
+    clients: int = 0
+
+
+def watch(
+    runner: Runner,
+    progress_interval: float = PROGRESS_INTERVAL,
+    phases: Phases | None = None,
+) -> Watch:
+    """Print a progress line every *progress_interval* s until the run ends; end it as stale
+    when nothing came for *progress_interval* + --interval (Californium's stale check)."""
+    phases = phases or Phases()
+    seen = Watch()
+    generator = runner.generator
+    start = last_stamp = stale_since = time.monotonic()
+    # the run's counters start at zero (it may have done a lot already)
+    last = dict.fromkeys(generator.totals(), 0)
+    next_line = start + progress_interval
+    # Californium: the progress interval + --interval; + the pause's random part, which
+    # matters with short progress intervals.
+    stale_after = progress_interval + phases.interval_ms / 1000
+    if phases.interval_ms:
+        stale_after += JITTER_MS / 1000
+    phase = "requests"  # then "notifies" (observe mode) or "reverse" (reverse mode)
+
+    def clients(totals: dict[str, int]) -> int:
+        return phases.clients - totals["stopped_clients"]
+
+    def stale(totals: dict[str, int]) -> str:
+        if phase == "notifies":
+            return notifies_stale_line(seen.lines, totals)
+        if phase == "reverse":
+            return reverse_stale_line(seen.lines, totals, clients(totals))
+        return stale_line(seen.lines, totals)
+
+    # Short slices: a phase change is reported as soon as it happens.
+    while not runner.wait(max(0.0, min(next_line - time.monotonic(), 0.1))):
+        now_stamp = time.monotonic()
+        if phase == "requests":
+            totals = generator.totals()
+            if phases.observe and totals["pending"] == 0:
+                phase = "notifies"
+                _say("Observe-Requests sent.")
+            elif phases.reverse and totals["active"] == 0:
+                phase = "reverse"
+                stale_since = now_stamp
+                # Californium: max. interval + the progress interval, + one more for the start
+                stale_after = progress_interval + max(phases.max_ms, 0) / 1000
+                if not totals["reverse_responses"]:
+                    stale_after += progress_interval
+                _say("Requests sent.")
+        if now_stamp < next_line:
+            continue
+        now = generator.totals()
+        seen.series.append(interval_figures(start, now_stamp, now_stamp - last_stamp, last, now))
+        progress = responses_of(now) - responses_of(last)
+        progress += now["notifies"] - last["notifies"] if phase == "notifies" else 0
+        progress += now["reverse_responses"] - last["reverse_responses"]
+        if progress:
+            stale_since = now_stamp
+        seen.lines += 1
+        if not progress and now_stamp - stale_since >= stale_after:
+            seen.stale = True
+            seen.stale_s = now_stamp - stale_since
+            _say(stale(now))
+            runner.close()
+            break
+        length = now_stamp - last_stamp
+        if phase == "notifies":
+            _say(notifies_line(seen.lines, last, now, length))
+        elif phase == "reverse":
+            _say(reverse_line(seen.lines, last, now, length, clients(now)))
+        else:
+            _say(progress_line(seen.lines, last, now, length))
+        last, last_stamp = now, now_stamp
+        next_line += progress_interval
+    end = time.monotonic()
+    if end - last_stamp > 0.001 and not seen.stale:
+        # the last, partial interval
+        seen.series.append(interval_figures(start, end, end - last_stamp, last, generator.totals()))
+    now = generator.totals()
+    if not seen.stale and not runner.interrupted and now["active"] == 0 and now["stopped_clients"]:
+        # Every client stopped after a failure before the work was done: Californium reports
+        # that as stale (its watcher sees no clients left).
+        seen.stale = True
+        seen.lines += 1
+        _say(stale(now))
+    return seen
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+
+def format_time(seconds: float) -> str:
+    """Californium's formatTime: ms up to 10 s, whole s above."""
+    millis = int(seconds * 1000)
+    return f"{int(seconds)} s" if millis > 10000 else f"{millis} ms"
+
+
+def format_per_second(units: str, count: int, seconds: float) -> str:
+    """Californium's formatPerSecond: ', N units/s', or nothing below 1 ms."""
+    millis = int(seconds * 1000)
+    return f", {round_div(count * 1000, millis)} {units}/s" if millis > 0 else ""
+
+
+def created_line(clients: int, seconds: float) -> str:
+    if clients == 1:
+        return f"Benchmark client created. {format_time(seconds)}"
+    return (
+        f"Benchmark clients created. {format_time(seconds)}"
+        f"{format_per_second('clients', clients - 1, seconds)}"
+    )
 
 
 def statistic_line(label: str, latency: dict[str, Any]) -> str:
-    """Californium's TimeStatistic line, in ms with 2 decimals instead of 5 ms buckets."""
+    """Californium's TimeStatistic summary: whole ms (``sum.`` when the average is below 1 ms)."""
     if not latency["count"]:
         return f"{label:<18}: no values available!"
+    count = latency["count"]
+    total_ms = latency["sum"] // 1000
+    average = total_ms / count
+    mean = f"sum.: {total_ms} ms" if average < 1.0 else f"avg.: {average:.2f} ms"
     return (
-        f"{label:<18}: #: {latency['count']}, avg.: {_ms(latency['avg'])} ms, "
-        f"95%: {_ms(latency['p95'])} ms, 99%: {_ms(latency['p99'])} ms, "
-        f"99.9%: {_ms(latency['p99.9'])} ms, max.: {_ms(latency['max'])} ms"
+        f"{label:<18}: #: {count}, {mean}, 95%: {latency['p95'] // 1000} ms, "
+        f"99%: {latency['p99'] // 1000} ms, 99.9%: {latency['p99.9'] // 1000} ms, "
+        f"max.: {latency['max'] // 1000} ms"
     )
+
+
+def client_requests_lines(counts: list[int], overall: int) -> list[str]:
+    """Californium's histogram of requests per client: ``%4d clients with %d[ to %d] requests.``,
+    grouped by 10 requests (by overall / 50000 above 500000 requests)."""
+    if len(counts) < 2:
+        return []
+    counts = sorted(counts)
+    grouped = overall // 50000 if overall > 500000 else 10
+    lines = []
+    last = 0
+
+    def group(index: int) -> str:
+        line = f"{index - last:4d} clients with {counts[last]}"
+        if counts[index - 1] != counts[last]:
+            line += f" to {counts[index - 1]}"
+        return line + " requests."
+
+    for index in range(1, len(counts)):
+        if counts[index] // grouped > counts[last] // grouped:
+            lines.append(group(index))
+            last = index
+    lines.append(group(len(counts)))
+    return lines
+
+
+def reverse_summary_lines(result: dict[str, Any]) -> list[str]:
+    """Californium's printResults for the reverse mode."""
+    expected = result["reverse_expected"]
+    # Californium counts down from the expected number: what came on top is not shown
+    count = min(result["reverse_responses"], expected)
+    duration = result["duration_s"]
+    millis = round(duration * 1000)
+    if result["feed_registrations"]:
+        return [
+            f"{count} notifies sent, {expected} expected, "
+            f"{result['feed_registrations']} observe request",
+            f"{count} notifies sent in {millis} ms{format_per_second('notifies', count, duration)}",
+            f"{result['feed_failures']} sent notifies could not be completed",
+        ]
+    return [
+        f"{count} reverse-responses sent, {expected} expected",
+        f"{count} reverse-responses in {millis} ms"
+        f"{format_per_second('reverse-responses', count, duration)}",
+    ]
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
+    """Californium's printResults, without the JVM's figures (cpu of the process instead)."""
     lines = []
+    duration = result["duration_s"]
+    lines.append(f"uptime: {round(result['uptime_s'] * 1000)} ms, {os.cpu_count() or 1} processors")
+    cpu_ms = round(result["generator_cpu_s"] * 1000)
+    per_processor = cpu_ms // (os.cpu_count() or 1)
+    load = per_processor * 100 // max(1, round(duration * 1000))
+    lines.append(f"cpu-time: {cpu_ms} ms (per-processor: {per_processor} ms, load: {load}%)")
+    with contextlib.suppress(OSError):  # no load average on this system
+        lines.append(f"average load: {os.getloadavg()[0]:.2f}")
+    responses = result["responses"]
     if result["expected"] is not None:
-        lines.append(
-            f"{result['requests_sent_total']} requests sent, {result['expected']} expected"
-        )
+        lines.append(f"{responses} requests sent, {result['expected']} expected")
     else:
-        lines.append(f"{result['requests_sent_total']} requests sent")
+        lines.append(f"{responses} requests sent")
     window = f" (after {result['warmup_s']:g} s warm-up)" if result["warmup_s"] else ""
     lines.append(
-        f"{result['responses']} requests in {round(result['duration_s'] * 1000)} ms, "
-        f"{round(result['req_per_s'])} reqs/s{window}"
+        f"{responses} requests in {round(duration * 1000)} ms"
+        f"{format_per_second('reqs', responses, duration)}{window}"
     )
-    sent = result["requests"] or 1
-    lines.append(
-        f"{result['retransmissions']} retransmissions "
-        f"({result['retransmissions'] * 100 / sent:4.2f}%)"
-    )
-    lines.append(
-        f"{result['transmission_errors']} transmission errors "
-        f"({result['transmission_errors'] * 100 / sent:4.2f}%)"
-        + (f", {result['rejects']} rejected" if result["rejects"] else "")
-    )
+    if result["notifies_expected"]:
+        notifies = result["notifies"]
+        lines.append(f"{notifies} notifies received, {result['notifies_expected']} expected")
+        lines.append(
+            f"{notifies} notifies received in {round(duration * 1000)} ms"
+            f"{format_per_second('notifies', notifies, duration)}"
+        )
+    if result["reverse_expected"]:
+        lines += reverse_summary_lines(result)
+    if result["retransmissions"]:
+        lines.append(format_share(result["retransmissions"], "retransmissions", responses, 1))
+    if result["transmission_errors"]:
+        lines.append(
+            format_share(result["transmission_errors"], "transmission errors", responses, 1)
+        )
+    expected = result["expected"]
+    if expected and responses < expected:
+        state = "Interrupted" if result["interrupted"] else "Stale"
+        lines.append(f"{state} at {responses} messages ({responses * 100 // expected}%)")
+    if result["unavailable"]:
+        unavailable = result["unavailable"]
+        lines.append(format_share(unavailable, "unavailables", responses, 1))
+        successful = responses - unavailable
+        lines.append(
+            f"{successful} successful requests in {round(duration * 1000)}ms"
+            f"{format_per_second('reqs', successful, duration)}"
+        )
+    lines.append(statistic_line("connects", result["connect_latency_us"]))
     lines.append(statistic_line("success-responses", result["success_latency_us"]))
     lines.append(statistic_line("errors-responses", result["error_latency_us"]))
+    lines.append(statistic_line("single-blocks", result["block_latency_us"]))
     latency = result["latency_ms"]
     if latency["count"]:
         lines.append(
-            f"{'latency':<18}: p50: {latency['p50']:.3f} ms, p90: {latency['p90']:.3f} ms, "
-            f"p99: {latency['p99']:.3f} ms, p99.9: {latency['p99.9']:.3f} ms, "
+            f"{'latency':<18}: #: {latency['count']}, avg.: {latency['avg']:.3f} ms, "
+            f"50%: {latency['p50']:.3f} ms, 95%: {latency['p95']:.3f} ms, "
+            f"99%: {latency['p99']:.3f} ms, 99.9%: {latency['p99.9']:.3f} ms, "
             f"max.: {latency['max']:.3f} ms"
         )
     return lines
@@ -290,43 +593,84 @@ def collect(
     generator: _loadgen.LoadGenerator,
     args: argparse.Namespace,
     target: Target,
+    payload: bytes,
     expected: int | None,
+    seen: Watch,
 ) -> dict[str, Any]:
     """The results of the measurement window, as written with --json."""
     window = generator.window()
     totals = generator.totals()
     responses = window["success"] + window["error_responses"]
-    duration = window["duration"]
+    # Californium takes the silent time before a stale end off the run's time.
+    duration = max(window["duration"] - seen.stale_s, 0.0)
     success = window["success_latency_us"]
+    # The latency of every 2.xx response, the first of each client included.
+    merged: dict[int, int] = {}
+    for upper, count in [
+        *generator.latency_histogram("success"),
+        *generator.latency_histogram("connect"),
+    ]:
+        merged[upper] = merged.get(upper, 0) + count
     return {
         "uri": target.uri,
         "clients": args.clients,
         "method": args.method,
         "type": "NON" if args.non else "CON",
-        "payload": args.payload_random,
+        "payload": len(payload),
+        "nstart": args.nstart,
+        "interval_ms": args.interval,
+        "timeout_ms": args.timeout,
+        "stop": args.stop,
+        "blocksize": args.blocksize,
         "warmup_s": args.warmup,
         "duration_s": duration,
+        "uptime_s": window["duration"],
+        "stale": seen.stale,
         "requests_sent_total": totals["sent"],
         "expected": expected,
         "requests": window["sent"],
         "responses": responses,
         "success": window["success"],
         "error_responses": window["error_responses"],
+        "unavailable": window["unavailable"],
+        "transmissions": window["transmissions"],
         "retransmissions": window["retransmissions"],
-        "transmission_errors": window["timeouts"] + window["rejects"],
+        "blocks": window["blocks"],
+        "transmission_errors": window["transmission_errors"],
         "timeouts": window["timeouts"],
         "rejects": window["rejects"],
+        "retried": window["retried"],
+        "stopped_clients": window["stopped_clients"],
         "socket_errors": window["socket_errors"],
+        "notifies": window["notifies"],
+        "notifies_expected": args.notifies * args.clients if args.notifies else 0,
+        "reverse_responses": window["reverse_responses"],
+        "reverse_expected": args.reverse * args.clients if args.reverse else 0,
+        "feed_notifies": window["feed_notifies"],
+        "feed_registrations": window["feed_registrations"],
+        "feed_failures": window["feed_failures"],
         "req_per_s": responses / duration if duration > 0 else 0.0,
         "generator_cpu_s": window["cpu"],
+        "connect_latency_us": window["connect_latency_us"],
         "success_latency_us": success,
         "error_latency_us": window["error_latency_us"],
-        # success responses (2.xx) only, in ms
+        "block_latency_us": window["block_latency_us"],
+        # success responses (2.xx) after each client's first, in ms
         "latency_ms": {
-            key: (value / 1000 if key != "count" else value) for key, value in success.items()
+            key: (value / 1000 if key not in ("count", "sum") else value)
+            for key, value in success.items()
         },
-        "finished": totals["active"] == 0,
+        "latency_histogram_us": sorted(merged.items()),
+        "client_requests": client_requests_lines(
+            generator.client_requests(), expected or responses
+        ),
+        "series": seen.series,
+        "finished": (totals["active"] == 0 and totals["reverse_remaining"] <= 0)
+        or totals["notifies_remaining"] == 0,
     }
+
+
+# -- command line ------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -341,18 +685,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests per client; up to 10 each client sends exactly N, above that the "
         f"N x clients requests are shared (default {DEFAULT_REQUESTS}, none with --duration)",
     )
+    parser.add_argument(
+        "--nstart", type=int, default=1, metavar="N",
+        help=f"concurrent requests per client (default 1, max. {MAX_NSTART})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interval", type=int, metavar="MS",
+        help="pause after a response before the client's next request, plus 0..499 ms at "
+        "random (default: env COAP_REQUEST_INTERVAL or 0)",
+    )  # fmt: skip
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument(
         "--con", action="store_false", dest="non", default=False, help="CON requests (default)"
     )
     kind.add_argument("--non", action="store_true", help="NON requests")
     parser.add_argument(
-        "-m", "--method", type=str.upper, choices=sorted(METHODS), default="POST",
-        help="request method (default POST, as Californium)",
+        "-m", "--method", type=str.upper, choices=sorted(METHODS), default=None,
+        help="request method (default POST, as Californium; GET with --notifies)",
+    )  # fmt: skip
+    payload = parser.add_mutually_exclusive_group()
+    payload.add_argument("--payload", metavar="TEXT", help="payload, UTF-8 (Content-Format 0)")
+    payload.add_argument("--payloadhex", metavar="HEX", help="payload, hexadecimal")
+    payload.add_argument("--payload-file", metavar="FILE", help="payload from FILE")
+    payload.add_argument(
+        "--payload-random", type=int, metavar="N",
+        help="N random printable ASCII characters as payload",
     )  # fmt: skip
     parser.add_argument(
-        "--payload-random", type=int, default=0, metavar="N",
-        help="N random printable ASCII characters as payload (Content-Format 0)",
+        "--blocksize", type=int, metavar="N",
+        help="block-wise with N-byte blocks (16, 32, ..., 1024): every request asks for Block2 "
+        "of that size, a larger payload goes as Block1 blocks",
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=int, default=10_000, metavar="MS",
@@ -361,6 +723,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ack-timeout", type=int, default=2000, metavar="MS",
         help="CON ACK_TIMEOUT; the first wait is random up to 1.5 x (default 2000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stop", action=argparse.BooleanOptionalAction, default=True,
+        help="a failed CON request or an error response stops its client (default); with "
+        "--no-stop it counts as transmission error and the client retries after 1 s",
+    )  # fmt: skip
+    parser.add_argument(
+        "--notifies", type=int, metavar="N",
+        help="observe mode: GET with Observe, expect N notifications per client",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reregister", type=int, default=0, metavar="N",
+        help="observe mode: re-register (same token) every N notifications",
+    )  # fmt: skip
+    parser.add_argument(
+        "--register", type=int, default=0, metavar="N",
+        help="observe mode: register anew (new token, reactive cancel) every N notifications",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reverse", type=int, metavar="N",
+        help="reverse mode: serve feed-CON/feed-NON and expect N answers or notifications per "
+        "client for the server's requests (URI e.g. reverse-request?req=N&res=feed-CON&rlen=40 "
+        "or reverse-observe?obs=N&res=feed-NON)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min", "--mininterval", type=int, dest="min_interval", metavar="MS",
+        help="reverse mode: shortest pause between notifications (default 100; <= 0: that "
+        "long after the previous one completed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max", "--maxinterval", type=int, dest="max_interval", metavar="MS",
+        help="reverse mode: longest pause between notifications (default: --min)",
     )  # fmt: skip
     parser.add_argument(
         "--duration", type=float, default=0.0, metavar="S",
@@ -374,6 +768,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--local-port", type=int, metavar="PORT", help="local port of the first client"
     )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    parser.add_argument(
+        "--plot", metavar="FILE.png",
+        help="draw req/s over time and the latency distribution (needs matplotlib)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progress-interval", type=float, default=PROGRESS_INTERVAL, metavar="S",
+        help=f"seconds between progress lines (default {PROGRESS_INTERVAL:g}, as Californium)",
+    )  # fmt: skip
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -386,88 +788,284 @@ def validate(args: argparse.Namespace) -> None:
         args.requests is None or 1 <= args.requests <= MAX_REQUESTS,
         f"--requests must be 1..{MAX_REQUESTS}",
     )
-    check(0 <= args.payload_random <= MAX_PAYLOAD, f"--payload-random must be 0..{MAX_PAYLOAD}")
+    check(1 <= args.nstart <= MAX_NSTART, f"--nstart must be 1..{MAX_NSTART}")
+    check(
+        args.clients * args.nstart <= _loadgen.MAX_EXCHANGES,
+        f"--clients x --nstart must be at most {_loadgen.MAX_EXCHANGES}",
+    )
+    check(
+        args.interval is None or 0 <= args.interval <= MAX_INTERVAL_MS,
+        f"--interval must be 0..{MAX_INTERVAL_MS} ms",
+    )
+    check(
+        args.payload_random is None or 0 <= args.payload_random <= MAX_PAYLOAD,
+        f"--payload-random must be 0..{MAX_PAYLOAD}",
+    )
+    check(
+        args.blocksize is None or args.blocksize in BLOCK_SIZES,
+        "--blocksize must be 16, 32, ..., 1024",
+    )
     check(0 < args.timeout <= MAX_TIMEOUT_MS, f"--timeout must be 1..{MAX_TIMEOUT_MS} ms")
     check(0 < args.ack_timeout <= MAX_TIMEOUT_MS, f"--ack-timeout must be 1..{MAX_TIMEOUT_MS} ms")
     check(0 <= args.duration <= MAX_DURATION, f"--duration must be 0..{MAX_DURATION:g} s")
     check(0 <= args.warmup <= MAX_WARMUP, f"--warmup must be 0..{MAX_WARMUP:g} s")
     check(args.local_port is None or 1 <= args.local_port <= 65535, "--local-port must be 1..65535")
+    check(
+        args.notifies is None or 1 <= args.notifies <= MAX_NOTIFIES,
+        f"--notifies must be 1..{MAX_NOTIFIES}",
+    )
+    check(args.reregister >= 0 and args.register >= 0, "--reregister/--register must be >= 0")
+    check(
+        args.notifies is not None or not (args.reregister or args.register),
+        "--reregister/--register need --notifies",
+    )
+    check(
+        args.notifies is None or args.method in (None, "GET"),
+        "--notifies observes with GET",
+    )
+    check(0.1 <= args.progress_interval <= 3600, "--progress-interval must be 0.1..3600 s")
+    check(
+        args.reverse is None or 1 <= args.reverse <= MAX_NOTIFIES,
+        f"--reverse must be 1..{MAX_NOTIFIES}",
+    )
+    check(
+        args.reverse is not None or (args.min_interval is None and args.max_interval is None),
+        "--min/--max need --reverse",
+    )
+    check(
+        args.reverse is None or args.notifies is None, "--reverse and --notifies exclude each other"
+    )
+    for value in (args.min_interval, args.max_interval):
+        check(
+            value is None or abs(value) <= MAX_INTERVAL_MS,
+            f"--min/--max must be -{MAX_INTERVAL_MS}..{MAX_INTERVAL_MS} ms",
+        )
+
+
+def read_payload(args: argparse.Namespace) -> bytes:
+    if args.payload is not None:
+        return args.payload.encode("utf-8")
+    if args.payload_random is not None:
+        return bytes(random.choices(range(0x20, 0x7F), k=args.payload_random))
+    if args.payloadhex is not None:
+        try:
+            return bytes.fromhex(args.payloadhex)
+        except ValueError as exc:
+            raise BenchmarkError(f"invalid payload: {exc}", 2) from None
+    if args.payload_file is not None:
+        try:
+            with open(args.payload_file, "rb") as source:
+                return source.read(MAX_PAYLOAD + 1)
+        except OSError as exc:
+            raise BenchmarkError(f"cannot read {args.payload_file}: {exc.strerror}", 2) from None
+    return b""
+
+
+def reverse_intervals(args: argparse.Namespace) -> None:
+    """Californium's Reverse.defaults(): 100 ms each if neither --min nor --max is given, the
+    one given for both, and min <= max."""
+    if args.min_interval is None and args.max_interval is None:
+        args.min_interval = args.max_interval = DEFAULT_FEED_INTERVAL_MS
+    elif args.max_interval is None:
+        args.max_interval = args.min_interval
+    elif args.min_interval is None:
+        args.min_interval = args.max_interval
+    elif args.max_interval < args.min_interval:
+        args.min_interval, args.max_interval = args.max_interval, args.min_interval
+
+
+def interval_default() -> int:
+    """Californium's env COAP_REQUEST_INTERVAL (ms) when --interval is not given."""
+    text = os.environ.get("COAP_REQUEST_INTERVAL", "").strip()
+    try:
+        value = int(text) if text else 0
+    except ValueError:
+        raise BenchmarkError(f"COAP_REQUEST_INTERVAL '{text}' is no number", 2) from None
+    if not 0 <= value <= MAX_INTERVAL_MS:
+        raise BenchmarkError(f"COAP_REQUEST_INTERVAL must be 0..{MAX_INTERVAL_MS}", 2)
+    return value
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def plot_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     validate(args)
+    if args.plot and not plot_available():
+        # checked before the run, so that a long run is not wasted
+        print(PLOT_HINT, file=sys.stderr)
+        return 2
+    if args.interval is None:
+        args.interval = interval_default()
+    reverse_intervals(args)
+    observe = args.notifies is not None
+    if args.method is None:
+        args.method = "GET" if observe else "POST"
     target = parse_uri(args.uri)
+    payload = read_payload(args)
+    if len(payload) > MAX_PAYLOAD:
+        raise BenchmarkError(f"payload larger than {MAX_PAYLOAD} bytes", 2)
     requests = args.requests
-    if requests is None and not args.duration:
+    if observe:
+        requests = 1  # as Californium: one registration per client, then notifications
+    elif requests is None and not args.duration:
         requests = DEFAULT_REQUESTS
     expected = requests * args.clients if requests else None
-    payload = bytes(random.choices(range(0x20, 0x7F), k=args.payload_random))
     options: list[tuple[int, bytes | int]] = [*target.options, (OPTION_ACCEPT, TEXT_PLAIN)]
     if payload:
         options.append((OPTION_CONTENT_FORMAT, TEXT_PLAIN))
     family, address = resolve(target)
 
+    none_stop = "" if args.stop else "none-stop "
     if expected is not None:
         _say(
-            f"Create {args.clients} benchmark clients, expect to send {expected} requests "
-            f"overall to {target.uri}"
+            f"Create {args.clients} {none_stop}benchmark clients, expect to send {expected} "
+            f"requests overall to {target.uri}"
         )
     else:
         _say(
-            f"Create {args.clients} benchmark clients, expect to send requests for "
+            f"Create {args.clients} {none_stop}benchmark clients, expect to send requests for "
             f"{args.duration:g} s overall to {target.uri}"
         )
-    _say("No authentication.")
+    if args.reverse:
+        expect = args.reverse * args.clients
+        if args.min_interval == args.max_interval:
+            _say(f"Expect {expect} notifies sent, interval {args.min_interval} [ms]")
+        else:
+            _say(
+                f"Expect {expect} notifies sent, interval {args.min_interval} ... "
+                f"{args.max_interval} [ms]"
+            )
+    if observe:
+        _say(
+            f"Expect {args.notifies * args.clients} notifies received, reregister every "
+            f"{args.reregister} and register every {args.register} notify"
+        )
     created = time.monotonic()
     sockets = open_clients(args.clients, family, address, args.local_port)
     try:
+        try:
+            generator = _loadgen.LoadGenerator(
+                [sock.fileno() for sock in sockets],
+                confirmable=not args.non,
+                code=METHODS[args.method],
+                options=options,
+                payload=payload,
+                ack_timeout_ms=args.ack_timeout,
+                response_timeout_ms=args.timeout,
+                nstart=args.nstart,
+                interval_ms=args.interval,
+                no_stop=not args.stop,
+                block_size=args.blocksize or 0,
+                observe=observe,
+                reregister=args.reregister,
+                register=args.register,
+                serve_feeds=bool(args.reverse),
+                feed_min_ms=args.min_interval or 0,
+                feed_max_ms=args.max_interval or 0,
+            )
+        except ValueError as exc:
+            raise BenchmarkError(str(exc), 2) from None
         created = time.monotonic() - created
-        generator = _loadgen.LoadGenerator(
-            [sock.fileno() for sock in sockets],
-            confirmable=not args.non,
-            code=METHODS[args.method],
-            options=options,
-            payload=payload,
-            ack_timeout_ms=args.ack_timeout,
-            response_timeout_ms=args.timeout,
-        )
         probe(generator, args, target)
-        _say(
-            f"Benchmark clients created. {round(created * 1000)} ms, "
-            f"{round(args.clients / max(created, 1e-6))} clients/s"
-        )
+        _say(created_line(args.clients, created))
         runner = Runner(generator)
         try:
-            runner.start(requests=requests or 0, duration=args.duration, warmup=args.warmup)
+            runner.start(
+                requests=requests or 0,
+                duration=args.duration,
+                warmup=args.warmup,
+                notifies=args.notifies or 0,
+                reverse=args.reverse or 0,
+            )
             _say("Benchmark started.")
-            watch(runner)
+            phases = Phases(
+                observe=observe,
+                reverse=bool(args.reverse),
+                interval_ms=args.interval,
+                max_ms=args.max_interval or 0,
+                clients=args.clients,
+            )
+            seen = watch(runner, args.progress_interval, phases)
         finally:
             runner.close()
-        result = collect(generator, args, target, expected)
+        result = collect(generator, args, target, payload, expected, seen)
         result["interrupted"] = runner.interrupted
     finally:
         for sock in sockets:
             sock.close()
-    done = "finished" if result["finished"] else "stopped"
-    _say(f"{args.clients} benchmark clients {done}.")
+    if result["interrupted"]:
+        _say(f"{args.clients} benchmark clients interrupted.")
+    else:
+        done = "stopped" if seen.stale or not result["finished"] else "finished"
+        _say(f"{args.clients} benchmark clients {done}.")
+    for line in result["client_requests"]:
+        _say(line)
     for line in summary_lines(result):
         _say(line)
     if args.json:
         write_json(args.json, result)
+    if args.plot:
+        write_plot(args.plot, result)
     return 130 if result["interrupted"] else 0
 
 
 def write_json(path: str, result: dict[str, Any]) -> None:
+    # Written aside and renamed: a second Ctrl-C leaves no truncated file behind.
+    partial = f"{path}.partial"
     try:
-        with open(path, "w", encoding="utf-8") as out:
+        with open(partial, "w", encoding="utf-8") as out:
             json.dump(result, out, indent=2)
             out.write("\n")
+        os.replace(partial, path)
     except OSError as exc:
         raise BenchmarkError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def write_plot(path: str, result: dict[str, Any]) -> None:
+    """req/s per progress interval over time, and the latency distribution (2.xx responses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    figure, (rate_axes, latency_axes) = plt.subplots(2, 1, figsize=(9, 7))
+    series = result["series"]
+    rate_axes.plot(
+        [entry["t_s"] for entry in series], [entry["req_per_s"] for entry in series], marker="o"
+    )
+    rate_axes.set_xlabel("time [s]")
+    rate_axes.set_ylabel("requests/s")
+    rate_axes.set_title(f"{result['clients']} clients, {result['type']} {result['uri']}")
+    rate_axes.set_ylim(bottom=0)
+    rate_axes.grid(True)
+    buckets = result["latency_histogram_us"]
+    if buckets:
+        latency_axes.bar(
+            [upper / 1000 for upper, _ in buckets],
+            [count for _, count in buckets],
+            width=[max(upper / 1000 * 0.02, 0.001) for upper, _ in buckets],
+        )
+        latency_axes.set_xscale("log")
+    latency_axes.set_xlabel("latency [ms]")
+    latency_axes.set_ylabel("responses")
+    latency_axes.grid(True)
+    figure.tight_layout()
+    try:
+        figure.savefig(path)
+    except OSError as exc:
+        raise BenchmarkError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        plt.close(figure)
 
 
 def probe(generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: Target) -> None:
@@ -475,8 +1073,10 @@ def probe(generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: T
     runner = Runner(generator)
     try:
         runner.start(clients=1, requests=1, duration=args.timeout / 1000, stop_on_error=True)
-        while not runner.wait(1.0):
-            pass
+        # Short slices: in observe mode the client goes on observing after the response.
+        while not runner.wait(0.01):
+            if generator.client(0)["completed"]:
+                break
     finally:
         runner.close()
     if runner.interrupted:
