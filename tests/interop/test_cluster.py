@@ -239,9 +239,15 @@ def test_static_cluster_behind_nat(start_cluster, start_nat, clients):
 # -- 2. dynamic clusters (ping/pong) ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [2, 3])
-def test_dynamic_cluster_behind_nat(start_cluster, start_nat, clients, count):
-    nodes = start_cluster(count, "dynamic")
+@pytest.mark.parametrize(
+    ("count", "security"),
+    [(2, ()), (3, ()), (2, ("--dtls-cluster-group-security", "cluster-secret"))],
+    ids=["2", "3", "2-dtls-mac"],
+)
+def test_dynamic_cluster_behind_nat(start_cluster, start_nat, clients, count, security):
+    """With --dtls-cluster-group-security the nodes ping each other over DTLS-PSK and every
+    cluster packet carries the MAC keyed from those sessions (§5.3, §5.7)."""
+    nodes = start_cluster(count, "dynamic", *security)
     nat = start_nat([node.dtls for node in nodes])
     node_ids = [node.node_id for node in nodes]
     connected = connect_clients(clients, nat.address, node_ids, per_node=1)

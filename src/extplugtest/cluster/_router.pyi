@@ -1,5 +1,6 @@
 from typing import Any
 
+from extplugtest.cluster._header import ClusterMac
 from extplugtest.dtls._datapath import DtlsEngine
 
 class ClusterEngine(DtlsEngine):
@@ -10,7 +11,12 @@ class ClusterEngine(DtlsEngine):
         management: Any,
         *,
         backward: bool = True,
+        mac: bool = False,
     ) -> None: ...
+    def set_node_mac(
+        self, node_id: int, write: ClusterMac | None, read: ClusterMac | None
+    ) -> None: ...
+    def mac_counters(self) -> dict[int, dict[str, int]]: ...
     def set_node(self, node_id: int, address: tuple[Any, ...] | None) -> None: ...
     def nodes(self) -> dict[int, tuple[Any, ...]]: ...
     def on_management_readable(self) -> None: ...

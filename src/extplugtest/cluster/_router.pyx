@@ -16,7 +16,9 @@ node holds the keys: its first byte is the node id. ClusterEngine is the DtlsEng
 * ping/pong and anything else on the management socket goes to the Python membership.
 
 Every decision and header is C (cluster/_header.pyx); a packet from an address that is not a
-known node's is dropped and counted, as are packets for unknown nodes.
+known node's is dropped and counted, as are packets for unknown nodes. With the cluster MAC
+(§5.3) every cluster packet carries 8 bytes of HMAC keyed per node pair from the management
+DTLS session (``set_node_mac``); a packet whose MAC is missing or wrong is dropped and counted.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -25,7 +27,7 @@ from libc.string cimport memcmp, memcpy, memset
 
 from extplugtest.cluster._header cimport (
     CLUSTER_MAX_HEADER_LENGTH, CLUSTER_MAX_NODE_ID, CLUSTER_OK, CLUSTER_RECORD_INCOMING,
-    CLUSTER_RECORD_OUTGOING, CLUSTER_ROUTE_LOCAL, ClusterView, cluster_decode,
+    CLUSTER_RECORD_OUTGOING, CLUSTER_ROUTE_LOCAL, ClusterMac, ClusterView, cluster_decode,
     cluster_encode_sockaddr, cluster_route, cluster_view_sockaddr,
 )
 from extplugtest.coap._dedup cimport PeerKey
@@ -64,6 +66,9 @@ cdef class ClusterEngine(DtlsEngine):
 
     cdef int own_node_id
     cdef bint backward
+    cdef bint with_mac                      # the cluster MAC (§5.3) on every cluster packet
+    cdef list write_macs                    # node id -> ClusterMac for packets to it, or None
+    cdef list read_macs                     # node id -> ClusterMac for packets from it
     cdef int management_fd
     cdef object management                  # management(data, address): ping/pong & others
     cdef sockaddr_storage node_address[NODES]
@@ -82,6 +87,8 @@ cdef class ClusterEngine(DtlsEngine):
         self.own_node_id = -1
         self.management_fd = -1
         self.backward = True
+        self.write_macs = [None] * NODES
+        self.read_macs = [None] * NODES
         memset(self.node_address_length, 0, sizeof(self.node_address_length))
         memset(&self.k, 0, sizeof(ClusterCounters))
         for i in range(RX_BATCH + 1):
@@ -97,16 +104,44 @@ cdef class ClusterEngine(DtlsEngine):
         udp_batch_free(&self.management_rx)
 
     def cluster(self, int own_node_id, int management_fd, management not None, *,
-                bint backward=True) -> None:
+                bint backward=True, bint mac=False) -> None:
         """Serve as node *own_node_id*; cluster packets go out of *management_fd* (whose
         ``on_management_readable`` the caller registers); other management datagrams go to
-        ``management(data, address)``."""
+        ``management(data, address)``. With *mac*, packets to and from a node need its keys
+        (``set_node_mac``)."""
         if not 0 <= own_node_id < NODES:
             raise ValueError(f"node id must be 0..{NODES - 1}")
         self.own_node_id = own_node_id
         self.management_fd = management_fd
         self.management = management
         self.backward = backward
+        self.with_mac = mac
+
+    def set_node_mac(self, int node_id, ClusterMac write, ClusterMac read) -> None:
+        """The cluster MACs shared with node *node_id*: *write* signs packets to it, *read*
+        checks packets from it (None: no keys, its packets are dropped)."""
+        if not 0 <= node_id < NODES:
+            raise ValueError(f"node id must be 0..{NODES - 1}")
+        if write is None or read is None:
+            self.write_macs[node_id] = self.read_macs[node_id] = None
+            return
+        self.write_macs[node_id] = write
+        self.read_macs[node_id] = read
+
+    cdef bint _sign(self, int node, uint8_t* packet, Py_ssize_t length) noexcept:
+        """MAC a packet to *node* (True without the MAC); False: no keys for it yet."""
+        cdef object mac
+        if not self.with_mac:
+            return True
+        mac = self.write_macs[node]
+        return mac is not None and (<ClusterMac>mac).sign(packet, length) == CLUSTER_OK
+
+    cdef bint _verified(self, int node, const ClusterView* view) noexcept:
+        cdef object mac
+        if not self.with_mac:
+            return True
+        mac = self.read_macs[node]
+        return mac is not None and (<ClusterMac>mac).verify(view) == CLUSTER_OK
 
     def set_node(self, int node_id, address) -> None:
         """Node *node_id* is at management *address* now (None: it is gone)."""
@@ -161,10 +196,10 @@ cdef class ClusterEngine(DtlsEngine):
         if self.forward.count == self.forward.capacity:
             self._send_cluster(&self.forward)
         n = cluster_encode_sockaddr(CLUSTER_RECORD_INCOMING, udp_batch_addr(&self.rx, slot),
-                                    data, length, False,
+                                    data, length, self.with_mac,
                                     udp_batch_buffer(&self.forward, self.forward.count),
                                     CLUSTER_SLOT)
-        if n < 0:
+        if n < 0 or not self._sign(node, udp_batch_buffer(&self.forward, self.forward.count), n):
             self.k.drop_forward += 1
             return 0
         udp_batch_queue(&self.forward, n, &self.node_address[node],
@@ -189,9 +224,9 @@ cdef class ClusterEngine(DtlsEngine):
         if not self.node_address_length[router]:
             self.k.drop_backward += 1               # the router is gone
             return -1
-        n = cluster_encode_sockaddr(CLUSTER_RECORD_OUTGOING, client, record, length, False, out,
-                                    CLUSTER_SLOT)
-        if n < 0:
+        n = cluster_encode_sockaddr(CLUSTER_RECORD_OUTGOING, client, record, length,
+                                    self.with_mac, out, CLUSTER_SLOT)
+        if n < 0 or not self._sign(router, out, n):
             self.k.drop_backward += 1
             return -1
         self.k.backwarded += 1
@@ -279,8 +314,8 @@ cdef class ClusterEngine(DtlsEngine):
                             address_tuple(sender))
             return 0
         node = self._node_at(sender)
-        if (node < 0 or cluster_decode(data, length, False, &view) != CLUSTER_OK
-                or view.record_length > SLOT_SIZE):
+        if (node < 0 or cluster_decode(data, length, self.with_mac, &view) != CLUSTER_OK
+                or view.record_length > SLOT_SIZE or not self._verified(node, &view)):
             if data[0] == CLUSTER_RECORD_INCOMING:  # forged, or not from a cluster node
                 self.k.bad_forward += 1
             else:
@@ -316,4 +351,13 @@ cdef class ClusterEngine(DtlsEngine):
             "bad forward": self.k.bad_forward,
             "bad backward": self.k.bad_backward,
             "management received": self.k.management_received,
+        }
+
+    def mac_counters(self) -> dict:
+        """Per node with keys: packets signed for it, verified from it, failed from it."""
+        return {
+            node: {"signed": (<ClusterMac>self.write_macs[node]).signed_packets,
+                   "verified": (<ClusterMac>self.read_macs[node]).verified_packets,
+                   "failed": (<ClusterMac>self.read_macs[node]).mac_failures}
+            for node in range(NODES) if self.write_macs[node] is not None
         }

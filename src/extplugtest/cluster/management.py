@@ -42,6 +42,7 @@ from extplugtest.cluster._header import (
     CLUSTER_RECORD_INCOMING,
     CLUSTER_RECORD_OUTGOING,
 )
+from extplugtest.cluster.keys import ClusterMacKeys
 
 __all__ = [
     "MESSAGE_LENGTH",
@@ -453,14 +454,13 @@ def _check_node_id(node_id: int) -> None:
 
 
 class ManagementSecurity(Protocol):
-    """DTLS-PSK protection of the management channel (§5.7). TODO: no implementation yet.
-
-    The plan: a DTLS 1.2 PSK endpoint (role BOTH, identity ``dtls-mgmt`` with the
-    ``--dtls-cluster-group-security`` secret, or the k8s ``DTLS_CID_MGMT_*`` env), built from
-    ``extplugtest.dtls`` handshakes and sharing the management socket; retransmission 500 ms,
-    3 retries, at most 1024 connections. Its handshakes derive the cluster MAC keys
-    (``extplugtest.cluster.keys.cluster_mac_keys``). ``ManagementEndpoint`` already routes
-    every management datagram through it when one is given.
+    """DTLS-PSK protection of the management channel (§5.7); the implementation is
+    ``extplugtest.cluster.security.DtlsManagementSecurity``: a DTLS 1.2 PSK endpoint (role
+    BOTH, identity ``dtls-mgmt`` with the ``--dtls-cluster-group-security`` secret, or the k8s
+    ``DTLS_CID_MGMT_*`` env) sharing the management socket; retransmission 500 ms, 3 retries,
+    at most 1024 connections. Its handshakes derive the cluster MAC keys
+    (``extplugtest.cluster.keys.cluster_mac_keys``). ``ManagementEndpoint`` routes every
+    management datagram through it when one is given, and runs its timer.
     """
 
     def wrap(self, payload: bytes, peer: Address, *, new_handshake: bool) -> list[bytes]:
@@ -470,8 +470,15 @@ class ManagementSecurity(Protocol):
     def unwrap(self, datagram: bytes, peer: Address) -> tuple[list[bytes], list[bytes]]:
         """(application payloads for the membership, datagrams to send back to *peer*)."""
 
-    def mac_for(self, peer: Address) -> object | None:
+    def mac_for(self, peer: Address) -> ClusterMacKeys | None:
         """The ``ClusterMacKeys`` of the session with *peer*, None without keys."""
+
+    @property
+    def next_tick(self) -> float:
+        """When ``tick`` is due next (loop clock; inf: nothing to do)."""
+
+    def tick(self, now: float) -> list[tuple[bytes, Address]]:
+        """Handshake retransmissions that are due: (datagram, peer) pairs to send."""
 
 
 ClusterPacketHandler = Callable[[bytes, Address], None]
@@ -498,6 +505,7 @@ class ManagementEndpoint(asyncio.DatagramProtocol):
         self.security = security
         self.transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._security_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
 
@@ -548,6 +556,9 @@ class ManagementEndpoint(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._security_timer is not None:
+            self._security_timer.cancel()
+            self._security_timer = None
 
     # -- API -------------------------------------------------------------------------------
 
@@ -575,6 +586,7 @@ class ManagementEndpoint(asyncio.DatagramProtocol):
         for payload in payloads:
             self._send(self.membership.receive(payload, addr, self._loop.time()))
         self._check_ready()
+        self._schedule_security()
 
     def _on_timer(self) -> None:
         assert self._loop is not None
@@ -591,6 +603,35 @@ class ManagementEndpoint(asyncio.DatagramProtocol):
         if self.transport is not None and not self.transport.is_closing() and when != math.inf:
             self._timer = self._loop.call_at(when, self._on_timer)
 
+    def _schedule_security(self) -> None:
+        """Run the security's timer (handshake retransmissions) at its next deadline; a new
+        handshake may bring it forward."""
+        security, loop = self.security, self._loop
+        if security is None or loop is None:
+            return
+        when = security.next_tick
+        if when == math.inf or self.transport is None or self.transport.is_closing():
+            return
+        timer = self._security_timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._security_timer = loop.call_at(when, self._on_security_timer, when)
+
+    def _on_security_timer(self, when: float) -> None:
+        assert self._loop is not None and self.security is not None
+        self._security_timer = None
+        try:
+            # The loop may run a handle up to its clock resolution early: the deadline it
+            # was scheduled for is due by then.
+            now = max(self._loop.time(), when)
+            for datagram, address in self.security.tick(now):
+                self._sendto(datagram, address)
+        except Exception:
+            log.exception("management security timer failed")
+        self._schedule_security()
+
     def _check_ready(self) -> None:
         if self.membership.ready and not self._ready.is_set():
             self._ready.set()
@@ -604,6 +645,7 @@ class ManagementEndpoint(asyncio.DatagramProtocol):
                 message.data, message.address, new_handshake=message.discovery
             ):
                 self._sendto(datagram, message.address)
+        self._schedule_security()
 
     def _sendto(self, data: bytes, address: SocketAddress) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -4,7 +4,8 @@ A ``ClusterNode`` joins three pieces: the node's DTLS endpoint, whose engine is 
 ``ClusterEngine`` (cluster/_router.pyx: forwarding, backwarding, all in C); the management
 socket, which that engine reads, handing ping/pong to the membership; and the membership
 itself (``StaticCluster`` or the ping/pong ``ClusterManager``), whose node table is copied into
-the engine whenever it may have changed.
+the engine whenever it may have changed. With a secured management channel (DTLS-PSK,
+cluster/security.py) the cluster MAC keys of each node's session are copied in the same way.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import logging
 import socket
 from typing import Any, cast
 
+from extplugtest.cluster._header import ClusterMac
 from extplugtest.cluster._router import ClusterEngine
 from extplugtest.cluster.management import (
     Address,
     ManagementEndpoint,
+    ManagementSecurity,
     Membership,
     SocketAddress,
 )
@@ -71,15 +74,22 @@ class ClusterNode:
         membership: Membership,
         *,
         backward: bool = True,
+        security: ManagementSecurity | None = None,
+        mac: bool = False,
     ) -> None:
+        if mac and security is None:
+            raise ValueError("the cluster MAC needs the secured management channel")
         self.transport = transport
         self.management_address = management_address
         self.membership = membership
         self.backward = backward
-        self.management = ManagementEndpoint(membership)
+        self.security = security
+        self.mac = mac
+        self.management = ManagementEndpoint(membership, security=security)
         self.sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._table: dict[int, Address] = {}
+        self._macs: dict[int, tuple[ClusterMac, ClusterMac] | None] = {}
         self._sync_timer = PeriodicTimer(SYNC_INTERVAL, self.sync)
 
     @property
@@ -103,7 +113,7 @@ class ClusterNode:
             raise RuntimeError("the DTLS endpoint of a cluster node needs a ClusterEngine")
         self.sock = bind_udp_socket(self.management_address, BUFFER_SIZE, BUFFER_SIZE)
         engine.cluster(self.node_id, self.sock.fileno(), self._management_datagram,
-                       backward=self.backward)  # fmt: skip
+                       backward=self.backward, mac=self.mac)  # fmt: skip
         self._loop = loop
         loop.add_reader(self.sock.fileno(), engine.on_management_readable)
         # ManagementEndpoint starts its membership timer from the running loop.
@@ -128,6 +138,13 @@ class ClusterNode:
             if self._table.get(node_id) != address:
                 engine.set_node(node_id, address)
         self._table = table
+        if self.mac and self.security is not None:
+            for node_id, address in table.items():
+                keys = self.security.mac_for(address)
+                macs = None if keys is None else (keys.write, keys.read)
+                if self._macs.get(node_id) != macs:
+                    engine.set_node_mac(node_id, *(macs or (None, None)))
+                    self._macs[node_id] = macs
 
     def close(self) -> None:
         self._sync_timer.stop()

@@ -17,6 +17,7 @@ from extplugtest.cluster.management import ClusterManager, Membership, StaticClu
 from extplugtest.cluster.monitor import MonitorService
 from extplugtest.cluster.node import ClusterNode
 from extplugtest.cluster.options import ClusterConfig, ClusterMode, ClusterNodeSpec, HostPort
+from extplugtest.cluster.security import DtlsManagementSecurity
 from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.endpoint_tcp import TcpEndpoint
@@ -295,11 +296,6 @@ class ExtendedServer:
                 "a DTLS-CID cluster needs DTLS.CONNECTION_ID_LENGTH of at least 6 (the node id "
                 "is its first byte)"
             )
-        if cluster.security is not None or cluster.mac:
-            raise StartupError(
-                "the DTLS-protected management channel (--dtls-cluster-group-security, the "
-                "cluster MAC) is not implemented yet: run the cluster without it"
-            )
         for node, membership in self._cluster_members(loop, cluster):
             assert node.dtls is not None
             transport = DtlsServerTransport(
@@ -314,9 +310,14 @@ class ExtendedServer:
                 node_id=node.node_id,
             )
             self._open(loop, transport)
+            security = (
+                None if cluster.security is None
+                else DtlsManagementSecurity.from_config(cluster.security)
+            )  # fmt: skip
             cluster_node = ClusterNode(
-                transport, _resolve(node.mgmt), membership, backward=cluster.backward
-            )
+                transport, _resolve(node.mgmt), membership, backward=cluster.backward,
+                security=security, mac=cluster.mac and security is not None,
+            )  # fmt: skip
             try:
                 cluster_node.open(loop)
             except OSError as error:
