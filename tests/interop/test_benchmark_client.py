@@ -240,3 +240,77 @@ def test_against_libcoap_server(tmp_path):
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+# -- coaps: DTLS sessions sealed and opened in the generator's loop --------------------------------
+
+
+def coaps_uri(server, path: str) -> str:
+    return f"coaps://127.0.0.1:{server.port + 1}/{path}"
+
+
+def test_coaps_against_extserver(bench_server, tmp_path):
+    """Californium's default credentials (cali.<hex> / .fornium per client), with CIDs."""
+    lines: list[str] = []
+    result = run_benchmark(
+        coaps_uri(bench_server, "benchmark?rlen=40"),
+        "--clients", "20", "--requests", "25", "-m", "GET", "--cid-length", "4",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert result["requests"] == 500 and result["transmission_errors"] == 0
+    assert result["success"] == result["responses"]
+    assert "Benchmark clients handshakes: 20 in" in "\n".join(lines)
+
+
+def test_coaps_psk_store_and_certificates(bench_server, tmp_path):
+    store = tmp_path / "cali.psk"
+    store.write_text("# identity=base64 of the secret\ncali.1=LmZvcm5pdW0=\ncali.2=LmZvcm5pdW0=\n")
+    result = run_benchmark(
+        coaps_uri(bench_server, "benchmark?rlen=10"),
+        "--clients", "3", "--requests", "5", "--psk-store", str(store), "--psk-index", "1",
+        "--non", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["success"] >= 1 and result["transmission_errors"] == 0
+    result = run_benchmark(
+        coaps_uri(bench_server, "benchmark?rlen=10"),
+        "--clients", "3", "--requests", "5", "-a", "X509",
+        "--cipher", "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["requests"] == 15 and result["transmission_errors"] == 0
+
+
+def test_coaps_wrong_secret_is_one_line(bench_server, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "extplugtest.tools.client", "benchmark",
+         coaps_uri(bench_server, "benchmark"), "--clients", "2", "--requests", "1",
+         "-i", "Client_identity", "-s", "wrong"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert completed.stderr.count("\n") == 1 and "DTLS handshake failed" in completed.stderr
+
+
+@pytest.mark.requires_bin("coap-server-openssl")
+def test_coaps_against_libcoap(tmp_path):
+    """A real peer: libcoap's DTLS server (PSK), its /time resource."""
+    exe = shutil.which("coap-server-openssl")
+    if exe is None:
+        pytest.skip("coap-server-openssl not found")
+    port = free_udp_port()
+    process = subprocess.Popen(
+        [exe, "-A", "127.0.0.1", "-p", str(port), "-k", "secretPSK", "-h", "Client_identity"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not coap_ping(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = run_benchmark(
+            f"coaps://127.0.0.1:{port + 1}/time",
+            "--clients", "5", "--requests", "10", "-m", "GET",
+            "-i", "Client_identity", "-s", "secretPSK", tmp_path=tmp_path,
+        )  # fmt: skip
+    finally:
+        process.kill()
+        process.wait(timeout=5)
+    assert result["requests"] == 50 and result["transmission_errors"] == 0

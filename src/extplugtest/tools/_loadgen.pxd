@@ -4,6 +4,7 @@
 # nstart requests outstanding (one Exchange each); the Engine's loop runs without the GIL in a
 # worker thread.
 
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 cdef enum:
@@ -41,6 +42,10 @@ cdef struct Exchange:
 
 cdef struct Client:
     int fd
+    # coaps: the DTLS session's AeadCipher (LoadGenerator holds the reference), NULL for coap
+    PyObject* cipher
+    uint64_t write_seq      # next record sequence number of epoch 1
+    uint8_t read_cid_length # our CID on the server's records (RFC 9146), 0: none
     bint started            # has received a response (Californium's "pending" until then)
     bint stopped            # stopped after a failure (Californium's default, without --no-stop)
     bint has_acked_mid
@@ -92,6 +97,7 @@ cdef struct Counters:
     uint64_t feed_failures      # reverse mode: CON notifications never acknowledged
     uint64_t socket_errors      # failed send/recv (ICMP errors, full buffers)
     uint64_t ignored            # datagrams that matched nothing
+    uint64_t dtls_dropped       # coaps: records that did not open (replays, bad MACs, alerts)
 
 cdef struct Histogram:
     uint64_t count
@@ -164,5 +170,6 @@ cdef struct Engine:
 
 cdef class LoadGenerator:
     cdef Engine e
+    cdef list _ciphers          # coaps: the sessions' AeadCiphers, alive while the engine is
     cdef object _thread
     cdef object _done

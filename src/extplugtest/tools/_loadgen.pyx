@@ -48,6 +48,10 @@ from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID
 from posix.unistd cimport close
 
+from extplugtest.dtls._record cimport (
+    APPLICATION_DATA, EXPLICIT_NONCE_LENGTH, RECORD_OK, AeadCipher, Plaintext, RecordView,
+    parse_record_view,
+)
 from extplugtest.coap._codec cimport (
     parse_view, MessageView, OptionView, option_uint, Writer, writer_init, write_header,
     write_option, write_uint_option, write_payload, writer_length, PARSE_OK, CON, NON, ACK, RST,
@@ -90,6 +94,7 @@ cdef extern from * nogil:
 
 cdef enum:
     MAX_EVENTS = 512
+    RECORD_ROOM = 13 + 255 + 8 + 1 + 16  # a DTLS record around a message: header, CID, ...
     DATAGRAM_SIZE = 2048        # Californium's UDP.DATAGRAM_SIZE; larger datagrams are cut
     SCAN_INTERVAL_MS = 10       # timer resolution: how often deadlines are checked
     HALF = 1 << (SUB_BITS - 1)
@@ -252,9 +257,53 @@ cdef void transmit(Engine* e, Client* c, Exchange* x) noexcept nogil:
                 write_payload(&w, e.payload, e.payload_length)
         length = writer_length(&w)
     patch(message, x)
+    client_send(e, c, message, length)
+
+
+cdef void client_send(Engine* e, Client* c, const uint8_t* message,
+                      Py_ssize_t length) noexcept nogil:
+    """Send one CoAP message of the client: as it is (coap), or in one DTLS application
+    record of its session (coaps)."""
+    cdef uint8_t record[DATAGRAM_SIZE + RECORD_ROOM]
+    cdef Py_ssize_t sealed
+    if c.cipher != NULL:
+        sealed = (<AeadCipher>c.cipher).seal_into(
+            (<AeadCipher>c.cipher).epoch, c.write_seq, APPLICATION_DATA, message, length,
+            (<AeadCipher>c.cipher).write_cid_data, (<AeadCipher>c.cipher).write_cid_length,
+            record, DATAGRAM_SIZE + RECORD_ROOM)
+        if sealed < 0:
+            e.total.dtls_dropped += 1
+            return
+        c.write_seq += 1
+        message = record
+        length = sealed
     if send(c.fd, message, length, MSG_NOSIGNAL) < 0:
         # Lost like a dropped datagram: a CON is retransmitted, a NON times out.
         socket_error(e, c, errno)
+
+
+cdef void on_records(Engine* e, Client* c, uint64_t now, uint8_t* data,
+                     ssize_t length) noexcept nogil:
+    """A datagram of a coaps client: every application record it holds, opened in place, is
+    a CoAP message; anything else (alerts, replays, forgeries) is dropped and counted."""
+    cdef RecordView record
+    cdef Plaintext plain
+    cdef Py_ssize_t offset = 0
+    cdef uint8_t* fragment
+    cdef int opened
+    while offset < length:
+        if parse_record_view(data + offset, length - offset, c.read_cid_length,
+                             &record) != RECORD_OK:
+            e.total.dtls_dropped += 1
+            return
+        fragment = <uint8_t*>record.fragment + EXPLICIT_NONCE_LENGTH
+        opened = (<AeadCipher>c.cipher).open_view(
+            &record, fragment, length - offset - (fragment - (data + offset)), &plain)
+        if opened == RECORD_OK and plain.content_type == APPLICATION_DATA:
+            on_datagram(e, c, now, plain.data, plain.length)
+        else:
+            e.total.dtls_dropped += 1
+        offset += record.record_length
 
 
 cdef inline void send_empty(Engine* e, Client* c, int type, uint16_t mid) noexcept nogil:
@@ -262,8 +311,7 @@ cdef inline void send_empty(Engine* e, Client* c, int type, uint16_t mid) noexce
     cdef Writer w
     writer_init(&w, message, 4)
     write_header(&w, type, 0, mid, NULL, 0)
-    if send(c.fd, message, 4, MSG_NOSIGNAL) < 0:
-        socket_error(e, c, errno)
+    client_send(e, c, message, 4)
 
 
 cdef inline bint take_request(Engine* e, Client* c) noexcept nogil:
@@ -536,8 +584,7 @@ cdef void send_feed(Engine* e, Client* c, int type, int code, uint16_t mid,
         write_uint_option(&w, OPTION_CONTENT_FORMAT, 0)
         w.pos[0] = 0xFF     # payload marker; rlen is capped, so it fits
         w.pos += 1 + feed_payload(w.pos + 1, <int>(c - e.clients), counter, rlen)
-    if send(c.fd, buffer, w.pos - buffer, MSG_NOSIGNAL) < 0:
-        socket_error(e, c, errno)
+    client_send(e, c, buffer, w.pos - buffer)
 
 
 cdef uint64_t feed_interval_ns(Engine* e) noexcept nogil:
@@ -878,7 +925,10 @@ cdef void run_loop(Engine* e) noexcept nogil:
                 if errno != EAGAIN and errno != EINTR:
                     socket_error(e, c, errno)     # e.g. ECONNREFUSED after ICMP unreachable
                 continue
-            on_datagram(e, c, monotonic_ns(), buffer, length)
+            if c.cipher != NULL:
+                on_records(e, c, monotonic_ns(), buffer, length)
+            else:
+                on_datagram(e, c, monotonic_ns(), buffer, length)
     now = monotonic_ns()
     if not e.window_is_open:
         open_window(e, now)
@@ -952,6 +1002,7 @@ cdef dict _counters(const Counters* now, const Counters* base):
         "feed_failures": now.feed_failures - base.feed_failures,
         "socket_errors": now.socket_errors - base.socket_errors,
         "ignored": now.ignored - base.ignored,
+        "dtls_dropped": now.dtls_dropped - base.dtls_dropped,
     }
 
 
@@ -1197,6 +1248,23 @@ cdef class LoadGenerator:
     @property
     def running(self) -> bool:
         return self._thread is not None and not self._done.is_set()
+
+    def use_dtls(self, sessions) -> None:
+        """coaps: client i talks through DTLS session ``sessions[i]``, an object with
+        ``cipher`` (its epoch-1 AeadCipher), ``next_write_seq`` and ``read_cid`` (as the
+        handshake left it); call before the run."""
+        cdef int i
+        cdef AeadCipher cipher
+        sessions = list(sessions)
+        if len(sessions) != self.e.client_count:
+            raise ValueError(f"{self.e.client_count} sessions needed, not {len(sessions)}")
+        self._ciphers = []
+        for i, session in enumerate(sessions):
+            cipher = session.cipher
+            self._ciphers.append(cipher)        # the reference behind clients[i].cipher
+            self.e.clients[i].cipher = <PyObject*>cipher
+            self.e.clients[i].write_seq = session.next_write_seq
+            self.e.clients[i].read_cid_length = len(session.read_cid)
 
     def totals(self) -> dict:
         """Counters since the start of the run, plus active and pending clients, and the

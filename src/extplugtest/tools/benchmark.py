@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from extplugtest.tools import _loadgen
+from extplugtest.tools import _loadgen, benchmark_dtls
 
 PROGRESS_INTERVAL = 10.0  # seconds between progress lines (Californium's DEFAULT_TIMEOUT_SECONDS)
 DEFAULT_REQUESTS = 100  # per client, when neither --requests nor --duration is given
@@ -87,10 +87,11 @@ class Target:
     host: str
     port: int
     options: list[tuple[int, bytes]] = field(default_factory=list)
+    scheme: str = "coap"
 
 
 def parse_uri(text: str) -> Target:
-    """Split a coap:// URI into host, port and Uri-* options (RFC 7252 §6.4)."""
+    """Split a coap:// or coaps:// URI into host, port and Uri-* options (RFC 7252 §6.4)."""
     if "://" not in text:
         text = "coap://" + text  # Californium's default scheme
     if text.endswith("/") and not text.endswith("://"):
@@ -101,10 +102,10 @@ def parse_uri(text: str) -> Target:
     except ValueError as exc:
         raise BenchmarkError(f"invalid URI '{text}': {exc}", 2) from None
     scheme = parts.scheme.lower()
-    if scheme in ("coaps", "coap+tcp", "coaps+tcp"):
-        raise BenchmarkError(f"scheme '{scheme}' is not supported yet, use coap://", 2)
-    if scheme != "coap":
-        raise BenchmarkError(f"'{text}' is not a coap:// URI", 2)
+    if scheme in ("coap+tcp", "coaps+tcp"):
+        raise BenchmarkError(f"scheme '{scheme}' is not supported yet, use coap:// or coaps://", 2)
+    if scheme not in ("coap", "coaps"):
+        raise BenchmarkError(f"'{text}' is not a coap:// or coaps:// URI", 2)
     if not parts.hostname:
         raise BenchmarkError(f"URI '{text}' has no host", 2)
     if parts.fragment:
@@ -123,7 +124,9 @@ def parse_uri(text: str) -> Target:
     for number, value in options:
         if len(value) > 255:
             raise BenchmarkError(f"URI component longer than 255 bytes (option {number})", 2)
-    return Target(text, parts.hostname, port if port is not None else 5683, options)
+    default_port = 5684 if scheme == "coaps" else 5683
+    return Target(text, parts.hostname, port if port is not None else default_port, options,
+                  scheme)  # fmt: skip
 
 
 def resolve(target: Target) -> tuple[int, tuple[Any, ...]]:
@@ -767,6 +770,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--local-port", type=int, metavar="PORT", help="local port of the first client"
     )
+    benchmark_dtls.add_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     parser.add_argument(
         "--plot", metavar="FILE.png",
@@ -975,6 +979,8 @@ def run(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             raise BenchmarkError(str(exc), 2) from None
+        if target.scheme == "coaps":
+            handshakes(generator, sockets, args)
         created = time.monotonic() - created
         probe(generator, args, target)
         _say(created_line(args.clients, created))
@@ -1066,6 +1072,28 @@ def write_plot(path: str, result: dict[str, Any]) -> None:
         raise BenchmarkError(f"cannot write {path}: {exc.strerror}") from None
     finally:
         plt.close(figure)
+
+
+def handshakes(
+    generator: _loadgen.LoadGenerator, sockets: list[socket.socket], args: argparse.Namespace
+) -> None:
+    """coaps: every client's DTLS handshake before the run, with a progress line a second."""
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        _say(f"Benchmark clients handshakes: {done} of {total} ...")
+
+    try:
+        make = benchmark_dtls.handshake_factory(args, len(sockets))
+        sessions = benchmark_dtls.handshake_all(
+            sockets, make, burst=args.handshakes_burst, progress=progress
+        )
+    except benchmark_dtls.HandshakeError as exc:
+        raise BenchmarkError(str(exc)) from None
+    generator.use_dtls(sessions)
+    elapsed = time.monotonic() - started
+    _say(f"Benchmark clients handshakes: {len(sessions)} in {format_time(elapsed)}"
+         f"{format_per_second('handshakes', len(sessions), elapsed)}")  # fmt: skip
 
 
 def probe(generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: Target) -> None:
