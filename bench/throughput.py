@@ -1,4 +1,4 @@
-"""Throughput of our server against libcoap and aiocoap: CoAP CON GET over UDP on loopback.
+"""Throughput of our server against libcoap and aiocoap: CoAP CON GET over UDP or DTLS.
 
 For every client count (default 50 and 500) and every server (ours, libcoap, aiocoap) this
 starts the server fresh, pinned to CPU 0, and runs ``extclient benchmark`` pinned to CPU 1:
@@ -11,7 +11,11 @@ other work on the machine does not end up in the figures. Results are printed as
 written to ``bench/results/throughput-<time>.json``.
 
     .venv/bin/python bench/throughput.py [--clients 50,500] [--servers ours,libcoap,aiocoap]
-                                         [--duration 10] [--warmup 2]
+                                         [--duration 10] [--warmup 2] [--transport udp|dtls]
+
+``--transport dtls``: coaps with PSK (Client_identity / secretPSK, which both servers know),
+TLS_PSK_WITH_AES_128_CCM_8; ours hands out a 6-byte CID (RFC 9146), libcoap 4.3 has none;
+every client does its handshake before the run (aiocoap has no DTLS server: skipped).
 
 Only loopback addresses are used; every wait is bounded; every process started here is
 killed at the end, also on Ctrl-C or an error.
@@ -63,6 +67,13 @@ class Server:
     command: Callable[[int], list[str]]
     setup: Callable[[int], None] | None = None
     needs: str | None = None  # executable that must exist
+    #: the command for --transport dtls (its coaps port is the plain one + 1); None: no DTLS
+    dtls_command: Callable[[int], list[str]] | None = None
+    dtls_needs: str | None = None
+
+
+#: the PSK of --transport dtls: in our server's store and given to libcoap
+DTLS_IDENTITY, DTLS_SECRET = "Client_identity", "secretPSK"
 
 
 def ours_command(port: int) -> list[str]:
@@ -76,6 +87,11 @@ def libcoap_command(port: int) -> list[str]:
     return ["coap-server-notls", "-A", LOOPBACK, "-p", str(port), "-d", "10"]
 
 
+def libcoap_dtls_command(port: int) -> list[str]:
+    return ["coap-server-openssl", "-A", LOOPBACK, "-p", str(port), "-d", "10",
+            "-k", DTLS_SECRET, "-h", DTLS_IDENTITY]  # fmt: skip
+
+
 def libcoap_setup(port: int) -> None:
     # The resource created by PUT returns the PUT payload to GET (any query is ignored).
     put = ["coap-client-notls", "-B", "5", "-m", "put", "-e", PAYLOAD]
@@ -84,14 +100,39 @@ def libcoap_setup(port: int) -> None:
     )
 
 
+_responder: list[Path] = []  # the C responder, built once per run (bench/responder.py)
+
+
+def responder_command(port: int) -> list[str]:
+    from responder import build_responder
+
+    if not _responder:
+        binary = build_responder(Path(tempfile.mkdtemp(prefix="responder-")))
+        if binary is None:
+            raise BenchError("the C responder needs cc or gcc")
+        _responder.append(binary)
+    return [str(_responder[0]), str(port)]
+
+
 def aiocoap_command(port: int) -> list[str]:
     return [sys.executable, str(ROOT / "bench" / "aiocoap_server.py"), "--port", str(port)]
 
 
 SERVERS = {
-    "ours": Server("ours", ours_command, needs=str(VENV_BIN / "extserver")),
-    "libcoap": Server("libcoap", libcoap_command, libcoap_setup, needs="coap-server-notls"),
+    "ours": Server(
+        "ours", ours_command, needs=str(VENV_BIN / "extserver"), dtls_command=ours_command
+    ),
+    "libcoap": Server(
+        "libcoap",
+        libcoap_command,
+        libcoap_setup,
+        needs="coap-server-notls",
+        dtls_command=libcoap_dtls_command,
+        dtls_needs="coap-server-openssl",
+    ),
     "aiocoap": Server("aiocoap", aiocoap_command),
+    # no CoAP work at all: what the load generator itself can do (bench/README.md)
+    "responder": Server("responder", responder_command),
 }
 
 
@@ -215,12 +256,13 @@ def wait_ready(port: int, process: subprocess.Popen[Any]) -> bool:
 
 
 def start_server(
-    server: Server, processes: Processes, log: IO[bytes]
+    server: Server, processes: Processes, log: IO[bytes], dtls: bool = False
 ) -> tuple[subprocess.Popen[Any], int]:
     """A fresh server on CPU 0 that answers; a new port if the first one was taken meanwhile."""
+    make_command = server.dtls_command if dtls and server.dtls_command else server.command
     for _attempt in range(3):
         port = free_udp_port()
-        command = ["taskset", "-c", SERVER_CPU, *server.command(port)]
+        command = ["taskset", "-c", SERVER_CPU, *make_command(port)]
         process = processes.start(command, stdout=log, stderr=subprocess.STDOUT)
         if wait_ready(port, process):
             if server.setup:
@@ -267,6 +309,7 @@ def start_generator(
     args: argparse.Namespace,
     result_file: Path,
     start_timeout: float = START_TIMEOUT,
+    extra: tuple[str, ...] = (),
 ) -> Generator:
     """``extclient benchmark`` (CON GET) pinned to *cpu*, once it has started its clients
     (raises BenchError when it does not start in time)."""
@@ -274,7 +317,7 @@ def start_generator(
         "taskset", "-c", cpu, str(VENV_BIN / "extclient"), "benchmark", uri,
         "--clients", str(clients), "--method", "GET", "--con", "--no-stop",
         "--duration", str(args.duration), "--warmup", str(args.warmup),
-        "--json", str(result_file),
+        "--json", str(result_file), *extra,
     ]  # fmt: skip
     process = processes.start(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[tuple[float, str]] = queue.Queue()
@@ -298,9 +341,14 @@ def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) 
     idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
     result_file = work / f"{server.name}-{clients}.json"
     with Processes() as processes, open(work / f"{server.name}-{clients}.log", "wb") as log:
-        process, port = start_server(server, processes, log)
-        uri = f"coap://{LOOPBACK}:{port}/{PATH}"
-        run = start_generator(processes, GENERATOR_CPU, uri, clients, args, result_file)
+        dtls = args.transport == "dtls"
+        process, port = start_server(server, processes, log, dtls)
+        uri = (
+            f"coaps://{LOOPBACK}:{port + 1}/{PATH}" if dtls else f"coap://{LOOPBACK}:{port}/{PATH}"
+        )
+        extra = ("-i", DTLS_IDENTITY, "-s", DTLS_SECRET) if dtls else ()
+        run = start_generator(processes, GENERATOR_CPU, uri, clients, args, result_file,
+                              extra=extra)  # fmt: skip
         generator, started = run.process, run.started
         # The generator opens its window `warmup` s after "Benchmark started."; sample the
         # server's CPU over the same stretch.
@@ -408,6 +456,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--idle-timeout", type=float, default=120.0, help="max. wait for an idle box, s"
     )
+    parser.add_argument("--transport", choices=("udp", "dtls"), default="udp")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     try:
@@ -458,8 +507,12 @@ def main(argv: list[str] | None = None) -> int:
             for clients in args.clients:
                 for name in args.servers:
                     server = SERVERS[name]
-                    if server.needs and not shutil.which(server.needs):
-                        errors.append(f"{name}: {server.needs} not found, skipped")
+                    needs = server.dtls_needs if args.transport == "dtls" else server.needs
+                    if args.transport == "dtls" and server.dtls_command is None:
+                        errors.append(f"{name}: no DTLS server, skipped")
+                        continue
+                    if needs and not shutil.which(needs):
+                        errors.append(f"{name}: {needs} not found, skipped")
                         continue
                     print(f"{name}, {clients} clients ...", flush=True)
                     try:
@@ -484,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     for error in errors:
         print(f"note: {error}")
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / time.strftime("throughput-%Y%m%d-%H%M%S.json")
+    out = args.out / time.strftime(f"throughput-{args.transport}-%Y%m%d-%H%M%S.json")
     settings = {
         "duration": args.duration,
         "warmup": args.warmup,
