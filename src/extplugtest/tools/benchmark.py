@@ -1086,7 +1086,7 @@ def handshakes(
     try:
         make = benchmark_dtls.handshake_factory(args, len(sockets))
         sessions = benchmark_dtls.handshake_all(
-            sockets, make, burst=args.handshakes_burst, progress=progress
+            sockets, make, parallel=args.handshakes_parallel, progress=progress
         )
     except benchmark_dtls.HandshakeError as exc:
         raise BenchmarkError(str(exc)) from None

@@ -1,7 +1,8 @@
 """coaps for ``extclient benchmark``: the DTLS handshakes of all clients before the run.
 
 Every client gets its own DTLS session on its own socket; the handshakes run here, up to
-``--handshakes-burst`` at a time, with our sans-IO client (dtls/handshake_client.py), flights
+``--handshakes-parallel`` at a time (Californium's ``--handshakes-burst`` means something else:
+repeated handshakes during the run), with our sans-IO client (dtls/handshake_client.py), flights
 resent with back-off (RFC 6347 §4.2.4). Then the load generator seals and opens the records in
 its C loop (``LoadGenerator.use_dtls``).
 
@@ -28,8 +29,8 @@ from extplugtest.dtls.handshake_client import ClientHandshake, ClientSession
 from extplugtest.dtls.handshake_server import HandshakeFailure
 from extplugtest.tools.dtls_transport import DtlsClientOptions
 
-#: handshakes in flight at once unless --handshakes-burst says otherwise
-DEFAULT_BURST = 200
+#: handshakes in flight at once unless --handshakes-parallel says otherwise
+DEFAULT_PARALLEL = 200
 #: a handshake that has not finished after this long failed (RFC 6347's flight timer would
 #: give up after about a minute; a benchmark's clients should not wait that long)
 HANDSHAKE_TIMEOUT = 30.0
@@ -58,11 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="our connection ID length (RFC 9146); 0 (default): support "
                        "connection IDs, but the server sends none to us")  # fmt: skip
     group.add_argument(
-        "--handshakes-burst",
+        "--handshakes-parallel",
         type=int,
-        default=DEFAULT_BURST,
+        default=DEFAULT_PARALLEL,
         metavar="N",
-        help=f"DTLS handshakes in flight at once (default {DEFAULT_BURST})",
+        help=f"DTLS handshakes in flight at once (default {DEFAULT_PARALLEL})",
     )
     add_dtls_arguments(group)  # type: ignore[arg-type]
 
@@ -116,11 +117,11 @@ def handshake_all(
     sockets: list[socket.socket],
     make_handshake: Callable[[int], ClientHandshake],
     *,
-    burst: int = DEFAULT_BURST,
+    parallel: int = DEFAULT_PARALLEL,
     progress: Callable[[int, int], None] | None = None,
     progress_interval: float = 1.0,
 ) -> list[ClientSession]:
-    """Handshake on every (connected, non-blocking) socket, *burst* at a time; returns the
+    """Handshake on every (connected, non-blocking) socket, *parallel* at a time; returns the
     sessions in socket order, or raises HandshakeError with the first failure."""
     sessions: list[ClientSession | None] = [None] * len(sockets)
     selector = selectors.DefaultSelector()
@@ -130,7 +131,7 @@ def handshake_all(
     try:
         while done < len(sockets):
             now = time.monotonic()
-            while next_index < len(sockets) and len(pending) < max(1, burst):
+            while next_index < len(sockets) and len(pending) < max(1, parallel):
                 handshake = make_handshake(next_index)
                 sock = sockets[next_index]
                 _send(sock, [handshake.start()])
