@@ -667,3 +667,23 @@ def test_extserver_tcp_and_tls_endpoints(start_extserver, connect):
     for port in (without.port, without.port + 1):
         with pytest.raises(ConnectionRefusedError):
             connect(("127.0.0.1", port))
+
+
+def test_tls_client_certificates_of_another_trust_store(make_server, connect, tmp_path):
+    """--trust-store applies to TLS too: a client certificate of another CA is refused with
+    the demo CA and accepted with that CA as the trust store."""
+    from extplugtest.dtls.pki import make_demo_pki
+
+    make_demo_pki(tmp_path)
+    client = ssl.create_default_context(cafile=demo_certs() / "ca.pem")
+    client.set_alpn_protocols(["coap"])
+    client.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+    refusing = make_server(tls=demo_tls_server_context("NEEDED"))
+    # TLS 1.3 reports the refused certificate after the client's side of the handshake:
+    # as an error on the next read or as a closed connection without an answer
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError, AssertionError)):
+        connect(refusing.address, tls=client, csm=csm()).request(Code.GET, "text")
+    assert refusing.counters()["tcp-handshakes-failed"] == 1
+    trusting = make_server(tls=demo_tls_server_context("NEEDED", tmp_path / "ca.pem"))
+    peer = connect(trusting.address, tls=client, csm=csm())
+    assert peer.request(Code.GET, "text").payload == b"hello"

@@ -89,11 +89,14 @@ def tls_server_context(
     return context
 
 
-def demo_tls_server_context(client_auth: str = "WANTED") -> ssl.SSLContext:
-    """The server context with the demo server certificate (CN=cf-server, signed by cf-ca)."""
+def demo_tls_server_context(
+    client_auth: str = "WANTED", trust: Path | None = None
+) -> ssl.SSLContext:
+    """The server context with the demo server certificate (CN=cf-server, signed by cf-ca);
+    client certificates are checked against *trust* (default: the demo CA)."""
     certs = demo_certs()
     return tls_server_context(
-        certs / "server.pem", certs / "server.key", certs / "ca.pem", client_auth
+        certs / "server.pem", certs / "server.key", trust or certs / "ca.pem", client_auth
     )
 
 

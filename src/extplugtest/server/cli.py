@@ -108,13 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-store",
         type=Path,
         metavar="FILE.pem",
-        help="PEM bundle of the CAs that DTLS client certificates must chain to (default: the "
-        "demo CA; TLS always uses the demo CA)",
+        help="PEM bundle of the CAs that client certificates (DTLS and TLS) must chain to "
+        "(default: the demo CA)",
     )
     trust.add_argument(
         "--trust-all",
         action="store_true",
-        help="accept any DTLS client certificate chain (its CertificateVerify is still checked)",
+        help="accept any DTLS client certificate chain (its CertificateVerify is still "
+        "checked); TLS keeps checking against the trust store",
     )
     parser.add_argument(
         "--psk-file",
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         dtls_only=args.dtls_only,
         cluster=cluster,
         tcp=args.tcp,
-        tls=demo_tls_server_context(args.client_auth) if args.tcp else None,
+        tls=demo_tls_server_context(args.client_auth, args.trust_store) if args.tcp else None,
     )
     loop: asyncio.AbstractEventLoop
     try:
