@@ -1,0 +1,607 @@
+"""DTLS-CID cluster throughput: a 2-node cluster behind ``extnat`` vs one node behind it.
+
+Per client count (default 500) and per setup, on loopback, DTLS 1.2 PSK (CCM-8, 6-byte CID),
+CON GET ``/benchmark?rlen=40`` by ``extclient benchmark`` through ``extnat``:
+
+* ``single``: one plain ``extserver --benchmark --dtls-only --no-tcp`` behind the NAT (one
+  destination), the baseline;
+* ``backward``: a static 2-node cluster (``--dtls-cluster``, backward on, the default) behind
+  the NAT with both nodes as destinations;
+* ``no-backward``: the same cluster with ``--no-dtls-cluster-backward`` on both nodes, behind
+  ``extnat -r`` (an answer from another node re-points the client's NAT entry to it).
+
+The handshakes go to the node the NAT picked, whose CID the client then carries, so nothing
+would be forwarded. As in Californium's measurement, the NAT's entries are dropped (``clear``
+over its control socket) right after the generator printed "Benchmark started.", i.e. at the
+start of the warm-up: every client gets a new entry with a random destination, so about half
+of the clients now send to the node that does not own their CID. With backward, each of
+their records is forwarded to the owner and each answer goes back through the receiving node
+for the rest of the run (two extra loopback hops per request); without backward, the owner
+answers straight to the NAT, which re-points the entry (-r), so only the first record after
+the clear is forwarded. ``clear`` is issued in the ``single`` setup too, so that all setups
+have the same transient (the answers in flight at the clear are lost and sent again: the
+generator runs with ``--ack-timeout 1000``, so those retransmissions end within the warm-up).
+
+CPU placement (the same in every setup): all server nodes on CPU 0, ``extnat`` and the
+generator on CPU 1 (``--nat-cpu 0`` moves the NAT to the nodes' core). Over the generator's
+measurement window (warm-up excluded) the script takes the CPU time of every node process and
+of the NAT (utime + stime from /proc/PID/stat) and the busy time of the whole box. The figure
+to compare is requests per node-CPU-second (req/s divided by the summed CPU share of the
+nodes); the penalty of a cluster setup is 1 - its figure / the single node's figure, for
+req/s and for req per node-CPU-second. At the end each node's ``/diagnose`` (the nodes run
+with ``--diagnose``) is read over coaps, straight from the node, for its cluster counters
+(forwarded, process forwarded, backwarded, send backwarded) and its received records; the
+NAT's counters (``stats``: reverse-updates, drops) come over its control socket.
+
+    .venv/bin/python bench/cluster_throughput.py [--clients 500] [--setups single,backward,
+        no-backward] [--duration 10] [--warmup 3] [--nat-cpu 1] [--repeat 1]
+
+``--repeat N`` runs all setups N times in turn (round by round, so that a slow spell of the
+box hits all setups alike); each run's penalty is against the single node of its round, and
+the medians over the rounds are printed at the end.
+
+As in ``throughput.py`` (whose process and /proc helpers are used): the box must be idle
+before each run (bounded wait, recorded either way), only loopback is used, every wait is
+bounded, and every process started here is killed at the end, also on Ctrl-C or an error.
+Results: a table, and ``bench/results/cluster-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from extplugtest.coap._codec import Message, parse
+from extplugtest.dtls.handshake_client import ClientHandshake
+from throughput import (
+    Processes,
+    box_cpu,
+    host_info,
+    load_average,
+    process_cpu,
+    sleep_until,
+    start_generator,
+    stop_on_sigterm,
+    wait_idle,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+LOOPBACK = "127.0.0.1"
+NODE_CPU = "0"  # every server node
+LOAD_CPU = "1"  # the generator (and the NAT unless --nat-cpu 0)
+PATH = "benchmark?rlen=40"
+IDENTITY, SECRET = "Client_identity", "secretPSK"
+ACK_TIMEOUT_MS = 1000  # the answers lost at the clear are sent again within the warm-up
+READY_TIMEOUT = 15.0
+START_TIMEOUT = 90.0  # handshakes of all clients through the NAT
+FINISH_TIMEOUT = 30.0
+MAX_DURATION = 60.0
+SETUPS = ("single", "backward", "no-backward")
+CLUSTER_KEYS = ("forwarded", "process forwarded", "backwarded", "send backwarded",
+                "bad forward", "drop forward", "bad backward", "drop backward")  # fmt: skip
+NODE_KEYS = (*CLUSTER_KEYS, "received records", "handshakes succeeded")
+CONTENT = 0x45
+
+
+class BenchError(Exception):
+    pass
+
+
+# -- DTLS helpers (our sans-IO client) -------------------------------------------------------
+
+
+def free_udp_ports(count: int) -> list[int]:
+    """*count* distinct free UDP ports of 127.0.0.1 (held until all are chosen)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((LOOPBACK, 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def answers_hello(port: int, timeout: float = 0.3) -> bool:
+    """True if 127.0.0.1:*port* answers a ClientHello (a node: with a HelloVerifyRequest)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((LOOPBACK, port))
+            sock.send(ClientHandshake(IDENTITY.encode(), SECRET.encode()).start())
+            return len(sock.recv(4096)) > 0
+        except OSError:
+            return False
+
+
+def wait_hello(port: int, process: subprocess.Popen[Any], timeout: float = READY_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    for _attempt in range(1000):
+        if time.monotonic() > deadline or process.poll() is not None:
+            return False
+        if answers_hello(port):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def dtls_get(port: int, path: str, timeout: float = 5.0) -> bytes:
+    """GET *path* over coaps from 127.0.0.1:*port* (a fresh PSK session): the payload."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((LOOPBACK, port))
+        client = ClientHandshake(IDENTITY.encode(), SECRET.encode())
+        outgoing = [client.start()]
+        for _round in range(50):
+            if client.done:
+                break
+            for datagram in outgoing:
+                sock.send(datagram)
+            sock.settimeout(max(0.05, min(0.5, deadline - time.monotonic())))
+            try:
+                outgoing = client.on_datagram(sock.recv(65536))
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    break
+                outgoing = client.retransmit()
+        session = client.session
+        if not client.done or session is None:
+            raise BenchError(f"no DTLS handshake with port {port}")
+        request = Message(0, 1, 0x1234, os.urandom(4))
+        for segment in path.split("/"):
+            request.add_option(11, segment.encode())
+        record = session.cipher.seal(1, session.next_write_seq, 23, request.to_bytes())
+        session.next_write_seq += 1
+        for _round in range(20):
+            if time.monotonic() > deadline:
+                break
+            sock.send(record)  # a retransmission is the same record: the server deduplicates
+            sock.settimeout(0.5)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            try:
+                content_type, plaintext = session.cipher.open(data)
+                response = parse(plaintext)
+            except Exception:  # not a record of this session, or no CoAP
+                continue
+            if content_type == 23 and response.token == request.token:
+                if response.code != CONTENT:
+                    raise BenchError(f"/{path} on port {port}: code {response.code:#x}")
+                return bytes(response.payload)
+    raise BenchError(f"no answer to /{path} from port {port}")
+
+
+def diagnose_counters(port: int) -> dict[str, int]:
+    """Every ``name,cur,all`` line of the node's ``/diagnose`` text: cur + all, summed."""
+    counters: dict[str, int] = {}
+    for line in dtls_get(port, "diagnose").decode(errors="replace").splitlines():
+        parts = line.strip().rsplit(",", 2)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            counters[parts[0]] = counters.get(parts[0], 0) + int(parts[1]) + int(parts[2])
+    return counters
+
+
+# -- NAT control -----------------------------------------------------------------------------
+
+
+def nat_command(control: Path, line: str, timeout: float = 5.0) -> list[str]:
+    """One console command over the NAT's control socket: its answer lines."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(control))
+        sock.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n\n") and len(data) < 1 << 20:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace").splitlines()[:-1] if data else []
+
+
+def nat_stats(control: Path) -> dict[str, int]:
+    stats = {}
+    for line in nat_command(control, "stats"):
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            stats[name.strip()] = int(value)
+    return stats
+
+
+def nat_usages(control: Path) -> dict[str, int]:
+    usages = {}
+    for line in nat_command(control, "info"):
+        if line.startswith("Destination: ") and ", usage: " in line:
+            destination, _, usage = line[len("Destination: ") :].partition(", usage: ")
+            if usage.strip().isdigit():
+                usages[destination] = int(usage)
+    return usages
+
+
+# -- starting the setup ----------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    node_id: int
+    process: subprocess.Popen[Any]
+    dtls_port: int
+
+
+def extserver_base(coap_port: int) -> list[str]:
+    return [
+        str(VENV_BIN / "extserver"),
+        "--benchmark",
+        "--diagnose",
+        "--dtls-only",
+        "--no-tcp",
+        "--no-plugtest",
+        "--no-external",
+        "--no-ipv6",
+        "--coap-port",
+        str(coap_port),
+    ]
+
+
+def start_nodes(setup: str, processes: Processes, log: IO[bytes]) -> list[Node]:
+    if setup == "single":
+        coap_port, dtls_port = free_udp_ports(1)[0], 0
+        for _attempt in range(5):  # the coaps port is the next one: it must be free too
+            coap_port = free_udp_ports(1)[0]
+            dtls_port = coap_port + 1
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((LOOPBACK, dtls_port))
+                except OSError:
+                    continue
+            break
+        commands = [(1, dtls_port, extserver_base(coap_port))]
+    else:
+        ports = free_udp_ports(6)  # per node: DTLS, management, (unused) CoAP
+        specs = [(1, ports[0], ports[1], ports[2]), (2, ports[3], ports[4], ports[5])]
+        commands = []
+        for node_id, dtls, _mgmt, coap in specs:
+            cluster = ",".join(
+                f"{f'{LOOPBACK}:{d}' if n == node_id else '---'};{LOOPBACK}:{m};{n}"
+                for n, d, m, _c in specs
+            )
+            extra = ["--no-dtls-cluster-backward"] if setup == "no-backward" else []
+            commands.append((node_id, dtls, [*extserver_base(coap), "--dtls-cluster", cluster,
+                                             *extra]))  # fmt: skip
+    nodes = []
+    for node_id, dtls_port, command in commands:
+        process = processes.start(["taskset", "-c", NODE_CPU, *command], stdout=log,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+        nodes.append(Node(node_id, process, dtls_port))
+    for node in nodes:
+        if not wait_hello(node.dtls_port, node.process):
+            raise BenchError(f"node {node.node_id} ({setup}) did not answer a ClientHello")
+    return nodes
+
+
+def start_nat(
+    setup: str, nodes: list[Node], clients: int, args: argparse.Namespace, processes: Processes,
+    log: IO[bytes], work: Path,
+) -> tuple[subprocess.Popen[Any], int, Path]:  # fmt: skip
+    control = work / f"nat-{setup}-{clients}.sock"
+    with_reverse = ["-r"] if setup == "no-backward" else []
+    for _attempt in range(3):
+        (port,) = free_udp_ports(1)
+        command = [
+            "taskset", "-c", args.nat_cpu, str(VENV_BIN / "extnat"), f"{LOOPBACK}:{port}",
+            *(f"{LOOPBACK}:{node.dtls_port}" for node in nodes), f"-n={max(2 * clients, 10000)}",
+            *with_reverse, "--no-console", "--control", str(control),
+        ]  # fmt: skip
+        process = processes.start(command, stdout=log, stderr=subprocess.STDOUT)
+        if wait_hello(port, process):
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not control.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if control.exists():
+                nat_command(control, "clear")  # the probe's entry
+                return process, port, control
+        processes.stop(process)
+    raise BenchError("extnat did not pass a ClientHello to a node")
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+
+def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
+    name = f"{setup}-{clients}"
+    result_file = work / f"{name}.json"
+    with Processes() as processes, open(work / f"{name}.log", "wb") as log:
+        nodes = start_nodes(setup, processes, log)
+        nat, nat_port, control = start_nat(setup, nodes, clients, args, processes, log, work)
+        uri = f"coaps://{LOOPBACK}:{nat_port}/{PATH}"
+        extra = ("-i", IDENTITY, "-s", SECRET, "--ack-timeout", str(ACK_TIMEOUT_MS))
+        run = start_generator(processes, LOAD_CPU, uri, clients, args, result_file,
+                              START_TIMEOUT, extra)  # fmt: skip
+        generator, started = run.process, run.started
+        # every client to a new NAT entry with a random node (Californium's "clear")
+        usages_before = nat_usages(control)
+        cleared = nat_command(control, "clear")
+        cleared_after = time.monotonic() - started
+        sleep_until(started + args.warmup, generator)
+        pids = [node.process.pid for node in nodes]
+        cpu0 = {pid: process_cpu(pid) for pid in pids}
+        nat_cpu0, stats0 = process_cpu(nat.pid), nat_stats(control)
+        box0, wall0 = box_cpu(), time.monotonic()
+        sleep_until(started + args.warmup + args.duration, generator)
+        cpu1 = {pid: process_cpu(pid) for pid in pids}
+        nat_cpu1, stats1 = process_cpu(nat.pid), nat_stats(control)
+        box1, wall1 = box_cpu(), time.monotonic()
+        usages_after = nat_usages(control)
+        try:
+            generator.wait(timeout=FINISH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise BenchError("extclient did not finish") from None
+        if generator.returncode != 0 or not result_file.exists():
+            raise BenchError(f"extclient failed ({generator.returncode}):\n{run.tail()}")
+        # the cluster counters of every node, straight from the node (includes the warm-up)
+        counters = {}
+        for node in nodes:
+            seen = diagnose_counters(node.dtls_port)
+            counters[str(node.node_id)] = {key: seen.get(key, 0) for key in NODE_KEYS}
+        stats_end = nat_stats(control)
+    load = json.loads(result_file.read_text())
+    wall = wall1 - wall0
+    node_cpu = {str(n.node_id): (cpu1[n.process.pid] - cpu0[n.process.pid]) / wall
+                for n in nodes}  # fmt: skip
+    nodes_cpu = sum(node_cpu.values())
+    nat_cpu = (nat_cpu1 - nat_cpu0) / wall
+    generator_cpu = load["generator_cpu_s"] / load["duration_s"]
+    box_busy = (box1[0] - box0[0]) / wall
+    nat_delta = {key: stats1[key] - stats0.get(key, 0) for key in stats1}
+    received = sum(c["received records"] for c in counters.values())
+    forwarded = sum(c["forwarded"] for c in counters.values())
+    return {
+        "setup": setup,
+        "clients": clients,
+        "req_per_s": load["req_per_s"],
+        "nodes_cpu_pct": 100 * nodes_cpu,
+        "node_cpu_pct": {k: round(100 * v, 1) for k, v in node_cpu.items()},
+        "req_per_node_cpu_s": load["req_per_s"] / nodes_cpu if nodes_cpu > 0 else None,
+        "nat_cpu_pct": 100 * nat_cpu,
+        "generator_cpu_pct": 100 * generator_cpu,
+        "other_cpu_pct": 100 * max(0.0, box_busy - nodes_cpu - nat_cpu - generator_cpu),
+        "box_busy_pct": 100 * box_busy,
+        "p50_ms": load["latency_ms"]["p50"],
+        "p99_ms": load["latency_ms"]["p99"],
+        "retransmissions": load["retransmissions"],
+        "timeouts": load["transmission_errors"],
+        "cleared": cleared,
+        "cleared_after_s": round(cleared_after, 3),
+        "nat_usages_before_clear": usages_before,
+        "nat_usages_end": usages_after,
+        "nat_window": {k: v for k, v in nat_delta.items() if v},
+        "nat_end": {k: v for k, v in stats_end.items() if v},
+        "node_counters": counters,
+        "forwarded_share": forwarded / received if received else None,
+        "before": idle,
+        "generator": load,
+    }
+
+
+# -- report ----------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("setup", "{}", 11),
+    ("rnd", "{}", 3),
+    ("clients", "{}", 7),
+    ("req/s", "{:,.0f}", 8),
+    ("pen.", "{:+.1%}", 6),
+    ("nodes CPU %", "{}", 11),
+    ("req/node-CPU-s", "{:,.0f}", 14),
+    ("pen.", "{:+.1%}", 6),
+    ("NAT CPU %", "{:.0f}", 9),
+    ("gen CPU %", "{:.0f}", 9),
+    ("other %", "{:.0f}", 7),
+    ("p50 ms", "{:.2f}", 6),
+    ("p99 ms", "{:.2f}", 6),
+    ("retr", "{}", 5),
+    ("fwd %", "{:.0%}", 5),
+    ("busy bef.", "{}", 9),
+    ("load1", "{}", 5),
+)
+
+
+PENALTIES = (("req_per_s", "penalty_req_per_s"),
+             ("req_per_node_cpu_s", "penalty_req_per_node_cpu_s"))  # fmt: skip
+
+
+def penalties(runs: list[dict[str, Any]]) -> None:
+    """Per run: 1 - figure / the single node's figure of the same round and client count."""
+    base = {(r["round"], r["clients"]): r for r in runs if r["setup"] == "single"}
+    for r in runs:
+        b = base.get((r["round"], r["clients"]))
+        for key, out in PENALTIES:
+            r[out] = 1 - r[key] / b[key] if b and b[key] and r[key] else None
+
+
+def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With several rounds: the median of every figure per setup and client count."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["clients"], r["setup"]), []).append(r)
+    medians = []
+    for (clients, setup), group in groups.items():
+        row: dict[str, Any] = {"setup": setup, "clients": clients, "rounds": len(group)}
+        for key in ("req_per_s", "nodes_cpu_pct", "req_per_node_cpu_s", "nat_cpu_pct",
+                    "forwarded_share", *(out for _, out in PENALTIES)):  # fmt: skip
+            values = [r[key] for r in group if r[key] is not None]
+            row[key] = statistics.median(values) if values else None
+        medians.append(row)
+    return medians
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    lines = [" ".join(f"{name:>{width}}" for name, _, width in COLUMNS)]
+    for r in runs:
+        before = r["before"]
+        nodes = "+".join(f"{v:.0f}" for v in r["node_cpu_pct"].values())
+        values = (
+            r["setup"], r["round"], r["clients"], r["req_per_s"], r["penalty_req_per_s"], nodes,
+            r["req_per_node_cpu_s"], r["penalty_req_per_node_cpu_s"], r["nat_cpu_pct"],
+            r["generator_cpu_pct"], r["other_cpu_pct"], r["p50_ms"], r["p99_ms"],
+            r["retransmissions"], r["forwarded_share"],
+            f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!"), before["loadavg"][0],
+        )  # fmt: skip
+        cells = [
+            "-" if v is None else fmt.format(v)
+            for (_, fmt, _), v in zip(COLUMNS, values, strict=True)
+        ]
+        lines.append(" ".join(f"{c:>{w}}" for c, (_, _, w) in zip(cells, COLUMNS, strict=True)))
+    return "\n".join(lines)
+
+
+def counters_report(runs: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in runs:
+        for node_id, counters in r["node_counters"].items():
+            shown = ", ".join(f"{k} {v}" for k, v in counters.items() if v)
+            lines.append(f"{r['setup']:>11} {r['clients']:>5} node {node_id}: {shown}")
+        nat = r["nat_end"]
+        picked = ", ".join(f"{d} {u}" for d, u in r["nat_usages_end"].items())
+        lines.append(
+            f"{r['setup']:>11} {r['clients']:>5} NAT: entries per node {picked}; "
+            f"reverse-updates {nat.get('reverse-updates', 0)}, wrong-routed "
+            f"{nat.get('wrong-routed', 0)}, {' '.join(r['cleared'])} "
+            f"({r['cleared_after_s']:.2f} s after the start)"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="500", help="client counts, e.g. 50,500 (500)")
+    parser.add_argument("--setups", default=",".join(SETUPS), help="single,backward,no-backward")
+    parser.add_argument("--duration", type=float, default=10.0, help="measurement window, s")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up before it, s")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of all setups (1)")
+    parser.add_argument(
+        "--nat-cpu",
+        choices=("0", "1"),
+        default=LOAD_CPU,
+        help="CPU of extnat: 1 with the generator (default), 0 with the nodes",
+    )
+    parser.add_argument("--idle-threshold", type=float, default=10.0, help="idle below this %%")
+    parser.add_argument("--idle-settle", type=int, default=3, help="idle seconds in a row")
+    parser.add_argument("--idle-timeout", type=float, default=120.0, help="max. idle wait, s")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    try:
+        args.clients = [int(v) for v in args.clients.split(",")]
+    except ValueError:
+        parser.error("--clients: comma-separated numbers")
+    if not args.clients or len(args.clients) > 10 or not all(0 < c <= 5000 for c in args.clients):
+        parser.error("--clients: up to 10 counts of 1..5000")
+    if not 1 <= args.repeat <= 10:
+        parser.error("--repeat 1..10")
+    args.setups = args.setups.split(",")
+    if not set(args.setups) <= set(SETUPS):
+        parser.error(f"--setups: {', '.join(SETUPS)}")
+    if not 0 < args.duration <= MAX_DURATION or not 2 <= args.warmup <= 30:
+        parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 2..30 (the clear's transient)")
+    if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
+        parser.error("--idle-timeout 0..600, --idle-settle 1..60")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        print("needs 2 CPUs and taskset (nodes on CPU 0, generator on CPU 1)", file=sys.stderr)
+        return 1
+    info = host_info()
+    print(
+        f"host: {info['cpus']} CPUs, load {load_average()}, kernel {info['kernel']}; "
+        f"nodes on CPU {NODE_CPU}, generator on CPU {LOAD_CPU}, NAT on CPU {args.nat_cpu}"
+    )
+    runs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="cluster-throughput-") as tmp:
+        try:
+            rounds = range(args.repeat)
+            plan = [(c, n, s) for c in args.clients for n in rounds for s in args.setups]
+            for clients, round_, setup in plan:
+                print(f"{setup}, {clients} clients, round {round_ + 1} ...", flush=True)
+                try:
+                    run = measure(setup, clients, args, Path(tmp))
+                except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                    errors.append(f"{setup}, {clients} clients, round {round_ + 1}: {exc}")
+                    print(f"  failed: {exc}", flush=True)
+                    continue
+                run["round"] = round_ + 1
+                before = run["before"]
+                print(
+                    f"  {run['req_per_s']:,.0f} req/s, nodes {run['nodes_cpu_pct']:.0f}% CPU, "
+                    f"NAT {run['nat_cpu_pct']:.0f}% (load before {before['loadavg']}, "
+                    f"busy {before['busy_pct']}%{'' if before['idle'] else ', NOT IDLE'})",
+                    flush=True,
+                )
+                runs.append(run)
+        except KeyboardInterrupt:
+            errors.append("interrupted")
+    penalties(runs)
+    medians = summary(runs) if args.repeat > 1 else []
+    if runs:
+        print()
+        print(table(runs))
+        print()
+        print(counters_report(runs))
+    if medians:
+        print(f"\nmedians over {args.repeat} rounds:")
+        for m in medians:
+            print(
+                f"{m['setup']:>11} {m['clients']:>5}: {m['req_per_s']:,.0f} req/s "
+                f"({m['penalty_req_per_s'] or 0:+.1%}), nodes {m['nodes_cpu_pct']:.0f}% CPU, "
+                f"{m['req_per_node_cpu_s']:,.0f} req/node-CPU-s "
+                f"({m['penalty_req_per_node_cpu_s'] or 0:+.1%}), NAT {m['nat_cpu_pct']:.0f}% CPU, "
+                f"forwarded {m['forwarded_share'] or 0:.0%}"
+            )
+    for error in errors:
+        print(f"note: {error}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / time.strftime("cluster-%Y%m%d-%H%M%S.json")
+    settings = {
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "path": PATH,
+        "request": "CON GET over DTLS (PSK, CID)",
+        "ack_timeout_ms": ACK_TIMEOUT_MS,
+        "node_cpu": NODE_CPU,
+        "generator_cpu": LOAD_CPU,
+        "nat_cpu": args.nat_cpu,
+    }
+    out.write_text(
+        json.dumps(
+            {"host": info, "settings": settings, "runs": runs, "medians": medians, "notes": errors},
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0 if runs and not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
