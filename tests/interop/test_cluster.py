@@ -185,6 +185,27 @@ def check_forwarding(
     return forwarded
 
 
+def check_batches(
+    connected: list[DtlsClient], nodes: list[ClusterNodeProcess], expected: bool
+) -> None:
+    """A burst of records at the node that does not own them: forwarded in one flush, they
+    leave in batch datagrams (several cluster packets in one) unless batches are off. Bounded:
+    up to 5 bursts, until a batch was counted."""
+    by_id = {node.node_id: node for node in nodes}
+    targets = {client: next(n for n in nodes if n.node_id != client.owner) for client in connected}
+    for _burst in range(5):
+        for client, node in targets.items():  # all sent before any answer is read
+            client.sock.sendto(client.seal(client.get_message("mycontext").to_bytes()), node.dtls)
+        for client in connected:
+            assert receive(client.sock, 5.0) is not None
+        sent = sum(diagnose_counters(connected[0], n.dtls).get("batches sent", 0) for n in nodes)
+        if sent or not expected:
+            break
+    received = sum(diagnose_counters(connected[0], n.dtls).get("batches received", 0)
+                   for n in by_id.values())  # fmt: skip
+    assert (sent > 0) == expected and (received > 0) == expected, (sent, received)
+
+
 def wait_until_forwarding(client: DtlsClient, node: ClusterNodeProcess, timeout: float = 20.0):
     """Dynamic membership: poll (bounded) until *node* forwards the client's records, i.e. it
     has learned the owner's management address by ping/pong."""
@@ -211,8 +232,11 @@ def check_clear(nat: NatProcess, connected: list[DtlsClient]) -> list[dict[str, 
 # -- 1. static cluster, backward, behind extnat -----------------------------------------------
 
 
-def test_static_cluster_behind_nat(start_cluster, start_nat, clients):
-    nodes = start_cluster(2)
+@pytest.mark.parametrize("batch", [(), ("--no-dtls-cluster-batch",)], ids=["batch", "single"])
+def test_static_cluster_behind_nat(start_cluster, start_nat, clients, batch):
+    """With batches (several cluster packets per datagram, our default) and without (every
+    packet on its own, as Californium's nodes send them)."""
+    nodes = start_cluster(2, "static", *batch)
     nat = start_nat([node.dtls for node in nodes])
     connected = connect_clients(clients, nat.address, [1, 2])
     usages = nat.usages()
@@ -234,6 +258,7 @@ def test_static_cluster_behind_nat(start_cluster, start_nat, clients):
         assert source == by_id[client.owner].dtls
         check_context(client, context)
         assert "via" not in context
+    check_batches(connected, nodes, expected=not batch)
 
 
 # -- 2. dynamic clusters (ping/pong) ----------------------------------------------------------

@@ -12,6 +12,7 @@ class ClusterEngine(DtlsEngine):
         *,
         backward: bool = True,
         mac: bool = False,
+        batch: bool = True,
     ) -> None: ...
     def set_node_mac(
         self, node_id: int, write: ClusterMac | None, read: ClusterMac | None

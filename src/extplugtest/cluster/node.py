@@ -76,6 +76,7 @@ class ClusterNode:
         backward: bool = True,
         security: ManagementSecurity | None = None,
         mac: bool = False,
+        batch: bool = True,
     ) -> None:
         if mac and security is None:
             raise ValueError("the cluster MAC needs the secured management channel")
@@ -85,6 +86,7 @@ class ClusterNode:
         self.backward = backward
         self.security = security
         self.mac = mac
+        self.batch = batch
         self.management = ManagementEndpoint(membership, security=security)
         self.sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,7 +115,7 @@ class ClusterNode:
             raise RuntimeError("the DTLS endpoint of a cluster node needs a ClusterEngine")
         self.sock = bind_udp_socket(self.management_address, BUFFER_SIZE, BUFFER_SIZE)
         engine.cluster(self.node_id, self.sock.fileno(), self._management_datagram,
-                       backward=self.backward, mac=self.mac)  # fmt: skip
+                       backward=self.backward, mac=self.mac, batch=self.batch)  # fmt: skip
         self._loop = loop
         loop.add_reader(self.sock.fileno(), engine.on_management_readable)
         # ManagementEndpoint starts its membership timer from the running loop.

@@ -104,6 +104,7 @@ class ClusterConfig:
     security: ManagementSecurityConfig | None = None
     mac: bool = False
     backward: bool = True
+    batch: bool = True  # several cluster packets per datagram (cluster/_router.pyx)
     monitor: HostPort | None = None
     timers: ClusterTimers = field(default_factory=ClusterTimers)
 
@@ -248,6 +249,13 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         help="send answers to forwarded records back through the receiving node (default: on)",
     )
     group.add_argument(
+        "--dtls-cluster-batch",
+        action=flag,
+        default=True,
+        help="several cluster packets to a node in one datagram (our extension; default: on; "
+        "turn it off in a cluster with Californium nodes)",
+    )
+    group.add_argument(
         "--dtls-cluster-mac",
         action=flag,
         default=None,
@@ -311,5 +319,6 @@ def cluster_config(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         security=security,
         mac=mac,
         backward=args.dtls_cluster_backward,
+        batch=args.dtls_cluster_batch,
         monitor=monitor,
     )

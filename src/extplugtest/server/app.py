@@ -317,6 +317,7 @@ class ExtendedServer:
             cluster_node = ClusterNode(
                 transport, _resolve(node.mgmt), membership, backward=cluster.backward,
                 security=security, mac=cluster.mac and security is not None,
+                batch=cluster.batch,
             )  # fmt: skip
             try:
                 cluster_node.open(loop)
