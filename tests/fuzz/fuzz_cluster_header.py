@@ -187,17 +187,29 @@ def check_roundtrip(data: bytes) -> None:
     assert 32 <= offset < len(record) - 32, f"tampered byte {position // 8} authenticated"
 
 
+def check_batch(datagram: bytes) -> None:
+    """A batch datagram splits exactly when its lengths add up (then re-encoding gives it back)."""
+    try:
+        parts = _header.split_batch(datagram)
+    except _header.ClusterError as error:
+        assert error.result == _header.CLUSTER_BAD_BATCH
+        return
+    assert _header.encode_batch(parts) == datagram
+
+
 def check(data: bytes) -> None:
     """The oracle; raises AssertionError (or whatever the module leaks) on a finding."""
     if len(data) < 3:
         data = data.ljust(3, b"\0")
-    mode = data[0] % 3
+    mode = data[0] % 4
     if mode == 0:
         check_decode(data[2:], bool(data[1] & 1))
     elif mode == 1:
         check_route(data[1:])
-    else:
+    elif mode == 2:
         check_roundtrip(data[1:])
+    else:
+        check_batch(bytes([64]) + data[1:])
 
 
 def TestOneInput(data: bytes) -> None:  # the name atheris expects
@@ -210,6 +222,8 @@ def _seeds() -> list[bytes]:
     v4 = reference_encode(IN, ("192.0.2.1", 5684), cid_record)
     v6 = reference_encode(OUT, ("2001:db8::1", 40000), cid_record + bytes(40), KEY_A)
     return [
+        b"\x03\x00\x03abc\x00\x01x",  # a batch of two packets
+        b"\x03\x00\x05ab",  # a batch whose length runs past the end
         b"\x00\x00" + v4,
         b"\x00\x01" + v6,
         b"\x00\x00" + v4[:20],

@@ -264,3 +264,27 @@ def test_any_bit_flip_in_maced_bytes_fails(record: bytes, data: st.DataObject) -
             h.decode(bytes(tampered), mac)
     else:
         assert h.decode(bytes(tampered), mac).record != record
+
+
+# -- batches (our extension: several cluster packets in one datagram) ----------------------------
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=20))
+def test_batch_round_trip(packets):
+    from extplugtest.cluster._header import encode_batch, split_batch
+
+    assert split_batch(encode_batch(packets)) == packets
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [b"", b"\x3f\x00\x01x", b"\x40\x00", b"\x40\x00\x00", b"\x40\x00\x05abc",
+     b"\x40\x00\x01a\x00"],
+    ids=["empty", "not-a-batch", "short-length", "zero-length", "beyond-end", "trailing-byte"],
+)  # fmt: skip
+def test_malformed_batches_are_refused(datagram):
+    from extplugtest.cluster._header import CLUSTER_BAD_BATCH, ClusterError, split_batch
+
+    with pytest.raises(ClusterError) as error:
+        split_batch(datagram)
+    assert error.value.result == CLUSTER_BAD_BATCH

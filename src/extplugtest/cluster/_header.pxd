@@ -31,6 +31,9 @@ cpdef enum:
     CLUSTER_MIN_RECORD_LENGTH = 26
     CLUSTER_MAX_NODE_ID = 255       # the node id is CID byte 0 (§5.5)
     CLUSTER_ROUTE_LOCAL = -1        # cluster_route(): process the datagram on this node
+    # Our extension: several cluster packets in one datagram, each behind a 2-byte big-endian
+    # length (cluster/_router.pyx sends them to cut the per-datagram cost of forwarding).
+    CLUSTER_BATCH = 64
 
 cpdef enum:
     # Results of decoding, encoding and MAC checks.
@@ -43,6 +46,7 @@ cpdef enum:
     CLUSTER_NO_SPACE = 6            # output buffer too small
     CLUSTER_BAD_TYPE = 7            # encode: type neither 62 nor 63
     CLUSTER_CRYPTO = 8              # unexpected libcrypto failure
+    CLUSTER_BAD_BATCH = 9           # a batch whose lengths do not add up to the datagram
 
 cdef struct ClusterView:
     const uint8_t* address          # raw IPv4/IPv6 address, network byte order
@@ -85,3 +89,6 @@ cdef class ClusterMac:
 
     cdef int sign(self, uint8_t* packet, Py_ssize_t length) noexcept nogil
     cdef int verify(self, const ClusterView* view) noexcept nogil
+
+cdef int cluster_batch_next(const uint8_t* batch, Py_ssize_t length, Py_ssize_t* offset,
+                            const uint8_t** packet, Py_ssize_t* packet_length) noexcept nogil

@@ -1,3 +1,4 @@
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from typing_extensions import Buffer
@@ -59,3 +60,9 @@ def measure_forward_path(
     mac: ClusterMac | None = None,
     iterations: int = 100000,
 ) -> float: ...
+
+CLUSTER_BATCH: int
+CLUSTER_BAD_BATCH: int
+
+def encode_batch(packets: Iterable[bytes]) -> bytes: ...
+def split_batch(datagram: Buffer) -> list[bytes]: ...

@@ -73,6 +73,7 @@ RESULT_NAMES = {
     CLUSTER_NO_SPACE: "output buffer too small",
     CLUSTER_BAD_TYPE: "bad cluster record type",
     CLUSTER_CRYPTO: "libcrypto failure",
+    CLUSTER_BAD_BATCH: "malformed batch",
 }
 
 #: A decoded cluster packet: type 62/63, the client address (host, port), the carried record,
@@ -395,6 +396,63 @@ def decode(packet, ClusterMac mac=None, bint with_mac=False):
             (<const char*>view.record)[:view.record_length],
             (<const char*>view.mac)[:CLUSTER_MAC_LENGTH] if view.mac != NULL else b"",
         )
+    finally:
+        if held:
+            PyBuffer_Release(&buf)
+
+
+# -- Batches (our extension) ----------------------------------------------------------------
+
+cdef int cluster_batch_next(const uint8_t* batch, Py_ssize_t length, Py_ssize_t* offset,
+                            const uint8_t** packet, Py_ssize_t* packet_length) noexcept nogil:
+    """The next packet of a batch datagram (type byte, then 2-byte length + packet, ...):
+    1 with *packet*/*packet_length* set and *offset* advanced, 0 at the end, or
+    -CLUSTER_BAD_BATCH (an empty packet, or a length beyond the datagram). Start with
+    ``*offset = 1``."""
+    cdef Py_ssize_t size
+    if offset[0] == length:
+        return 0
+    if offset[0] + 2 > length:
+        return -CLUSTER_BAD_BATCH
+    size = (<Py_ssize_t>batch[offset[0]] << 8) | batch[offset[0] + 1]
+    if size == 0 or offset[0] + 2 + size > length:
+        return -CLUSTER_BAD_BATCH
+    packet[0] = batch + offset[0] + 2
+    packet_length[0] = size
+    offset[0] += 2 + size
+    return 1
+
+
+def encode_batch(packets) -> bytes:
+    """A batch datagram of *packets* (each 1..65535 bytes)."""
+    out = bytearray([CLUSTER_BATCH])
+    for packet in packets:
+        packet = bytes(packet)
+        if not 0 < len(packet) <= 0xFFFF:
+            raise ClusterError(CLUSTER_BAD_BATCH)
+        out += len(packet).to_bytes(2, "big") + packet
+    return bytes(out)
+
+
+def split_batch(datagram) -> list:
+    """The packets of a batch datagram (cluster_batch_next); raises ClusterError."""
+    cdef Py_buffer buf
+    cdef bint held = _get_bytes(datagram, &buf)
+    cdef Py_ssize_t offset = 1, size
+    cdef const uint8_t* packet
+    cdef int status
+    parts = []
+    try:
+        if buf.len < 1 or (<const uint8_t*>buf.buf)[0] != CLUSTER_BATCH:
+            raise ClusterError(CLUSTER_BAD_BATCH)
+        while True:  # bounded: every step consumes at least 3 bytes
+            status = cluster_batch_next(<const uint8_t*>buf.buf, buf.len, &offset, &packet,
+                                        &size)
+            if status == 0:
+                return parts
+            if status < 0:
+                raise ClusterError(-status)
+            parts.append((<const char*>packet)[:size])
     finally:
         if held:
             PyBuffer_Release(&buf)

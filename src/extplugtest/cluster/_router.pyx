@@ -32,9 +32,10 @@ from libc.stdint cimport uint8_t
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 from extplugtest.cluster._header cimport (
-    CLUSTER_MAX_HEADER_LENGTH, CLUSTER_MAX_NODE_ID, CLUSTER_OK, CLUSTER_RECORD_INCOMING,
-    CLUSTER_RECORD_OUTGOING, CLUSTER_ROUTE_LOCAL, ClusterMac, ClusterView, cluster_decode,
-    cluster_encode_sockaddr, cluster_route, cluster_view_sockaddr,
+    CLUSTER_BATCH, CLUSTER_MAX_HEADER_LENGTH, CLUSTER_MAX_NODE_ID, CLUSTER_OK,
+    CLUSTER_RECORD_INCOMING, CLUSTER_RECORD_OUTGOING, CLUSTER_ROUTE_LOCAL, ClusterMac,
+    ClusterView, cluster_batch_next, cluster_decode, cluster_encode_sockaddr, cluster_route,
+    cluster_view_sockaddr,
 )
 from extplugtest.coap._dedup cimport PeerKey
 from extplugtest.coap._udp cimport RX_BATCH, SLOT_SIZE, TX_BATCH, peer_key_from_sockaddr
@@ -51,7 +52,6 @@ cdef enum:
     # A cluster packet: header (with room for a MAC) plus a datagram or record.
     CLUSTER_SLOT = SLOT_SIZE + CLUSTER_MAX_HEADER_LENGTH + 64
     MANAGEMENT_BATCH = 64
-    CLUSTER_BATCH = 64              # a datagram of several cluster packets (our extension)
     BATCH_LIMIT = 1400              # bytes of one: within a 1500-byte path MTU
     IN_SLOT = 0                     # rx slot of the record of an IN packet being processed
 
@@ -368,7 +368,8 @@ cdef class ClusterEngine(DtlsEngine):
         cdef Py_ssize_t length = udp_batch_length(&self.management_rx, index)
         cdef sockaddr_storage* sender = udp_batch_addr(&self.management_rx, index)
         cdef Py_ssize_t offset = 1, size
-        cdef int node
+        cdef const uint8_t* packet
+        cdef int node, status
         if udp_batch_truncated(&self.management_rx, index) or length == 0:
             self.k.bad_forward += 1
             return 0
@@ -378,14 +379,13 @@ cdef class ClusterEngine(DtlsEngine):
                 self.k.bad_forward += 1             # no batches from strangers
                 return 0
             self.k.batches_received += 1
-            while offset + 2 <= length:             # bounded by the datagram's length
-                size = (<Py_ssize_t>data[offset] << 8) | data[offset + 1]
-                if size == 0 or offset + 2 + size > length:
-                    self.k.bad_forward += 1
+            while True:                             # bounded: each step takes >= 3 bytes
+                status = cluster_batch_next(data, length, &offset, &packet, &size)
+                if status <= 0:
+                    if status < 0:
+                        self.k.bad_forward += 1
                     return 0
-                self._cluster_packet(data + offset + 2, size, node)
-                offset += 2 + size
-            return 0
+                self._cluster_packet(packet, size, node)
         if data[0] != CLUSTER_RECORD_INCOMING and data[0] != CLUSTER_RECORD_OUTGOING:
             self.k.management_received += 1
             self.management(PyBytes_FromStringAndSize(<const char*>data, length),
