@@ -1,4 +1,4 @@
-"""Throughput of our server against libcoap and aiocoap: CoAP CON GET over UDP or DTLS.
+"""Throughput of our server against libcoap and aiocoap: CoAP CON GET over UDP, DTLS or TCP.
 
 For every client count (default 50 and 500) and every server (ours, libcoap, aiocoap) this
 starts the server fresh, pinned to CPU 0, and runs ``extclient benchmark`` pinned to CPU 1:
@@ -11,11 +11,18 @@ other work on the machine does not end up in the figures. Results are printed as
 written to ``bench/results/throughput-<time>.json``.
 
     .venv/bin/python bench/throughput.py [--clients 50,500] [--servers ours,libcoap,aiocoap]
-                                         [--duration 10] [--warmup 2] [--transport udp|dtls]
+                                         [--duration 10] [--warmup 2]
+                                         [--transport udp|dtls|tcp]
 
 ``--transport dtls``: coaps with PSK (Client_identity / secretPSK, which both servers know),
 TLS_PSK_WITH_AES_128_CCM_8; ours hands out a 6-byte CID (RFC 9146), libcoap 4.3 has none;
 every client does its handshake before the run (aiocoap has no DTLS server: skipped).
+
+``--transport tcp``: coap+tcp (RFC 8323), GET ``/benchmark?rlen=40`` on one TCP connection per
+client (the generator sends its CSM first, then its requests; no retransmission). Ours and
+libcoap's ``coap-server-notls`` listen for TCP on their UDP port (libcoap's /benchmark is
+created by PUT over UDP before the run; the resource is shared by the transports). aiocoap is
+skipped (bench/aiocoap_server.py serves UDP only).
 
 Only loopback addresses are used; every wait is bounded; every process started here is
 killed at the end, also on Ctrl-C or an error.
@@ -70,6 +77,8 @@ class Server:
     #: the command for --transport dtls (its coaps port is the plain one + 1); None: no DTLS
     dtls_command: Callable[[int], list[str]] | None = None
     dtls_needs: str | None = None
+    #: the command for --transport tcp (coap+tcp on the plain port); None: no TCP server
+    tcp_command: Callable[[int], list[str]] | None = None
 
 
 #: the PSK of --transport dtls: in our server's store and given to libcoap
@@ -120,7 +129,11 @@ def aiocoap_command(port: int) -> list[str]:
 
 SERVERS = {
     "ours": Server(
-        "ours", ours_command, needs=str(VENV_BIN / "extserver"), dtls_command=ours_command
+        "ours",
+        ours_command,
+        needs=str(VENV_BIN / "extserver"),
+        dtls_command=ours_command,
+        tcp_command=ours_command,  # --tcp is on by default: TCP on the UDP port
     ),
     "libcoap": Server(
         "libcoap",
@@ -129,6 +142,7 @@ SERVERS = {
         needs="coap-server-notls",
         dtls_command=libcoap_dtls_command,
         dtls_needs="coap-server-openssl",
+        tcp_command=libcoap_command,  # coap-server-notls listens on TCP too
     ),
     "aiocoap": Server("aiocoap", aiocoap_command),
     # no CoAP work at all: what the load generator itself can do (bench/README.md)
@@ -224,10 +238,29 @@ def wait_idle(threshold: float, settle: int, timeout: float) -> dict[str, Any]:
 # -- one run ---------------------------------------------------------------------------------
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+def free_udp_port(tcp: bool = False) -> int:
+    """A free UDP port; with *tcp* one whose TCP port is free as well (a few tries)."""
+    for _attempt in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        if not tcp:
+            return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stream:
+            try:
+                stream.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise BenchError("no port free for both UDP and TCP")
+
+
+def tcp_listening(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def coap_ping(port: int, mid: int, timeout: float = 0.2) -> bool:
@@ -244,27 +277,30 @@ def coap_ping(port: int, mid: int, timeout: float = 0.2) -> bool:
     return len(reply) >= 4 and reply[0] >> 4 == 0x7 and reply[2:4] == request[2:4]
 
 
-def wait_ready(port: int, process: subprocess.Popen[Any]) -> bool:
+def wait_ready(port: int, process: subprocess.Popen[Any], tcp: bool = False) -> bool:
+    """The server answers a CoAP ping (and, with *tcp*, accepts TCP connections)."""
     deadline = time.monotonic() + READY_TIMEOUT
     for attempt in range(1000):
         if time.monotonic() > deadline or process.poll() is not None:
             return False
-        if coap_ping(port, mid=0x4000 + attempt):
+        if coap_ping(port, mid=0x4000 + attempt) and (not tcp or tcp_listening(port)):
             return True
         time.sleep(0.05)
     return False
 
 
 def start_server(
-    server: Server, processes: Processes, log: IO[bytes], dtls: bool = False
+    server: Server, processes: Processes, log: IO[bytes], dtls: bool = False, tcp: bool = False
 ) -> tuple[subprocess.Popen[Any], int]:
     """A fresh server on CPU 0 that answers; a new port if the first one was taken meanwhile."""
     make_command = server.dtls_command if dtls and server.dtls_command else server.command
+    if tcp and server.tcp_command:
+        make_command = server.tcp_command
     for _attempt in range(3):
-        port = free_udp_port()
+        port = free_udp_port(tcp)
         command = ["taskset", "-c", SERVER_CPU, *make_command(port)]
         process = processes.start(command, stdout=log, stderr=subprocess.STDOUT)
-        if wait_ready(port, process):
+        if wait_ready(port, process, tcp):
             if server.setup:
                 server.setup(port)
             return process, port
@@ -342,10 +378,14 @@ def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) 
     result_file = work / f"{server.name}-{clients}.json"
     with Processes() as processes, open(work / f"{server.name}-{clients}.log", "wb") as log:
         dtls = args.transport == "dtls"
-        process, port = start_server(server, processes, log, dtls)
-        uri = (
-            f"coaps://{LOOPBACK}:{port + 1}/{PATH}" if dtls else f"coap://{LOOPBACK}:{port}/{PATH}"
-        )
+        tcp = args.transport == "tcp"
+        process, port = start_server(server, processes, log, dtls, tcp)
+        if dtls:
+            uri = f"coaps://{LOOPBACK}:{port + 1}/{PATH}"
+        elif tcp:
+            uri = f"coap+tcp://{LOOPBACK}:{port}/{PATH}"
+        else:
+            uri = f"coap://{LOOPBACK}:{port}/{PATH}"
         extra = ("-i", DTLS_IDENTITY, "-s", DTLS_SECRET) if dtls else ()
         run = start_generator(processes, GENERATOR_CPU, uri, clients, args, result_file,
                               extra=extra)  # fmt: skip
@@ -379,6 +419,7 @@ def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) 
         "p99_ms": load["latency_ms"]["p99"],
         "timeouts": load["transmission_errors"],
         "retransmissions": load["retransmissions"],
+        "connections_closed": load.get("connections_closed", 0),  # coap+tcp
         "before": idle,
         "generator": load,
     }
@@ -456,7 +497,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--idle-timeout", type=float, default=120.0, help="max. wait for an idle box, s"
     )
-    parser.add_argument("--transport", choices=("udp", "dtls"), default="udp")
+    parser.add_argument("--transport", choices=("udp", "dtls", "tcp"), default="udp")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     try:
@@ -511,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                     if args.transport == "dtls" and server.dtls_command is None:
                         errors.append(f"{name}: no DTLS server, skipped")
                         continue
+                    if args.transport == "tcp" and server.tcp_command is None:
+                        errors.append(f"{name}: no coap+tcp server, skipped")
+                        continue
                     if needs and not shutil.which(needs):
                         errors.append(f"{name}: {needs} not found, skipped")
                         continue
@@ -542,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         "duration": args.duration,
         "warmup": args.warmup,
         "path": PATH,
-        "request": "CON GET",
+        "request": "GET (coap+tcp)" if args.transport == "tcp" else "CON GET",
+        "transport": args.transport,
         "server_cpu": SERVER_CPU,
         "generator_cpu": GENERATOR_CPU,
     }

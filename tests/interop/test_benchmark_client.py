@@ -314,3 +314,117 @@ def test_coaps_against_libcoap(tmp_path):
         process.kill()
         process.wait(timeout=5)
     assert result["requests"] == 50 and result["transmission_errors"] == 0
+
+
+# -- coap+tcp (RFC 8323): one connection per client, framed in the generator's loop ---------------
+
+
+def tcp_uri(server, path: str) -> str:
+    return f"coap+tcp://127.0.0.1:{server.port}/{path}"
+
+
+def test_tcp_against_extserver(bench_server, tmp_path):
+    """Our server listens for coap+tcp on its UDP port."""
+    lines: list[str] = []
+    result = run_benchmark(
+        tcp_uri(bench_server, "benchmark?rlen=40"),
+        "--clients", "20", "--requests", "50", "--nstart", "2", "-m", "GET",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert result["requests"] == result["success"] == 1000
+    assert (result["type"], result["transport"]) == ("TCP", "tcp")
+    assert result["transmission_errors"] == result["connections_closed"] == 0
+    assert result["retransmissions"] == 0
+    assert "20 benchmark clients finished." in lines
+
+
+def test_tcp_blockwise_payload_and_interval_against_extserver(bench_server, tmp_path):
+    # 500 bytes up in 64-byte Block1 blocks, 300 bytes down in Block2 blocks, as over UDP
+    result = run_benchmark(
+        tcp_uri(bench_server, "benchmark?rlen=300"),
+        "--clients", "3", "--requests", "5", "--blocksize", "64", "--payload-random", "500",
+        "-m", "POST", "--interval", "10",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["responses"] == result["success"] == 15
+    assert result["blocks"] == 15 * 11
+    assert result["transmission_errors"] == 0
+
+
+def test_tcp_observe_against_extserver(observe_server, tmp_path):
+    result = run_benchmark(
+        tcp_uri(observe_server, "benchmark"),
+        "--clients", "3", "--notifies", "6", "--reregister", "2",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["notifies"] == result["notifies_expected"] == 18
+    assert result["finished"] is True
+
+
+def test_tcp_server_shutdown_mid_run_is_counted(start_extserver, tmp_path):
+    """The server goes away during the run (it sends Release, then closes): every connection
+    counts as closed, its outstanding requests as transmission errors, and the clients stop."""
+    server = start_extserver("--benchmark", "--no-plugtest")
+    result_file = tmp_path / "result.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "extplugtest.tools.client", "benchmark",
+         tcp_uri(server, "benchmark?rlen=40"), "--clients", "5", "--duration", "60",
+         "--no-stop", "--progress-interval", "0.5", "--json", str(result_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # bounded by the run's --duration and the kill below
+            if line.startswith("[0001]"):  # a progress line: the run is under way
+                break
+        server.stop()
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0, output
+    result = json.loads(result_file.read_text())
+    assert result["connections_closed"] == 5 and result["stopped_clients"] == 5
+    assert result["stale"] is True and result["success"] > 0
+    assert "5 connections closed by the server" in output
+    assert "5 benchmark clients stopped." in output
+
+
+@pytest.mark.requires_bin("coap-server-notls", "coap-client-notls")
+def test_tcp_against_libcoap_server(tmp_path):
+    """A real peer: libcoap's server speaks coap+tcp on its UDP port; /benchmark is created by
+    PUT over UDP (the resource is shared by the transports)."""
+    port = free_udp_port()
+    server = subprocess.Popen(
+        [shutil.which("coap-server-notls") or "coap-server-notls", "-A", "127.0.0.1",
+         "-p", str(port), "-d", "10"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not coap_ping(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        create = subprocess.run(
+            [shutil.which("coap-client-notls") or "coap-client-notls", "-B", "5", "-m", "put",
+             "-e", "x" * 40, f"coap://127.0.0.1:{port}/benchmark"],
+            capture_output=True, timeout=30,
+        )  # fmt: skip
+        assert create.returncode == 0
+        result = run_benchmark(
+            f"coap+tcp://127.0.0.1:{port}/benchmark",
+            "--clients", "20", "--requests", "50", "-m", "GET",
+            tmp_path=tmp_path,
+        )  # fmt: skip
+        assert result["requests"] == result["success"] == 1000
+        assert result["transmission_errors"] == result["connections_closed"] == 0
+        # block-wise from a third-party server over TCP: 40 bytes in 16-byte Block2 blocks
+        blockwise = run_benchmark(
+            f"coap+tcp://127.0.0.1:{port}/benchmark",
+            "--clients", "2", "--requests", "5", "-m", "GET", "--blocksize", "16",
+            tmp_path=tmp_path,
+        )  # fmt: skip
+        assert blockwise["success"] == 10 and blockwise["blocks"] == 10 * 2
+    finally:
+        server.kill()
+        server.wait(timeout=10)

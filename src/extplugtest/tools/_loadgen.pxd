@@ -2,7 +2,8 @@
 #
 # One Engine drives N emulated clients. Each client owns a connected UDP socket and has up to
 # nstart requests outstanding (one Exchange each); the Engine's loop runs without the GIL in a
-# worker thread.
+# worker thread. coap+tcp (RFC 8323): one connected TCP socket per client instead, with a
+# receive buffer for partial frames and a send buffer for what the socket did not take.
 
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -22,6 +23,10 @@ cdef enum ExchangeState:
     WAIT_RESPONSE = 2   # NON sent, or empty ACK received: waiting for the response
     WAIT_DELAY = 3      # the next request (after --interval, or a retry) is due at deadline_ns
     OBSERVING = 4       # observe mode: registered, counting notifications
+
+cdef enum Transport:
+    TRANSPORT_UDP = 0   # coap, and coaps with a per-client cipher
+    TRANSPORT_TCP = 1   # coap+tcp (RFC 8323): frames on a byte stream, no type, no MID
 
 cdef struct Exchange:
     int client              # index of the owning client
@@ -45,7 +50,7 @@ cdef struct Client:
     # coaps: the DTLS session's AeadCipher (LoadGenerator holds the reference), NULL for coap
     PyObject* cipher
     uint64_t write_seq      # next record sequence number of epoch 1
-    uint8_t read_cid_length # our CID on the server's records (RFC 9146), 0: none
+    uint8_t read_cid_length  # our CID on the server's records (RFC 9146), 0: none
     bint started            # has received a response (Californium's "pending" until then)
     bint stopped            # stopped after a failure (Californium's default, without --no-stop)
     bint has_acked_mid
@@ -76,6 +81,16 @@ cdef struct Client:
     uint32_t notify_counter     # its counter value (a retransmission repeats it)
     uint64_t notify_timeout_ns
     uint64_t notify_resend_ns
+    # coap+tcp
+    bint closed             # the connection ended (FIN, error, Abort): for good
+    bint released           # the server sent Release: no new requests on this connection
+    bint csm_sent
+    bint want_write         # EPOLLOUT is on: tx holds bytes the socket did not take
+    uint8_t* rx             # an incomplete frame kept for the next read (allocated on demand)
+    Py_ssize_t rx_length
+    uint8_t* tx             # unsent bytes (allocated on demand, bounded)
+    Py_ssize_t tx_length
+    uint32_t peer_max_message_size  # from the server's CSM, 0: none received
 
 cdef struct Counters:
     uint64_t sent               # new requests (first transmission of their first message)
@@ -98,6 +113,12 @@ cdef struct Counters:
     uint64_t socket_errors      # failed send/recv (ICMP errors, full buffers)
     uint64_t ignored            # datagrams that matched nothing
     uint64_t dtls_dropped       # coaps: records that did not open (replays, bad MACs, alerts)
+    uint64_t connections_closed  # coap+tcp: connections ended by the server (FIN, error, Abort)
+    uint64_t csm_received       # coap+tcp: the server's CSMs (7.01)
+    uint64_t pings              # coap+tcp: Pings (7.02) answered with a Pong
+    uint64_t releases           # coap+tcp: Releases (7.04) received
+    uint64_t aborts             # coap+tcp: Aborts (7.05) received
+    uint64_t protocol_errors    # coap+tcp: malformed or oversized frames (we Abort and close)
 
 cdef struct Histogram:
     uint64_t count
@@ -113,6 +134,12 @@ cdef struct Engine:
     int active                  # clients not stopped with something to do
     int pending                 # active clients without a response yet
     int epfd
+    uint8_t transport           # Transport
+    uint8_t* tcp_request        # coap+tcp: the template as a frame, the token patched in
+    Py_ssize_t tcp_request_length
+    Py_ssize_t tcp_token_offset
+    uint8_t* rx_buffer          # coap+tcp: one read, after the client's kept incomplete frame
+    uint8_t* scratch            # coap+tcp: a frame rewritten as a datagram for parse_view
     uint8_t* request            # template: MID and token are patched in per transmission
     Py_ssize_t request_length
     uint8_t* base               # template without payload, for block-wise transmissions

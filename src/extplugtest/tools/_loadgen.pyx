@@ -36,15 +36,30 @@ Reverse mode (``serve_feeds``): the clients also serve Californium's ``Feed`` re
 for feed-CON, retransmitted until acknowledged; a non-positive interval: that long after the
 previous one completed). An RST for a notification ends the observation.
 
-The sockets belong to the caller; the generator only reads, writes and polls them.
+coap+tcp (RFC 8323, ``transport="tcp"``): each client owns a connected TCP socket instead.
+Before its first request it sends a CSM (7.01, Max-Message-Size); requests are frames (§3.2:
+no type, no MID), matched by token; there is no retransmission, only the response timeout
+(Californium: a timeout is a failure like a CON's). Every read goes after the client's kept
+incomplete frame, all complete frames in it are handled, the rest is kept (bounded by the
+Max-Message-Size we announce); what the socket does not take waits in a bounded send buffer
+(EPOLLOUT). The server's signalling: its CSM is noted, a Ping (7.02) is answered with a Pong
+(7.03) with the same token, a Release (7.04) ends new requests on the connection, an Abort
+(7.05) closes it. A closed connection (FIN, error, Abort, or a malformed or oversized frame
+from the server, which gets an Abort) counts each outstanding request as a transmission
+error and stops its client for good (there is no reconnect, with or without ``no_stop``).
+Reverse mode is UDP only; observe works, but re-registering with a new token (``register``)
+is UDP only (without RST the old relation could not be cancelled reactively).
+
+The sockets belong to the caller; the generator only reads, writes and polls them (a closed
+TCP connection leaves the poll set, its socket stays open until the caller closes it).
 """
 
-from libc.errno cimport errno, EAGAIN, EINTR
+from libc.errno cimport errno, EAGAIN, EINTR, ENOBUFS, ENOMEM, EPROTO
 from libc.math cimport ceil
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, UINT64_MAX
 from libc.stdlib cimport calloc, free, malloc
 from libc.stdio cimport snprintf
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID
 from posix.unistd cimport close
 
@@ -55,6 +70,10 @@ from extplugtest.dtls._record cimport (
 from extplugtest.coap._codec cimport (
     parse_view, MessageView, OptionView, option_uint, Writer, writer_init, write_header,
     write_option, write_uint_option, write_payload, writer_length, PARSE_OK, CON, NON, ACK, RST,
+)
+from extplugtest.coap._tcp_codec cimport (
+    FrameHeader, frame_from_datagram, frame_header, parse_frame, BASE_MAX_MESSAGE_SIZE,
+    TCP_MAX_HEADER, SIGNAL_CSM, SIGNAL_PING, SIGNAL_PONG, SIGNAL_RELEASE, SIGNAL_ABORT,
 )
 
 import os
@@ -79,7 +98,8 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_create1(int flags)
     int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
     int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
-    enum: EPOLLIN, EPOLL_CTL_ADD, EPOLL_CLOEXEC
+    enum: EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL
+    enum: EPOLL_CLOEXEC
 
 cdef extern from * nogil:
     """
@@ -113,6 +133,13 @@ cdef enum:
     DEFAULT_MAX_AGE = 60        # s, when a 5.03 has no Max-Age (RFC 7252 §5.10.5)
     MIN_FEED_INTERVAL_MS = 20   # Californium's Feed: notifications at least 20 ms apart
     MAX_FEED_PAYLOAD = 1024     # feed answers go in one datagram (no block-wise)
+    # coap+tcp
+    TCP_MAX_MESSAGE_SIZE = 9216  # announced in our CSM: the largest frame we take
+    RX_CAPACITY = TCP_MAX_MESSAGE_SIZE + TCP_MAX_HEADER  # a kept incomplete frame
+    READ_SIZE = 65536           # bytes asked for per recv
+    TX_CAPACITY = 131072        # unsent bytes per connection; more: the connection is given up
+    FRAME_ROOM = 8              # a frame is at most this much longer than its datagram
+    CODE_NOT_IMPLEMENTED = 0xA1  # 5.01, for a request of the server
 
 ACK_TIMEOUT_MS = 2000
 MAX_RETRANSMIT = 4
@@ -218,6 +245,13 @@ cdef inline void patch(uint8_t* m, const Exchange* x) noexcept nogil:
     m[7] = x.token & 0xFF
 
 
+cdef inline void patch_token(uint8_t* t, uint32_t token) noexcept nogil:
+    t[0] = token >> 24
+    t[1] = (token >> 16) & 0xFF
+    t[2] = (token >> 8) & 0xFF
+    t[3] = token & 0xFF
+
+
 cdef inline uint32_t block_bytes(int szx) noexcept nogil:
     return <uint32_t>1 << (szx + 4)
 
@@ -232,6 +266,10 @@ cdef void transmit(Engine* e, Client* c, Exchange* x) noexcept nogil:
     cdef uint32_t size, left
     cdef bint more
     if not x.blockwise:
+        if e.transport == TRANSPORT_TCP:
+            patch_token(e.tcp_request + e.tcp_token_offset, x.token)
+            tcp_send(e, c, e.tcp_request, e.tcp_request_length)
+            return
         # The common case: the template is private to this loop, patch it in place.
         message = e.request
         length = e.request_length
@@ -257,7 +295,10 @@ cdef void transmit(Engine* e, Client* c, Exchange* x) noexcept nogil:
                 write_payload(&w, e.payload, e.payload_length)
         length = writer_length(&w)
     patch(message, x)
-    client_send(e, c, message, length)
+    if e.transport == TRANSPORT_TCP:
+        tcp_send_datagram(e, c, message, length)
+    else:
+        client_send(e, c, message, length)
 
 
 cdef void client_send(Engine* e, Client* c, const uint8_t* message,
@@ -403,8 +444,11 @@ cdef void register_request(Engine* e, Client* c, Exchange* x, uint64_t now,
 
 
 cdef void start_request(Engine* e, Client* c, Exchange* x, uint64_t now) noexcept nogil:
-    """Send the exchange's next request, or retire it when the budget is spent."""
-    if not take_request(e, c):
+    """Send the exchange's next request, or retire it when the budget is spent (or the
+    coap+tcp server sent Release)."""
+    if c.stopped:
+        return      # coap+tcp: the connection ended while the client started its exchanges
+    if c.released or not take_request(e, c):
         retire(e, c, x)
         return
     register_request(e, c, x, now, True)
@@ -541,7 +585,7 @@ cdef void fail(Engine* e, Client* c, Exchange* x, uint64_t now, int code) noexce
         e.total.timeouts += 1
     e.total.transmission_errors += 1
     c.last_code = code
-    if e.no_stop or not e.confirmable:
+    if e.no_stop or (not e.confirmable and e.transport != TRANSPORT_TCP):
         give_back(e, c)
         x.state = WAIT_DELAY
         x.deadline_ns = now + pause_ns(e, e.retry_delay_ns)
@@ -842,6 +886,270 @@ cdef void on_datagram(Engine* e, Client* c, uint64_t now,
     complete(e, c, x, now, &view)
 
 
+# -- coap+tcp (RFC 8323) ---------------------------------------------------------------------
+
+cdef inline bint want_write(Engine* e, Client* c, bint write) noexcept nogil:
+    cdef epoll_event event
+    event.events = EPOLLIN | (EPOLLOUT if write else 0)
+    event.data.u64 = 0
+    event.data.u32 = <uint32_t>(c - e.clients)
+    if epoll_ctl(e.epfd, EPOLL_CTL_MOD, c.fd, &event) < 0:
+        return not write
+    return write
+
+
+cdef void tcp_closed(Engine* e, Client* c, int err) noexcept nogil:
+    """The connection ended (FIN, a socket error, an Abort): each outstanding request is a
+    transmission error, and the client stops for good."""
+    cdef Exchange* x
+    cdef int i
+    cdef int first = <int>(c - e.clients) * e.nstart
+    if c.closed:
+        return
+    c.closed = True
+    c.want_write = False
+    c.tx_length = 0
+    c.rx_length = 0
+    epoll_ctl(e.epfd, EPOLL_CTL_DEL, c.fd, NULL)
+    e.total.connections_closed += 1
+    c.last_code = -3
+    if err:
+        c.last_error = err
+    if not c.stopped:
+        for i in range(first, first + e.nstart):
+            x = &e.exchanges[i]
+            if x.state == WAIT_ACK or x.state == WAIT_RESPONSE or x.state == OBSERVING:
+                e.total.transmission_errors += 1
+        stop_client(e, c)
+    if e.stop_on_error and <int>(c - e.clients) < e.run_clients:
+        lg_store(&e.stop, 1)
+
+
+cdef void tcp_send(Engine* e, Client* c, const uint8_t* data, Py_ssize_t length) noexcept nogil:
+    """Write one frame; what the socket does not take waits in the client's send buffer (and
+    goes out on EPOLLOUT). A full buffer gives the connection up."""
+    cdef ssize_t sent = 0
+    if c.closed:
+        return
+    if c.tx_length == 0:
+        sent = send(c.fd, data, length, MSG_NOSIGNAL)
+        if sent == length:
+            return
+        if sent < 0:
+            if errno != EAGAIN and errno != EINTR:
+                tcp_closed(e, c, errno)
+                return
+            sent = 0
+    if c.tx_length + (length - sent) > TX_CAPACITY:
+        tcp_closed(e, c, ENOBUFS)
+        return
+    if c.tx == NULL:
+        c.tx = <uint8_t*>malloc(TX_CAPACITY)
+        if c.tx == NULL:
+            tcp_closed(e, c, ENOMEM)
+            return
+    memcpy(c.tx + c.tx_length, data + sent, length - sent)
+    c.tx_length += length - sent
+    if not c.want_write:
+        c.want_write = want_write(e, c, True)
+
+
+cdef void tcp_flush(Engine* e, Client* c) noexcept nogil:
+    """EPOLLOUT: write what waits in the send buffer."""
+    cdef ssize_t sent
+    if c.closed:
+        return
+    if c.tx_length > 0:
+        sent = send(c.fd, c.tx, c.tx_length, MSG_NOSIGNAL)
+        if sent < 0:
+            if errno != EAGAIN and errno != EINTR:
+                tcp_closed(e, c, errno)
+            return
+        if sent < c.tx_length:
+            memmove(c.tx, c.tx + sent, c.tx_length - sent)
+        c.tx_length -= sent
+    if c.tx_length == 0 and c.want_write:
+        c.want_write = want_write(e, c, False)
+
+
+cdef void tcp_send_datagram(Engine* e, Client* c, const uint8_t* message,
+                            Py_ssize_t length) noexcept nogil:
+    """A message built as a datagram (block-wise), sent as a frame: type and MID dropped."""
+    cdef uint8_t frame[DATAGRAM_SIZE + FRAME_ROOM]
+    tcp_send(e, c, frame, frame_from_datagram(message, length, frame))
+
+
+cdef void send_signal(Engine* e, Client* c, int code, const uint8_t* token,
+                      int token_length) noexcept nogil:
+    """A frame without options and payload (Pong, Abort, a 5.01 for a server's request)."""
+    cdef uint8_t frame[2 + 8]
+    frame[0] = <uint8_t>token_length
+    frame[1] = <uint8_t>code
+    memcpy(frame + 2, token, token_length)
+    tcp_send(e, c, frame, 2 + token_length)
+
+
+cdef void send_csm(Engine* e, Client* c) noexcept nogil:
+    """Our CSM (§5.3), the first frame on the connection: Max-Message-Size, no BERT."""
+    cdef uint8_t csm[5]
+    csm[0] = 0x30                   # Len 3, TKL 0
+    csm[1] = SIGNAL_CSM
+    csm[2] = 0x22                   # option 2 (Max-Message-Size), 2 bytes
+    csm[3] = TCP_MAX_MESSAGE_SIZE >> 8
+    csm[4] = TCP_MAX_MESSAGE_SIZE & 0xFF
+    c.csm_sent = True
+    tcp_send(e, c, csm, 5)
+
+
+cdef void protocol_error(Engine* e, Client* c) noexcept nogil:
+    """A malformed or oversized frame from the server: Abort (§5.6) and give up."""
+    e.total.protocol_errors += 1
+    send_signal(e, c, SIGNAL_ABORT, NULL, 0)
+    tcp_closed(e, c, EPROTO)
+
+
+cdef uint32_t csm_max_message_size(const uint8_t* body, Py_ssize_t length) noexcept nogil:
+    """Max-Message-Size (option 2) of a CSM's options; the base value without it (§5.3.1)."""
+    cdef Py_ssize_t p = 0
+    cdef uint32_t number = 0, delta, size, value = BASE_MAX_MESSAGE_SIZE
+    cdef uint32_t i
+    while p < length and body[p] != 0xFF:
+        delta = body[p] >> 4
+        size = body[p] & 0x0F
+        p += 1
+        if delta == 15 or size == 15:
+            break
+        if delta == 13 and p < length:
+            delta = body[p] + 13
+            p += 1
+        elif delta == 14 and p + 1 < length:
+            delta = ((<uint32_t>body[p] << 8) | body[p + 1]) + 269
+            p += 2
+        if size == 13 and p < length:
+            size = body[p] + 13
+            p += 1
+        elif size == 14 and p + 1 < length:
+            size = ((<uint32_t>body[p] << 8) | body[p + 1]) + 269
+            p += 2
+        if p + size > length:
+            break
+        number += delta
+        if number == 2 and size <= 4:
+            value = 0
+            for i in range(size):
+                value = (value << 8) | body[p + i]
+        p += size
+    return value
+
+
+cdef void tcp_signal(Engine* e, Client* c, const uint8_t* frame,
+                     const FrameHeader* h) noexcept nogil:
+    cdef const uint8_t* token = frame + h.token_offset
+    if h.code == SIGNAL_CSM:
+        e.total.csm_received += 1
+        c.peer_max_message_size = csm_max_message_size(token + h.token_length, h.body_length)
+    elif h.code == SIGNAL_PING:
+        e.total.pings += 1          # §5.4: a Pong with the same token
+        send_signal(e, c, SIGNAL_PONG, token, h.token_length)
+    elif h.code == SIGNAL_RELEASE:
+        e.total.releases += 1       # §5.5: no new requests; the server closes after answering
+        c.released = True
+    elif h.code == SIGNAL_ABORT:
+        e.total.aborts += 1         # §5.6: the connection is gone
+        tcp_closed(e, c, 0)
+    else:
+        e.total.ignored += 1        # a Pong (we send no Ping), or an unknown signal
+
+
+cdef void tcp_frame(Engine* e, Client* c, uint64_t now, const uint8_t* frame,
+                    const FrameHeader* h) noexcept nogil:
+    """One complete frame from the server."""
+    cdef MessageView view
+    cdef Exchange* x
+    if (h.code >> 5) == 7:
+        tcp_signal(e, c, frame, h)
+        return
+    if h.code == 0:
+        e.total.ignored += 1        # an empty message is ignored (§3.4)
+        return
+    if h.code < 32:
+        # A request of the server: we serve nothing over TCP.
+        send_signal(e, c, CODE_NOT_IMPLEMENTED, frame + h.token_offset, h.token_length)
+        e.total.ignored += 1
+        return
+    if (c.stopped or h.code < 64 or h.token_length != TOKEN_LENGTH
+            or parse_frame(frame, h, e.scratch, &view) != PARSE_OK):
+        e.total.ignored += 1
+        return
+    x = by_token(e, c, &view)
+    if x == NULL:
+        e.total.ignored += 1
+        return
+    if x.state == OBSERVING:
+        count_notify(e, c, x, now)
+        return
+    complete(e, c, x, now, &view)
+
+
+cdef void tcp_read(Engine* e, Client* c, uint64_t now) noexcept nogil:
+    """One recv after the kept incomplete frame: every complete frame is handled, the
+    incomplete rest is kept (at most one frame of our Max-Message-Size)."""
+    cdef FrameHeader h
+    cdef Py_ssize_t keep = c.rx_length, total, pos = 0, size
+    cdef ssize_t n
+    if c.closed:
+        return
+    if keep:
+        memcpy(e.rx_buffer, c.rx, keep)
+    n = recv(c.fd, e.rx_buffer + keep, READ_SIZE, 0)
+    if n < 0:
+        if errno != EAGAIN and errno != EINTR:
+            tcp_closed(e, c, errno)
+        return
+    if n == 0:
+        tcp_closed(e, c, 0)         # FIN: nothing more will come
+        return
+    c.rx_length = 0
+    total = keep + n
+    while pos < total and not c.closed:
+        size = frame_header(e.rx_buffer + pos, total - pos, &h)
+        if size < 0 or size > RX_CAPACITY:
+            protocol_error(e, c)
+            return
+        if size == 0 or size > total - pos:
+            break
+        tcp_frame(e, c, now, e.rx_buffer + pos, &h)
+        pos += size
+    if c.closed or pos == total:
+        return
+    if c.rx == NULL:
+        c.rx = <uint8_t*>malloc(RX_CAPACITY)
+        if c.rx == NULL:
+            tcp_closed(e, c, ENOMEM)
+            return
+    memcpy(c.rx, e.rx_buffer + pos, total - pos)
+    c.rx_length = total - pos
+
+
+cdef void tcp_start(Engine* e) noexcept nogil:
+    """Before a run: every connection's CSM goes out once; clients whose connection has ended
+    are stopped from the start."""
+    cdef Client* c
+    cdef int i
+    for i in range(e.client_count):
+        c = &e.clients[i]
+        if not c.closed and not c.csm_sent:
+            send_csm(e, c)
+    for i in range(e.run_clients):
+        c = &e.clients[i]
+        if c.closed and not c.stopped:
+            c.stopped = True
+            c.last_code = -3
+            e.total.stopped_clients += 1
+            c.busy = 0
+            client_idle(e, c)
+
+
 cdef void scan_timers(Engine* e, uint64_t now) noexcept nogil:
     cdef Exchange* x
     cdef Client* c
@@ -897,6 +1205,8 @@ cdef void run_loop(Engine* e) noexcept nogil:
     e.pending = e.run_clients
     for i in range(e.run_clients):
         e.clients[i].busy = e.nstart
+    if e.transport == TRANSPORT_TCP:
+        tcp_start(e)
     for i in range(e.run_clients * e.nstart):
         start_request(e, &e.clients[e.exchanges[i].client], &e.exchanges[i], now)
     # Reverse mode: after its own requests a client goes on serving the server's requests.
@@ -919,6 +1229,12 @@ cdef void run_loop(Engine* e) noexcept nogil:
             break
         for i in range(n):
             c = &e.clients[events[i].data.u32]
+            if e.transport == TRANSPORT_TCP:
+                if events[i].events & EPOLLOUT:
+                    tcp_flush(e, c)
+                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                    tcp_read(e, c, monotonic_ns())
+                continue
             # Level-triggered: read one datagram; if there is another, epoll reports it again.
             length = recv(c.fd, buffer, DATAGRAM_SIZE, 0)
             if length < 0:
@@ -1003,6 +1319,12 @@ cdef dict _counters(const Counters* now, const Counters* base):
         "socket_errors": now.socket_errors - base.socket_errors,
         "ignored": now.ignored - base.ignored,
         "dtls_dropped": now.dtls_dropped - base.dtls_dropped,
+        "connections_closed": now.connections_closed - base.connections_closed,
+        "csm_received": now.csm_received - base.csm_received,
+        "pings": now.pings - base.pings,
+        "releases": now.releases - base.releases,
+        "aborts": now.aborts - base.aborts,
+        "protocol_errors": now.protocol_errors - base.protocol_errors,
     }
 
 
@@ -1027,7 +1349,8 @@ cdef list _buckets(const Histogram* h):
 
 
 cdef class LoadGenerator:
-    """Drives one emulated client per socket in *fds* (connected, non-blocking UDP sockets).
+    """Drives one emulated client per socket in *fds* (connected, non-blocking UDP sockets;
+    with ``transport="tcp"`` connected, non-blocking TCP sockets that have sent nothing yet).
 
     ``start()`` runs the loop in a worker thread without the GIL; meanwhile ``totals()`` gives
     progress, ``stop()`` ends the run early and ``join()`` waits for its end. ``run()`` does
@@ -1043,10 +1366,12 @@ cdef class LoadGenerator:
                  int nstart=1, int interval_ms=0, bint no_stop=False, int block_size=0,
                  int retry_delay_ms=RETRY_DELAY_MS, int jitter_ms=JITTER_MS,
                  bint observe=False, int reregister=0, int register=0,
-                 bint serve_feeds=False, int feed_min_ms=100, int feed_max_ms=100):
+                 bint serve_feeds=False, int feed_min_ms=100, int feed_max_ms=100,
+                 str transport="udp"):
         cdef epoll_event event
         cdef int i, fd
         cdef bytes request, base
+        cdef bint tcp = transport == "tcp"
         cdef uint64_t seed = int.from_bytes(os.urandom(8), "little") | 1
         if self.e.clients != NULL:
             raise RuntimeError("already initialised")
@@ -1065,6 +1390,14 @@ cdef class LoadGenerator:
             raise ValueError("reregister and register must not be negative")
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"payload larger than {MAX_PAYLOAD} bytes")
+        if transport not in ("udp", "tcp"):
+            raise ValueError(f"transport must be 'udp' or 'tcp', not {transport!r}")
+        if tcp and serve_feeds:
+            raise ValueError("reverse mode (the clients' feeds) is not supported over coap+tcp")
+        if tcp and register:
+            raise ValueError("register (a new token) is not supported over coap+tcp")
+        if tcp:
+            confirmable = False     # no types over TCP: a request waits for its response
         options = list(options)
         if observe:
             options.append((OPTION_OBSERVE, 0))
@@ -1091,6 +1424,18 @@ cdef class LoadGenerator:
         self.e.base_last_option = max([number for number, _ in options], default=0)
         memcpy(self.e.payload, <const char*>payload, len(payload))
         self.e.payload_length = len(payload)
+        self.e.transport = TRANSPORT_TCP if tcp else TRANSPORT_UDP
+        if tcp:
+            # The template as a frame: its header is at most FRAME_ROOM bytes longer.
+            self.e.tcp_request = <uint8_t*>malloc(len(request) + FRAME_ROOM)
+            self.e.rx_buffer = <uint8_t*>malloc(RX_CAPACITY + READ_SIZE)
+            self.e.scratch = <uint8_t*>malloc(RX_CAPACITY + 4)
+            if self.e.tcp_request == NULL or self.e.rx_buffer == NULL or self.e.scratch == NULL:
+                raise MemoryError()
+            self.e.tcp_request_length = frame_from_datagram(
+                self.e.request, self.e.request_length, self.e.tcp_request)
+            # datagram: 4 header bytes + token + body; frame: its header + token + body
+            self.e.tcp_token_offset = self.e.tcp_request_length - self.e.request_length + 4
         self.e.confirmable = confirmable
         self.e.ack_timeout_ns = <uint64_t>ack_timeout_ms * 1000000
         self.e.max_retransmit = max_retransmit
@@ -1129,8 +1474,16 @@ cdef class LoadGenerator:
                 raise OSError(errno, os.strerror(errno))
 
     def __dealloc__(self):
+        cdef int i
         if self.e.epfd >= 0:
             close(self.e.epfd)
+        if self.e.clients != NULL:
+            for i in range(self.e.client_count):
+                free(self.e.clients[i].rx)
+                free(self.e.clients[i].tx)
+        free(self.e.tcp_request)
+        free(self.e.rx_buffer)
+        free(self.e.scratch)
         free(self.e.clients)
         free(self.e.exchanges)
         free(self.e.request)
@@ -1146,6 +1499,17 @@ cdef class LoadGenerator:
         """The request template as last sent (MID 0 and token 0 before a run; without the
         payload when that goes block-wise)."""
         return self.e.request[:self.e.request_length]
+
+    @property
+    def request_frame(self) -> bytes:
+        """coap+tcp: the request template as a frame (token 0 before a run); b"" over UDP."""
+        if self.e.transport != TRANSPORT_TCP:
+            return b""
+        return self.e.tcp_request[:self.e.tcp_request_length]
+
+    @property
+    def transport(self) -> str:
+        return "tcp" if self.e.transport == TRANSPORT_TCP else "udp"
 
     def start(self, int clients=-1, long long requests=0, double duration=0.0,
               double warmup=0.0, bint stop_on_error=False, long long notifies=0,
@@ -1184,7 +1548,7 @@ cdef class LoadGenerator:
         for i in range(e.client_count):
             e.clients[i].remaining = requests if (requests > 0 and not e.shared) else 0
             e.clients[i].started = False
-            e.clients[i].stopped = False
+            e.clients[i].stopped = False  # coap+tcp: tcp_start() stops an ended connection's
             e.clients[i].busy = 0
             e.clients[i].completed = 0
             e.clients[i].last_code = 0
@@ -1255,6 +1619,8 @@ cdef class LoadGenerator:
         handshake left it); call before the run."""
         cdef int i
         cdef AeadCipher cipher
+        if self.e.transport != TRANSPORT_UDP:
+            raise ValueError("DTLS sessions need the UDP transport")
         sessions = list(sessions)
         if len(sessions) != self.e.client_count:
             raise ValueError(f"{self.e.client_count} sessions needed, not {len(sessions)}")
@@ -1317,7 +1683,8 @@ cdef class LoadGenerator:
         return [self.e.clients[i].completed for i in range(self.e.run_clients)]
 
     def client(self, int index) -> dict:
-        """State of one client: last response code (-1 RST, -2 timeout), last socket errno."""
+        """State of one client: last response code (-1 RST, -2 timeout, -3 coap+tcp connection
+        ended), last socket errno."""
         if not 0 <= index < self.e.client_count:
             raise IndexError(index)
         cdef Client* c = &self.e.clients[index]
@@ -1330,4 +1697,7 @@ cdef class LoadGenerator:
             "last_error": c.last_error,
             "mid": c.mid,
             "token": c.token,
+            "closed": c.closed,
+            "released": c.released,
+            "peer_max_message_size": c.peer_max_message_size,
         }

@@ -1,11 +1,11 @@
-"""``extclient benchmark``: Californium's BenchmarkClient for plain CoAP over UDP.
+"""``extclient benchmark``: Californium's BenchmarkClient for CoAP over UDP, DTLS and TCP.
 
-Many emulated clients, each with its own UDP socket and up to ``--nstart`` requests outstanding
-(closed loop), against one URI. The generator core (``_loadgen``) runs in a worker thread
-without the GIL; this module parses the command line, opens the sockets, prints Californium's
-progress lines every 10 s and the final summary, and optionally writes the results as JSON
-(for ``bench/``; with one entry per progress interval) and plots them (``--plot``, needs
-matplotlib).
+Many emulated clients, each with its own UDP socket (coap, coaps) or TCP connection (coap+tcp,
+RFC 8323) and up to ``--nstart`` requests outstanding (closed loop), against one URI. The
+generator core (``_loadgen``) runs in a worker thread without the GIL; this module parses the
+command line, opens the sockets, prints Californium's progress lines every 10 s and the final
+summary, and optionally writes the results as JSON (for ``bench/``; with one entry per progress
+interval) and plots them (``--plot``, needs matplotlib).
 
 Modes, as Californium's: requests (POST by default; ``--blocksize`` for block-wise), observe
 (``--notifies``: GET with Observe, counting notifications, ``--reregister``/``--register``)
@@ -26,6 +26,12 @@ Differences from Californium, on purpose:
   Californium prints them; an extra ``latency`` line has microsecond resolution. Error
   responses get their own statistic (Californium mixes them into ``success-responses``).
 * Decimal numbers use ``.`` (Californium uses the JVM's locale).
+* coap+tcp: the connections are opened before the run (non-blocking, TCP_NODELAY); each client
+  sends its CSM first, then its requests. ``--con``/``--non`` mean nothing there, nor does
+  ``--ack-timeout`` (no retransmission); ``--timeout`` applies. A connection the server
+  closes counts its outstanding requests as transmission errors and ends its client (there is
+  no reconnect, also with ``--no-stop``). Reverse mode and ``--register`` are UDP only;
+  coaps+tcp is not supported.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import json
 import os
 import random
 import resource
+import select
 import socket
 import sys
 import time
@@ -71,6 +78,9 @@ OPTION_CONTENT_FORMAT = 12
 OPTION_URI_QUERY = 15
 OPTION_ACCEPT = 17
 TEXT_PLAIN = 0
+TCP_SCHEME = "coap+tcp"
+CONNECT_BATCH = 256  # coap+tcp: connects under way at once
+CONNECT_TIMEOUT = 10.0  # seconds for one batch of connects
 
 
 class BenchmarkError(Exception):
@@ -102,10 +112,12 @@ def parse_uri(text: str) -> Target:
     except ValueError as exc:
         raise BenchmarkError(f"invalid URI '{text}': {exc}", 2) from None
     scheme = parts.scheme.lower()
-    if scheme in ("coap+tcp", "coaps+tcp"):
-        raise BenchmarkError(f"scheme '{scheme}' is not supported yet, use coap:// or coaps://", 2)
-    if scheme not in ("coap", "coaps"):
-        raise BenchmarkError(f"'{text}' is not a coap:// or coaps:// URI", 2)
+    if scheme == "coaps+tcp":
+        raise BenchmarkError(
+            f"scheme '{scheme}' is not supported yet, use coap://, coaps:// or coap+tcp://", 2
+        )
+    if scheme not in ("coap", "coaps", TCP_SCHEME):
+        raise BenchmarkError(f"'{text}' is not a coap://, coaps:// or coap+tcp:// URI", 2)
     if not parts.hostname:
         raise BenchmarkError(f"URI '{text}' has no host", 2)
     if parts.fragment:
@@ -131,8 +143,9 @@ def parse_uri(text: str) -> Target:
 
 def resolve(target: Target) -> tuple[int, tuple[Any, ...]]:
     """(address family, socket address) of the target."""
+    kind = socket.SOCK_STREAM if target.scheme == TCP_SCHEME else socket.SOCK_DGRAM
     try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(target.host, target.port, type=kind)
     except (socket.gaierror, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise BenchmarkError(f"cannot resolve host '{target.host}': {reason}") from None
@@ -186,6 +199,78 @@ def open_clients(
             sock.close()
         raise
     return sockets
+
+
+def open_tcp_clients(
+    count: int,
+    family: int,
+    address: tuple[Any, ...],
+    local_port: int | None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> list[socket.socket]:
+    """coap+tcp: one connected, non-blocking TCP socket (TCP_NODELAY) per client; the first
+    may bind *local_port*. Connects run CONNECT_BATCH at a time, each batch bounded by
+    *timeout* seconds."""
+    raise_file_limit(count + 16)
+    where = f"{address[0]} port {address[1]}"
+    sockets: list[socket.socket] = []
+    try:
+        for start in range(0, count, CONNECT_BATCH):
+            batch: dict[int, socket.socket] = {}
+            for index in range(start, min(start + CONNECT_BATCH, count)):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if index == 0 and local_port is not None:
+                    bind_local(sock, family, local_port)
+                error = sock.connect_ex(address)
+                if error not in (0, errno.EINPROGRESS):
+                    raise OSError(error, os.strerror(error))
+                batch[sock.fileno()] = sock
+            wait_connected(batch, timeout, where)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise BenchmarkError(f"cannot open {count} sockets: too many open files") from None
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ECONNREFUSED:
+            reason += " (no CoAP-over-TCP server on that port?)"
+        raise BenchmarkError(f"cannot connect to {where}: {reason}") from None
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def bind_local(sock: socket.socket, family: int, local_port: int) -> None:
+    try:
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise BenchmarkError(f"local port {local_port} is already in use") from None
+        raise BenchmarkError(f"cannot bind local port {local_port}: {exc.strerror}") from None
+
+
+def wait_connected(batch: dict[int, socket.socket], timeout: float, where: str) -> None:
+    """Wait until every non-blocking connect of *batch* has completed (OSError if one failed)."""
+    poller = select.poll()
+    for fd in batch:
+        poller.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    left = set(batch)
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise OSError(errno.ETIMEDOUT, f"{len(left)} connects timed out")
+        for fd, _events in poller.poll(remaining * 1000):
+            error = batch[fd].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+            poller.unregister(fd)
+            left.discard(fd)
 
 
 class Runner:
@@ -559,6 +644,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         )
     if result["reverse_expected"]:
         lines += reverse_summary_lines(result)
+    if result.get("connections_closed"):
+        lines.append(f"{result['connections_closed']} connections closed by the server")
+    if result.get("pings"):
+        lines.append(f"{result['pings']} pings answered")
     if result["retransmissions"]:
         lines.append(format_share(result["retransmissions"], "retransmissions", responses, 1))
     if result["transmission_errors"]:
@@ -618,7 +707,8 @@ def collect(
         "uri": target.uri,
         "clients": args.clients,
         "method": args.method,
-        "type": "NON" if args.non else "CON",
+        "type": "TCP" if target.scheme == TCP_SCHEME else "NON" if args.non else "CON",
+        "transport": "tcp" if target.scheme == TCP_SCHEME else "udp",
         "payload": len(payload),
         "nstart": args.nstart,
         "interval_ms": args.interval,
@@ -645,6 +735,11 @@ def collect(
         "retried": window["retried"],
         "stopped_clients": window["stopped_clients"],
         "socket_errors": window["socket_errors"],
+        "connections_closed": window["connections_closed"],
+        "pings": window["pings"],
+        "releases": window["releases"],
+        "aborts": window["aborts"],
+        "protocol_errors": window["protocol_errors"],
         "notifies": window["notifies"],
         "notifies_expected": args.notifies * args.clients if args.notifies else 0,
         "reverse_responses": window["reverse_responses"],
@@ -677,7 +772,10 @@ def collect(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("uri", metavar="URI", help="coap://host[:port]/path?query (port 5683)")
+    parser.add_argument(
+        "uri", metavar="URI",
+        help="coap://, coaps:// or coap+tcp://host[:port]/path?query (port 5683, coaps 5684)",
+    )  # fmt: skip
     parser.add_argument(
         "--clients", type=int, default=5, metavar="N", help="emulated clients (default 5)"
     )
@@ -915,6 +1013,11 @@ def run(args: argparse.Namespace) -> int:
     if args.method is None:
         args.method = "GET" if observe else "POST"
     target = parse_uri(args.uri)
+    tcp = target.scheme == TCP_SCHEME
+    if tcp and args.reverse:
+        raise BenchmarkError("--reverse is not supported over coap+tcp", 2)
+    if tcp and args.register:
+        raise BenchmarkError("--register is not supported over coap+tcp (use --reregister)", 2)
     payload = read_payload(args)
     if len(payload) > MAX_PAYLOAD:
         raise BenchmarkError(f"payload larger than {MAX_PAYLOAD} bytes", 2)
@@ -955,7 +1058,10 @@ def run(args: argparse.Namespace) -> int:
             f"{args.reregister} and register every {args.register} notify"
         )
     created = time.monotonic()
-    sockets = open_clients(args.clients, family, address, args.local_port)
+    if tcp:
+        sockets = open_tcp_clients(args.clients, family, address, args.local_port)
+    else:
+        sockets = open_clients(args.clients, family, address, args.local_port)
     try:
         try:
             generator = _loadgen.LoadGenerator(
@@ -976,6 +1082,7 @@ def run(args: argparse.Namespace) -> int:
                 serve_feeds=bool(args.reverse),
                 feed_min_ms=args.min_interval or 0,
                 feed_max_ms=args.max_interval or 0,
+                transport="tcp" if tcp else "udp",
             )
         except ValueError as exc:
             raise BenchmarkError(str(exc), 2) from None
@@ -1119,6 +1226,8 @@ def probe(generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: T
         raise BenchmarkError(f"{what}: {reason}")
     if code == -1:
         raise BenchmarkError(f"{what}: rejected (RST)")
+    if code == -3:
+        raise BenchmarkError(f"{what}: the server closed the connection")
     if code <= 0:
         raise BenchmarkError(f"{what}: no response within {args.timeout} ms")
     if code >> 5 == 2:
