@@ -428,3 +428,28 @@ def test_tcp_against_libcoap_server(tmp_path):
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("mode", ["--handshakes-full", "--handshakes-close"])
+def test_coaps_handshakes_during_the_run(bench_server, tmp_path, mode):
+    """Californium's COAPS_HANDSHAKES_FULL/CLOSE: after every 5th response a client gets a new
+    session (close_notify first with -close), here 2 in a row (--handshakes-burst)."""
+    lines: list[str] = []
+    result = run_benchmark(
+        coaps_uri(bench_server, "benchmark?rlen=10"),
+        "--clients", "4", "--requests", "10", "-m", "GET", mode, "5", "--handshakes-burst", "2",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert result["requests"] == 40 and result["transmission_errors"] == 0
+    # every client is parked after its 5th and 10th response: 4 x 2 x 2 handshakes
+    assert result["handshakes_during_run"] == 16 and result["handshake_failures"] == 0
+    assert "16 DTLS handshakes during the run" in lines
+
+
+def test_handshakes_during_the_run_need_coaps(bench_server, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "extplugtest.tools.client", "benchmark",
+         f"{bench_server.uri}/benchmark", "--handshakes-full", "5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 2 and "need a coaps:// URI" in completed.stderr

@@ -23,6 +23,7 @@ cdef enum ExchangeState:
     WAIT_RESPONSE = 2   # NON sent, or empty ACK received: waiting for the response
     WAIT_DELAY = 3      # the next request (after --interval, or a retry) is due at deadline_ns
     OBSERVING = 4       # observe mode: registered, counting notifications
+    WAIT_HANDSHAKE = 5  # coaps: parked while Python runs a new DTLS handshake for the client
 
 cdef enum Transport:
     TRANSPORT_UDP = 0   # coap, and coaps with a per-client cipher
@@ -51,6 +52,7 @@ cdef struct Client:
     PyObject* cipher
     uint64_t write_seq      # next record sequence number of epoch 1
     uint8_t read_cid_length  # our CID on the server's records (RFC 9146), 0: none
+    bint in_handshake       # coaps: parked (socket out of the epoll set) for a handshake
     bint started            # has received a response (Californium's "pending" until then)
     bint stopped            # stopped after a failure (Californium's default, without --no-stop)
     bint has_acked_mid
@@ -126,9 +128,21 @@ cdef struct Histogram:
     uint64_t max_us
     uint64_t buckets[BUCKETS]
 
+cdef struct Ring:
+    # A single-producer single-consumer queue of client indexes between the loop thread and
+    # the Python thread (head and tail accessed atomically).
+    int* slots
+    int capacity
+    int head
+    int tail
+
 cdef struct Engine:
     Client* clients
     Exchange* exchanges         # client_count * nstart, client i owns [i*nstart, (i+1)*nstart)
+    # coaps --handshakes-full/-close: every n-th response parks the client, Python handshakes
+    uint32_t handshake_every    # 0: never
+    Ring handshake_requests     # loop -> Python: clients waiting for a handshake
+    Ring handshakes_done        # Python -> loop: clients with a new session
     int client_count
     int nstart
     int active                  # clients not stopped with something to do

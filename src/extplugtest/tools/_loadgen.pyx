@@ -473,6 +473,58 @@ cdef inline void record_latency(Engine* e, Client* c, Exchange* x, uint64_t now,
         record(&e.block_latency, (now - x.sent_ns) // 1000)
 
 
+cdef inline bint ring_push(Ring* r, int value) noexcept nogil:
+    cdef int tail = r.tail
+    cdef int following = (tail + 1) % r.capacity
+    if r.capacity == 0 or following == lg_load(&r.head):
+        return False
+    r.slots[tail] = value
+    lg_store(&r.tail, following)
+    return True
+
+
+cdef inline int ring_pop(Ring* r) noexcept nogil:
+    cdef int head = r.head
+    cdef int value
+    if r.capacity == 0 or head == lg_load(&r.tail):
+        return -1
+    value = r.slots[head]
+    lg_store(&r.head, (head + 1) % r.capacity)
+    return value
+
+
+cdef bint park_for_handshake(Engine* e, Client* c, Exchange* x) noexcept nogil:
+    """coaps, every handshake_every-th response: take the client out of the loop (its socket
+    leaves the epoll set) and ask the Python side for a new DTLS handshake."""
+    cdef int index = <int>(c - e.clients)
+    if (e.handshake_every == 0 or c.cipher == NULL or e.nstart != 1
+            or c.completed % e.handshake_every != 0):
+        return False
+    if not ring_push(&e.handshake_requests, index):
+        return False
+    epoll_ctl(e.epfd, EPOLL_CTL_DEL, c.fd, NULL)
+    c.in_handshake = True
+    x.state = WAIT_HANDSHAKE
+    x.deadline_ns = 0
+    return True
+
+
+cdef void resume_handshaken(Engine* e, uint64_t now) noexcept nogil:
+    """Clients back from their handshakes: into the epoll set, next request."""
+    cdef epoll_event event
+    cdef int index = ring_pop(&e.handshakes_done)
+    cdef Client* c
+    while index >= 0:                       # bounded: each client is queued at most once
+        c = &e.clients[index]
+        event.events = EPOLLIN
+        event.data.u64 = 0
+        event.data.u32 = <uint32_t>index
+        epoll_ctl(e.epfd, EPOLL_CTL_ADD, c.fd, &event)
+        c.in_handshake = False
+        schedule(e, c, &e.exchanges[index * e.nstart], now, e.interval_ns)
+        index = ring_pop(&e.handshakes_done)
+
+
 cdef inline void responded(Engine* e, Client* c, int code) noexcept nogil:
     c.last_code = code
     c.completed += 1
@@ -559,6 +611,8 @@ cdef void complete(Engine* e, Client* c, Exchange* x, uint64_t now,
                 x.deadline_ns = 0
                 count_notify(e, c, x, now)
                 return
+        if park_for_handshake(e, c, x):
+            return
         schedule(e, c, x, now, e.interval_ns)
         return
     e.total.error_responses += 1
@@ -1220,6 +1274,8 @@ cdef void run_loop(Engine* e) noexcept nogil:
         if now >= next_scan:
             scan_timers(e, now)
             next_scan = now + SCAN_INTERVAL_MS * 1000000
+        if e.handshake_every:
+            resume_handshaken(e, now)
         wait_ns = next_scan - now if next_scan > now else 0
         n = epoll_wait(e.epfd, events, MAX_EVENTS, <int>((wait_ns + 999999) // 1000000))
         if n < 0:
@@ -1486,6 +1542,8 @@ cdef class LoadGenerator:
         free(self.e.scratch)
         free(self.e.clients)
         free(self.e.exchanges)
+        free(self.e.handshake_requests.slots)
+        free(self.e.handshakes_done.slots)
         free(self.e.request)
         free(self.e.base)
         free(self.e.payload)
@@ -1526,6 +1584,7 @@ cdef class LoadGenerator:
         """
         cdef Engine* e = &self.e
         cdef int i
+        cdef epoll_event event
         if self._thread is not None:
             raise RuntimeError("generator is already running")
         if clients < 0 or clients > e.client_count:
@@ -1557,6 +1616,14 @@ cdef class LoadGenerator:
             e.clients[i].notify_pending = False
             e.clients[i].notify_due_ns = 0
             e.clients[i].has_request_mid = False
+            if e.clients[i].in_handshake:   # parked at the end of the last run: back in
+                e.clients[i].in_handshake = False
+                event.events = EPOLLIN
+                event.data.u64 = 0
+                event.data.u32 = <uint32_t>i
+                epoll_ctl(e.epfd, EPOLL_CTL_ADD, e.clients[i].fd, &event)
+        e.handshake_requests.head = e.handshake_requests.tail = 0
+        e.handshakes_done.head = e.handshakes_done.tail = 0
         for i in range(e.client_count * e.nstart):
             e.exchanges[i].state = IDLE
             e.exchanges[i].deadline_ns = 0
@@ -1612,6 +1679,56 @@ cdef class LoadGenerator:
     @property
     def running(self) -> bool:
         return self._thread is not None and not self._done.is_set()
+
+    def handshakes_every(self, unsigned int responses) -> None:
+        """coaps: after every *responses*-th response a client waits for a new DTLS session
+        (``take_handshake_requests`` / ``resume``) before its next request; 0: never. Applies
+        to the next run (with nstart 1)."""
+        cdef int capacity = self.e.client_count + 1
+        if self._thread is not None:
+            raise RuntimeError("generator is running")
+        if responses and self.e.handshake_requests.slots == NULL:
+            self.e.handshake_requests.slots = <int*>calloc(capacity, sizeof(int))
+            self.e.handshakes_done.slots = <int*>calloc(capacity, sizeof(int))
+            if self.e.handshake_requests.slots == NULL or self.e.handshakes_done.slots == NULL:
+                raise MemoryError()
+            self.e.handshake_requests.capacity = capacity
+            self.e.handshakes_done.capacity = capacity
+        self.e.handshake_every = responses
+
+    def take_handshake_requests(self) -> list:
+        """The clients parked for a handshake since the last call (safe while running)."""
+        cdef int index = ring_pop(&self.e.handshake_requests)
+        taken = []
+        while index >= 0:
+            taken.append(index)
+            index = ring_pop(&self.e.handshake_requests)
+        return taken
+
+    def cipher(self, int index):
+        """coaps: client *index*'s current AeadCipher."""
+        return self._ciphers[index]
+
+    def write_seq(self, int index) -> int:
+        """The next record sequence number of a parked client's session (for its
+        close_notify before the new handshake)."""
+        if not 0 <= index < self.e.client_count or not self.e.clients[index].in_handshake:
+            raise ValueError(f"client {index} is not parked for a handshake")
+        return self.e.clients[index].write_seq
+
+    def resume(self, int index, session) -> None:
+        """A parked client goes on with *session* (see ``use_dtls``)."""
+        cdef AeadCipher cipher = session.cipher
+        cdef Client* c
+        if not 0 <= index < self.e.client_count or not self.e.clients[index].in_handshake:
+            raise ValueError(f"client {index} is not parked for a handshake")
+        c = &self.e.clients[index]
+        self._ciphers[index] = cipher           # the loop does not touch a parked client
+        c.cipher = <PyObject*>cipher
+        c.write_seq = session.next_write_seq
+        c.read_cid_length = len(session.read_cid)
+        if not ring_push(&self.e.handshakes_done, index):
+            raise RuntimeError("handshake queue full")
 
     def use_dtls(self, sessions) -> None:
         """coaps: client i talks through DTLS session ``sessions[i]``, an object with

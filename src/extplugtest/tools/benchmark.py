@@ -48,6 +48,7 @@ import select
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -648,6 +649,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"{result['connections_closed']} connections closed by the server")
     if result.get("pings"):
         lines.append(f"{result['pings']} pings answered")
+    if result.get("handshakes_during_run") or result.get("handshake_failures"):
+        lines.append(f"{result['handshakes_during_run']} DTLS handshakes during the run"
+                     + (f", {result['handshake_failures']} failed"
+                        if result["handshake_failures"] else ""))  # fmt: skip
     if result["retransmissions"]:
         lines.append(format_share(result["retransmissions"], "retransmissions", responses, 1))
     if result["transmission_errors"]:
@@ -886,6 +891,13 @@ def validate(args: argparse.Namespace) -> None:
             raise BenchmarkError(message, 2)
 
     check(1 <= args.clients <= MAX_CLIENTS, f"--clients must be 1..{MAX_CLIENTS}")
+    renew = args.handshakes_full or args.handshakes_close
+    check(args.handshakes_full >= 0 and args.handshakes_close >= 0,
+          "--handshakes-full/-close must not be negative")  # fmt: skip
+    check(1 <= args.handshakes_burst <= 100, "--handshakes-burst must be 1..100")
+    check(not renew or args.uri.lower().startswith("coaps://"),
+          "--handshakes-full/-close need a coaps:// URI")  # fmt: skip
+    check(not renew or args.nstart == 1, "--handshakes-full/-close need --nstart 1")
     check(
         args.requests is None or 1 <= args.requests <= MAX_REQUESTS,
         f"--requests must be 1..{MAX_REQUESTS}",
@@ -1086,11 +1098,13 @@ def run(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             raise BenchmarkError(str(exc), 2) from None
+        make_handshake = None
         if target.scheme == "coaps":
-            handshakes(generator, sockets, args)
+            make_handshake = handshakes(generator, sockets, args)
         created = time.monotonic() - created
         probe(generator, args, target)
         _say(created_line(args.clients, created))
+        renewal = start_renewal(generator, sockets, args, make_handshake)
         runner = Runner(generator)
         try:
             runner.start(
@@ -1111,8 +1125,13 @@ def run(args: argparse.Namespace) -> int:
             seen = watch(runner, args.progress_interval, phases)
         finally:
             runner.close()
+            if renewal is not None:
+                renewal.stop()
         result = collect(generator, args, target, payload, expected, seen)
         result["interrupted"] = runner.interrupted
+        if renewal is not None:
+            result["handshakes_during_run"] = renewal.handshakes
+            result["handshake_failures"] = renewal.failures
     finally:
         for sock in sockets:
             sock.close()
@@ -1183,8 +1202,9 @@ def write_plot(path: str, result: dict[str, Any]) -> None:
 
 def handshakes(
     generator: _loadgen.LoadGenerator, sockets: list[socket.socket], args: argparse.Namespace
-) -> None:
-    """coaps: every client's DTLS handshake before the run, with a progress line a second."""
+) -> Callable[[int], Any]:
+    """coaps: every client's DTLS handshake before the run, with a progress line a second;
+    returns the factory of client i's handshakes."""
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:
@@ -1201,6 +1221,27 @@ def handshakes(
     elapsed = time.monotonic() - started
     _say(f"Benchmark clients handshakes: {len(sessions)} in {format_time(elapsed)}"
          f"{format_per_second('handshakes', len(sessions), elapsed)}")  # fmt: skip
+    return make
+
+
+def start_renewal(
+    generator: _loadgen.LoadGenerator,
+    sockets: list[socket.socket],
+    args: argparse.Namespace,
+    make_handshake: Callable[[int], Any] | None,
+) -> benchmark_dtls.HandshakeService | None:
+    """--handshakes-full/-close: the generator parks a client every N-th response and a
+    service thread gives it a new DTLS session (after the probe, for the run only)."""
+    every = args.handshakes_full or args.handshakes_close
+    if not every or make_handshake is None:
+        return None
+    generator.handshakes_every(every)
+    service = benchmark_dtls.HandshakeService(
+        generator, sockets, make_handshake,
+        close=bool(args.handshakes_close), burst=args.handshakes_burst,
+    )  # fmt: skip
+    service.start()
+    return service
 
 
 def probe(generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: Target) -> None:

@@ -18,13 +18,17 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import os
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from extplugtest.dtls._record import ALERT
 from extplugtest.dtls.handshake_client import ClientHandshake, ClientSession
 from extplugtest.dtls.handshake_server import HandshakeFailure
 from extplugtest.tools.dtls_transport import DtlsClientOptions
@@ -58,6 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cid-length", type=int, default=0, metavar="N",
                        help="our connection ID length (RFC 9146); 0 (default): support "
                        "connection IDs, but the server sends none to us")  # fmt: skip
+    renew = group.add_mutually_exclusive_group()
+    renew.add_argument("--handshakes-full", type=int, default=0, metavar="N",
+                       help="after every N-th response a client does a new full handshake "
+                       "(Californium's COAPS_HANDSHAKES_FULL)")  # fmt: skip
+    renew.add_argument("--handshakes-close", type=int, default=0, metavar="N",
+                       help="after every N-th response a client closes its session "
+                       "(close_notify) and does a new handshake")  # fmt: skip
+    group.add_argument(
+        "--handshakes-burst",
+        type=int,
+        default=1,
+        metavar="M",
+        help="with --handshakes-full/-close: M handshakes in a row (default 1)",
+    )
     group.add_argument(
         "--handshakes-parallel",
         type=int,
@@ -219,3 +237,71 @@ def handshake_factory(args: argparse.Namespace, clients: int) -> Callable[[int],
         )
 
     return make
+
+
+#: a parked client waits at most this long before the service looks again
+SERVICE_POLL = 0.005
+
+
+class HandshakeService:
+    """``--handshakes-full N`` / ``--handshakes-close N`` (Californium's BenchmarkClient): the
+    generator parks a client after every N-th response; this thread gives it a new session
+    (``--handshakes-burst M``: M handshakes in a row), after a close_notify with
+    ``--handshakes-close``, and hands it back. Runs while the generator runs."""
+
+    def __init__(
+        self,
+        generator: Any,
+        sockets: list[socket.socket],
+        make_handshake: Callable[[int], ClientHandshake],
+        *,
+        close: bool,
+        burst: int,
+    ) -> None:
+        self.generator = generator
+        self.sockets = sockets
+        self.make_handshake = make_handshake
+        self.close = close
+        self.burst = max(1, burst)
+        self.handshakes = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="handshakes", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _serve(self) -> None:
+        while not self._stop.wait(SERVICE_POLL):  # bounded by stop()
+            parked = self.generator.take_handshake_requests()
+            if parked:
+                self._renew(parked)
+
+    def _renew(self, parked: list[int]) -> None:
+        sockets = [self.sockets[index] for index in parked]
+        if self.close:
+            for index, sock in zip(parked, sockets, strict=True):
+                self._close_notify(index, sock)
+        sessions: list[ClientSession] = []
+        for _ in range(self.burst):
+            try:
+                sessions = handshake_all(
+                    sockets, lambda i: self.make_handshake(parked[i]), parallel=len(sockets)
+                )
+            except HandshakeError:
+                self.failures += len(parked)
+                return  # the clients stay parked: counted, as a failed handshake stops them
+            self.handshakes += len(sessions)
+        for index, session in zip(parked, sessions, strict=True):
+            self.generator.resume(index, session)
+
+    def _close_notify(self, index: int, sock: socket.socket) -> None:
+        """RFC 5246 §7.2.1: end the old session with a close_notify alert."""
+        cipher = self.generator.cipher(index)
+        alert = cipher.seal(cipher.epoch, self.generator.write_seq(index), ALERT, b"\x01\x00")
+        with contextlib.suppress(OSError):
+            sock.send(alert)
