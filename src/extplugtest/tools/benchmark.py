@@ -518,8 +518,8 @@ def watch(
         last, last_stamp = now, now_stamp
         next_line += progress_interval
     end = time.monotonic()
-    if end - last_stamp > 0.001 and not seen.stale:
-        # the last, partial interval
+    if not seen.stale and (end - last_stamp > 0.001 or not seen.series):
+        # the last, partial interval (the only one of a run shorter than an interval)
         seen.series.append(interval_figures(start, end, end - last_stamp, last, generator.totals()))
     now = generator.totals()
     if not seen.stale and not runner.interrupted and now["active"] == 0 and now["stopped_clients"]:
