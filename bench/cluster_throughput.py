@@ -68,6 +68,8 @@ from extplugtest.dtls.handshake_client import ClientHandshake
 from throughput import (
     Processes,
     box_cpu,
+    busy_before,
+    format_table,
     host_info,
     load_average,
     process_cpu,
@@ -454,23 +456,17 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    lines = [" ".join(f"{name:>{width}}" for name, _, width in COLUMNS)]
+    rows = []
     for r in runs:
-        before = r["before"]
-        nodes = "+".join(f"{v:.0f}" for v in r["node_cpu_pct"].values())
-        values = (
-            r["setup"], r["round"], r["clients"], r["req_per_s"], r["penalty_req_per_s"], nodes,
+        rows.append((
+            r["setup"], r["round"], r["clients"], r["req_per_s"], r["penalty_req_per_s"],
+            "+".join(f"{v:.0f}" for v in r["node_cpu_pct"].values()),
             r["req_per_node_cpu_s"], r["penalty_req_per_node_cpu_s"], r["nat_cpu_pct"],
             r["generator_cpu_pct"], r["other_cpu_pct"], r["p50_ms"], r["p99_ms"],
-            r["retransmissions"], r["forwarded_share"],
-            f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!"), before["loadavg"][0],
-        )  # fmt: skip
-        cells = [
-            "-" if v is None else fmt.format(v)
-            for (_, fmt, _), v in zip(COLUMNS, values, strict=True)
-        ]
-        lines.append(" ".join(f"{c:>{w}}" for c, (_, _, w) in zip(cells, COLUMNS, strict=True)))
-    return "\n".join(lines)
+            r["retransmissions"], r["forwarded_share"], busy_before(r),
+            r["before"]["loadavg"][0],
+        ))  # fmt: skip
+    return format_table(COLUMNS, rows)
 
 
 def counters_report(runs: list[dict[str, Any]]) -> str:

@@ -42,7 +42,9 @@ from responder import build_responder
 from throughput import (
     Processes,
     box_cpu,
+    busy_before,
     coap_ping,
+    format_table,
     free_udp_port,
     host_info,
     load_average,
@@ -233,22 +235,15 @@ COLUMNS = (
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    lines = [" ".join(f"{name:>{width}}" for name, _, width in COLUMNS)]
+    rows = []
     for r in runs:
-        before = r["before"]
-        values = (
+        rows.append((
             r["backend"], r["mode"], r["clients"], r["req_per_s"], r["datagrams_per_s"],
             r["nat_cpu_pct"], r["datagrams_per_nat_cpu_s"], r["p50_ms"], r["p99_ms"],
             r["retransmissions"], r["backend_cpu_pct"] + r["generator_cpu_pct"],
-            r["other_cpu_pct"], f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!"),
-            before["loadavg"][0],
-        )  # fmt: skip
-        cells = [
-            "-" if v is None else fmt.format(v)
-            for (_, fmt, _), v in zip(COLUMNS, values, strict=True)
-        ]
-        lines.append(" ".join(f"{c:>{w}}" for c, (_, _, w) in zip(cells, COLUMNS, strict=True)))
-    return "\n".join(lines)
+            r["other_cpu_pct"], busy_before(r), r["before"]["loadavg"][0],
+        ))  # fmt: skip
+    return format_table(COLUMNS, rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

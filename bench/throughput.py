@@ -445,30 +445,40 @@ COLUMNS = (
 )
 
 
+Column = tuple[str, str, int]  # heading, format of a value, width
+
+
+def format_table(columns: tuple[Column, ...], rows: list[tuple[Any, ...]]) -> str:
+    """Right-aligned columns; a None value prints as "-"."""
+    lines = [" ".join(f"{name:>{width}}" for name, _, width in columns)]
+    for values in rows:
+        cells = [
+            "-" if value is None else fmt.format(value)
+            for (_, fmt, _), value in zip(columns, values, strict=True)
+        ]
+        lines.append(" ".join(f"{c:>{w}}" for c, (_, _, w) in zip(cells, columns, strict=True)))
+    return "\n".join(lines)
+
+
+def busy_before(run: dict[str, Any]) -> str:
+    """The idle wait's last busy share, "!" when the box never became idle."""
+    before = run["before"]
+    return f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!")
+
+
 def table(runs: list[dict[str, Any]]) -> str:
     baseline = {r["clients"]: r["req_per_server_cpu_s"] for r in runs if r["server"] == "libcoap"}
     rows = []
     for r in runs:
         base = baseline.get(r["clients"])
         ratio = r["req_per_server_cpu_s"] / base if base and r["req_per_server_cpu_s"] else None
-        before = r["before"]
-        busy = f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!")
-        values = (
+        rows.append((
             r["server"], r["clients"], r["req_per_s"], r["server_cpu_pct"],
             r["req_per_server_cpu_s"], ratio, r["p50_ms"], r["p99_ms"], r["retransmissions"],
-            r["timeouts"], r["generator_cpu_pct"], r["other_cpu_pct"], busy,
-            before["loadavg"][0],
-        )  # fmt: skip
-        rows.append(
-            [
-                "-" if value is None else fmt.format(value)
-                for (_, fmt, _), value in zip(COLUMNS, values, strict=True)
-            ]
-        )
-    lines = [" ".join(f"{name:>{width}}" for name, _, width in COLUMNS)]
-    for row in rows:
-        lines.append(" ".join(f"{v:>{w}}" for v, (_, _, w) in zip(row, COLUMNS, strict=True)))
-    return "\n".join(lines)
+            r["timeouts"], r["generator_cpu_pct"], r["other_cpu_pct"], busy_before(r),
+            r["before"]["loadavg"][0],
+        ))  # fmt: skip
+    return format_table(COLUMNS, rows)
 
 
 def host_info() -> dict[str, Any]:
