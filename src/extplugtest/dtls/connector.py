@@ -312,6 +312,8 @@ class DtlsServerTransport:
         if handshake.session is not None:
             connection.establish(handshake.session)
             self._flights.pop(connection, None)  # RFC 6347 §4.2.4: the last flight has no timer
+            if len(self._lingering) >= self.limits.max_connections:  # bounded like the table
+                self._lingering.popleft()[1].handshake = None
             self._lingering.append((time.monotonic() + HANDSHAKE_LIFETIME, connection))
             self._handshakes -= 1
             self.counters.handshakes_succeeded += 1
