@@ -2,6 +2,7 @@
 
 Every extension is compiled against the system OpenSSL libcrypto (Debian ``libssl-dev``); the
 flags come from pkg-config when it knows libcrypto, otherwise plain ``-lcrypto`` is used.
+``tools._loadgen`` also links libssl (likewise; libssl.a in the static wheel build).
 Metadata lives in pyproject.toml.
 """
 
@@ -17,15 +18,16 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "no", "false", "off")
 
 
-def _static_libcrypto(prefix: str | None) -> str:
-    """Path of libcrypto.a: under OPENSSL_DIR, else in the compiler's (multiarch) library dirs."""
+def _static_libcrypto(prefix: str | None, name: str = "libcrypto") -> str:
+    """Path of libcrypto.a (or *name*.a): under OPENSSL_DIR, else in the compiler's (multiarch)
+    library dirs."""
     if prefix:
         dirs = [f"{prefix}/lib", f"{prefix}/lib64"]
     else:
         dirs = []
         try:
             libdir = subprocess.run(
-                ["pkg-config", "--variable=libdir", "libcrypto"],
+                ["pkg-config", "--variable=libdir", name],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -46,10 +48,10 @@ def _static_libcrypto(prefix: str | None) -> str:
             pass
         dirs += ["/usr/local/lib64", "/usr/local/lib", "/usr/lib64", "/usr/lib"]
     for directory in dirs:
-        if os.path.isfile(f"{directory}/libcrypto.a"):
-            return f"{directory}/libcrypto.a"
+        if os.path.isfile(f"{directory}/{name}.a"):
+            return f"{directory}/{name}.a"
     raise SystemExit(
-        f"EXTPLUGTEST_STATIC_OPENSSL=1: no libcrypto.a in {', '.join(dirs)} "
+        f"EXTPLUGTEST_STATIC_OPENSSL=1: no {name}.a in {', '.join(dirs)} "
         "(install libssl-dev, or set OPENSSL_DIR to an OpenSSL built with no-shared)"
     )
 
@@ -83,6 +85,23 @@ def libcrypto_flags() -> tuple[list[str], list[str]]:
         return [], ["-lcrypto"]
 
 
+def libssl_flags() -> list[str]:
+    """Extra linker flags for the modules that also use libssl (placed before LDFLAGS: with
+    EXTPLUGTEST_STATIC_OPENSSL=1 libssl.a must come before libcrypto.a)."""
+    prefix = os.environ.get("OPENSSL_DIR")
+    if _truthy("EXTPLUGTEST_STATIC_OPENSSL"):
+        return [_static_libcrypto(prefix, "libssl")]
+    if prefix:
+        return [f"-L{prefix}/lib", f"-L{prefix}/lib64", "-lssl"]
+    try:
+        libs = subprocess.run(
+            ["pkg-config", "--libs", "libssl"], capture_output=True, text=True, check=True
+        ).stdout
+        return shlex.split(libs)
+    except (OSError, subprocess.CalledProcessError):
+        return ["-lssl"]
+
+
 CFLAGS, LDFLAGS = libcrypto_flags()
 CFLAGS += ["-O2", "-Wno-unused-function"]
 
@@ -104,13 +123,17 @@ MODULES = [
     ("extplugtest.cluster._router", "src/extplugtest/cluster/_router.pyx"),
 ]
 
+# Modules that also link libssl (coaps+tcp in the benchmark's loop).
+LIBSSL_MODULES = {"extplugtest.tools._loadgen"}
+SSL_LDFLAGS = libssl_flags() if any(name in LIBSSL_MODULES for name, _ in MODULES) else []
+
 extensions = [
     Extension(
         name,
         [source],
         include_dirs=["csrc"],
         extra_compile_args=CFLAGS,
-        extra_link_args=LDFLAGS,
+        extra_link_args=[*SSL_LDFLAGS, *LDFLAGS] if name in LIBSSL_MODULES else LDFLAGS,
     )
     for name, source in MODULES
 ]

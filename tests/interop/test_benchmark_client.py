@@ -453,3 +453,108 @@ def test_handshakes_during_the_run_need_coaps(bench_server, tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert completed.returncode == 2 and "need a coaps:// URI" in completed.stderr
+
+
+# -- coaps+tcp (RFC 8323 over TLS): OpenSSL in the generator's loop --------------------------------
+
+
+def tls_uri(server, path: str) -> str:
+    """Our server's TLS port is its plain port + 1 (as for DTLS)."""
+    return f"coaps+tcp://127.0.0.1:{server.port + 1}/{path}"
+
+
+def test_tls_against_extserver(bench_server, tmp_path):
+    """The demo server certificate, verified against the demo CA (client auth is WANTED: the
+    clients go without a certificate)."""
+    lines: list[str] = []
+    result = run_benchmark(
+        tls_uri(bench_server, "benchmark?rlen=40"),
+        "--clients", "20", "--requests", "50", "--nstart", "2", "-m", "GET",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert result["requests"] == result["success"] == 1000
+    assert (result["type"], result["transport"]) == ("TCP", "tls")
+    assert result["transmission_errors"] == result["connections_closed"] == 0
+    assert "Benchmark clients handshakes: 20 in" in "\n".join(lines)
+    assert "20 benchmark clients finished." in lines
+
+
+def test_tls_blockwise_and_client_certificate_against_extserver(bench_server, tmp_path):
+    # -a X509: the demo client certificate; block-wise both ways, as over TCP
+    result = run_benchmark(
+        tls_uri(bench_server, "benchmark?rlen=300"),
+        "--clients", "3", "--requests", "5", "--blocksize", "64", "--payload-random", "500",
+        "-m", "POST", "-a", "X509",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["responses"] == result["success"] == 15
+    assert result["blocks"] == 15 * 11
+    assert result["transmission_errors"] == 0
+
+
+def test_tls_untrusted_server_is_one_line(bench_server, tmp_path):
+    """A trust store without the demo CA: the handshake fails with one line; --trust-all
+    accepts the server anyway."""
+    from extplugtest.dtls.pki import make_demo_pki
+
+    make_demo_pki(tmp_path / "other")  # a fresh CA, not the server's
+    other = tmp_path / "other" / "ca.pem"
+    completed = subprocess.run(
+        [sys.executable, "-m", "extplugtest.tools.client", "benchmark",
+         tls_uri(bench_server, "benchmark"), "--clients", "2", "--requests", "1",
+         "--trust-store", str(other)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert completed.stderr.count("\n") == 1
+    assert "TLS handshake of client" in completed.stderr
+    assert "certificate" in completed.stderr
+    result = run_benchmark(
+        tls_uri(bench_server, "benchmark"), "--clients", "2", "--requests", "3",
+        "--trust-all", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["success"] == 6
+
+
+def test_tls_on_a_plain_tcp_port_is_one_line(bench_server):
+    completed = subprocess.run(
+        [sys.executable, "-m", "extplugtest.tools.client", "benchmark",
+         f"coaps+tcp://127.0.0.1:{bench_server.port}/benchmark", "--clients", "2",
+         "--requests", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert completed.stderr.count("\n") == 1 and "TLS handshake" in completed.stderr
+
+
+@pytest.mark.requires_bin("coap-server-openssl")
+def test_tls_against_libcoap_server(tmp_path):
+    """A real peer: libcoap's server with the demo certificate on its secure port (the plain
+    one + 1), its /time resource; verified against the demo CA."""
+    from extplugtest.dtls.pki import demo_certs_path
+
+    exe = shutil.which("coap-server-openssl")
+    if exe is None:
+        pytest.skip("coap-server-openssl not found")
+    certs = demo_certs_path()
+    port = free_udp_port()
+    process = subprocess.Popen(
+        [exe, "-A", "127.0.0.1", "-p", str(port),
+         "-c", str(certs / "server.pem"), "-j", str(certs / "server.key")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not coap_ping(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = run_benchmark(
+            f"coaps+tcp://127.0.0.1:{port + 1}/time",
+            "--clients", "10", "--requests", "20", "-m", "GET",
+            tmp_path=tmp_path,
+        )  # fmt: skip
+    finally:
+        process.kill()
+        process.wait(timeout=5)
+    assert result["requests"] == result["success"] == 200
+    assert result["transmission_errors"] == result["connections_closed"] == 0
+    assert result["transport"] == "tls"

@@ -685,7 +685,10 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
     ("argv", "message"),
     [
         (["http://127.0.0.1/x"], "is not a coap://, coaps:// or coap+tcp:// URI"),
-        (["coaps+tcp://127.0.0.1/x"], "scheme 'coaps+tcp' is not supported"),
+        (
+            ["coaps+tcp://127.0.0.1/x", "--reverse", "1"],
+            "--reverse is not supported over coaps+tcp",
+        ),
         (["coap://127.0.0.1:99999/x"], "invalid URI"),
         (["coap://127.0.0.1/x", "--clients", "0"], "--clients must be 1..20000"),
         (["coap://127.0.0.1/x", "--clients", "20001"], "--clients must be 1..20000"),

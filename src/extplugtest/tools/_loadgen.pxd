@@ -3,7 +3,8 @@
 # One Engine drives N emulated clients. Each client owns a connected UDP socket and has up to
 # nstart requests outstanding (one Exchange each); the Engine's loop runs without the GIL in a
 # worker thread. coap+tcp (RFC 8323): one connected TCP socket per client instead, with a
-# receive buffer for partial frames and a send buffer for what the socket did not take.
+# receive buffer for partial frames and a send buffer for what the socket did not take;
+# coaps+tcp: the same over one TLS connection (OpenSSL's SSL) per client.
 
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -93,6 +94,9 @@ cdef struct Client:
     uint8_t* tx             # unsent bytes (allocated on demand, bounded)
     Py_ssize_t tx_length
     uint32_t peer_max_message_size  # from the server's CSM, 0: none received
+    # coaps+tcp: the connection's SSL (an SSL*, NULL for plain coap+tcp), owned by the engine
+    void* ssl
+    bint tls_ready          # its handshake has completed
 
 cdef struct Counters:
     uint64_t sent               # new requests (first transmission of their first message)
@@ -154,6 +158,7 @@ cdef struct Engine:
     Py_ssize_t tcp_token_offset
     uint8_t* rx_buffer          # coap+tcp: one read, after the client's kept incomplete frame
     uint8_t* scratch            # coap+tcp: a frame rewritten as a datagram for parse_view
+    void* ssl_ctx               # coaps+tcp: the SSL_CTX* of every client's SSL, NULL: none
     uint8_t* request            # template: MID and token are patched in per transmission
     Py_ssize_t request_length
     uint8_t* base               # template without payload, for block-wise transmissions
@@ -214,3 +219,5 @@ cdef class LoadGenerator:
     cdef list _ciphers          # coaps: the sessions' AeadCiphers, alive while the engine is
     cdef object _thread
     cdef object _done
+    cdef str _tls_failure(self, int index, int ssl_error, int sys_error,
+                          unsigned long lib_error)

@@ -50,11 +50,18 @@ error and stops its client for good (there is no reconnect, with or without ``no
 Reverse mode is UDP only; observe works, but re-registering with a new token (``register``)
 is UDP only (without RST the old relation could not be cancelled reactively).
 
+coaps+tcp (RFC 8323 §4.1): the same over TLS, with OpenSSL's libssl: ``use_tls()`` gives every
+client an SSL on its connection (one SSL_CTX: TLS 1.2 or later, ALPN "coap", the server's
+certificate verified against a CA file and the host), ``handshake_tls()`` drives all handshakes
+at once without the GIL (SSL_connect on epoll readiness, bounded by a deadline), and the loop
+reads with SSL_read (until it wants to read, as SSL may hold a record the socket delivered)
+and writes with SSL_write (what it does not take waits in the send buffer, as over TCP).
+
 The sockets belong to the caller; the generator only reads, writes and polls them (a closed
 TCP connection leaves the poll set, its socket stays open until the caller closes it).
 """
 
-from libc.errno cimport errno, EAGAIN, EINTR, ENOBUFS, ENOMEM, EPROTO
+from libc.errno cimport errno, EAGAIN, ECONNRESET, EINTR, ENOBUFS, ENOMEM, EPIPE, EPROTO
 from libc.math cimport ceil
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, UINT64_MAX
 from libc.stdlib cimport calloc, free, malloc
@@ -76,8 +83,15 @@ from extplugtest.coap._tcp_codec cimport (
     TCP_MAX_HEADER, SIGNAL_CSM, SIGNAL_PING, SIGNAL_PONG, SIGNAL_RELEASE, SIGNAL_ABORT,
 )
 
+import ipaddress
 import os
 import threading
+
+from extplugtest._openssl_init cimport extplugtest_openssl_init
+
+extplugtest_openssl_init()  # before any other libcrypto call (csrc/openssl_init.h)
+if lg_ssl_init() != 1:
+    raise ImportError("OPENSSL_init_ssl failed")
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void* buffer, size_t length, int flags)
@@ -100,6 +114,75 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
     enum: EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL
     enum: EPOLL_CLOEXEC
+
+cdef extern from "<openssl/ssl.h>" nogil:
+    ctypedef struct SSL:
+        pass
+    ctypedef struct SSL_CTX:
+        pass
+    ctypedef struct SSL_METHOD:
+        pass
+    ctypedef struct X509_VERIFY_PARAM:
+        pass
+    const SSL_METHOD* TLS_client_method()
+    SSL_CTX* SSL_CTX_new(const SSL_METHOD* method)
+    void SSL_CTX_free(SSL_CTX* ctx)
+    int SSL_CTX_set_min_proto_version(SSL_CTX* ctx, int version)
+    int SSL_CTX_set_alpn_protos(SSL_CTX* ctx, const unsigned char* protos, unsigned int length)
+    int SSL_CTX_load_verify_locations(SSL_CTX* ctx, const char* cafile, const char* capath)
+    void SSL_CTX_set_verify(SSL_CTX* ctx, int mode, void* callback)
+    int SSL_CTX_use_certificate_chain_file(SSL_CTX* ctx, const char* file)
+    int SSL_CTX_use_PrivateKey_file(SSL_CTX* ctx, const char* file, int kind)
+    int SSL_CTX_check_private_key(const SSL_CTX* ctx)
+    SSL* SSL_new(SSL_CTX* ctx)
+    void SSL_free(SSL* ssl)
+    int SSL_set_fd(SSL* ssl, int fd)
+    void SSL_set_connect_state(SSL* ssl)
+    long SSL_set_mode(SSL* ssl, long mode)
+    int SSL_set_tlsext_host_name(SSL* ssl, const char* name)
+    int SSL_set1_host(SSL* ssl, const char* hostname)
+    X509_VERIFY_PARAM* SSL_get0_param(SSL* ssl)
+    int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM* param, const char* ip)
+    int SSL_connect(SSL* ssl)
+    int SSL_read(SSL* ssl, void* buffer, int length)
+    int SSL_write(SSL* ssl, const void* buffer, int length)
+    int SSL_pending(const SSL* ssl)
+    int SSL_shutdown(SSL* ssl)
+    int SSL_get_error(const SSL* ssl, int ret)
+    long SSL_get_verify_result(const SSL* ssl)
+    void SSL_get0_alpn_selected(const SSL* ssl, const unsigned char** data, unsigned int* length)
+    const char* X509_verify_cert_error_string(long n)
+    enum: TLS1_2_VERSION, SSL_FILETYPE_PEM, SSL_VERIFY_NONE, SSL_VERIFY_PEER, X509_V_OK
+    enum: SSL_MODE_ENABLE_PARTIAL_WRITE, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+    enum: SSL_ERROR_NONE, SSL_ERROR_SSL, SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE
+    enum: SSL_ERROR_SYSCALL, SSL_ERROR_ZERO_RETURN
+
+cdef extern from "<openssl/err.h>" nogil:
+    void ERR_clear_error()
+    unsigned long ERR_get_error()
+    void ERR_error_string_n(unsigned long code, char* buffer, size_t length)
+
+cdef extern from * nogil:
+    """
+    #include <openssl/ssl.h>
+    /* libssl's own initialisation: without the host's openssl.cnf in a static wheel build, as
+       csrc/openssl_init.h does for libcrypto. */
+    static int lg_ssl_init(void) {
+    #ifdef EXTPLUGTEST_STATIC_OPENSSL
+        return OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
+    #else
+        return OPENSSL_init_ssl(0, NULL);
+    #endif
+    }
+    /* A server that closes without close_notify ends the connection like a FIN. */
+    static void lg_ctx_options(SSL_CTX *ctx) {
+    #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+        SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    #endif
+    }
+    """
+    int lg_ssl_init()
+    void lg_ctx_options(SSL_CTX* ctx)
 
 cdef extern from * nogil:
     """
@@ -137,6 +220,7 @@ cdef enum:
     TCP_MAX_MESSAGE_SIZE = 9216  # announced in our CSM: the largest frame we take
     RX_CAPACITY = TCP_MAX_MESSAGE_SIZE + TCP_MAX_HEADER  # a kept incomplete frame
     READ_SIZE = 65536           # bytes asked for per recv
+    TLS_READS = 16              # coaps+tcp: SSL_reads per readiness before others get a turn
     TX_CAPACITY = 131072        # unsent bytes per connection; more: the connection is given up
     FRAME_ROOM = 8              # a frame is at most this much longer than its datagram
     CODE_NOT_IMPLEMENTED = 0xA1  # 5.01, for a request of the server
@@ -979,19 +1063,84 @@ cdef void tcp_closed(Engine* e, Client* c, int err) noexcept nogil:
         lg_store(&e.stop, 1)
 
 
+cdef ssize_t stream_send(Client* c, const uint8_t* data, Py_ssize_t length,
+                         int* err) noexcept nogil:
+    """send(), or SSL_write() over TLS: bytes taken, or -1 with *err (0: try again later).
+    A TLS write that has to wait keeps its record: it is retried with the same bytes first
+    (they stay at the head of the send buffer), so partial and moving-buffer writes are on."""
+    cdef ssize_t sent
+    cdef int n, code
+    err[0] = 0
+    if c.ssl == NULL:
+        sent = send(c.fd, data, length, MSG_NOSIGNAL)
+        if sent < 0 and errno != EAGAIN and errno != EINTR:
+            err[0] = errno
+        return sent
+    ERR_clear_error()
+    n = SSL_write(<SSL*>c.ssl, data, <int>length)
+    if n > 0:
+        return n
+    code = SSL_get_error(<SSL*>c.ssl, n)
+    if code == SSL_ERROR_WANT_WRITE or code == SSL_ERROR_WANT_READ:
+        return -1
+    if code == SSL_ERROR_SYSCALL and errno != 0 and errno != EAGAIN and errno != EINTR:
+        err[0] = errno
+    else:
+        err[0] = EPIPE if code == SSL_ERROR_SYSCALL or code == SSL_ERROR_ZERO_RETURN else EPROTO
+    return -1
+
+
+cdef ssize_t stream_recv(Engine* e, Client* c, uint8_t* buffer, Py_ssize_t length,
+                         int* err) noexcept nogil:
+    """recv(), or SSL_read() over TLS: bytes read, 0 at the end of the stream, or -1 with
+    *err (0: nothing to read now)."""
+    cdef ssize_t n
+    cdef int code
+    err[0] = 0
+    if c.ssl == NULL:
+        n = recv(c.fd, buffer, length, 0)
+        if n < 0 and errno != EAGAIN and errno != EINTR:
+            err[0] = errno
+        return n
+    ERR_clear_error()
+    n = SSL_read(<SSL*>c.ssl, buffer, <int>length)
+    if n > 0:
+        return n
+    code = SSL_get_error(<SSL*>c.ssl, <int>n)
+    if code == SSL_ERROR_WANT_READ:
+        return -1
+    if code == SSL_ERROR_WANT_WRITE:
+        # TLS wants to write first (a key update, say): wait for EPOLLOUT, then read again
+        if not c.want_write:
+            c.want_write = want_write(e, c, True)
+        return -1
+    if code == SSL_ERROR_ZERO_RETURN:
+        return 0                    # close_notify (or an EOF, SSL_OP_IGNORE_UNEXPECTED_EOF)
+    if code == SSL_ERROR_SYSCALL:
+        if errno == EAGAIN or errno == EINTR:
+            return -1
+        if errno == 0:
+            return 0
+        err[0] = errno
+    else:
+        err[0] = EPROTO             # a TLS alert or a bad record
+    return -1
+
+
 cdef void tcp_send(Engine* e, Client* c, const uint8_t* data, Py_ssize_t length) noexcept nogil:
     """Write one frame; what the socket does not take waits in the client's send buffer (and
     goes out on EPOLLOUT). A full buffer gives the connection up."""
     cdef ssize_t sent = 0
+    cdef int err
     if c.closed:
         return
     if c.tx_length == 0:
-        sent = send(c.fd, data, length, MSG_NOSIGNAL)
+        sent = stream_send(c, data, length, &err)
         if sent == length:
             return
         if sent < 0:
-            if errno != EAGAIN and errno != EINTR:
-                tcp_closed(e, c, errno)
+            if err:
+                tcp_closed(e, c, err)
                 return
             sent = 0
     if c.tx_length + (length - sent) > TX_CAPACITY:
@@ -1011,13 +1160,14 @@ cdef void tcp_send(Engine* e, Client* c, const uint8_t* data, Py_ssize_t length)
 cdef void tcp_flush(Engine* e, Client* c) noexcept nogil:
     """EPOLLOUT: write what waits in the send buffer."""
     cdef ssize_t sent
+    cdef int err
     if c.closed:
         return
     if c.tx_length > 0:
-        sent = send(c.fd, c.tx, c.tx_length, MSG_NOSIGNAL)
+        sent = stream_send(c, c.tx, c.tx_length, &err)
         if sent < 0:
-            if errno != EAGAIN and errno != EINTR:
-                tcp_closed(e, c, errno)
+            if err:
+                tcp_closed(e, c, err)
             return
         if sent < c.tx_length:
             memmove(c.tx, c.tx + sent, c.tx_length - sent)
@@ -1146,43 +1296,58 @@ cdef void tcp_frame(Engine* e, Client* c, uint64_t now, const uint8_t* frame,
 
 
 cdef void tcp_read(Engine* e, Client* c, uint64_t now) noexcept nogil:
-    """One recv after the kept incomplete frame: every complete frame is handled, the
-    incomplete rest is kept (at most one frame of our Max-Message-Size)."""
+    """One recv after the kept incomplete frame (level-triggered epoll reports the rest); over
+    TLS SSL_reads until there is nothing more, as SSL may hold what the socket delivered."""
+    cdef int reads = 0
+    while tcp_read_once(e, c, now):
+        reads += 1
+        if c.ssl == NULL or (reads >= TLS_READS and SSL_pending(<SSL*>c.ssl) == 0):
+            break
+
+
+cdef bint tcp_read_once(Engine* e, Client* c, uint64_t now) noexcept nogil:
+    """One read after the kept incomplete frame: every complete frame is handled, the
+    incomplete rest is kept (at most one frame of our Max-Message-Size). True if bytes came
+    and the connection is still open."""
     cdef FrameHeader h
     cdef Py_ssize_t keep = c.rx_length, total, pos = 0, size
     cdef ssize_t n
+    cdef int err
     if c.closed:
-        return
+        return False
     if keep:
         memcpy(e.rx_buffer, c.rx, keep)
-    n = recv(c.fd, e.rx_buffer + keep, READ_SIZE, 0)
+    n = stream_recv(e, c, e.rx_buffer + keep, READ_SIZE, &err)
     if n < 0:
-        if errno != EAGAIN and errno != EINTR:
-            tcp_closed(e, c, errno)
-        return
+        if err:
+            tcp_closed(e, c, err)
+        return False
     if n == 0:
-        tcp_closed(e, c, 0)         # FIN: nothing more will come
-        return
+        tcp_closed(e, c, 0)         # FIN (or close_notify): nothing more will come
+        return False
     c.rx_length = 0
     total = keep + n
     while pos < total and not c.closed:
         size = frame_header(e.rx_buffer + pos, total - pos, &h)
         if size < 0 or size > RX_CAPACITY:
             protocol_error(e, c)
-            return
+            return False
         if size == 0 or size > total - pos:
             break
         tcp_frame(e, c, now, e.rx_buffer + pos, &h)
         pos += size
-    if c.closed or pos == total:
-        return
+    if c.closed:
+        return False
+    if pos == total:
+        return True
     if c.rx == NULL:
         c.rx = <uint8_t*>malloc(RX_CAPACITY)
         if c.rx == NULL:
             tcp_closed(e, c, ENOMEM)
-            return
+            return False
     memcpy(c.rx, e.rx_buffer + pos, total - pos)
     c.rx_length = total - pos
+    return True
 
 
 cdef void tcp_start(Engine* e) noexcept nogil:
@@ -1202,6 +1367,77 @@ cdef void tcp_start(Engine* e) noexcept nogil:
             e.total.stopped_clients += 1
             c.busy = 0
             client_idle(e, c)
+
+
+# -- coaps+tcp: TLS handshakes before the run ------------------------------------------------
+
+cdef int tls_step(Engine* e, Client* c, int* ssl_error, int* sys_error,
+                  unsigned long* lib_error) noexcept nogil:
+    """One SSL_connect step: 1 done, 0 waiting (epoll watches the direction TLS wants), -1
+    failed (*ssl_error, *sys_error and *lib_error say why)."""
+    cdef int r, code
+    ERR_clear_error()
+    r = SSL_connect(<SSL*>c.ssl)
+    if r == 1:
+        c.tls_ready = True
+        return 1
+    code = SSL_get_error(<SSL*>c.ssl, r)
+    if code == SSL_ERROR_WANT_READ or code == SSL_ERROR_WANT_WRITE:
+        if (code == SSL_ERROR_WANT_WRITE) != c.want_write:
+            c.want_write = want_write(e, c, code == SSL_ERROR_WANT_WRITE)
+        return 0
+    if code == SSL_ERROR_SYSCALL and (errno == EAGAIN or errno == EINTR):
+        return 0
+    ssl_error[0] = code
+    sys_error[0] = errno if code == SSL_ERROR_SYSCALL else 0
+    lib_error[0] = ERR_get_error()
+    return -1
+
+
+cdef int tls_handshakes(Engine* e, uint64_t deadline_ns, int* waiting, int* failed,
+                        int* ssl_error, int* sys_error, unsigned long* lib_error) noexcept nogil:
+    """Drive every client's handshake until all are done or *deadline_ns*: 0 (*waiting*
+    still under way), 1 client *failed* failed, -1 epoll failed (*sys_error*)."""
+    cdef epoll_event events[MAX_EVENTS]
+    cdef uint64_t now
+    cdef Client* c
+    cdef int i, n, r
+    waiting[0] = 0
+    for i in range(e.client_count):
+        c = &e.clients[i]
+        if c.tls_ready or c.closed:
+            continue
+        r = tls_step(e, c, ssl_error, sys_error, lib_error)
+        if r < 0:
+            failed[0] = i
+            return 1
+        if r == 0:
+            waiting[0] += 1
+    while waiting[0] > 0:
+        now = monotonic_ns()
+        if now >= deadline_ns:
+            return 0
+        n = epoll_wait(e.epfd, events, MAX_EVENTS, <int>((deadline_ns - now + 999999) // 1000000))
+        if n < 0:
+            if errno == EINTR:
+                continue
+            sys_error[0] = errno
+            return -1
+        for i in range(n):
+            c = &e.clients[events[i].data.u32]
+            if c.tls_ready:
+                continue
+            r = tls_step(e, c, ssl_error, sys_error, lib_error)
+            if r < 0:
+                failed[0] = <int>events[i].data.u32
+                return 1
+            if r == 1:
+                waiting[0] -= 1
+    for i in range(e.client_count):
+        c = &e.clients[i]
+        if c.want_write and c.tx_length == 0:
+            c.want_write = want_write(e, c, False)
+    return 0
 
 
 cdef void scan_timers(Engine* e, uint64_t now) noexcept nogil:
@@ -1288,7 +1524,8 @@ cdef void run_loop(Engine* e) noexcept nogil:
             if e.transport == TRANSPORT_TCP:
                 if events[i].events & EPOLLOUT:
                     tcp_flush(e, c)
-                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP) or (
+                        c.ssl != NULL and events[i].events & EPOLLOUT):
                     tcp_read(e, c, monotonic_ns())
                 continue
             # Level-triggered: read one datagram; if there is another, epoll reports it again.
@@ -1397,6 +1634,20 @@ cdef dict _latency(const Histogram* h):
         "p99.9": percentile(h, 0.999),
         "max": h.max_us,
     }
+
+
+cdef str _tls_reason(unsigned long code=0):
+    """OpenSSL's reason for *code* (default: the thread's oldest queued error)."""
+    cdef char text[256]
+    if code == 0:
+        code = ERR_get_error()
+    ERR_clear_error()
+    if code == 0:
+        return "unknown error"
+    ERR_error_string_n(code, text, sizeof(text))
+    reason = text.decode(errors="replace")
+    # "error:0A000086:SSL routines::certificate verify failed": the part after the last ':'
+    return reason.rpartition(":")[2] or reason
 
 
 cdef list _buckets(const Histogram* h):
@@ -1537,6 +1788,10 @@ cdef class LoadGenerator:
             for i in range(self.e.client_count):
                 free(self.e.clients[i].rx)
                 free(self.e.clients[i].tx)
+                if self.e.clients[i].ssl != NULL:
+                    SSL_free(<SSL*>self.e.clients[i].ssl)    # the socket stays open
+        if self.e.ssl_ctx != NULL:
+            SSL_CTX_free(<SSL_CTX*>self.e.ssl_ctx)
         free(self.e.tcp_request)
         free(self.e.rx_buffer)
         free(self.e.scratch)
@@ -1749,6 +2004,140 @@ cdef class LoadGenerator:
             self.e.clients[i].write_seq = session.next_write_seq
             self.e.clients[i].read_cid_length = len(session.read_cid)
 
+    def use_tls(self, *, str ca_file=None, bint verify=True, str server_name=None,
+                str cert_file=None, str key_file=None) -> None:
+        """coaps+tcp (RFC 8323 §4.1): every client talks TLS (1.2 or later, ALPN "coap") on
+        its connection; call before ``handshake_tls()``. With *verify* the server's
+        certificate must chain to *ca_file* and fit *server_name* (a host name or an IP
+        address); *cert_file* (+ *key_file*, default: in *cert_file*) is our certificate for a
+        server that asks. ValueError for unusable credentials."""
+        cdef SSL_CTX* ctx
+        cdef SSL* ssl
+        cdef int i
+        cdef bytes name
+        cdef bint literal = False
+        if self.e.transport != TRANSPORT_TCP:
+            raise ValueError("TLS needs the tcp transport")
+        if self.e.ssl_ctx != NULL:
+            raise RuntimeError("TLS is already set up")
+        if self._thread is not None:
+            raise RuntimeError("generator is running")
+        if verify and not ca_file:
+            raise ValueError("verifying the server needs a CA file")
+        ERR_clear_error()
+        ctx = SSL_CTX_new(TLS_client_method())
+        if ctx == NULL:
+            raise MemoryError()
+        self.e.ssl_ctx = ctx
+        lg_ctx_options(ctx)
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
+        if SSL_CTX_set_alpn_protos(ctx, b"\x04coap", 5) != 0:
+            raise MemoryError()
+        if verify:
+            if SSL_CTX_load_verify_locations(ctx, os.fsencode(ca_file), NULL) != 1:
+                raise ValueError(f"cannot load the CA certificates {ca_file}: {_tls_reason()}")
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL)
+        else:
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL)
+        if cert_file:
+            if SSL_CTX_use_certificate_chain_file(ctx, os.fsencode(cert_file)) != 1:
+                raise ValueError(f"cannot load the certificate {cert_file}: {_tls_reason()}")
+            key_file = key_file or cert_file
+            if (SSL_CTX_use_PrivateKey_file(ctx, os.fsencode(key_file), SSL_FILETYPE_PEM) != 1
+                    or SSL_CTX_check_private_key(ctx) != 1):
+                raise ValueError(f"cannot load the private key {key_file}: {_tls_reason()}")
+        name = server_name.encode("idna") if server_name else b""
+        if server_name:
+            try:
+                ipaddress.ip_address(server_name)
+                literal = True
+            except ValueError:
+                literal = False
+        for i in range(self.e.client_count):
+            ssl = SSL_new(ctx)
+            if ssl == NULL:
+                raise MemoryError()
+            self.e.clients[i].ssl = ssl
+            self.e.clients[i].tls_ready = False
+            if SSL_set_fd(ssl, self.e.clients[i].fd) != 1:
+                raise MemoryError()
+            SSL_set_connect_state(ssl)
+            SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+            if name and not literal:
+                SSL_set_tlsext_host_name(ssl, name)     # SNI: host names only (RFC 6066)
+            if name and verify:
+                if literal:
+                    if X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) != 1:
+                        raise ValueError(f"bad server address {server_name}")
+                elif SSL_set1_host(ssl, name) != 1:
+                    raise ValueError(f"bad server name {server_name}")
+
+    def handshake_tls(self, double timeout) -> int:
+        """Drive the clients' TLS handshakes (all at once) for up to *timeout* s without the
+        GIL; returns how many are still under way (0: all done). ConnectionError (one line)
+        when one fails."""
+        cdef uint64_t deadline
+        cdef int waiting = 0, failed = -1, ssl_error = 0, sys_error = 0, result
+        cdef unsigned long lib_error = 0
+        if self.e.ssl_ctx == NULL:
+            raise RuntimeError("use_tls() first")
+        if self._thread is not None:
+            raise RuntimeError("generator is running")
+        deadline = monotonic_ns() + <uint64_t>(max(timeout, 0.0) * 1e9)
+        with nogil:
+            result = tls_handshakes(&self.e, deadline, &waiting, &failed, &ssl_error,
+                                    &sys_error, &lib_error)
+        if result < 0:
+            raise OSError(sys_error, os.strerror(sys_error))
+        if result > 0:
+            raise ConnectionError(f"TLS handshake of client {failed} failed: "
+                                  f"{self._tls_failure(failed, ssl_error, sys_error, lib_error)}")
+        return waiting
+
+    cdef str _tls_failure(self, int index, int ssl_error, int sys_error,
+                          unsigned long lib_error):
+        cdef long verified
+        if ssl_error == SSL_ERROR_SSL:
+            verified = SSL_get_verify_result(<SSL*>self.e.clients[index].ssl)
+            if verified != X509_V_OK:
+                return ("server certificate not accepted: "
+                        + X509_verify_cert_error_string(verified).decode(errors="replace"))
+            reason = _tls_reason(lib_error)
+            if reason in ("wrong version number", "packet length too long"):
+                reason += " (no CoAP-over-TLS server on that port?)"
+            return reason
+        if ssl_error == SSL_ERROR_SYSCALL and sys_error:
+            reason = os.strerror(sys_error).lower()
+            if sys_error == ECONNRESET:
+                reason += " (no CoAP-over-TLS server on that port?)"
+            return reason
+        return "the server closed the connection (no CoAP-over-TLS server on that port?)"
+
+    def tls_alpn(self, int index) -> bytes:
+        """coaps+tcp: the protocol the server chose for client *index* (b"": none)."""
+        cdef const unsigned char* data = NULL
+        cdef unsigned int length = 0
+        if not 0 <= index < self.e.client_count:
+            raise IndexError(index)
+        if self.e.clients[index].ssl == NULL:
+            return b""
+        SSL_get0_alpn_selected(<SSL*>self.e.clients[index].ssl, &data, &length)
+        return data[:length] if data != NULL else b""
+
+    def shutdown_tls(self) -> None:
+        """coaps+tcp, after the runs: a close_notify on every open connection (best effort,
+        without waiting for the server's)."""
+        cdef int i
+        cdef Client* c
+        if self.running:
+            return
+        for i in range(self.e.client_count):
+            c = &self.e.clients[i]
+            if c.ssl != NULL and c.tls_ready and not c.closed:
+                ERR_clear_error()
+                SSL_shutdown(<SSL*>c.ssl)
+        ERR_clear_error()
+
     def totals(self) -> dict:
         """Counters since the start of the run, plus active and pending clients, and the
         requests and notifications still to come (-1: no limit).
@@ -1817,4 +2206,5 @@ cdef class LoadGenerator:
             "closed": c.closed,
             "released": c.released,
             "peer_max_message_size": c.peer_max_message_size,
+            "tls": c.ssl != NULL,
         }

@@ -1,7 +1,7 @@
-"""``extclient benchmark``: Californium's BenchmarkClient for CoAP over UDP, DTLS and TCP.
+"""``extclient benchmark``: Californium's BenchmarkClient for CoAP over UDP, DTLS, TCP and TLS.
 
 Many emulated clients, each with its own UDP socket (coap, coaps) or TCP connection (coap+tcp,
-RFC 8323) and up to ``--nstart`` requests outstanding (closed loop), against one URI. The
+coaps+tcp, RFC 8323) and up to ``--nstart`` requests outstanding (closed loop), against one URI. The
 generator core (``_loadgen``) runs in a worker thread without the GIL; this module parses the
 command line, opens the sockets, prints Californium's progress lines every 10 s and the final
 summary, and optionally writes the results as JSON (for ``bench/``; with one entry per progress
@@ -30,8 +30,12 @@ Differences from Californium, on purpose:
   sends its CSM first, then its requests. ``--con``/``--non`` mean nothing there, nor does
   ``--ack-timeout`` (no retransmission); ``--timeout`` applies. A connection the server
   closes counts its outstanding requests as transmission errors and ends its client (there is
-  no reconnect, also with ``--no-stop``). Reverse mode and ``--register`` are UDP only;
-  coaps+tcp is not supported.
+  no reconnect, also with ``--no-stop``). Reverse mode and ``--register`` are UDP only.
+* coaps+tcp (port 5684): as coap+tcp over TLS 1.2/1.3 with ALPN "coap" (OpenSSL in the
+  generator's loop); every client's TLS handshake runs before the run. The server's
+  certificate must chain to the demo CA (or ``--trust-store``) and fit the URI's host, unless
+  ``--trust-all``; the client certificate (the demo one, or ``-c``) goes along with ``-a X509``
+  (or ``-c``), for servers that ask for one.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ OPTION_URI_QUERY = 15
 OPTION_ACCEPT = 17
 TEXT_PLAIN = 0
 TCP_SCHEME = "coap+tcp"
+TLS_SCHEME = "coaps+tcp"
+STREAM_SCHEMES = (TCP_SCHEME, TLS_SCHEME)
 CONNECT_BATCH = 256  # coap+tcp: connects under way at once
 CONNECT_TIMEOUT = 10.0  # seconds for one batch of connects
 
@@ -113,12 +119,10 @@ def parse_uri(text: str) -> Target:
     except ValueError as exc:
         raise BenchmarkError(f"invalid URI '{text}': {exc}", 2) from None
     scheme = parts.scheme.lower()
-    if scheme == "coaps+tcp":
+    if scheme not in ("coap", "coaps", *STREAM_SCHEMES):
         raise BenchmarkError(
-            f"scheme '{scheme}' is not supported yet, use coap://, coaps:// or coap+tcp://", 2
+            f"'{text}' is not a coap://, coaps:// or coap+tcp:// URI (nor coaps+tcp://)", 2
         )
-    if scheme not in ("coap", "coaps", TCP_SCHEME):
-        raise BenchmarkError(f"'{text}' is not a coap://, coaps:// or coap+tcp:// URI", 2)
     if not parts.hostname:
         raise BenchmarkError(f"URI '{text}' has no host", 2)
     if parts.fragment:
@@ -137,14 +141,14 @@ def parse_uri(text: str) -> Target:
     for number, value in options:
         if len(value) > 255:
             raise BenchmarkError(f"URI component longer than 255 bytes (option {number})", 2)
-    default_port = 5684 if scheme == "coaps" else 5683
+    default_port = 5684 if scheme in ("coaps", TLS_SCHEME) else 5683
     return Target(text, parts.hostname, port if port is not None else default_port, options,
                   scheme)  # fmt: skip
 
 
 def resolve(target: Target) -> tuple[int, tuple[Any, ...]]:
     """(address family, socket address) of the target."""
-    kind = socket.SOCK_STREAM if target.scheme == TCP_SCHEME else socket.SOCK_DGRAM
+    kind = socket.SOCK_STREAM if target.scheme in STREAM_SCHEMES else socket.SOCK_DGRAM
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=kind)
     except (socket.gaierror, UnicodeError) as exc:
@@ -712,8 +716,8 @@ def collect(
         "uri": target.uri,
         "clients": args.clients,
         "method": args.method,
-        "type": "TCP" if target.scheme == TCP_SCHEME else "NON" if args.non else "CON",
-        "transport": "tcp" if target.scheme == TCP_SCHEME else "udp",
+        "type": "TCP" if target.scheme in STREAM_SCHEMES else "NON" if args.non else "CON",
+        "transport": {TCP_SCHEME: "tcp", TLS_SCHEME: "tls"}.get(target.scheme, "udp"),
         "payload": len(payload),
         "nstart": args.nstart,
         "interval_ms": args.interval,
@@ -1025,11 +1029,13 @@ def run(args: argparse.Namespace) -> int:
     if args.method is None:
         args.method = "GET" if observe else "POST"
     target = parse_uri(args.uri)
-    tcp = target.scheme == TCP_SCHEME
+    tcp = target.scheme in STREAM_SCHEMES
     if tcp and args.reverse:
-        raise BenchmarkError("--reverse is not supported over coap+tcp", 2)
+        raise BenchmarkError(f"--reverse is not supported over {target.scheme}", 2)
     if tcp and args.register:
-        raise BenchmarkError("--register is not supported over coap+tcp (use --reregister)", 2)
+        raise BenchmarkError(
+            f"--register is not supported over {target.scheme} (use --reregister)", 2
+        )
     payload = read_payload(args)
     if len(payload) > MAX_PAYLOAD:
         raise BenchmarkError(f"payload larger than {MAX_PAYLOAD} bytes", 2)
@@ -1074,6 +1080,7 @@ def run(args: argparse.Namespace) -> int:
         sockets = open_tcp_clients(args.clients, family, address, args.local_port)
     else:
         sockets = open_clients(args.clients, family, address, args.local_port)
+    generator: _loadgen.LoadGenerator | None = None
     try:
         try:
             generator = _loadgen.LoadGenerator(
@@ -1101,6 +1108,8 @@ def run(args: argparse.Namespace) -> int:
         make_handshake = None
         if target.scheme == "coaps":
             make_handshake = handshakes(generator, sockets, args)
+        elif target.scheme == TLS_SCHEME:
+            tls_handshakes(generator, args, target)
         created = time.monotonic() - created
         probe(generator, args, target)
         _say(created_line(args.clients, created))
@@ -1133,6 +1142,8 @@ def run(args: argparse.Namespace) -> int:
             result["handshakes_during_run"] = renewal.handshakes
             result["handshake_failures"] = renewal.failures
     finally:
+        if generator is not None and target.scheme == TLS_SCHEME:
+            generator.shutdown_tls()  # close_notify; nothing while a loop still runs
         for sock in sockets:
             sock.close()
     if result["interrupted"]:
@@ -1222,6 +1233,50 @@ def handshakes(
     _say(f"Benchmark clients handshakes: {len(sessions)} in {format_time(elapsed)}"
          f"{format_per_second('handshakes', len(sessions), elapsed)}")  # fmt: skip
     return make
+
+
+def tls_handshakes(
+    generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: Target
+) -> None:
+    """coaps+tcp: every client's TLS handshake (all at once, in the generator's C code) before
+    the run, bounded by CONNECT_TIMEOUT, with a progress line a second."""
+    from extplugtest.dtls.pki import demo_certs_path
+
+    certs = demo_certs_path()
+    auth = [mode.strip().upper() for mode in (getattr(args, "auth", None) or "").split(":")]
+    with_certificate = (args.cert or "X509" in auth or "RPK" in auth) and not args.anonymous
+    started = time.monotonic()
+    try:
+        generator.use_tls(
+            ca_file=args.trust_store or str(certs / "ca.pem"),
+            verify=not args.trust_all,
+            server_name=target.host,
+            cert_file=(args.cert or str(certs / "client.pem")) if with_certificate else None,
+            key_file=(args.private_key or (None if args.cert else str(certs / "client.key")))
+            if with_certificate
+            else None,
+        )
+    except ValueError as exc:
+        raise BenchmarkError(str(exc), 2) from None
+    total = generator.client_count
+    deadline = started + CONNECT_TIMEOUT
+    try:
+        waiting = generator.handshake_tls(min(1.0, CONNECT_TIMEOUT))
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchmarkError(
+                    f"TLS handshakes: {total - waiting} of {total} done after "
+                    f"{CONNECT_TIMEOUT:g} s, the others timed out"
+                )
+            _say(f"Benchmark clients handshakes: {total - waiting} of {total} ...")
+            waiting = generator.handshake_tls(min(1.0, left))
+    except OSError as exc:  # ConnectionError: one client's handshake failed
+        raise BenchmarkError(str(exc) if not exc.strerror else
+                             f"TLS handshakes failed: {exc.strerror}") from None  # fmt: skip
+    elapsed = time.monotonic() - started
+    _say(f"Benchmark clients handshakes: {total} in {format_time(elapsed)}"
+         f"{format_per_second('handshakes', total, elapsed)}")  # fmt: skip
 
 
 def start_renewal(
