@@ -43,3 +43,16 @@ def test_wrong_secret_is_one_line_and_exit_1(default_server):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "decrypt_error" in lines[0]
+
+
+def test_verbose_shows_the_dtls_session(default_server):
+    """cf-client's -v: the cipher suite, our identity and both connection ids."""
+    uri = f"coaps://127.0.0.1:{default_server.port + 1}/mycontext"
+    result = extclient("get", "-v", uri, "-i", "Client_identity", "-s", "secretPSK")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if " DTLS " in line)
+    assert "TLS_PSK_WITH_AES_128_CCM_8, identity Client_identity" in line
+    assert "read-cid -" in line  # our client asks for no CID on the records it receives
+    server_cid = next(v for k, _, v in (x.partition(": ") for x in result.stdout.splitlines())
+                      if k == "read-cid")  # fmt: skip
+    assert f"write-cid {server_cid}" in line  # the server's CID, as /mycontext names it

@@ -76,6 +76,8 @@ class DtlsTransport:
         self._receive: Callable[[bytes], None] | None = None
         self._error: Callable[[Exception], None] | None = None
         self._done: asyncio.Future[None] | None = None
+        #: gets one line about the session once the handshake is done (extclient -v)
+        self.report: Callable[[str], None] | None = None
 
     async def open(
         self, receive: Callable[[bytes], None], error: Callable[[Exception], None]
@@ -108,6 +110,21 @@ class DtlsTransport:
             self.udp.close()
             raise ClientError(f"DTLS handshake with {self.peer} timed out")
         self.session = handshake.session
+        if self.report is not None and self.session is not None:
+            self.report(self.describe_session(self.session))
+
+    def describe_session(self, session: ClientSession) -> str:
+        """cf-client's -v view of the DTLS session: suite, identities and connection ids."""
+        parts = [f"DTLS {session.suite.name}"]
+        if session.suite.uses_certificate:
+            parts.append(f"server {session.peer or '-'}")
+        else:
+            parts.append(f"identity {self.credentials.identity.decode('utf-8', 'replace')}")
+        parts += [f"read-cid {session.read_cid.hex().upper() or '-'}",
+                  f"write-cid {session.write_cid.hex().upper() or '-'}"]  # fmt: skip
+        if session.resumed:
+            parts.append("resumed")
+        return ", ".join(parts)
 
     def _on_error(self, error: Exception) -> None:
         if self._done is not None and not self._done.done():

@@ -474,6 +474,8 @@ def client_for(args: argparse.Namespace, target: Target) -> CoapClient:
         if identity is not None:
             credentials = PskCredentials(identity, secret if secret is not None else b".fornium")
         transport = DtlsTransport(target.host, target.port, credentials, dtls_options(args))
+        if args.verbose:
+            transport.report = lambda line: say(f"{target.authority} {line}")
     else:
         transport = open_transport(target, identity, secret)
     return CoapClient(
