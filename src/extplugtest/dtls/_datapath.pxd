@@ -5,7 +5,7 @@ from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t
 
 from extplugtest.coap._udp cimport RX_BATCH, TX_BATCH, UdpEngine
-from extplugtest.dtls._record cimport AeadCipher
+from extplugtest.dtls._record cimport AeadCipher, RecordView
 from extplugtest._net cimport sockaddr_storage, udp_batch
 
 cdef enum:
@@ -39,7 +39,7 @@ cdef class DtlsConnection:
 
 cdef struct DataPathCounters:
     unsigned long long records          # application records opened in C
-    unsigned long long slow_datagrams   # handed to the Python connector
+    unsigned long long slow_records     # handed to the Python connector
     unsigned long long mac_errors
     unsigned long long mac_filtered     # dropped unopened: too many MAC errors lately
     unsigned long long replays
@@ -59,7 +59,8 @@ cdef class DtlsEngine(UdpEngine):
     cdef PyObject* tx_connection[TX_BATCH]      # ... of each queued response (a reference)
     cdef DataPathCounters d
 
-    cdef int _slow(self, int slot) except -1
+    cdef int _slow(self, int slot, Py_ssize_t offset, Py_ssize_t length) except -1
+    cdef bint _protected(self, int slot, RecordView* record, bint alone) except -1
     cdef int _deliver(self, int slot, DtlsConnection connection) except -1
     # Hooks of the DTLS-CID cluster (cluster/_router.pyx):
     cdef void _authenticated(self, int slot, DtlsConnection connection, bint newest) noexcept

@@ -24,7 +24,7 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 from extplugtest.coap._dedup cimport PeerKey
 from extplugtest.coap._udp cimport RX_BATCH, SLOT_SIZE, TX_BATCH, UdpEngine, peer_key_from_sockaddr
 from extplugtest.dtls._record cimport (
-    ALERT, APPLICATION_DATA, EXPLICIT_NONCE_LENGTH, HEADER_LENGTH, MAX_CID_LENGTH,
+    APPLICATION_DATA, EXPLICIT_NONCE_LENGTH, HEADER_LENGTH, MAX_CID_LENGTH,
     RECORD_BAD_TAG, RECORD_DUPLICATE, RECORD_OK, RECORD_TOO_OLD, TLS12_CID, AeadCipher,
     Plaintext, RecordView, parse_record_view,
 )
@@ -93,13 +93,6 @@ cdef class DtlsConnection:
         self.mac_errors += 1
         self.last_mac_error = now
 
-    def check_mac_filter(self, double now, unsigned int threshold, double quiet) -> bool:
-        """True when a record of this connection is to be dropped unopened."""
-        return self.mac_filtered(now, threshold, quiet)
-
-    def count_mac_error(self, double now, double quiet) -> None:
-        self.mac_error(now, quiet)
-
     def establish(self, session) -> None:
         """The handshake is done: application records use *session*'s epoch-1 cipher."""
         self.session = session
@@ -149,44 +142,61 @@ cdef class DtlsEngine(UdpEngine):
 
     # -- receiving --------------------------------------------------------------------------
     cdef int _receive(self, int slot) except -1:
+        """Every record of the datagram in rx *slot*, in order: protected records of
+        established connections here, the others (handshakes, unknown peers) one by one to
+        the connector."""
         cdef uint8_t* data = udp_batch_buffer(&self.rx, slot)
         cdef Py_ssize_t length = udp_batch_length(&self.rx, slot)
+        cdef Py_ssize_t offset = 0
         cdef RecordView record
+        cdef bint alone
+        if udp_batch_truncated(&self.rx, slot) or self.connector is None:
+            self.d.dropped += 1
+            return 0
+        while offset < length:                  # bounded: every record is at least a header
+            if parse_record_view(data + offset, length - offset, self.cid_length,
+                                 &record) != RECORD_OK:
+                if offset == 0:                 # the connector counts what it is
+                    return self._slow(slot, 0, length)
+                self.d.dropped += 1             # garbage after good records
+                return 0
+            alone = offset == 0 and record.record_length == length
+            if not self._protected(slot, &record, alone):
+                self._slow(slot, offset, record.record_length)
+            offset += record.record_length
+        return 0
+
+    cdef bint _protected(self, int slot, RecordView* record, bint alone) except -1:
+        """An epoch >= 1 record of an established connection: opened and handled here (True);
+        False leaves it to the connector. *alone*: the datagram's only record, whose
+        plaintext may take over the slot."""
         cdef Plaintext plain
         cdef PeerKey source
         cdef PyObject* found
         cdef DtlsConnection connection
         cdef AeadCipher cipher
         cdef int status
-        if udp_batch_truncated(&self.rx, slot) or self.connector is None:
-            self.d.dropped += 1
-            return 0
-        if parse_record_view(data, length, self.cid_length, &record) != RECORD_OK:
-            return self._slow(slot)
-        if record.record_length != length or record.epoch == 0:
-            return self._slow(slot)                 # several records, or not protected
+        if record.epoch == 0:
+            return False                        # ClientHello, ChangeCipherSpec, plain alerts
         peer_key_from_sockaddr(&source, udp_batch_addr(&self.rx, slot))
         if record.type == TLS12_CID:
             found = PyDict_GetItem(self.by_cid, PyBytes_FromStringAndSize(
                 <const char*>record.cid, record.cid_length))
-        elif record.type == APPLICATION_DATA or record.type == ALERT:
+        else:
             found = PyDict_GetItem(self.by_address, PyBytes_FromStringAndSize(
                 <const char*>&source, PEER_KEY_LENGTH))
-        else:
-            return self._slow(slot)
         if found == NULL:
-            return self._slow(slot)
+            return False
         connection = <DtlsConnection>found
         cipher = connection.cipher
-        if cipher is None or record.epoch != cipher.epoch:
-            return self._slow(slot)                 # still in its handshake
+        if cipher is None:
+            return False                        # still in its handshake
         if connection.mac_filtered(self.now, self.mac_filter_threshold, self.mac_filter_quiet):
             self.d.mac_filtered += 1
-            return 0
+            return True
         # Decrypt in place: the plaintext starts behind the explicit nonce.
-        status = cipher.open_view(&record, <uint8_t*>record.fragment + EXPLICIT_NONCE_LENGTH,
-                                  length - (record.fragment + EXPLICIT_NONCE_LENGTH - data),
-                                  &plain)
+        status = cipher.open_view(record, <uint8_t*>record.fragment + EXPLICIT_NONCE_LENGTH,
+                                  record.length - EXPLICIT_NONCE_LENGTH, &plain)
         if status != RECORD_OK:
             if status == RECORD_BAD_TAG:
                 self.d.mac_errors += 1
@@ -194,8 +204,8 @@ cdef class DtlsEngine(UdpEngine):
             elif status == RECORD_DUPLICATE or status == RECORD_TOO_OLD:
                 self.d.replays += 1
             else:
-                self.d.dropped += 1
-            return 0
+                self.d.dropped += 1             # another epoch, a CID mismatch, ...
+            return True
         self.d.records += 1
         connection.last_seen = self.now
         connection.newest = plain.newest
@@ -203,21 +213,26 @@ cdef class DtlsEngine(UdpEngine):
         self._authenticated(slot, connection, plain.newest)
         if memcmp(&source, connection._key, PEER_KEY_LENGTH) != 0:
             # Only a CID record finds its connection from another address.
-            if not plain.newest:                    # RFC 9146 §6: an older one moves nothing
+            if not plain.newest:                # RFC 9146 §6: an older one moves nothing
                 self.connector.plaintext(connection, plain.content_type,
                                          PyBytes_FromStringAndSize(<const char*>plain.data,
                                                                    plain.length))
-                return 0
+                return True
             self.connector.move(connection, address_tuple(udp_batch_addr(&self.rx, slot)))
             connection.moved = True
         if plain.content_type != APPLICATION_DATA:
             self.connector.plaintext(connection, plain.content_type,
                                      PyBytes_FromStringAndSize(<const char*>plain.data,
                                                                plain.length))
-            return 0
-        memmove(data, plain.data, plain.length)
-        udp_batch_set_length(&self.rx, slot, plain.length)
-        return self._deliver(slot, connection)
+        elif alone:                             # the common case: the slot becomes the message
+            memmove(udp_batch_buffer(&self.rx, slot), plain.data, plain.length)
+            udp_batch_set_length(&self.rx, slot, plain.length)
+            self._deliver(slot, connection)
+        else:                                   # more records follow in the slot
+            udp_batch_set(&self.rx, FEED_SLOT, plain.data, plain.length,
+                          udp_batch_addr(&self.rx, slot), udp_batch_addrlen(&self.rx, slot))
+            self._deliver(FEED_SLOT, connection)
+        return True
 
     cdef int _deliver(self, int slot, DtlsConnection connection) except -1:
         """The CoAP message in rx *slot* came from *connection*: the engine answers it."""
@@ -231,11 +246,12 @@ cdef class DtlsEngine(UdpEngine):
         """A record of *connection* in rx *slot* authenticated (here: nothing more to do)."""
         pass
 
-    cdef int _slow(self, int slot) except -1:
-        self.d.slow_datagrams += 1
+    cdef int _slow(self, int slot, Py_ssize_t offset, Py_ssize_t length) except -1:
+        """Bytes [offset, offset + length) of rx *slot* (records) to the connector."""
+        self.d.slow_records += 1
         self.connector.datagram(
-            PyBytes_FromStringAndSize(<const char*>udp_batch_buffer(&self.rx, slot),
-                                      udp_batch_length(&self.rx, slot)),
+            PyBytes_FromStringAndSize(<const char*>udp_batch_buffer(&self.rx, slot) + offset,
+                                      length),
             address_tuple(udp_batch_addr(&self.rx, slot)))
         return 0
 
@@ -365,7 +381,7 @@ cdef class DtlsEngine(UdpEngine):
     def datapath_counters(self) -> dict:
         return {
             "records": self.d.records,
-            "slow datagrams": self.d.slow_datagrams,
+            "slow records": self.d.slow_records,
             "mac errors": self.d.mac_errors,
             "mac filtered": self.d.mac_filtered,
             "replays": self.d.replays,

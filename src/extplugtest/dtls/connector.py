@@ -1,15 +1,14 @@
 """The DTLS server endpoint: connections by CID and by address, handshakes, and CoAP on top.
 
-The socket belongs to a DtlsEngine (dtls/_datapath.pyx): it answers the application records of
-established connections in C and hands every other datagram to this connector as it arrived.
-Here datagrams are split into records (C parser), and each record goes to its connection:
-found by CID for tls12_cid records (RFC 9146), else by source address. A ClientHello from an
-unknown peer is answered statelessly with a HelloVerifyRequest (RFC 6347 §4.2.1) until it
-carries a valid cookie; only then a connection and its handshake exist. Application data met
-here is handed to the engine (DtlsEngine.feed), whose answers leave sealed. A CID record that
-authenticates and is the newest seen moves the connection to its source address (RFC 9146 §6).
-Connections and handshakes are bounded; the least recently active connection makes room;
-everything is counted.
+The socket belongs to a DtlsEngine (dtls/_datapath.pyx). It opens every protected record of an
+established connection in C: CoAP goes to its engine, the rest (alerts, a repeated Finished,
+an older record from another address) comes back here through plaintext(); the newest
+authenticated CID record moves its connection to its source address (RFC 9146 §6). Every
+other record comes here as it arrived: found by CID for tls12_cid records (RFC 9146), else by
+source address. A ClientHello from an unknown peer is answered statelessly with a
+HelloVerifyRequest (RFC 6347 §4.2.1) until it carries a valid cookie; only then a connection
+and its handshake exist. Connections and handshakes are bounded; the least recently active
+connection makes room; everything is counted.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from extplugtest.coap.transport_udp import bind_udp_socket
 from extplugtest.dtls._datapath import DtlsConnection, DtlsEngine, peer_key
 from extplugtest.dtls._record import (
     APPLICATION_DATA,
-    RECORD_BAD_TAG,
     TLS12_CID,
     Record,
     RecordError,
@@ -94,8 +92,6 @@ class DtlsLimits:
 class DtlsCounters:
     received_records: int = 0
     dropped_records: int = 0
-    mac_errors: int = 0
-    mac_filtered: int = 0
     hello_verify_requests: int = 0
     handshakes_started: int = 0
     handshakes_succeeded: int = 0
@@ -110,8 +106,8 @@ class DtlsCounters:
         return {
             "received records": self.received_records,
             "dropped received records": self.dropped_records,
-            "dropped received mac-errors": self.mac_errors,
-            "dropped received mac-filtered": self.mac_filtered,
+            "dropped received mac-errors": 0,  # the engine's (dtls_counters)
+            "dropped received mac-filtered": 0,
             "hello verify requests": self.hello_verify_requests,
             "handshakes pending": 0,
             "handshakes started": self.handshakes_started,
@@ -232,10 +228,13 @@ class DtlsServerTransport:
             else:
                 self.counters.dropped_records += 1
             return
-        connection.last_seen = time.monotonic()
         if connection.session is not None:
-            self._protected_record(connection, record, address)
-        elif connection.handshake is not None:
+            # The engine opens every protected record of an established connection itself;
+            # what comes here is plain (epoch 0) or for an epoch it does not have.
+            self.counters.dropped_records += 1
+            return
+        connection.last_seen = time.monotonic()
+        if connection.handshake is not None:
             self._handshake_record(connection, record)
 
     def _client_hello(self, record: Record, address: tuple) -> None:
@@ -330,37 +329,10 @@ class DtlsServerTransport:
         logger.info("DTLS handshake with %s failed: %s", connection.address, failure)
         self._remove(connection)
 
-    def _protected_record(self, connection: DtlsConnection, record: Record, address: tuple) -> None:
-        session = connection.session
-        assert session is not None
-        if record.epoch == 0:
-            self.counters.dropped_records += 1
-            return
-        now = time.monotonic()
-        limits = self.limits
-        if connection.check_mac_filter(now, limits.mac_filter_threshold, limits.mac_filter_quiet):
-            self.counters.mac_filtered += 1
-            return
-        before = session.cipher.highest_seq
-        try:
-            content_type, plaintext = session.cipher.open(record.raw)
-        except RecordError as error:
-            if error.result == RECORD_BAD_TAG:
-                self.counters.mac_errors += 1
-                connection.count_mac_error(now, limits.mac_filter_quiet)
-            else:  # replayed, or not for this epoch / CID
-                self.counters.dropped_records += 1
-            return
-        connection.newest = before is None or record.seq > before
-        connection.moved = False
-        moving = record.content_type == TLS12_CID and address != connection.address
-        if moving and connection.newest:  # RFC 9146 §6: only the newest record moves the peer
-            self.move(connection, address)
-            connection.moved = True
-        self.plaintext(connection, content_type, plaintext)
-
     def plaintext(self, connection: DtlsConnection, content_type: int, plaintext: bytes) -> None:
-        """An authenticated record's content that is handled here (or came here)."""
+        """What the engine opened and does not handle itself: application data of a record
+        that came from another address but is not the newest (RFC 9146 §6: answered to the
+        connection's address), alerts, and a repeated Finished."""
         if content_type == APPLICATION_DATA:
             assert self.engine is not None
             self.engine.feed(plaintext, connection)
