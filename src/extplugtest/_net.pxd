@@ -1,5 +1,7 @@
 # Socket addresses and batched UDP I/O (csrc/udp_batch.h), shared by the C-level modules.
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 cdef extern from "udp_batch.h" nogil:
@@ -54,3 +56,14 @@ cdef extern from "<arpa/inet.h>" nogil:
 
 cdef object address_tuple(const sockaddr_storage* addr)
 cdef unsigned int fill_sockaddr(sockaddr_storage* out, object address) except 0
+
+
+cdef inline bint get_bytes(object obj, Py_buffer* view) except -1:
+    """Fill view.buf/len from *obj*; True if a buffer was acquired (release it with
+    PyBuffer_Release). bytes, the common case, skips the buffer protocol."""
+    if type(obj) is bytes:
+        view.buf = PyBytes_AS_STRING(obj)
+        view.len = PyBytes_GET_SIZE(obj)
+        return False
+    PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+    return True

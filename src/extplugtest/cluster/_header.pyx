@@ -12,11 +12,12 @@ type, port little-endian, address length, address, optional MAC, then the record
 
 from libc.stdint cimport uint8_t, uint16_t
 from libc.string cimport memcpy, memmove, memset
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 from extplugtest._net cimport (
-    AF_INET, AF_INET6, fill_sockaddr, address_tuple, sockaddr_in, sockaddr_in6, htons, ntohs,
+    AF_INET, AF_INET6, fill_sockaddr, address_tuple, get_bytes, sockaddr_in, sockaddr_in6, htons,
+    ntohs,
 )
 from extplugtest.dtls._openssl cimport (
     OSSL_PARAM, OSSL_PARAM_construct_end, ERR_clear_error, OPENSSL_cleanse,
@@ -331,16 +332,6 @@ cdef class ClusterMac:
 
 # -- Python API (tests, management code, the non-hot paths) ----------------------------------
 
-cdef inline bint _get_bytes(object obj, Py_buffer* view) except -1:
-    """view.buf/len from *obj*; True if a buffer was acquired (release it afterwards)."""
-    if type(obj) is bytes:
-        view.buf = PyBytes_AS_STRING(obj)
-        view.len = PyBytes_GET_SIZE(obj)
-        return False
-    PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
-    return True
-
-
 def encode(int type, address, record, ClusterMac mac=None) -> bytes:
     """A cluster packet: *type* 62/63, *address* the client's (host, port) with an IPv4 or
     IPv6 host, *record* the carried bytes; signed with *mac* if given."""
@@ -353,7 +344,7 @@ def encode(int type, address, record, ClusterMac mac=None) -> bytes:
     if type != CLUSTER_RECORD_INCOMING and type != CLUSTER_RECORD_OUTGOING:
         raise ClusterError(CLUSTER_BAD_TYPE)
     fill_sockaddr(&peer, address)
-    held = _get_bytes(record, &buf)
+    held = get_bytes(record, &buf)
     try:
         out = PyBytes_FromStringAndSize(NULL, CLUSTER_MAX_HEADER_LENGTH + buf.len)
         length = cluster_encode_sockaddr(<uint8_t>type, &peer, <const uint8_t*>buf.buf,
@@ -380,7 +371,7 @@ def decode(packet, ClusterMac mac=None, bint with_mac=False):
     cdef ClusterView view
     cdef sockaddr_storage peer
     cdef int status
-    held = _get_bytes(packet, &buf)
+    held = get_bytes(packet, &buf)
     try:
         status = cluster_decode(<const uint8_t*>buf.buf, buf.len, with_mac or mac is not None,
                                 &view)
@@ -437,7 +428,7 @@ def encode_batch(packets) -> bytes:
 def split_batch(datagram) -> list:
     """The packets of a batch datagram (cluster_batch_next); raises ClusterError."""
     cdef Py_buffer buf
-    cdef bint held = _get_bytes(datagram, &buf)
+    cdef bint held = get_bytes(datagram, &buf)
     cdef Py_ssize_t offset = 1, size
     cdef const uint8_t* packet
     cdef int status
@@ -461,7 +452,7 @@ def split_batch(datagram) -> list:
 def route(datagram, int cid_length, int own_node_id) -> int:
     """cluster_route from Python: the owning node id, or CLUSTER_ROUTE_LOCAL (-1)."""
     cdef Py_buffer buf
-    cdef bint held = _get_bytes(datagram, &buf)
+    cdef bint held = get_bytes(datagram, &buf)
     try:
         return cluster_route(<const uint8_t*>buf.buf, buf.len, cid_length, own_node_id)
     finally:
@@ -475,7 +466,7 @@ def measure_forward_path(datagram, int cid_length, int own_node_id, ClusterMac m
     encode (IPv4 client, MAC if given) and decode (+ verify) of *datagram*. For the
     per-datagram cost figure only; the loop runs without the GIL."""
     cdef Py_buffer buf
-    cdef bint held = _get_bytes(datagram, &buf)
+    cdef bint held = get_bytes(datagram, &buf)
     cdef uint8_t out[CLUSTER_MAX_HEADER_LENGTH + 2048]
     cdef uint8_t client[4]
     cdef ClusterView view

@@ -15,9 +15,10 @@ tls12_cid records, the DTLSInnerPlaintext and additional data of RFC 9146 §4 an
 from libc.stdint cimport uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
+from extplugtest._net cimport get_bytes
 from extplugtest.dtls._openssl cimport (
     EVP_CIPHER, EVP_CIPHER_CTX, EVP_CIPHER_fetch, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free,
     EVP_CIPHER_CTX_ctrl, EVP_CipherInit_ex, EVP_CipherUpdate, EVP_CipherFinal_ex,
@@ -123,17 +124,6 @@ cdef inline void _put16(uint8_t* p, Py_ssize_t value) noexcept nogil:
 
 cdef inline bint _known_type(int content_type) noexcept nogil:
     return CHANGE_CIPHER_SPEC <= content_type <= APPLICATION_DATA
-
-
-cdef inline bint _get_bytes(object obj, Py_buffer* view) except -1:
-    """Fill view.buf/len from *obj*; True if a buffer was acquired (release it with
-    PyBuffer_Release). bytes, the common case, skips the buffer protocol."""
-    if type(obj) is bytes:
-        view.buf = PyBytes_AS_STRING(obj)
-        view.len = PyBytes_GET_SIZE(obj)
-        return False
-    PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
-    return True
 
 
 cdef Py_ssize_t _additional_data(uint8_t* aad, const uint8_t* epoch_seq, uint8_t content_type,
@@ -325,7 +315,7 @@ def parse_datagram(data, int cid_length=0, max_records=None) -> list:
     cdef int count = 0
     cdef int status
     cdef int i
-    held = _get_bytes(data, &buf)
+    held = get_bytes(data, &buf)
     try:
         # A record has at least a header, which bounds the count.
         capacity = min(buf.len // HEADER_LENGTH + 1, 0x7FFFFFFF)
@@ -620,7 +610,7 @@ cdef class AeadCipher:
             raise RecordError(RECORD_BAD_EPOCH)
         if not _known_type(content_type):
             raise RecordError(RECORD_BAD_TYPE)
-        held = _get_bytes(plaintext, &buf)
+        held = get_bytes(plaintext, &buf)
         try:
             n = (HEADER_LENGTH + cid_length + EXPLICIT_NONCE_LENGTH + buf.len
                  + (1 if cid_length else 0) + self.tag_length)
@@ -645,7 +635,7 @@ cdef class AeadCipher:
         cdef Plaintext result
         cdef uint8_t out[MAX_FRAGMENT_LENGTH]
         cdef int status
-        held = _get_bytes(record, &buf)
+        held = get_bytes(record, &buf)
         try:
             status = parse_record_view(<const uint8_t*>buf.buf, buf.len,
                                        self.read_cid_length, &view)
@@ -722,7 +712,7 @@ def _open_records(AeadCipher cipher, records) -> int:
     cdef Py_ssize_t pos = 0
     cdef int opened = 0
     cdef const uint8_t* p
-    held = _get_bytes(records, &buf)
+    held = get_bytes(records, &buf)
     out = <uint8_t*>malloc(MAX_FRAGMENT_LENGTH)
     p = <const uint8_t*>buf.buf
     cipher.window.highest = 0
