@@ -31,6 +31,9 @@ int main(int argc, char **argv)
         return 2;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    /* DF without path-MTU state: no per-destination IP ID to pick for each answer */
+    int probe = IP_PMTUDISC_PROBE;
+    setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &probe, sizeof(probe));
     memset(&local, 0, sizeof(local));
     local.sin_family = AF_INET;
     local.sin_port = htons((unsigned short)atoi(argv[1]));

@@ -386,7 +386,9 @@ def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) 
             uri = f"coap+tcp://{LOOPBACK}:{port}/{PATH}"
         else:
             uri = f"coap://{LOOPBACK}:{port}/{PATH}"
-        extra = ("-i", DTLS_IDENTITY, "-s", DTLS_SECRET) if dtls else ()
+        extra: tuple[str, ...] = ("-i", DTLS_IDENTITY, "-s", DTLS_SECRET) if dtls else ()
+        if args.source_addresses:
+            extra += ("--source-addresses", args.source_addresses)
         run = start_generator(processes, GENERATOR_CPU, uri, clients, args, result_file,
                               extra=extra)  # fmt: skip
         generator, started = run.process, run.started
@@ -508,6 +510,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--idle-timeout", type=float, default=120.0, help="max. wait for an idle box, s"
     )
     parser.add_argument("--transport", choices=("udp", "dtls", "tcp"), default="udp")
+    parser.add_argument(
+        "--source-addresses", metavar="CIDR",
+        help="udp: the generator's clients send from the addresses of CIDR over one socket "
+        "(extclient benchmark --source-addresses), e.g. 127.1.0.0/16",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     try:
@@ -524,6 +531,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 0..{MAX_WARMUP:g}")
     if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
         parser.error("--idle-timeout 0..600, --idle-settle 1..60")
+    if args.source_addresses and args.transport != "udp":
+        parser.error("--source-addresses is for --transport udp")
     return args
 
 
@@ -598,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         "path": PATH,
         "request": "GET (coap+tcp)" if args.transport == "tcp" else "CON GET",
         "transport": args.transport,
+        "source_addresses": args.source_addresses,
         "server_cpu": SERVER_CPU,
         "generator_cpu": GENERATOR_CPU,
     }

@@ -55,6 +55,17 @@ def test_against_extserver(bench_server, tmp_path, kind):
     assert result["transmission_errors"] == 0
 
 
+def test_source_addresses_against_extserver(bench_server, tmp_path):
+    result = run_benchmark(
+        f"{bench_server.uri}/benchmark?rlen=40",
+        "--clients", "200", "--requests", "20", "--nstart", "2",
+        "--source-addresses", "127.4.0.0/16",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result["requests"] == 4000
+    assert result["transmission_errors"] == 0
+
+
 def test_nstart_interval_payload_against_extserver(bench_server, tmp_path):
     lines: list[str] = []
     result = run_benchmark(
@@ -237,6 +248,14 @@ def test_against_libcoap_server(tmp_path):
             tmp_path=tmp_path,
         )  # fmt: skip
         assert blockwise["success"] == 10 and blockwise["blocks"] == 10 * 2
+        # every client from its own address, all on one socket
+        sources = run_benchmark(
+            f"coap://127.0.0.1:{port}/benchmark",
+            "--clients", "50", "--requests", "20", "-m", "GET",
+            "--source-addresses", "127.3.0.0/24",
+            tmp_path=tmp_path,
+        )  # fmt: skip
+        assert sources["success"] == 1000 and sources["transmission_errors"] == 0
     finally:
         server.kill()
         server.wait(timeout=10)

@@ -42,6 +42,7 @@ class Responder:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.received: list[Message] = []
+        self.sources: list[tuple[str, int]] = []  # the sender of each entry of ``received``
         self.loop = asyncio.new_event_loop()
         self.next_mid = 0x7000
         ready = threading.Event()
@@ -59,6 +60,7 @@ class Responder:
             def datagram_received(self, data: bytes, address: Any) -> None:
                 message = parse(data)
                 responder.received.append(message)
+                responder.sources.append(address)
                 responder.handler(
                     responder, message, lambda out: self.transport.sendto(out, address)
                 )
@@ -658,6 +660,97 @@ def test_observe_counts_notifications(
         assert responder.wait_for(lambda: any(m.type == RST for m in responder.received))
 
 
+# -- --source-addresses: one socket, a local address per client ---------------------------------
+
+
+@pytest.fixture
+def make_source_generator() -> Iterator[Callable[..., _loadgen.LoadGenerator]]:
+    """make_source_generator(port, clients, first, **options): the clients on one socket,
+    client i sending from *first* + i."""
+    sockets: list[socket.socket] = []
+
+    def make(port: int, clients: int, first: str, **options: Any) -> _loadgen.LoadGenerator:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sockets.append(sock)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, benchmark.IP_PKTINFO, 1)
+        sock.bind(("0.0.0.0", 0))
+        options.setdefault("code", GET)
+        options.setdefault("options", [(11, b"benchmark"), (17, b"")])
+        return _loadgen.LoadGenerator(
+            [sock.fileno()] * clients, source_first=first, server=("127.0.0.1", port), **options
+        )
+
+    make.sockets = sockets  # type: ignore[attr-defined]
+    yield make
+    for sock in sockets:
+        sock.close()
+
+
+def test_source_addresses_each_client_sends_from_its_own_address(
+    responder_factory: Any, make_source_generator: Any
+) -> None:
+    responder = responder_factory(piggybacked)
+    generator = make_source_generator(responder.port, 20, "127.1.0.1")
+    generator.run(requests=3)
+    totals = generator.totals()
+    assert totals["sent"] == totals["success"] == 60
+    assert totals["retransmissions"] == totals["ignored"] == totals["socket_errors"] == 0
+    assert generator.client_requests() == [3] * 20
+    hosts = [host for host, _port in responder.sources]
+    assert sorted(set(hosts)) == sorted(f"127.1.0.{i}" for i in range(1, 21))
+    assert all(hosts.count(host) == 3 for host in set(hosts))
+    assert len({port for _host, port in responder.sources}) == 1  # one socket
+    # each client keeps its own MIDs and tokens, as with a socket per client
+    by_host: dict[str, list[Message]] = {}
+    for host, request in zip(hosts, responder.received, strict=True):
+        by_host.setdefault(host, []).append(request)
+    assert all(len({r.token for r in requests}) == 3 for requests in by_host.values())
+
+
+def test_source_addresses_lost_requests_and_strangers(
+    responder_factory: Any, make_source_generator: Any
+) -> None:
+    seen = {"count": 0}
+
+    def every_other(responder: Responder, request: Message, send: Send) -> None:
+        seen["count"] += 1
+        if seen["count"] % 2:
+            return  # dropped: the CON is retransmitted through the batch
+        send(response(request, ACK))
+
+    responder = responder_factory(every_other)
+    generator = make_source_generator(responder.port, 2, "127.1.1.1", ack_timeout_ms=20)
+    port = make_source_generator.sockets[-1].getsockname()[1]
+    # datagrams from anyone but the server, and to an address no client has, are ignored
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.sendto(response(Message(CON, GET, 1, b"x"), ACK), ("127.1.1.1", port))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.sendto(b"\x60\x45\x00\x01", ("127.1.1.3", port))
+    generator.run(requests=2)
+    totals = generator.totals()
+    assert totals["sent"] == totals["success"] == 4
+    assert totals["retransmissions"] == 4
+    assert totals["ignored"] == 2
+
+
+def test_source_addresses_argument_checks(make_source_generator: Any) -> None:
+    with pytest.raises(ValueError, match="same socket"):
+        _loadgen.LoadGenerator([5, 6], source_first="127.1.0.1", server=("127.0.0.1", 9))
+    with pytest.raises(ValueError, match="server"):
+        _loadgen.LoadGenerator([5, 5], source_first="127.1.0.1")
+    with pytest.raises(ValueError, match="UDP"):
+        _loadgen.LoadGenerator(
+            [5], source_first="127.1.0.1", server=("127.0.0.1", 9), transport="tcp"
+        )
+    with pytest.raises(ValueError, match="overflow"):
+        _loadgen.LoadGenerator([5, 5], source_first="255.255.255.255", server=("127.0.0.1", 9))
+    generator = make_source_generator(9, 1, "127.1.0.1")
+    with pytest.raises(ValueError, match="socket per client"):
+        generator.use_dtls([object()])
+
+
 # -- the command line --------------------------------------------------------------------------
 
 
@@ -694,6 +787,20 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
         (["coap://127.0.0.1/x", "--clients", "20001"], "--clients must be 1..20000"),
         (["coap://127.0.0.1/x", "--duration", "99999"], "--duration must be"),
         (["coap://127.0.0.1/x", "--payload-random", "9000"], "--payload-random must be"),
+        (
+            ["coaps://127.0.0.1/x", "--source-addresses", "127.1.0.0/16"],
+            "--source-addresses works with coap:// URIs only",
+        ),
+        (["coap://127.0.0.1/x", "--source-addresses", "127.1/99"], "is not an IPv4 network"),
+        (
+            ["coap://127.0.0.1/x", "--source-addresses", "127.1.0.0/29", "--clients", "7"],
+            "127.1.0.0/29 has 6 host addresses, fewer than --clients 7",
+        ),
+        (
+            ["coap://127.0.0.1/x", "--source-addresses", "192.0.2.0/24"],
+            "192.0.2.1 (of --source-addresses 192.0.2.0/24) is not an address of this host",
+        ),
+        (["coap://[::1]/x", "--source-addresses", "127.1.0.0/24"], "needs an IPv4 server"),
     ],
 )
 def test_cli_bad_input(capsys: Any, argv: list[str], message: str) -> None:
@@ -731,6 +838,22 @@ def test_cli_local_port_in_use(capsys: Any, responder_factory: Any) -> None:
         )
     assert code == 1
     assert f"local port {port} is already in use" in err
+
+
+def test_cli_source_addresses(capsys: Any, tmp_path: Any, responder_factory: Any) -> None:
+    responder = responder_factory(piggybacked)
+    result_file = tmp_path / "result.json"
+    code, out, err = run_cli(
+        capsys, f"coap://127.0.0.1:{responder.port}/benchmark", "--clients", "30",
+        "--requests", "4", "--source-addresses", "127.2.0.0/24", "--json", str(result_file),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "30 benchmark clients finished." in out.splitlines()
+    result = json.loads(result_file.read_text())
+    assert result["success"] == 120 and result["transmission_errors"] == 0
+    assert result["source_addresses"] == "127.2.0.0/24"
+    # the probe request and 4 per client, from 127.2.0.1 .. 127.2.0.30
+    assert {host for host, _port in responder.sources} == {f"127.2.0.{i}" for i in range(1, 31)}
 
 
 def test_cli_run_prints_californium_lines_and_json(

@@ -1,6 +1,7 @@
 # Closed-loop CoAP load generator, C level (see _loadgen.pyx).
 #
-# One Engine drives N emulated clients. Each client owns a connected UDP socket and has up to
+# One Engine drives N emulated clients. Each client owns a connected UDP socket (or, with
+# source addresses, its own address on one shared socket) and has up to
 # nstart requests outstanding (one Exchange each); the Engine's loop runs without the GIL in a
 # worker thread. coap+tcp (RFC 8323): one connected TCP socket per client instead, with a
 # receive buffer for partial frames and a send buffer for what the socket did not take;
@@ -8,6 +9,28 @@
 
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+
+cdef extern from "source_batch.h" nogil:
+    cdef struct in_addr:
+        uint32_t s_addr
+    cdef struct sockaddr_in:
+        unsigned short sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    ctypedef struct source_batch:
+        int capacity
+        int count
+    int source_batch_init(source_batch* b, int capacity, int slot_size)
+    void source_batch_free(source_batch* b)
+    uint8_t* source_batch_buffer(source_batch* b, int i)
+    void source_batch_queue(source_batch* b, size_t length, const sockaddr_in* to,
+                            uint32_t source)
+    uint32_t source_batch_queued_source(source_batch* b, int i)
+    int source_batch_send(int fd, source_batch* b, int* failed_slot, int* failed_errno)
+    int source_batch_recv(int fd, source_batch* b)
+    unsigned int source_batch_length(source_batch* b, int i)
+    const sockaddr_in* source_batch_peer(source_batch* b, int i)
+    uint32_t source_batch_local(source_batch* b, int i)
 
 cdef enum:
     TOKEN_LENGTH = 4
@@ -152,6 +175,13 @@ cdef struct Engine:
     int active                  # clients not stopped with something to do
     int pending                 # active clients without a response yet
     int epfd
+    # --source-addresses: one unconnected IPv4 socket for all clients, each client with its
+    # own local address (csrc/source_batch.h); -1: every client has its own connected socket
+    int source_fd
+    uint32_t source_first       # the first client's address, host byte order
+    sockaddr_in server          # where requests go, and the only peer answers come from
+    source_batch source_tx      # datagrams queued for the next sendmmsg
+    source_batch source_rx
     uint8_t transport           # Transport
     uint8_t* tcp_request        # coap+tcp: the template as a frame, the token patched in
     Py_ssize_t tcp_request_length

@@ -45,6 +45,8 @@ class LoadGenerator:
         feed_min_ms: int = ...,
         feed_max_ms: int = ...,
         transport: str = ...,
+        source_first: str | None = ...,
+        server: tuple[str, int] | None = ...,
     ) -> None: ...
     @property
     def client_count(self) -> int: ...

@@ -57,6 +57,14 @@ at once without the GIL (SSL_connect on epoll readiness, bounded by a deadline),
 reads with SSL_read (until it wants to read, as SSL may hold a record the socket delivered)
 and writes with SSL_write (what it does not take waits in the send buffer, as over TCP).
 
+Source addresses (``source_first``, coap over IPv4): all clients share one unconnected socket
+and client i sends from address source_first + i (IP_PKTINFO, csrc/source_batch.h). What the
+clients send in one round of the loop leaves with one sendmmsg (before the loop waits), and
+what arrives is read with recvmmsg and handed to the client whose address it was sent to; only
+datagrams from the server count, as with a connected socket. Per request that saves the
+send, the recv and the epoll event of a socket per client: the kernel's UDP path is most of
+the generator's cost (bench/README.md).
+
 The sockets belong to the caller; the generator only reads, writes and polls them (a closed
 TCP connection leaves the poll set, its socket stays open until the caller closes it).
 """
@@ -93,10 +101,24 @@ extplugtest_openssl_init()  # before any other libcrypto call (csrc/openssl_init
 if lg_ssl_init() != 1:
     raise ImportError("OPENSSL_init_ssl failed")
 
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, unsigned long nfds, int timeout)
+    enum: POLLIN
+
+cdef extern from "<arpa/inet.h>" nogil:
+    uint32_t htonl(uint32_t)
+    uint32_t ntohl(uint32_t)
+    uint16_t htons(uint16_t)
+
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void* buffer, size_t length, int flags)
     ssize_t send(int fd, const void* buffer, size_t length, int flags)
     enum: MSG_NOSIGNAL
+    enum: AF_INET
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -223,6 +245,10 @@ cdef enum:
     TLS_READS = 16              # coaps+tcp: SSL_reads per readiness before others get a turn
     TX_CAPACITY = 131072        # unsent bytes per connection; more: the connection is given up
     FRAME_ROOM = 8              # a frame is at most this much longer than its datagram
+    # --source-addresses
+    SOURCE_TX_BATCH = 256       # datagrams per sendmmsg (flushed before every epoll_wait)
+    SOURCE_RX_BATCH = 128       # datagrams per recvmmsg
+    SOURCE_RX_ROUNDS = 8        # recvmmsg calls per readiness before timers get a turn
     CODE_NOT_IMPLEMENTED = 0xA1  # 5.01, for a request of the server
 
 ACK_TIMEOUT_MS = 2000
@@ -402,9 +428,81 @@ cdef void client_send(Engine* e, Client* c, const uint8_t* message,
         c.write_seq += 1
         message = record
         length = sealed
+    if e.source_fd >= 0:
+        queue_from_source(e, c, message, length)
+        return
     if send(c.fd, message, length, MSG_NOSIGNAL) < 0:
         # Lost like a dropped datagram: a CON is retransmitted, a NON times out.
         socket_error(e, c, errno)
+
+
+cdef void queue_from_source(Engine* e, Client* c, const uint8_t* message,
+                            Py_ssize_t length) noexcept nogil:
+    """--source-addresses: queue the client's datagram, from its own address, for the next
+    sendmmsg of the shared socket (before the loop waits, or when the batch is full)."""
+    cdef int index = <int>(c - e.clients)
+    memcpy(source_batch_buffer(&e.source_tx, e.source_tx.count), message, length)
+    source_batch_queue(&e.source_tx, length, &e.server, htonl(e.source_first + <uint32_t>index))
+    if e.source_tx.count == e.source_tx.capacity:
+        flush_sources(e)
+
+
+cdef void flush_sources(Engine* e) noexcept nogil:
+    """Send what the clients queued; a refused datagram is lost like a dropped one (a CON is
+    retransmitted) and counted as a socket error of its client."""
+    cdef int slot = 0, err = 0
+    cdef uint32_t source
+    if e.source_tx.count == 0:
+        return
+    if source_batch_send(e.source_fd, &e.source_tx, &slot, &err) > 0:
+        source = ntohl(source_batch_queued_source(&e.source_tx, slot)) - e.source_first
+        socket_error(e, &e.clients[source], err)
+
+
+cdef int read_sources(Engine* e) noexcept nogil:
+    """--source-addresses: the datagrams waiting on the shared socket (how many), each to the
+    client whose address it was sent to. As a connected socket would, only datagrams from the
+    server are taken; the rest, and those to no client's address, are counted as ignored."""
+    cdef const sockaddr_in* peer
+    cdef uint32_t index
+    cdef int i, n, _round, taken = 0
+    for _round in range(SOURCE_RX_ROUNDS):
+        n = source_batch_recv(e.source_fd, &e.source_rx)
+        if n < 0:
+            e.total.socket_errors += 1
+            return taken
+        taken += n
+        for i in range(n):
+            peer = source_batch_peer(&e.source_rx, i)
+            index = ntohl(source_batch_local(&e.source_rx, i)) - e.source_first
+            if (peer.sin_addr.s_addr != e.server.sin_addr.s_addr
+                    or peer.sin_port != e.server.sin_port
+                    or index >= <uint32_t>e.client_count):
+                e.total.ignored += 1
+                continue
+            on_datagram(e, &e.clients[index], monotonic_ns(),
+                        source_batch_buffer(&e.source_rx, i), source_batch_length(&e.source_rx, i))
+        if n < e.source_rx.capacity:
+            break
+    return taken
+
+
+cdef int wait_sources(Engine* e, uint64_t wait_ns) noexcept nogil:
+    """--source-addresses: send what is queued, take what arrived, and only if nothing did,
+    wait (up to *wait_ns*) for the shared socket. poll, not epoll: a socket in an epoll set
+    has a waiter all the time, and then every datagram it sends wakes that waiter when the
+    kernel frees it (sock_wfree); with poll there is one only while the loop sleeps.
+    -1 with errno on a failed poll."""
+    cdef pollfd ready
+    flush_sources(e)
+    if read_sources(e) > 0:
+        return 0
+    ready.fd = e.source_fd
+    ready.events = POLLIN
+    ready.revents = 0
+    if poll(&ready, 1, <int>((wait_ns + 999999) // 1000000)) < 0:
+        return -1
+    return 0
 
 
 cdef void on_records(Engine* e, Client* c, uint64_t now, uint8_t* data,
@@ -1513,6 +1611,11 @@ cdef void run_loop(Engine* e) noexcept nogil:
         if e.handshake_every:
             resume_handshaken(e, now)
         wait_ns = next_scan - now if next_scan > now else 0
+        if e.source_fd >= 0:
+            if wait_sources(e, wait_ns) < 0 and errno != EINTR:
+                e.loop_errno = errno
+                break
+            continue
         n = epoll_wait(e.epfd, events, MAX_EVENTS, <int>((wait_ns + 999999) // 1000000))
         if n < 0:
             if errno == EINTR:
@@ -1538,6 +1641,8 @@ cdef void run_loop(Engine* e) noexcept nogil:
                 on_records(e, c, monotonic_ns(), buffer, length)
             else:
                 on_datagram(e, c, monotonic_ns(), buffer, length)
+    if e.source_fd >= 0:
+        flush_sources(e)    # RSTs and ACKs queued in the last round
     now = monotonic_ns()
     if not e.window_is_open:
         open_window(e, now)
@@ -1659,6 +1764,10 @@ cdef class LoadGenerator:
     """Drives one emulated client per socket in *fds* (connected, non-blocking UDP sockets;
     with ``transport="tcp"`` connected, non-blocking TCP sockets that have sent nothing yet).
 
+    With *source_first* (an IPv4 address) every entry of *fds* is the same unconnected,
+    non-blocking UDP socket with IP_PKTINFO on: client i sends from address source_first + i
+    to *server* ``(host, port)`` and takes the datagrams sent to that address from the server.
+
     ``start()`` runs the loop in a worker thread without the GIL; meanwhile ``totals()`` gives
     progress, ``stop()`` ends the run early and ``join()`` waits for its end. ``run()`` does
     all of that in one blocking call.
@@ -1666,6 +1775,7 @@ cdef class LoadGenerator:
 
     def __cinit__(self):
         self.e.epfd = -1
+        self.e.source_fd = -1
 
     def __init__(self, fds, *, bint confirmable=True, int code=2, options=(),
                  bytes payload=b"", int ack_timeout_ms=ACK_TIMEOUT_MS,
@@ -1674,7 +1784,7 @@ cdef class LoadGenerator:
                  int retry_delay_ms=RETRY_DELAY_MS, int jitter_ms=JITTER_MS,
                  bint observe=False, int reregister=0, int register=0,
                  bint serve_feeds=False, int feed_min_ms=100, int feed_max_ms=100,
-                 str transport="udp"):
+                 str transport="udp", str source_first=None, tuple server=None):
         cdef epoll_event event
         cdef int i, fd
         cdef bytes request, base
@@ -1703,6 +1813,8 @@ cdef class LoadGenerator:
             raise ValueError("reverse mode (the clients' feeds) is not supported over coap+tcp")
         if tcp and register:
             raise ValueError("register (a new token) is not supported over coap+tcp")
+        if source_first is not None:
+            self._use_sources(fds, tcp, source_first, server)
         if tcp:
             confirmable = False     # no types over TCP: a request waits for its response
         options = list(options)
@@ -1774,16 +1886,43 @@ cdef class LoadGenerator:
             # Random start values, like Californium's USE_RANDOM_MID_START.
             self.e.clients[i].mid = next_random(&self.e) & 0xFFFF
             self.e.clients[i].token = <uint32_t>next_random(&self.e)
+            if self.e.source_fd >= 0:
+                continue    # the shared socket is polled, not in the epoll set
             event.events = EPOLLIN
             event.data.u64 = 0
             event.data.u32 = i
             if epoll_ctl(self.e.epfd, EPOLL_CTL_ADD, fd, &event) < 0:
                 raise OSError(errno, os.strerror(errno))
 
+    def _use_sources(self, list fds, bint tcp, str source_first, tuple server):
+        cdef uint32_t first
+        if tcp:
+            raise ValueError("source addresses are for coap over UDP only")
+        if len(set(fds)) != 1:
+            raise ValueError("with source addresses every client uses the same socket")
+        if server is None:
+            raise ValueError("source addresses need the server's (IPv4 address, port)")
+        first = int(ipaddress.IPv4Address(source_first))
+        if int(first) + len(fds) - 1 > 0xFFFFFFFF:
+            raise ValueError(f"{len(fds)} addresses from {source_first} overflow IPv4")
+        host, port = server
+        if not 0 < port < 65536:
+            raise ValueError(f"server port must be in 1..65535, not {port}")
+        self.e.server.sin_family = AF_INET
+        self.e.server.sin_addr.s_addr = htonl(int(ipaddress.IPv4Address(host)))
+        self.e.server.sin_port = htons(port)
+        if (source_batch_init(&self.e.source_tx, SOURCE_TX_BATCH, DATAGRAM_SIZE) < 0
+                or source_batch_init(&self.e.source_rx, SOURCE_RX_BATCH, DATAGRAM_SIZE) < 0):
+            raise MemoryError()
+        self.e.source_first = first
+        self.e.source_fd = fds[0]
+
     def __dealloc__(self):
         cdef int i
         if self.e.epfd >= 0:
             close(self.e.epfd)
+        source_batch_free(&self.e.source_tx)
+        source_batch_free(&self.e.source_rx)
         if self.e.clients != NULL:
             for i in range(self.e.client_count):
                 free(self.e.clients[i].rx)
@@ -1993,6 +2132,8 @@ cdef class LoadGenerator:
         cdef AeadCipher cipher
         if self.e.transport != TRANSPORT_UDP:
             raise ValueError("DTLS sessions need the UDP transport")
+        if self.e.source_fd >= 0:
+            raise ValueError("DTLS sessions need a socket per client, not source addresses")
         sessions = list(sessions)
         if len(sessions) != self.e.client_count:
             raise ValueError(f"{self.e.client_count} sessions needed, not {len(sessions)}")

@@ -26,6 +26,11 @@ Differences from Californium, on purpose:
   Californium prints them; an extra ``latency`` line has microsecond resolution. Error
   responses get their own statistic (Californium mixes them into ``success-responses``).
 * Decimal numbers use ``.`` (Californium uses the JVM's locale).
+* ``--source-addresses CIDR`` (coap to an IPv4 server): instead of a socket (and port) per
+  client, client i sends from the i-th host address of CIDR, all on one socket and port,
+  batched with sendmmsg/recvmmsg; the server still sees one address per client. The way to
+  drive thousands of clients from one core (on loopback any 127.x network; elsewhere the
+  addresses must be configured on the host).
 * coap+tcp: the connections are opened before the run (non-blocking, TCP_NODELAY); each client
   sends its CSM first, then its requests. ``--con``/``--non`` mean nothing there, nor does
   ``--ack-timeout`` (no retransmission); ``--timeout`` applies. A connection the server
@@ -204,6 +209,74 @@ def open_clients(
             sock.close()
         raise
     return sockets
+
+
+def host_count(network: ipaddress.IPv4Network) -> int:
+    """Host addresses of *network*: without network and broadcast address from /30 on."""
+    return network.num_addresses - 2 if network.prefixlen < 31 else network.num_addresses
+
+
+def first_host(network: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    return network.network_address + (1 if network.prefixlen < 31 else 0)
+
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python has the name from 3.12 on
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)  # Linux values, as IP_PKTINFO
+IP_PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
+SOURCE_BUFFER_PER_CLIENT = 4096  # receive buffer of the shared socket, per request in flight
+MAX_SOURCE_BUFFER = 64 << 20
+
+
+def open_source_socket(
+    network: ipaddress.IPv4Network,
+    count: int,
+    family: int,
+    address: tuple[Any, ...],
+    local_port: int | None,
+    nstart: int,
+) -> tuple[socket.socket, str]:
+    """--source-addresses: one unconnected, non-blocking UDP socket with IP_PKTINFO for all
+    *count* clients, and the first client's address. Checks that the first and the last
+    address are local (a datagram from any other would be refused by the kernel)."""
+    if family != socket.AF_INET:
+        raise BenchmarkError("--source-addresses needs an IPv4 server address", 2)
+    first = first_host(network)
+    for probe_address in (first, first + (count - 1)):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe_socket:
+            try:
+                probe_socket.bind((str(probe_address), 0))
+            except OSError:
+                raise BenchmarkError(
+                    f"{probe_address} (of --source-addresses {network}) is not an address of "
+                    "this host: use 127.0.0.0/8 on loopback, or add the addresses "
+                    "(ip address add)",
+                    2,
+                ) from None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        # DF without path-MTU state: an unconnected socket then needs no per-destination IP
+        # ID (RFC 6864 §4.1), which is a measurable part of the kernel's cost per datagram.
+        # CoAP messages are meant to fit one datagram anyway (RFC 7252 §4.6).
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        # Every client's responses may wait here at once; SO_RCVBUFFORCE may exceed rmem_max
+        # (root only), else the kernel caps SO_RCVBUF at rmem_max.
+        size = min(MAX_SOURCE_BUFFER, max(SOCKET_BUFFER, count * nstart * SOURCE_BUFFER_PER_CLIENT))
+        for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+                break
+        try:
+            sock.bind(("0.0.0.0", local_port or 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BenchmarkError(f"local port {local_port} is already in use") from None
+            raise BenchmarkError(f"cannot bind local port {local_port}: {exc.strerror}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock, str(first)
 
 
 def open_tcp_clients(
@@ -718,6 +791,7 @@ def collect(
         "method": args.method,
         "type": "TCP" if target.scheme in STREAM_SCHEMES else "NON" if args.non else "CON",
         "transport": {TCP_SCHEME: "tcp", TLS_SCHEME: "tls"}.get(target.scheme, "udp"),
+        "source_addresses": args.source_addresses,
         "payload": len(payload),
         "nstart": args.nstart,
         "interval_ms": args.interval,
@@ -877,6 +951,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--local-port", type=int, metavar="PORT", help="local port of the first client"
     )
+    parser.add_argument(
+        "--source-addresses", metavar="CIDR",
+        help="coap:// to IPv4: client i sends from the i-th host address of CIDR (all on one "
+        "port and one socket, batched: the way to drive thousands of clients from one core); "
+        "the addresses must be local, e.g. 127.1.0.0/16 on loopback",
+    )  # fmt: skip
     benchmark_dtls.add_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     parser.add_argument(
@@ -953,6 +1033,24 @@ def validate(args: argparse.Namespace) -> None:
     check(
         args.reverse is None or args.notifies is None, "--reverse and --notifies exclude each other"
     )
+    if args.source_addresses is not None:
+        check(
+            urlsplit(args.uri).scheme.lower() == "coap",
+            "--source-addresses works with coap:// URIs only",
+        )
+        try:
+            network = ipaddress.IPv4Network(args.source_addresses, strict=False)
+        except ValueError:
+            raise BenchmarkError(
+                f"--source-addresses {args.source_addresses!r} is not an IPv4 network "
+                "(e.g. 127.1.0.0/16)",
+                2,
+            ) from None
+        check(
+            host_count(network) >= args.clients,
+            f"--source-addresses {network} has {host_count(network)} host addresses, "
+            f"fewer than --clients {args.clients}",
+        )
     for value in (args.min_interval, args.max_interval):
         check(
             value is None or abs(value) <= MAX_INTERVAL_MS,
@@ -1076,15 +1174,22 @@ def run(args: argparse.Namespace) -> int:
             f"{args.reregister} and register every {args.register} notify"
         )
     created = time.monotonic()
+    source_first = None
     if tcp:
         sockets = open_tcp_clients(args.clients, family, address, args.local_port)
+    elif args.source_addresses is not None:
+        shared, source_first = open_source_socket(
+            ipaddress.IPv4Network(args.source_addresses, strict=False),
+            args.clients, family, address, args.local_port, args.nstart,
+        )  # fmt: skip
+        sockets = [shared]
     else:
         sockets = open_clients(args.clients, family, address, args.local_port)
     generator: _loadgen.LoadGenerator | None = None
     try:
         try:
             generator = _loadgen.LoadGenerator(
-                [sock.fileno() for sock in sockets],
+                [sock.fileno() for sock in sockets] * (args.clients if source_first else 1),
                 confirmable=not args.non,
                 code=METHODS[args.method],
                 options=options,
@@ -1102,6 +1207,8 @@ def run(args: argparse.Namespace) -> int:
                 feed_min_ms=args.min_interval or 0,
                 feed_max_ms=args.max_interval or 0,
                 transport="tcp" if tcp else "udp",
+                source_first=source_first,
+                server=(address[0], address[1]) if source_first else None,
             )
         except ValueError as exc:
             raise BenchmarkError(str(exc), 2) from None

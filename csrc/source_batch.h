@@ -1,0 +1,164 @@
+/* Batched UDP I/O of one unconnected IPv4 socket on behalf of many local addresses (Linux).
+ *
+ * The load generator's `--source-addresses` mode: every emulated client has its own source
+ * address (all with the socket's port), chosen per datagram with an IP_PKTINFO control
+ * message (ip(7): ipi_spec_dst), and a received datagram names its client by the address it
+ * was sent to (ipi_addr). One sendmmsg and one recvmmsg then serve a whole batch of clients,
+ * where a socket per client costs a send, a recv and an epoll event per request.
+ */
+#ifndef EXTPLUGTEST_SOURCE_BATCH_H
+#define EXTPLUGTEST_SOURCE_BATCH_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+typedef union {
+    struct cmsghdr align;
+    char bytes[CMSG_SPACE(sizeof(struct in_pktinfo))];
+} source_control;
+
+typedef struct {
+    int capacity;
+    int slot_size;
+    int count;                      /* send side: queued datagrams */
+    struct mmsghdr *msgs;
+    struct iovec *iov;
+    struct sockaddr_in *peers;      /* received: source; queued: destination */
+    source_control *controls;
+    unsigned char *buffers;
+} source_batch;
+
+static int source_batch_init(source_batch *b, int capacity, int slot_size)
+{
+    memset(b, 0, sizeof(*b));
+    b->msgs = calloc((size_t)capacity, sizeof(struct mmsghdr));
+    b->iov = calloc((size_t)capacity, sizeof(struct iovec));
+    b->peers = calloc((size_t)capacity, sizeof(struct sockaddr_in));
+    b->controls = calloc((size_t)capacity, sizeof(source_control));
+    b->buffers = malloc((size_t)capacity * (size_t)slot_size);
+    if (!b->msgs || !b->iov || !b->peers || !b->controls || !b->buffers) {
+        free(b->msgs); free(b->iov); free(b->peers); free(b->controls); free(b->buffers);
+        memset(b, 0, sizeof(*b));
+        return -1;
+    }
+    b->capacity = capacity;
+    b->slot_size = slot_size;
+    for (int i = 0; i < capacity; i++) {
+        b->iov[i].iov_base = b->buffers + (size_t)i * (size_t)slot_size;
+        b->msgs[i].msg_hdr.msg_iov = &b->iov[i];
+        b->msgs[i].msg_hdr.msg_iovlen = 1;
+        b->msgs[i].msg_hdr.msg_name = &b->peers[i];
+        b->msgs[i].msg_hdr.msg_control = b->controls[i].bytes;
+    }
+    return 0;
+}
+
+static void source_batch_free(source_batch *b)
+{
+    free(b->msgs); free(b->iov); free(b->peers); free(b->controls); free(b->buffers);
+    memset(b, 0, sizeof(*b));
+}
+
+static inline unsigned char *source_batch_buffer(source_batch *b, int i)
+{
+    return b->buffers + (size_t)i * (size_t)b->slot_size;
+}
+
+/* Queue the datagram in slot b->count (its buffer already filled): from local address
+ * `source` to `to` (both in network byte order). */
+static inline void source_batch_queue(source_batch *b, size_t length, const struct sockaddr_in *to,
+                                      uint32_t source)
+{
+    int i = b->count++;
+    struct msghdr *h = &b->msgs[i].msg_hdr;
+    struct cmsghdr *c;
+    struct in_pktinfo info;
+    b->iov[i].iov_len = length;
+    b->peers[i] = *to;
+    h->msg_namelen = sizeof(struct sockaddr_in);
+    h->msg_controllen = sizeof(source_control);
+    c = CMSG_FIRSTHDR(h);
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+    memset(&info, 0, sizeof(info));
+    info.ipi_spec_dst.s_addr = source;
+    memcpy(CMSG_DATA(c), &info, sizeof(info));
+}
+
+/* The source address (network byte order) of queued slot i. */
+static inline uint32_t source_batch_queued_source(source_batch *b, int i)
+{
+    struct in_pktinfo info;
+    memcpy(&info, CMSG_DATA(CMSG_FIRSTHDR(&b->msgs[i].msg_hdr)), sizeof(info));
+    return info.ipi_spec_dst.s_addr;
+}
+
+/* Send all queued datagrams (the batch is emptied). Returns how many the kernel refused;
+ * the first refused slot's index and errno go to *failed_slot / *failed_errno. */
+static int source_batch_send(int fd, source_batch *b, int *failed_slot, int *failed_errno)
+{
+    int done = 0, failed = 0;
+    while (done < b->count) {
+        int n = sendmmsg(fd, b->msgs + done, (unsigned int)(b->count - done), MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (failed++ == 0) {
+                *failed_slot = done;
+                *failed_errno = errno;
+            }
+            done++;             /* skip the datagram the kernel refused, try the rest */
+            continue;
+        }
+        done += n;
+    }
+    b->count = 0;
+    return failed;
+}
+
+/* Receive up to capacity datagrams without blocking: count, 0 when none, -errno on error. */
+static int source_batch_recv(int fd, source_batch *b)
+{
+    for (int i = 0; i < b->capacity; i++) {
+        b->iov[i].iov_len = (size_t)b->slot_size;
+        b->msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+        b->msgs[i].msg_hdr.msg_controllen = sizeof(source_control);
+        b->msgs[i].msg_hdr.msg_flags = 0;
+    }
+    int n = recvmmsg(fd, b->msgs, (unsigned int)b->capacity, MSG_DONTWAIT, NULL);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno;
+    return n;
+}
+
+static inline unsigned int source_batch_length(source_batch *b, int i) { return b->msgs[i].msg_len; }
+static inline const struct sockaddr_in *source_batch_peer(source_batch *b, int i)
+{
+    return &b->peers[i];
+}
+
+/* The local address (network byte order) received slot i was sent to; 0 if the kernel gave
+ * no IP_PKTINFO (the socket option is off). */
+static inline uint32_t source_batch_local(source_batch *b, int i)
+{
+    struct msghdr *h = &b->msgs[i].msg_hdr;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+            struct in_pktinfo info;
+            memcpy(&info, CMSG_DATA(c), sizeof(info));
+            return info.ipi_addr.s_addr;
+        }
+    }
+    return 0;
+}
+
+#endif
