@@ -36,6 +36,12 @@ NAT's counters (``stats``: reverse-updates, drops) come over its control socket.
     .venv/bin/python bench/cluster_throughput.py [--clients 500] [--setups single,backward,
         no-backward] [--duration 10] [--warmup 3] [--nat-cpu 1] [--repeat 1]
 
+``--node-cpu-budget PCT`` caps the nodes together at PCT % of one CPU (a cgroup with a CFS
+quota, bench/cpu_budget.py; root): the nodes then are the bottleneck, and req/s compares what
+one node and the cluster get done with the same CPU at full load, each with the batches of a
+saturated server. Without it the nodes idle most of the time (the NAT and the generator on
+CPU 1 set the pace), and two half-loaded nodes on one core batch less than one full node.
+
 ``--repeat N`` runs all setups N times in turn (round by round, so that a slow spell of the
 box hits all setups alike); each run's penalty is against the single node of its round, and
 the medians over the rounds are printed at the end.
@@ -49,6 +55,7 @@ Results: a table, and ``bench/results/cluster-<time>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -63,6 +70,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_budget import CpuBudget, CpuBudgetError
 from extplugtest.coap._codec import Message, parse
 from extplugtest.dtls.handshake_client import ClientHandshake
 from throughput import (
@@ -94,7 +102,13 @@ MAX_DURATION = 60.0
 SETUPS = ("single", "backward", "no-backward")
 CLUSTER_KEYS = ("forwarded", "process forwarded", "backwarded", "send backwarded",
                 "bad forward", "drop forward", "bad backward", "drop backward")  # fmt: skip
-NODE_KEYS = (*CLUSTER_KEYS, "received records", "handshakes succeeded")
+NODE_KEYS = (
+    *CLUSTER_KEYS,
+    "batches sent",
+    "cluster datagrams sent",
+    "received records",
+    "handshakes succeeded",
+)
 CONTENT = 0x45
 
 
@@ -330,8 +344,17 @@ def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> d
     idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
     name = f"{setup}-{clients}"
     result_file = work / f"{name}.json"
-    with Processes() as processes, open(work / f"{name}.log", "wb") as log:
+    with contextlib.ExitStack() as stack:
+        # the group goes after its processes (ExitStack: last in, first out)
+        budget = (
+            stack.enter_context(CpuBudget(args.node_cpu_budget)) if args.node_cpu_budget else None
+        )
+        processes = stack.enter_context(Processes())
+        log = stack.enter_context(open(work / f"{name}.log", "wb"))
         nodes = start_nodes(setup, processes, log)
+        if budget is not None:
+            for node in nodes:
+                budget.add(node.process.pid)
         nat, nat_port, control = start_nat(setup, nodes, clients, args, processes, log, work)
         uri = f"coaps://{LOOPBACK}:{nat_port}/{PATH}"
         extra = ("-i", IDENTITY, "-s", SECRET, "--ack-timeout", str(ACK_TIMEOUT_MS))
@@ -345,10 +368,12 @@ def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> d
         sleep_until(started + args.warmup, generator)
         pids = [node.process.pid for node in nodes]
         cpu0 = {pid: process_cpu(pid) for pid in pids}
+        throttled0 = budget.throttled_s() if budget else 0.0
         nat_cpu0, stats0 = process_cpu(nat.pid), nat_stats(control)
         box0, wall0 = box_cpu(), time.monotonic()
         sleep_until(started + args.warmup + args.duration, generator)
         cpu1 = {pid: process_cpu(pid) for pid in pids}
+        throttled1 = budget.throttled_s() if budget else 0.0
         nat_cpu1, stats1 = process_cpu(nat.pid), nat_stats(control)
         box1, wall1 = box_cpu(), time.monotonic()
         usages_after = nat_usages(control)
@@ -380,6 +405,8 @@ def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> d
         "clients": clients,
         "req_per_s": load["req_per_s"],
         "nodes_cpu_pct": 100 * nodes_cpu,
+        "node_cpu_budget_pct": args.node_cpu_budget,
+        "nodes_throttled_pct": 100 * (throttled1 - throttled0) / wall,
         "node_cpu_pct": {k: round(100 * v, 1) for k, v in node_cpu.items()},
         "req_per_node_cpu_s": load["req_per_s"] / nodes_cpu if nodes_cpu > 0 else None,
         "nat_cpu_pct": 100 * nat_cpu,
@@ -499,6 +526,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=LOAD_CPU,
         help="CPU of extnat: 1 with the generator (default), 0 with the nodes",
     )
+    parser.add_argument(
+        "--node-cpu-budget", type=float, metavar="PCT",
+        help="cap the nodes together at PCT %% of one CPU (cgroup quota; root), so that "
+        "they are the bottleneck",
+    )  # fmt: skip
     parser.add_argument("--idle-threshold", type=float, default=10.0, help="idle below this %%")
     parser.add_argument("--idle-settle", type=int, default=3, help="idle seconds in a row")
     parser.add_argument("--idle-timeout", type=float, default=120.0, help="max. idle wait, s")
@@ -519,6 +551,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 2..30 (the clear's transient)")
     if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
         parser.error("--idle-timeout 0..600, --idle-settle 1..60")
+    if args.node_cpu_budget is not None:
+        try:
+            CpuBudget(args.node_cpu_budget).close()  # fails early: no cgroup, not root
+        except (CpuBudgetError, OSError) as exc:
+            parser.error(f"--node-cpu-budget: {exc}")
     return args
 
 
@@ -587,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "node_cpu": NODE_CPU,
         "generator_cpu": LOAD_CPU,
         "nat_cpu": args.nat_cpu,
+        "node_cpu_budget_pct": args.node_cpu_budget,
     }
     out.write_text(
         json.dumps(

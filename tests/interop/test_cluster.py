@@ -204,6 +204,14 @@ def check_batches(
     received = sum(diagnose_counters(connected[0], n.dtls).get("batches received", 0)
                    for n in by_id.values())  # fmt: skip
     assert (sent > 0) == expected and (received > 0) == expected, (sent, received)
+    # every datagram with IN/OUT packets counts, a batch as one: at least one per batch, and
+    # without batches one per packet (each forwarded record and its answer)
+    datagrams = sum(diagnose_counters(connected[0], n.dtls)["cluster datagrams sent"]
+                    for n in nodes)  # fmt: skip
+    forwarded = sum(diagnose_counters(connected[0], n.dtls)["forwarded"] for n in nodes)
+    assert datagrams >= sent and datagrams > 0
+    if not expected:
+        assert datagrams >= 2 * forwarded
 
 
 def wait_until_forwarding(client: DtlsClient, node: ClusterNodeProcess, timeout: float = 20.0):

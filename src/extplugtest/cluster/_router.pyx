@@ -68,6 +68,7 @@ cdef struct ClusterCounters:
     unsigned long long management_received  # ping/pong and others: the membership's
     unsigned long long batches_sent         # datagrams with several cluster packets
     unsigned long long batches_received
+    unsigned long long cluster_datagrams    # datagrams with IN/OUT packets sent (batches too)
 
 
 cdef inline bint _same_address(udp_batch* batch, int a, int b) noexcept:
@@ -296,6 +297,7 @@ cdef class ClusterEngine(DtlsEngine):
         if not batch.count:
             return
         if not self.batching or batch.count == 1:
+            self.k.cluster_datagrams += batch.count
             self.c.send_errors += udp_batch_send(self.management_fd, batch)
             return
         memset(taken, 0, sizeof(taken))
@@ -320,6 +322,7 @@ cdef class ClusterEngine(DtlsEngine):
                 parts += 1
             if parts == 0:                      # too large for a batch: on its own
                 taken[i] = True
+                self.k.cluster_datagrams += 1
                 if udp_send_one(self.management_fd, udp_batch_buffer(batch, i),
                                 udp_batch_queued_length(batch, i), udp_batch_addr(batch, i),
                                 udp_batch_addrlen(batch, i)) < 0:
@@ -333,6 +336,7 @@ cdef class ClusterEngine(DtlsEngine):
             udp_batch_queue(&self.coalesced, size, udp_batch_addr(batch, i),
                             udp_batch_addrlen(batch, i))
         batch.count = 0
+        self.k.cluster_datagrams += self.coalesced.count
         self.c.send_errors += udp_batch_send(self.management_fd, &self.coalesced)
 
     cdef void _flush(self) noexcept:
@@ -437,6 +441,7 @@ cdef class ClusterEngine(DtlsEngine):
             "management received": self.k.management_received,
             "batches sent": self.k.batches_sent,
             "batches received": self.k.batches_received,
+            "cluster datagrams sent": self.k.cluster_datagrams,
         }
 
     def mac_counters(self) -> dict:

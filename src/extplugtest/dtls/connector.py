@@ -75,7 +75,7 @@ DTLS_HEALTH_KEYS = (
 CLUSTER_HEALTH_KEYS = (
     "forwarded", "process forwarded", "bad forward", "drop forward", "backwarded",
     "send backwarded", "bad backward", "drop backward", "management received",
-    "batches sent", "batches received",
+    "batches sent", "batches received", "cluster datagrams sent",
 )  # fmt: skip
 
 
