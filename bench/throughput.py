@@ -512,7 +512,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--transport", choices=("udp", "dtls", "tcp"), default="udp")
     parser.add_argument(
         "--source-addresses", metavar="CIDR",
-        help="udp: the generator's clients send from the addresses of CIDR over one socket "
+        help="udp, dtls: the generator's clients send from the addresses of CIDR over one socket "
         "(extclient benchmark --source-addresses), e.g. 127.1.0.0/16",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -531,8 +531,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 0..{MAX_WARMUP:g}")
     if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
         parser.error("--idle-timeout 0..600, --idle-settle 1..60")
-    if args.source_addresses and args.transport != "udp":
-        parser.error("--source-addresses is for --transport udp")
+    if args.source_addresses and args.transport == "tcp":
+        parser.error("--source-addresses is for --transport udp or dtls")
     return args
 
 

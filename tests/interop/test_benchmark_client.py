@@ -281,6 +281,19 @@ def test_coaps_against_extserver(bench_server, tmp_path):
     assert "Benchmark clients handshakes: 20 in" in "\n".join(lines)
 
 
+def test_coaps_with_source_addresses(bench_server, tmp_path):
+    """Handshakes on a socket per client (bound to its address), then records on one."""
+    lines: list[str] = []
+    result = run_benchmark(
+        coaps_uri(bench_server, "benchmark?rlen=40"),
+        "--clients", "100", "--requests", "10", "--source-addresses", "127.5.0.0/24",
+        "--cid-length", "4",
+        tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert result["success"] == 1000 and result["transmission_errors"] == 0
+    assert any(line.startswith("Benchmark clients handshakes: 100 in ") for line in lines)
+
+
 def test_coaps_psk_store_and_certificates(bench_server, tmp_path):
     store = tmp_path / "cali.psk"
     store.write_text("# identity=base64 of the secret\ncali.1=LmZvcm5pdW0=\ncali.2=LmZvcm5pdW0=\n")

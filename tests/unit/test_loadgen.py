@@ -735,7 +735,7 @@ def test_source_addresses_lost_requests_and_strangers(
     assert totals["ignored"] == 2
 
 
-def test_source_addresses_argument_checks(make_source_generator: Any) -> None:
+def test_source_addresses_argument_checks() -> None:
     with pytest.raises(ValueError, match="same socket"):
         _loadgen.LoadGenerator([5, 6], source_first="127.1.0.1", server=("127.0.0.1", 9))
     with pytest.raises(ValueError, match="server"):
@@ -746,9 +746,6 @@ def test_source_addresses_argument_checks(make_source_generator: Any) -> None:
         )
     with pytest.raises(ValueError, match="overflow"):
         _loadgen.LoadGenerator([5, 5], source_first="255.255.255.255", server=("127.0.0.1", 9))
-    generator = make_source_generator(9, 1, "127.1.0.1")
-    with pytest.raises(ValueError, match="socket per client"):
-        generator.use_dtls([object()])
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -788,8 +785,18 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
         (["coap://127.0.0.1/x", "--duration", "99999"], "--duration must be"),
         (["coap://127.0.0.1/x", "--payload-random", "9000"], "--payload-random must be"),
         (
-            ["coaps://127.0.0.1/x", "--source-addresses", "127.1.0.0/16"],
-            "--source-addresses works with coap:// URIs only",
+            ["coap+tcp://127.0.0.1/x", "--source-addresses", "127.1.0.0/16"],
+            "--source-addresses works with coap:// and coaps:// URIs only",
+        ),
+        (
+            [
+                "coaps://127.0.0.1/x",
+                "--source-addresses",
+                "127.1.0.0/16",
+                "--handshakes-full",
+                "10",
+            ],
+            "--handshakes-full/-close need a socket per client, not --source-addresses",
         ),
         (["coap://127.0.0.1/x", "--source-addresses", "127.1/99"], "is not an IPv4 network"),
         (

@@ -57,7 +57,7 @@ at once without the GIL (SSL_connect on epoll readiness, bounded by a deadline),
 reads with SSL_read (until it wants to read, as SSL may hold a record the socket delivered)
 and writes with SSL_write (what it does not take waits in the send buffer, as over TCP).
 
-Source addresses (``source_first``, coap over IPv4): all clients share one unconnected socket
+Source addresses (``source_first``, coap and coaps over IPv4): all clients share one socket
 and client i sends from address source_first + i (IP_PKTINFO, csrc/source_batch.h). What the
 clients send in one round of the loop leaves with one sendmmsg (before the loop waits), and
 what arrives is read with recvmmsg and handed to the client whose address it was sent to; only
@@ -464,6 +464,7 @@ cdef int read_sources(Engine* e) noexcept nogil:
     client whose address it was sent to. As a connected socket would, only datagrams from the
     server are taken; the rest, and those to no client's address, are counted as ignored."""
     cdef const sockaddr_in* peer
+    cdef Client* c
     cdef uint32_t index
     cdef int i, n, _round, taken = 0
     for _round in range(SOURCE_RX_ROUNDS):
@@ -480,8 +481,13 @@ cdef int read_sources(Engine* e) noexcept nogil:
                     or index >= <uint32_t>e.client_count):
                 e.total.ignored += 1
                 continue
-            on_datagram(e, &e.clients[index], monotonic_ns(),
-                        source_batch_buffer(&e.source_rx, i), source_batch_length(&e.source_rx, i))
+            c = &e.clients[index]
+            if c.cipher != NULL:
+                on_records(e, c, monotonic_ns(), source_batch_buffer(&e.source_rx, i),
+                           source_batch_length(&e.source_rx, i))
+            else:
+                on_datagram(e, c, monotonic_ns(), source_batch_buffer(&e.source_rx, i),
+                            source_batch_length(&e.source_rx, i))
         if n < e.source_rx.capacity:
             break
     return taken
@@ -2132,8 +2138,6 @@ cdef class LoadGenerator:
         cdef AeadCipher cipher
         if self.e.transport != TRANSPORT_UDP:
             raise ValueError("DTLS sessions need the UDP transport")
-        if self.e.source_fd >= 0:
-            raise ValueError("DTLS sessions need a socket per client, not source addresses")
         sessions = list(sessions)
         if len(sessions) != self.e.client_count:
             raise ValueError(f"{self.e.client_count} sessions needed, not {len(sessions)}")

@@ -26,11 +26,13 @@ Differences from Californium, on purpose:
   Californium prints them; an extra ``latency`` line has microsecond resolution. Error
   responses get their own statistic (Californium mixes them into ``success-responses``).
 * Decimal numbers use ``.`` (Californium uses the JVM's locale).
-* ``--source-addresses CIDR`` (coap to an IPv4 server): instead of a socket (and port) per
+* ``--source-addresses CIDR`` (coap or coaps to an IPv4 server): instead of a socket per
   client, client i sends from the i-th host address of CIDR, all on one socket and port,
   batched with sendmmsg/recvmmsg; the server still sees one address per client. The way to
   drive thousands of clients from one core (on loopback any 127.x network; elsewhere the
-  addresses must be configured on the host).
+  addresses must be configured on the host). With coaps each client's handshake runs on a
+  socket of its own bound to its address and the shared port, closed after the handshakes;
+  ``--handshakes-full/-close`` need a socket per client.
 * coap+tcp: the connections are opened before the run (non-blocking, TCP_NODELAY); each client
   sends its CSM first, then its requests. ``--con``/``--non`` mean nothing there, nor does
   ``--ack-timeout`` (no retransmission); ``--timeout`` applies. A connection the server
@@ -256,6 +258,9 @@ def open_source_socket(
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        # coaps: each client's handshake runs on a socket of its own bound to its address and
+        # this port (the more specific binding gets its datagrams), see handshake_sockets
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # DF without path-MTU state: an unconnected socket then needs no per-destination IP
         # ID (RFC 6864 §4.1), which is a measurable part of the kernel's cost per datagram.
         # CoAP messages are meant to fit one datagram anyway (RFC 7252 §4.6).
@@ -277,6 +282,30 @@ def open_source_socket(
         sock.close()
         raise
     return sock, str(first)
+
+
+def handshake_sockets(
+    first: str, count: int, port: int, address: tuple[Any, ...]
+) -> list[socket.socket]:
+    """--source-addresses with coaps: for the handshakes, one connected, non-blocking socket
+    per client bound to the client's address and the shared socket's *port*; closed after
+    them, when the shared socket takes over the client's datagrams."""
+    raise_file_limit(count + 32)
+    sockets: list[socket.socket] = []
+    base = ipaddress.IPv4Address(first)
+    try:
+        for index in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((str(base + index), port))
+            sock.connect(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise BenchmarkError(f"cannot open the handshake sockets: {exc.strerror}") from None
+    return sockets
 
 
 def open_tcp_clients(
@@ -953,8 +982,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--source-addresses", metavar="CIDR",
-        help="coap:// to IPv4: client i sends from the i-th host address of CIDR (all on one "
-        "port and one socket, batched: the way to drive thousands of clients from one core); "
+        help="coap:// or coaps:// to IPv4: client i sends from the i-th host address of CIDR "
+        "(all on one port and one socket, batched: the way to drive thousands of clients from "
+        "one core); "
         "the addresses must be local, e.g. 127.1.0.0/16 on loopback",
     )  # fmt: skip
     benchmark_dtls.add_arguments(parser)
@@ -1035,8 +1065,11 @@ def validate(args: argparse.Namespace) -> None:
     )
     if args.source_addresses is not None:
         check(
-            urlsplit(args.uri).scheme.lower() == "coap",
-            "--source-addresses works with coap:// URIs only",
+            urlsplit(args.uri).scheme.lower() in ("coap", "coaps"),
+            "--source-addresses works with coap:// and coaps:// URIs only",
+        )
+        check(
+            not renew, "--handshakes-full/-close need a socket per client, not --source-addresses"
         )
         try:
             network = ipaddress.IPv4Network(args.source_addresses, strict=False)
@@ -1213,7 +1246,15 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise BenchmarkError(str(exc), 2) from None
         make_handshake = None
-        if target.scheme == "coaps":
+        if target.scheme == "coaps" and source_first:
+            port = sockets[0].getsockname()[1]
+            own = handshake_sockets(source_first, args.clients, port, address)
+            try:
+                handshakes(generator, own, args)
+            finally:
+                for sock in own:
+                    sock.close()
+        elif target.scheme == "coaps":
             make_handshake = handshakes(generator, sockets, args)
         elif target.scheme == TLS_SCHEME:
             tls_handshakes(generator, args, target)
