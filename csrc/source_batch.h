@@ -20,56 +20,47 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "udp_batch.h"
+
 typedef union {
     struct cmsghdr align;
     char bytes[CMSG_SPACE(sizeof(struct in_pktinfo))];
 } source_control;
 
+/* A udp_batch (slots, buffers, peer addresses) with an IP_PKTINFO control message per slot. */
 typedef struct {
+    udp_batch slots;
     int capacity;
-    int slot_size;
     int count;                      /* send side: queued datagrams */
-    struct mmsghdr *msgs;
-    struct iovec *iov;
-    struct sockaddr_in *peers;      /* received: source; queued: destination */
     source_control *controls;
-    unsigned char *buffers;
 } source_batch;
 
 static int source_batch_init(source_batch *b, int capacity, int slot_size)
 {
     memset(b, 0, sizeof(*b));
-    b->msgs = calloc((size_t)capacity, sizeof(struct mmsghdr));
-    b->iov = calloc((size_t)capacity, sizeof(struct iovec));
-    b->peers = calloc((size_t)capacity, sizeof(struct sockaddr_in));
+    if (udp_batch_init(&b->slots, capacity, slot_size) < 0)
+        return -1;
     b->controls = calloc((size_t)capacity, sizeof(source_control));
-    b->buffers = malloc((size_t)capacity * (size_t)slot_size);
-    if (!b->msgs || !b->iov || !b->peers || !b->controls || !b->buffers) {
-        free(b->msgs); free(b->iov); free(b->peers); free(b->controls); free(b->buffers);
-        memset(b, 0, sizeof(*b));
+    if (!b->controls) {
+        udp_batch_free(&b->slots);
         return -1;
     }
     b->capacity = capacity;
-    b->slot_size = slot_size;
-    for (int i = 0; i < capacity; i++) {
-        b->iov[i].iov_base = b->buffers + (size_t)i * (size_t)slot_size;
-        b->msgs[i].msg_hdr.msg_iov = &b->iov[i];
-        b->msgs[i].msg_hdr.msg_iovlen = 1;
-        b->msgs[i].msg_hdr.msg_name = &b->peers[i];
-        b->msgs[i].msg_hdr.msg_control = b->controls[i].bytes;
-    }
+    for (int i = 0; i < capacity; i++)
+        b->slots.msgs[i].msg_hdr.msg_control = b->controls[i].bytes;
     return 0;
 }
 
 static void source_batch_free(source_batch *b)
 {
-    free(b->msgs); free(b->iov); free(b->peers); free(b->controls); free(b->buffers);
+    udp_batch_free(&b->slots);
+    free(b->controls);
     memset(b, 0, sizeof(*b));
 }
 
 static inline unsigned char *source_batch_buffer(source_batch *b, int i)
 {
-    return b->buffers + (size_t)i * (size_t)b->slot_size;
+    return udp_batch_buffer(&b->slots, i);
 }
 
 /* Queue the datagram in slot b->count (its buffer already filled): from local address
@@ -78,11 +69,11 @@ static inline void source_batch_queue(source_batch *b, size_t length, const stru
                                       uint32_t source)
 {
     int i = b->count++;
-    struct msghdr *h = &b->msgs[i].msg_hdr;
+    struct msghdr *h = &b->slots.msgs[i].msg_hdr;
     struct cmsghdr *c;
     struct in_pktinfo info;
-    b->iov[i].iov_len = length;
-    b->peers[i] = *to;
+    b->slots.iov[i].iov_len = length;
+    memcpy(&b->slots.addrs[i], to, sizeof(*to));
     h->msg_namelen = sizeof(struct sockaddr_in);
     h->msg_controllen = sizeof(source_control);
     c = CMSG_FIRSTHDR(h);
@@ -98,7 +89,7 @@ static inline void source_batch_queue(source_batch *b, size_t length, const stru
 static inline uint32_t source_batch_queued_source(source_batch *b, int i)
 {
     struct in_pktinfo info;
-    memcpy(&info, CMSG_DATA(CMSG_FIRSTHDR(&b->msgs[i].msg_hdr)), sizeof(info));
+    memcpy(&info, CMSG_DATA(CMSG_FIRSTHDR(&b->slots.msgs[i].msg_hdr)), sizeof(info));
     return info.ipi_spec_dst.s_addr;
 }
 
@@ -108,7 +99,7 @@ static int source_batch_send(int fd, source_batch *b, int *failed_slot, int *fai
 {
     int done = 0, failed = 0;
     while (done < b->count) {
-        int n = sendmmsg(fd, b->msgs + done, (unsigned int)(b->count - done), MSG_DONTWAIT);
+        int n = sendmmsg(fd, b->slots.msgs + done, (unsigned int)(b->count - done), MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
@@ -129,28 +120,32 @@ static int source_batch_send(int fd, source_batch *b, int *failed_slot, int *fai
 static int source_batch_recv(int fd, source_batch *b)
 {
     for (int i = 0; i < b->capacity; i++) {
-        b->iov[i].iov_len = (size_t)b->slot_size;
-        b->msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
-        b->msgs[i].msg_hdr.msg_controllen = sizeof(source_control);
-        b->msgs[i].msg_hdr.msg_flags = 0;
+        b->slots.iov[i].iov_len = (size_t)b->slots.slot_size;
+        b->slots.msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+        b->slots.msgs[i].msg_hdr.msg_controllen = sizeof(source_control);
+        b->slots.msgs[i].msg_hdr.msg_flags = 0;
     }
-    int n = recvmmsg(fd, b->msgs, (unsigned int)b->capacity, MSG_DONTWAIT, NULL);
+    int n = recvmmsg(fd, b->slots.msgs, (unsigned int)b->capacity, MSG_DONTWAIT, NULL);
     if (n < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno;
     return n;
 }
 
-static inline unsigned int source_batch_length(source_batch *b, int i) { return b->msgs[i].msg_len; }
+static inline unsigned int source_batch_length(source_batch *b, int i)
+{
+    return udp_batch_length(&b->slots, i);
+}
+
 static inline const struct sockaddr_in *source_batch_peer(source_batch *b, int i)
 {
-    return &b->peers[i];
+    return (const struct sockaddr_in *)udp_batch_addr(&b->slots, i);
 }
 
 /* The local address (network byte order) received slot i was sent to; 0 if the kernel gave
  * no IP_PKTINFO (the socket option is off). */
 static inline uint32_t source_batch_local(source_batch *b, int i)
 {
-    struct msghdr *h = &b->msgs[i].msg_hdr;
+    struct msghdr *h = &b->slots.msgs[i].msg_hdr;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
         if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
             struct in_pktinfo info;
