@@ -40,6 +40,7 @@ import queue
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -468,12 +469,43 @@ def busy_before(run: dict[str, Any]) -> str:
     return f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!")
 
 
+def add_ratios(runs: list[dict[str, Any]]) -> None:
+    """Per run: req/srv-CPU-s relative to libcoap's with the same client count in the same
+    round (None without that run)."""
+    baseline = {
+        (r["round"], r["clients"]): r["req_per_server_cpu_s"]
+        for r in runs
+        if r["server"] == "libcoap"
+    }
+    for r in runs:
+        base = baseline.get((r["round"], r["clients"]))
+        value = r["req_per_server_cpu_s"]
+        r["vs_libcoap"] = value / base if base and value else None
+
+
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per server and client count over the rounds: medians, and the range of the ratio."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["server"], r["clients"]), []).append(r)
+    rows = []
+    for (server, clients), group in groups.items():
+        ratios = [r["vs_libcoap"] for r in group if r["vs_libcoap"] is not None]
+        rows.append({
+            "server": server, "clients": clients, "rounds": len(group),
+            "req_per_s": statistics.median(r["req_per_s"] for r in group),
+            "req_per_server_cpu_s": statistics.median(
+                r["req_per_server_cpu_s"] for r in group if r["req_per_server_cpu_s"]),
+            "vs_libcoap": statistics.median(ratios) if ratios else None,
+            "vs_libcoap_range": [min(ratios), max(ratios)] if ratios else None,
+        })  # fmt: skip
+    return rows
+
+
 def table(runs: list[dict[str, Any]]) -> str:
-    baseline = {r["clients"]: r["req_per_server_cpu_s"] for r in runs if r["server"] == "libcoap"}
     rows = []
     for r in runs:
-        base = baseline.get(r["clients"])
-        ratio = r["req_per_server_cpu_s"] / base if base and r["req_per_server_cpu_s"] else None
+        ratio = r["vs_libcoap"]
         rows.append((
             r["server"], r["clients"], r["req_per_s"], r["server_cpu_pct"],
             r["req_per_server_cpu_s"], ratio, r["p50_ms"], r["p99_ms"], r["retransmissions"],
@@ -511,6 +543,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--transport", choices=("udp", "dtls", "tcp"), default="udp")
     parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="rounds of all runs (1); with more, every ratio is against libcoap's run of the "
+        "same round and the medians are printed",
+    )  # fmt: skip
+    parser.add_argument(
         "--source-addresses", metavar="CIDR",
         help="udp, dtls: the generator's clients send from the addresses of CIDR over one socket "
         "(extclient benchmark --source-addresses), e.g. 127.1.0.0/16",
@@ -531,6 +568,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 0..{MAX_WARMUP:g}")
     if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
         parser.error("--idle-timeout 0..600, --idle-settle 1..60")
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat 1..20")
     if args.source_addresses and args.transport == "tcp":
         parser.error("--source-addresses is for --transport udp or dtls")
     return args
@@ -564,39 +603,53 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host: {info['cpus']} CPUs, load {info['loadavg']}, kernel {info['kernel']}")
     with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         try:
-            for clients in args.clients:
-                for name in args.servers:
-                    server = SERVERS[name]
-                    needs = server.dtls_needs if args.transport == "dtls" else server.needs
-                    if args.transport == "dtls" and server.dtls_command is None:
-                        errors.append(f"{name}: no DTLS server, skipped")
-                        continue
-                    if args.transport == "tcp" and server.tcp_command is None:
-                        errors.append(f"{name}: no coap+tcp server, skipped")
-                        continue
-                    if needs and not shutil.which(needs):
-                        errors.append(f"{name}: {needs} not found, skipped")
-                        continue
-                    print(f"{name}, {clients} clients ...", flush=True)
-                    try:
-                        run = measure(server, clients, args, Path(tmp))
-                    except (BenchError, subprocess.SubprocessError, OSError) as exc:
-                        errors.append(f"{name}, {clients} clients: {exc}")
-                        print(f"  failed: {exc}", flush=True)
-                        continue
-                    before = run["before"]
-                    print(
-                        f"  {run['req_per_s']:,.0f} req/s, server {run['server_cpu_pct']:.0f}% CPU"
-                        f" (load before {before['loadavg']}, busy {before['busy_pct']}%"
-                        f"{'' if before['idle'] else ', NOT IDLE'})",
-                        flush=True,
-                    )
-                    runs.append(run)
+            plan = [(n, c, name) for n in range(args.repeat) for c in args.clients
+                    for name in args.servers]  # fmt: skip
+            for round_, clients, name in plan:
+                server = SERVERS[name]
+                needs = server.dtls_needs if args.transport == "dtls" else server.needs
+                if args.transport == "dtls" and server.dtls_command is None:
+                    errors.append(f"{name}: no DTLS server, skipped")
+                    continue
+                if args.transport == "tcp" and server.tcp_command is None:
+                    errors.append(f"{name}: no coap+tcp server, skipped")
+                    continue
+                if needs and not shutil.which(needs):
+                    errors.append(f"{name}: {needs} not found, skipped")
+                    continue
+                print(f"{name}, {clients} clients, round {round_ + 1} ...", flush=True)
+                try:
+                    run = measure(server, clients, args, Path(tmp))
+                except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                    errors.append(f"{name}, {clients} clients: {exc}")
+                    print(f"  failed: {exc}", flush=True)
+                    continue
+                run["round"] = round_ + 1
+                before = run["before"]
+                print(
+                    f"  {run['req_per_s']:,.0f} req/s, server {run['server_cpu_pct']:.0f}% CPU"
+                    f" (load before {before['loadavg']}, busy {before['busy_pct']}%"
+                    f"{'' if before['idle'] else ', NOT IDLE'})",
+                    flush=True,
+                )
+                runs.append(run)
         except KeyboardInterrupt:
             errors.append("interrupted")
+    add_ratios(runs)
+    summary = medians(runs) if args.repeat > 1 else []
     if runs:
         print()
         print(table(runs))
+    if summary:
+        print(f"\nmedians over {args.repeat} rounds (ratio: per round, against libcoap's run):")
+        for m in summary:
+            ratio = m["vs_libcoap"]
+            spread = m["vs_libcoap_range"]
+            print(
+                f"{m['server']:>10} {m['clients']:>5}: {m['req_per_s']:,.0f} req/s, "
+                f"{m['req_per_server_cpu_s']:,.0f} req/srv-CPU-s"
+                + (f", {ratio:.2f}x libcoap ({spread[0]:.2f} .. {spread[1]:.2f})" if ratio else "")
+            )
     for error in errors:
         print(f"note: {error}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -612,7 +665,10 @@ def main(argv: list[str] | None = None) -> int:
         "generator_cpu": GENERATOR_CPU,
     }
     out.write_text(
-        json.dumps({"host": info, "settings": settings, "runs": runs, "notes": errors}, indent=2)
+        json.dumps(
+            {"host": info, "settings": settings, "runs": runs, "medians": summary, "notes": errors},
+            indent=2,
+        )
         + "\n"
     )
     print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
