@@ -292,6 +292,14 @@ def test_coaps_with_source_addresses(bench_server, tmp_path):
     )  # fmt: skip
     assert result["success"] == 1000 and result["transmission_errors"] == 0
     assert any(line.startswith("Benchmark clients handshakes: 100 in ") for line in lines)
+    # full 1024-byte blocks up (Block1) in records on the shared socket
+    blocks = run_benchmark(
+        coaps_uri(bench_server, "benchmark?rlen=40"),
+        "--clients", "5", "--requests", "3", "--payload-random", "3000", "--blocksize", "1024",
+        "--source-addresses", "127.5.1.0/24",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert blocks["success"] == 15 and blocks["blocks"] == 15 * 2
 
 
 def test_coaps_psk_store_and_certificates(bench_server, tmp_path):

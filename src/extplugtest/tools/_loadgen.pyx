@@ -246,7 +246,7 @@ cdef enum:
     TX_CAPACITY = 131072        # unsent bytes per connection; more: the connection is given up
     FRAME_ROOM = 8              # a frame is at most this much longer than its datagram
     # --source-addresses
-    SOURCE_TX_BATCH = 256       # datagrams per sendmmsg (flushed before every epoll_wait)
+    SOURCE_TX_BATCH = 256       # datagrams per sendmmsg (flushed before the loop waits)
     SOURCE_RX_BATCH = 128       # datagrams per recvmmsg
     SOURCE_RX_ROUNDS = 8        # recvmmsg calls per readiness before timers get a turn
     CODE_NOT_IMPLEMENTED = 0xA1  # 5.01, for a request of the server
@@ -1917,8 +1917,10 @@ cdef class LoadGenerator:
         self.e.server.sin_family = AF_INET
         self.e.server.sin_addr.s_addr = htonl(int(ipaddress.IPv4Address(host)))
         self.e.server.sin_port = htons(port)
-        if (source_batch_init(&self.e.source_tx, SOURCE_TX_BATCH, DATAGRAM_SIZE) < 0
-                or source_batch_init(&self.e.source_rx, SOURCE_RX_BATCH, DATAGRAM_SIZE) < 0):
+        # Slots hold a whole datagram: a DTLS record around a message of up to DATAGRAM_SIZE.
+        if (source_batch_init(&self.e.source_tx, SOURCE_TX_BATCH, DATAGRAM_SIZE + RECORD_ROOM) < 0
+                or source_batch_init(&self.e.source_rx, SOURCE_RX_BATCH,
+                                     DATAGRAM_SIZE + RECORD_ROOM) < 0):
             raise MemoryError()
         self.e.source_first = first
         self.e.source_fd = fds[0]
