@@ -93,9 +93,9 @@ static inline uint32_t source_batch_queued_source(source_batch *b, int i)
     return info.ipi_spec_dst.s_addr;
 }
 
-/* Send all queued datagrams (the batch is emptied). Returns how many the kernel refused;
- * the first refused slot's index and errno go to *failed_slot / *failed_errno. */
-static int source_batch_send(int fd, source_batch *b, int *failed_slot, int *failed_errno)
+/* Send all queued datagrams (the batch is emptied). Returns how many the kernel refused; the
+ * refused slots' indexes and errnos go to failed_slots / failed_errnos (capacity entries). */
+static int source_batch_send(int fd, source_batch *b, int *failed_slots, int *failed_errnos)
 {
     int done = 0, failed = 0;
     while (done < b->count) {
@@ -103,10 +103,9 @@ static int source_batch_send(int fd, source_batch *b, int *failed_slot, int *fai
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            if (failed++ == 0) {
-                *failed_slot = done;
-                *failed_errno = errno;
-            }
+            failed_slots[failed] = done;
+            failed_errnos[failed] = n < 0 ? errno : EAGAIN;
+            failed++;
             done++;             /* skip the datagram the kernel refused, try the rest */
             continue;
         }

@@ -26,7 +26,7 @@ cdef extern from "source_batch.h" nogil:
     void source_batch_queue(source_batch* b, size_t length, const sockaddr_in* to,
                             uint32_t source)
     uint32_t source_batch_queued_source(source_batch* b, int i)
-    int source_batch_send(int fd, source_batch* b, int* failed_slot, int* failed_errno)
+    int source_batch_send(int fd, source_batch* b, int* failed_slots, int* failed_errnos)
     int source_batch_recv(int fd, source_batch* b)
     unsigned int source_batch_length(source_batch* b, int i)
     const sockaddr_in* source_batch_peer(source_batch* b, int i)

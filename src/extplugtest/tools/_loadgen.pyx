@@ -450,13 +450,16 @@ cdef void queue_from_source(Engine* e, Client* c, const uint8_t* message,
 cdef void flush_sources(Engine* e) noexcept nogil:
     """Send what the clients queued; a refused datagram is lost like a dropped one (a CON is
     retransmitted) and counted as a socket error of its client."""
-    cdef int slot = 0, err = 0
-    cdef uint32_t source
+    cdef int slots[SOURCE_TX_BATCH]
+    cdef int errors[SOURCE_TX_BATCH]
+    cdef int i, failed
+    cdef uint32_t client
     if e.source_tx.count == 0:
         return
-    if source_batch_send(e.source_fd, &e.source_tx, &slot, &err) > 0:
-        source = ntohl(source_batch_queued_source(&e.source_tx, slot)) - e.source_first
-        socket_error(e, &e.clients[source], err)
+    failed = source_batch_send(e.source_fd, &e.source_tx, slots, errors)
+    for i in range(failed):     # the slots keep their source address until the next queue
+        client = ntohl(source_batch_queued_source(&e.source_tx, slots[i])) - e.source_first
+        socket_error(e, &e.clients[client], errors[i])
 
 
 cdef int read_sources(Engine* e) noexcept nogil:
