@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -74,13 +75,16 @@ from cpu_budget import CpuBudget, CpuBudgetError
 from extplugtest.coap._codec import Message, parse
 from extplugtest.dtls.handshake_client import ClientHandshake
 from throughput import (
+    BenchError,
     Processes,
+    Step,
     box_cpu,
     busy_before,
     format_table,
     host_info,
     load_average,
     process_cpu,
+    run_plan,
     sleep_until,
     start_generator,
     stop_on_sigterm,
@@ -110,10 +114,6 @@ NODE_KEYS = (
     "handshakes succeeded",
 )
 CONTENT = 0x45
-
-
-class BenchError(Exception):
-    pass
 
 
 # -- DTLS helpers (our sans-IO client) -------------------------------------------------------
@@ -569,31 +569,18 @@ def main(argv: list[str] | None = None) -> int:
         f"host: {info['cpus']} CPUs, load {load_average()}, kernel {info['kernel']}; "
         f"nodes on CPU {NODE_CPU}, generator on CPU {LOAD_CPU}, NAT on CPU {args.nat_cpu}"
     )
-    runs: list[dict[str, Any]] = []
     errors: list[str] = []
     with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="cluster-throughput-") as tmp:
-        try:
-            rounds = range(args.repeat)
-            plan = [(c, n, s) for c in args.clients for n in rounds for s in args.setups]
-            for clients, round_, setup in plan:
-                print(f"{setup}, {clients} clients, round {round_ + 1} ...", flush=True)
-                try:
-                    run = measure(setup, clients, args, Path(tmp))
-                except (BenchError, subprocess.SubprocessError, OSError) as exc:
-                    errors.append(f"{setup}, {clients} clients, round {round_ + 1}: {exc}")
-                    print(f"  failed: {exc}", flush=True)
-                    continue
-                run["round"] = round_ + 1
-                before = run["before"]
-                print(
-                    f"  {run['req_per_s']:,.0f} req/s, nodes {run['nodes_cpu_pct']:.0f}% CPU, "
-                    f"NAT {run['nat_cpu_pct']:.0f}% (load before {before['loadavg']}, "
-                    f"busy {before['busy_pct']}%{'' if before['idle'] else ', NOT IDLE'})",
-                    flush=True,
-                )
-                runs.append(run)
-        except KeyboardInterrupt:
-            errors.append("interrupted")
+        steps = [
+            Step(
+                round_, f"{setup}, {clients} clients",
+                functools.partial(measure, setup, clients, args, Path(tmp)),
+                lambda run: f"{run['req_per_s']:,.0f} req/s, nodes {run['nodes_cpu_pct']:.0f}% "
+                f"CPU, NAT {run['nat_cpu_pct']:.0f}%",
+            )
+            for clients in args.clients for round_ in range(args.repeat) for setup in args.setups
+        ]  # fmt: skip
+        runs = run_plan(steps, errors)
     penalties(runs)
     medians = summary(runs) if args.repeat > 1 else []
     if runs:

@@ -25,6 +25,7 @@ at the end, also on Ctrl-C or an error. Results: a table, and
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -40,7 +41,9 @@ from typing import IO, Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from responder import build_responder
 from throughput import (
+    BenchError,
     Processes,
+    Step,
     box_cpu,
     busy_before,
     coap_ping,
@@ -49,6 +52,7 @@ from throughput import (
     host_info,
     load_average,
     process_cpu,
+    run_plan,
     sleep_until,
     start_generator,
     stop_on_sigterm,
@@ -67,8 +71,23 @@ START_TIMEOUT = 60.0  # 2000 client sockets and their first request
 MAX_DURATION = 60.0
 
 
-class BenchError(Exception):
-    pass
+def backend_available(kind: str, responder: Path | None, errors: list[str]) -> bool:
+    """Whether backend *kind* can run here; if not, a note says why."""
+    if kind == "c" and responder is None:
+        errors.append("c: no C compiler, skipped")
+        return False
+    if kind == "libcoap" and not shutil.which("coap-server-notls"):
+        errors.append("libcoap: coap-server-notls not found, skipped")
+        return False
+    return True
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    dgrams = run["datagrams_per_s"]
+    figures = f"{run['req_per_s']:,.0f} req/s"
+    if dgrams:
+        figures += f", {dgrams:,.0f} datagrams/s, NAT {run['nat_cpu_pct']:.0f}% CPU"
+    return figures
 
 
 def backend_command(kind: str, port: int, responder: Path | None) -> list[str]:
@@ -282,40 +301,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     info = host_info()
     print(f"host: {info['cpus']} CPUs, load {load_average()}, kernel {info['kernel']}")
-    runs: list[dict[str, Any]] = []
     errors: list[str] = []
     with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="nat-throughput-") as tmp:
         work = Path(tmp)
-        try:
-            responder = build_responder(work) if "c" in args.backends else None
-            for kind in args.backends:
-                if kind == "c" and responder is None:
-                    errors.append("c: no C compiler, skipped")
-                    continue
-                if kind == "libcoap" and not shutil.which("coap-server-notls"):
-                    errors.append("libcoap: coap-server-notls not found, skipped")
-                    continue
-                for mode in args.modes:
-                    print(f"{kind} {mode}, {args.clients} clients ...", flush=True)
-                    try:
-                        run = measure(kind, mode, args, work, responder)
-                    except (BenchError, subprocess.SubprocessError, OSError) as exc:
-                        errors.append(f"{kind} {mode}: {exc}")
-                        print(f"  failed: {exc}", flush=True)
-                        continue
-                    dgrams = run["datagrams_per_s"]
-                    print(
-                        f"  {run['req_per_s']:,.0f} req/s"
-                        + (
-                            f", {dgrams:,.0f} datagrams/s, NAT {run['nat_cpu_pct']:.0f}% CPU"
-                            if dgrams
-                            else ""
-                        ),
-                        flush=True,
-                    )
-                    runs.append(run)
-        except KeyboardInterrupt:
-            errors.append("interrupted")
+        responder = build_responder(work) if "c" in args.backends else None
+        backends = [kind for kind in args.backends if backend_available(kind, responder, errors)]
+        steps = [
+            Step(
+                0, f"{kind} {mode}, {args.clients} clients",
+                functools.partial(measure, kind, mode, args, work, responder),
+                describe_run,
+            )
+            for kind in backends for mode in args.modes
+        ]  # fmt: skip
+        runs = run_plan(steps, errors)
     if runs:
         print()
         print(table(runs))

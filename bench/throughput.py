@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -469,6 +470,20 @@ def busy_before(run: dict[str, Any]) -> str:
     return f"{before['busy_pct']:.0f}%" + ("" if before["idle"] else "!")
 
 
+def available(server: Server, transport: str, errors: list[str]) -> bool:
+    """Whether *server* can run over *transport* here; if not, a note says why."""
+    needs = server.dtls_needs if transport == "dtls" else server.needs
+    if transport == "dtls" and server.dtls_command is None:
+        errors.append(f"{server.name}: no DTLS server, skipped")
+    elif transport == "tcp" and server.tcp_command is None:
+        errors.append(f"{server.name}: no coap+tcp server, skipped")
+    elif needs and not shutil.which(needs):
+        errors.append(f"{server.name}: {needs} not found, skipped")
+    else:
+        return True
+    return False
+
+
 def add_ratios(runs: list[dict[str, Any]]) -> None:
     """Per run: req/srv-CPU-s relative to libcoap's with the same client count in the same
     round (None without that run)."""
@@ -575,6 +590,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass
+class Step:
+    """One measurement of a runner's plan: *measure* returns the run's figures (with the idle
+    wait's ``before``), *describe* the progress line's figures for it."""
+
+    round: int  # 0-based
+    label: str  # what is measured, e.g. "ours, 50 clients"
+    measure: Callable[[], dict[str, Any]]
+    describe: Callable[[dict[str, Any]], str]
+
+
+def run_plan(steps: list[Step], errors: list[str]) -> list[dict[str, Any]]:
+    """Measure the steps in turn with a progress line each; a failed step becomes a note in
+    *errors* and the plan goes on, Ctrl-C ends it. Every run gets its ``round`` (1-based)."""
+    runs: list[dict[str, Any]] = []
+    try:
+        for step in steps:
+            where = f"{step.label}, round {step.round + 1}"
+            print(f"{where} ...", flush=True)
+            try:
+                run = step.measure()
+            except (BenchError, subprocess.SubprocessError, OSError) as exc:
+                errors.append(f"{where}: {exc}")
+                print(f"  failed: {exc}", flush=True)
+                continue
+            run["round"] = step.round + 1
+            before = run["before"]
+            print(
+                f"  {step.describe(run)} (load before {before['loadavg']}, busy "
+                f"{before['busy_pct']}%{'' if before['idle'] else ', NOT IDLE'})",
+                flush=True,
+            )
+            runs.append(run)
+    except KeyboardInterrupt:
+        errors.append("interrupted")
+    return runs
+
+
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt so that the cleanup runs for it too."""
@@ -597,44 +650,21 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("taskset"):
         print("needs taskset (util-linux)", file=sys.stderr)
         return 1
-    runs: list[dict[str, Any]] = []
     errors: list[str] = []
     info = host_info()
     print(f"host: {info['cpus']} CPUs, load {info['loadavg']}, kernel {info['kernel']}")
+    servers = [name for name in args.servers if available(SERVERS[name], args.transport, errors)]
     with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
-        try:
-            plan = [(n, c, name) for n in range(args.repeat) for c in args.clients
-                    for name in args.servers]  # fmt: skip
-            for round_, clients, name in plan:
-                server = SERVERS[name]
-                needs = server.dtls_needs if args.transport == "dtls" else server.needs
-                if args.transport == "dtls" and server.dtls_command is None:
-                    errors.append(f"{name}: no DTLS server, skipped")
-                    continue
-                if args.transport == "tcp" and server.tcp_command is None:
-                    errors.append(f"{name}: no coap+tcp server, skipped")
-                    continue
-                if needs and not shutil.which(needs):
-                    errors.append(f"{name}: {needs} not found, skipped")
-                    continue
-                print(f"{name}, {clients} clients, round {round_ + 1} ...", flush=True)
-                try:
-                    run = measure(server, clients, args, Path(tmp))
-                except (BenchError, subprocess.SubprocessError, OSError) as exc:
-                    errors.append(f"{name}, {clients} clients: {exc}")
-                    print(f"  failed: {exc}", flush=True)
-                    continue
-                run["round"] = round_ + 1
-                before = run["before"]
-                print(
-                    f"  {run['req_per_s']:,.0f} req/s, server {run['server_cpu_pct']:.0f}% CPU"
-                    f" (load before {before['loadavg']}, busy {before['busy_pct']}%"
-                    f"{'' if before['idle'] else ', NOT IDLE'})",
-                    flush=True,
-                )
-                runs.append(run)
-        except KeyboardInterrupt:
-            errors.append("interrupted")
+        steps = [
+            Step(
+                round_, f"{name}, {clients} clients",
+                functools.partial(measure, SERVERS[name], clients, args, Path(tmp)),
+                lambda run: f"{run['req_per_s']:,.0f} req/s, server "
+                f"{run['server_cpu_pct']:.0f}% CPU",
+            )
+            for round_ in range(args.repeat) for clients in args.clients for name in servers
+        ]  # fmt: skip
+        runs = run_plan(steps, errors)
     add_ratios(runs)
     summary = medians(runs) if args.repeat > 1 else []
     if runs:
