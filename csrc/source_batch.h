@@ -46,8 +46,18 @@ static int source_batch_init(source_batch *b, int capacity, int slot_size)
         return -1;
     }
     b->capacity = capacity;
-    for (int i = 0; i < capacity; i++)
-        b->slots.msgs[i].msg_hdr.msg_control = b->controls[i].bytes;
+    /* Every slot's control message is an IP_PKTINFO; sending only sets its address, a receive
+     * overwrites it. */
+    for (int i = 0; i < capacity; i++) {
+        struct msghdr *h = &b->slots.msgs[i].msg_hdr;
+        struct cmsghdr *c;
+        h->msg_control = b->controls[i].bytes;
+        h->msg_controllen = sizeof(source_control);
+        c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+    }
     return 0;
 }
 
@@ -63,34 +73,27 @@ static inline unsigned char *source_batch_buffer(source_batch *b, int i)
     return udp_batch_buffer(&b->slots, i);
 }
 
+static inline struct in_pktinfo *source_batch_info(source_batch *b, int i)
+{
+    return (struct in_pktinfo *)CMSG_DATA((struct cmsghdr *)b->controls[i].bytes);
+}
+
 /* Queue the datagram in slot b->count (its buffer already filled): from local address
  * `source` to `to` (both in network byte order). */
 static inline void source_batch_queue(source_batch *b, size_t length, const struct sockaddr_in *to,
                                       uint32_t source)
 {
     int i = b->count++;
-    struct msghdr *h = &b->slots.msgs[i].msg_hdr;
-    struct cmsghdr *c;
-    struct in_pktinfo info;
     b->slots.iov[i].iov_len = length;
     memcpy(&b->slots.addrs[i], to, sizeof(*to));
-    h->msg_namelen = sizeof(struct sockaddr_in);
-    h->msg_controllen = sizeof(source_control);
-    c = CMSG_FIRSTHDR(h);
-    c->cmsg_level = IPPROTO_IP;
-    c->cmsg_type = IP_PKTINFO;
-    c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
-    memset(&info, 0, sizeof(info));
-    info.ipi_spec_dst.s_addr = source;
-    memcpy(CMSG_DATA(c), &info, sizeof(info));
+    b->slots.msgs[i].msg_hdr.msg_namelen = sizeof(*to);
+    source_batch_info(b, i)->ipi_spec_dst.s_addr = source;
 }
 
 /* The source address (network byte order) of queued slot i. */
 static inline uint32_t source_batch_queued_source(source_batch *b, int i)
 {
-    struct in_pktinfo info;
-    memcpy(&info, CMSG_DATA(CMSG_FIRSTHDR(&b->slots.msgs[i].msg_hdr)), sizeof(info));
-    return info.ipi_spec_dst.s_addr;
+    return source_batch_info(b, i)->ipi_spec_dst.s_addr;
 }
 
 /* Send all queued datagrams (the batch is emptied). Returns how many the kernel refused; the

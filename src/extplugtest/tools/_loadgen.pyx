@@ -414,34 +414,40 @@ cdef void transmit(Engine* e, Client* c, Exchange* x) noexcept nogil:
 cdef void client_send(Engine* e, Client* c, const uint8_t* message,
                       Py_ssize_t length) noexcept nogil:
     """Send one CoAP message of the client: as it is (coap), or in one DTLS application
-    record of its session (coaps)."""
+    record of its session (coaps). With source addresses the datagram is built in the next
+    slot of the shared socket's batch (sealed there, or copied: the template is patched again
+    for the next request) and leaves with the batch."""
     cdef uint8_t record[DATAGRAM_SIZE + RECORD_ROOM]
+    cdef uint8_t* out = record
     cdef Py_ssize_t sealed
+    if e.source_fd >= 0:
+        out = source_batch_buffer(&e.source_tx, e.source_tx.count)
     if c.cipher != NULL:
         sealed = (<AeadCipher>c.cipher).seal_into(
             (<AeadCipher>c.cipher).epoch, c.write_seq, APPLICATION_DATA, message, length,
             (<AeadCipher>c.cipher).write_cid_data, (<AeadCipher>c.cipher).write_cid_length,
-            record, DATAGRAM_SIZE + RECORD_ROOM)
+            out, DATAGRAM_SIZE + RECORD_ROOM)
         if sealed < 0:
             e.total.dtls_dropped += 1
             return
         c.write_seq += 1
-        message = record
+        message = out
         length = sealed
+    elif e.source_fd >= 0:
+        memcpy(out, message, length)
     if e.source_fd >= 0:
-        queue_from_source(e, c, message, length)
+        queue_from_source(e, c, length)
         return
     if send(c.fd, message, length, MSG_NOSIGNAL) < 0:
         # Lost like a dropped datagram: a CON is retransmitted, a NON times out.
         socket_error(e, c, errno)
 
 
-cdef void queue_from_source(Engine* e, Client* c, const uint8_t* message,
-                            Py_ssize_t length) noexcept nogil:
-    """--source-addresses: queue the client's datagram, from its own address, for the next
-    sendmmsg of the shared socket (before the loop waits, or when the batch is full)."""
+cdef void queue_from_source(Engine* e, Client* c, Py_ssize_t length) noexcept nogil:
+    """--source-addresses: queue the client's datagram (in the next slot already), from its
+    own address, for the next sendmmsg of the shared socket (before the loop waits, or when
+    the batch is full)."""
     cdef int index = <int>(c - e.clients)
-    memcpy(source_batch_buffer(&e.source_tx, e.source_tx.count), message, length)
     source_batch_queue(&e.source_tx, length, &e.server, htonl(e.source_first + <uint32_t>index))
     if e.source_tx.count == e.source_tx.capacity:
         flush_sources(e)
@@ -469,6 +475,7 @@ cdef int read_sources(Engine* e) noexcept nogil:
     cdef const sockaddr_in* peer
     cdef Client* c
     cdef uint32_t index
+    cdef uint64_t now
     cdef int i, n, _round, taken = 0
     for _round in range(SOURCE_RX_ROUNDS):
         n = source_batch_recv(e.source_fd, &e.source_rx)
@@ -476,6 +483,7 @@ cdef int read_sources(Engine* e) noexcept nogil:
             e.total.socket_errors += 1
             return taken
         taken += n
+        now = monotonic_ns()        # one arrival time for the datagrams of one recvmmsg
         for i in range(n):
             peer = source_batch_peer(&e.source_rx, i)
             index = ntohl(source_batch_local(&e.source_rx, i)) - e.source_first
@@ -486,10 +494,10 @@ cdef int read_sources(Engine* e) noexcept nogil:
                 continue
             c = &e.clients[index]
             if c.cipher != NULL:
-                on_records(e, c, monotonic_ns(), source_batch_buffer(&e.source_rx, i),
+                on_records(e, c, now, source_batch_buffer(&e.source_rx, i),
                            source_batch_length(&e.source_rx, i))
             else:
-                on_datagram(e, c, monotonic_ns(), source_batch_buffer(&e.source_rx, i),
+                on_datagram(e, c, now, source_batch_buffer(&e.source_rx, i),
                             source_batch_length(&e.source_rx, i))
         if n < e.source_rx.capacity:
             break
