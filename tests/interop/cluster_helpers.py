@@ -75,10 +75,11 @@ def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
             process.wait(timeout=timeout)
 
 
-def answers_hello(address: Address, timeout: float = 0.2) -> bool:
-    """True if *address* answers a ClientHello (a node: with a HelloVerifyRequest)."""
+def answers_hello(address: Address, timeout: float = 0.2, bind: str = LOOPBACK) -> bool:
+    """True if *address* answers a ClientHello (a node: with a HelloVerifyRequest) sent from
+    *bind*."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((bind, 0))
         sock.settimeout(timeout)
         try:
             sock.sendto(ClientHandshake(PSK_IDENTITY, PSK_SECRET).start(), address)

@@ -31,13 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.interop.cluster_helpers import (
-    PSK_IDENTITY,
-    PSK_SECRET,
-    Address,
     DtlsClient,
+    answers_hello,
 )
-
-from extplugtest.dtls.handshake_client import ClientHandshake
 
 BIND = sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0"
 
@@ -65,24 +61,13 @@ def describe(index: int) -> dict:
     }
 
 
-def answers_hello(peer: Address, timeout: float = 0.2) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((BIND, 0))
-        sock.settimeout(timeout)
-        try:
-            sock.sendto(ClientHandshake(PSK_IDENTITY, PSK_SECRET).start(), peer)
-            return len(sock.recv(4096)) > 0
-        except OSError:
-            return False
-
-
 def ready(command: dict) -> dict:
     peers = [tuple(peer) for peer in command["peers"]]
     deadline = time.monotonic() + float(command.get("timeout", 15.0))
     done = [False] * len(peers)
     while not all(done) and time.monotonic() < deadline:
         for i, peer in enumerate(peers):
-            done[i] = done[i] or answers_hello(peer)
+            done[i] = done[i] or answers_hello(peer, bind=BIND)
         if not all(done):
             time.sleep(0.05)
     return {"ready": done}
