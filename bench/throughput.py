@@ -93,6 +93,11 @@ def ours_command(port: int) -> list[str]:
             "--coap-port", str(port)]  # fmt: skip
 
 
+def ours_epoll_command(port: int) -> list[str]:
+    """Our server with its TCP sockets on epoll instead of io_uring (the A/B of the backend)."""
+    return ["env", "EXTPLUGTEST_TCP_IO=epoll", *ours_command(port)]
+
+
 def libcoap_command(port: int) -> list[str]:
     # -d 10: up to 10 resources may be created by PUT (see libcoap_setup)
     return ["coap-server-notls", "-A", LOOPBACK, "-p", str(port), "-d", "10"]
@@ -136,6 +141,12 @@ SERVERS = {
         needs=str(VENV_BIN / "extserver"),
         dtls_command=ours_command,
         tcp_command=ours_command,  # --tcp is on by default: TCP on the UDP port
+    ),
+    "ours-epoll": Server(
+        "ours-epoll",
+        ours_epoll_command,
+        needs=str(VENV_BIN / "extserver"),
+        tcp_command=ours_epoll_command,
     ),
     "libcoap": Server(
         "libcoap",

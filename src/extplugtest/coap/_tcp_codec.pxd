@@ -5,7 +5,7 @@
 # UDP. TcpEngine is the per-connection message layer: framing, signalling (§5), requests to a
 # FastResource or to the Python endpoint, bounded buffers and the connection limits.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from extplugtest.coap._codec cimport Message, MessageView
 from extplugtest.coap._udp cimport FastResource
 
@@ -67,6 +67,8 @@ cdef struct TcpCounters:
     unsigned long long fast_path
     unsigned long long slow_path
     unsigned long long handler_errors
+    unsigned long long ring_rearms
+    unsigned long long ring_submit_errors
 
 cdef class TcpConnection:
     cdef readonly object peer
@@ -93,6 +95,15 @@ cdef class TcpConnection:
     cdef bint congested                 # frames wait in rx until the peer takes our answers
     cdef bint reading
     cdef bint writing
+    # io_uring backend: a multishot receive stays armed; one send is in flight at a time, from
+    # `flight`, while what comes meanwhile collects in `tx`. Each request in flight holds a
+    # reference to the connection.
+    cdef uint8_t* flight
+    cdef Py_ssize_t flight_length
+    cdef Py_ssize_t flight_offset       # of it, taken by the socket so far
+    cdef Py_ssize_t flight_capacity
+    cdef int ring_ops
+    cdef bint armed
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -102,10 +113,44 @@ cdef extern from "<sys/epoll.h>" nogil:
         uint32_t events
         epoll_data_t data
 
+cdef extern from "io_ring.h" nogil:
+    ctypedef struct xr_ring:
+        int fd
+    struct xr_sqe:
+        pass
+    struct xr_cqe:
+        uint64_t user_data
+        int res
+        uint32_t flags
+    enum:
+        XR_CQE_F_BUFFER
+        XR_CQE_F_MORE
+        XR_CQE_BUFFER_SHIFT
+    int xr_open(xr_ring* r, unsigned entries, unsigned buf_count, unsigned buf_size)
+    void xr_close(xr_ring* r)
+    xr_sqe* xr_get_sqe(xr_ring* r)
+    void xr_prep_recv_multishot(xr_sqe* sqe, int fd, uint64_t user_data)
+    void xr_prep_send(xr_sqe* sqe, int fd, const void* data, uint32_t length, int msg_flags,
+                      uint64_t user_data)
+    void xr_prep_cancel(xr_sqe* sqe, uint64_t target)
+    uint32_t xr_pending(const xr_ring* r)
+    int xr_submit(xr_ring* r, unsigned wait_nr)
+    bint xr_work_waiting(const xr_ring* r)
+    uint32_t xr_cq_head(const xr_ring* r)
+    uint32_t xr_cq_tail(const xr_ring* r)
+    const xr_cqe* xr_cqe_at(const xr_ring* r, uint32_t index)
+    void xr_cq_advance(xr_ring* r, uint32_t head)
+    int xr_cq_find(const xr_ring* r, uint64_t user_data, int* res)
+    void xr_buf_recycle(xr_ring* r, uint16_t bid)
+    const uint8_t* xr_buffer(const xr_ring* r, uint16_t bid)
+
 cdef class TcpEngine:
     cdef object endpoint
     cdef object on_close
-    cdef int epfd                       # the plain sockets' epoll set
+    cdef int epfd                       # the plain sockets' epoll set (epoll backend)
+    cdef xr_ring ring                   # their io_uring (io_uring backend)
+    cdef readonly bint uring
+    cdef Py_ssize_t ring_ops            # requests in flight on the ring
     cdef epoll_event* events
     cdef list closing                   # closed during one poll, kept alive until its end
     cdef bint polling
@@ -153,3 +198,18 @@ cdef class TcpEngine:
     cdef int _abort(self, TcpConnection conn, bytes text, int bad_csm_option,
                     int reason) except -1
     cdef int _close(self, TcpConnection conn, int reason) except -1
+    cdef xr_sqe* _ring_sqe(self) except NULL
+    cdef int _ring_submit(self) except -1
+    cdef int _ring_kick(self) except -1
+    cdef int _ring_arm(self, TcpConnection conn) except -1
+    cdef int _ring_cancel(self, TcpConnection conn, int op) except -1
+    cdef int _ring_send(self, TcpConnection conn) except -1
+    cdef int _ring_write(self, TcpConnection conn, const uint8_t* data,
+                         Py_ssize_t length) except -1
+    cdef int _ring_release(self, TcpConnection conn) except -1
+    cdef Py_ssize_t _ring_reap(self) except -1
+    cdef int _ring_complete(self, TcpConnection conn, int op, int res,
+                            uint32_t flags) except -1
+    cdef int _ring_input(self, TcpConnection conn, const uint8_t* data,
+                         Py_ssize_t length) except -1
+    cdef int _ring_close(self, TcpConnection conn) except -1

@@ -10,25 +10,29 @@ on both transports; signalling options (class 7) have their own number space (§
 raw.
 
 ``TcpEngine`` is the message layer of one endpoint's connections. Plain TCP sockets are read and
-written from C: they sit in the engine's own epoll set, whose descriptor the event loop watches,
-so one wake-up serves every ready connection (``poll``); TLS streams are fed by their asyncio
-protocol and written through its transport. Per read: every complete frame
-is handled (the incomplete rest is kept, bounded by the Max-Message-Size we announce), and the
-answers leave with one write. Signalling (§5): a CSM goes out first on every connection, the
-peer's CSM sets its Max-Message-Size and Block-wise-Transfer, Ping gets a Pong with the same
-token, Release closes after the answers, Abort closes at once; a malformed or oversized message,
-an unknown critical signalling option or a bad CSM is answered with Abort (§5.6). Requests go to a
-FastResource or to the Python endpoint; responses to the endpoint's own requests are matched by
-token there. Unsent bytes are bounded per connection: reading pauses above a quarter of the
-bound, and the connection is closed when it is exceeded. ``sweep`` closes idle, slow (an
-incomplete frame for too long, or no message at all) and stalled connections; all is counted.
+written from C, with one of two I/O backends whose descriptor the event loop watches, so one
+wake-up serves every ready connection (``poll``): io_uring where the kernel allows it (a
+multishot receive per connection into provided buffers, one send in flight per connection, the
+sends of a round submitted together: csrc/io_ring.h), else an epoll set with recv and send.
+TLS streams are fed by their asyncio protocol and written through its transport. Per read:
+every complete frame is handled (the incomplete rest is kept, bounded by the Max-Message-Size
+we announce), and the answers leave with one write. Signalling (§5): a CSM goes out first on
+every connection, the peer's CSM sets its Max-Message-Size and Block-wise-Transfer, Ping gets a
+Pong with the same token, Release closes after the answers, Abort closes at once; a malformed or
+oversized message, an unknown critical signalling option or a bad CSM is answered with Abort
+(§5.6). Requests go to a FastResource or to the Python endpoint; responses to the endpoint's own
+requests are matched by token there. Unsent bytes are bounded per connection: reading pauses
+above a quarter of the bound, and the connection is closed when it is exceeded. ``sweep`` closes
+idle, slow (an incomplete frame for too long, or no message at all) and stalled connections;
+all is counted.
 """
 
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.errno cimport EAGAIN, EINTR, errno
-from libc.stdint cimport uint8_t, uint32_t
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
@@ -42,6 +46,7 @@ from extplugtest.coap._codec import MessageFormatError
 
 cdef extern from "<errno.h>" nogil:
     int EWOULDBLOCK
+    int ECANCELED
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void* buf, size_t n, int flags)
@@ -64,6 +69,14 @@ cdef extern from "<sys/epoll.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
 
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, unsigned long nfds, int timeout)
+    short POLLIN
+
 logger = logging.getLogger("extplugtest.coap.tcp")
 
 DEF READ_SIZE = 65536           # bytes asked for per recv
@@ -71,6 +84,14 @@ DEF OUT_CAPACITY = 65536        # answers collected per read before they are wri
 DEF RESPONSE_CAPACITY = 4096    # a FastResource answer (its payload is at most 1024 bytes)
 DEF MAX_EVENTS = 256            # socket events per epoll_wait
 DEF MAX_ROUNDS = 4              # epoll_waits per wake-up, so that other callbacks get their turn
+DEF RING_ENTRIES = 1024         # io_uring submission slots (4x as many completion slots)
+DEF RING_BUFFERS = 1024         # provided receive buffers (a power of two) ...
+DEF RING_BUFFER_SIZE = 4096     # ... of this size: a recv completes with at most one
+DEF OP_RECV = 1                 # io_uring requests carry the connection and one of these
+DEF OP_SEND = 2
+
+#: I/O backends of the engine's plain sockets ("auto": io_uring where the kernel allows it).
+IO_BACKENDS = ("auto", "io_uring", "epoll")
 
 #: Signalling codes (RFC 8323 §11.1) for users of the Python API.
 CSM = SIGNAL_CSM
@@ -466,6 +487,7 @@ cdef class TcpConnection:
     def __dealloc__(self):
         free(self.rx)
         free(self.tx)
+        free(self.flight)
 
     @property
     def bert(self) -> bool:
@@ -482,7 +504,7 @@ cdef class TcpConnection:
         """Bytes handed over for sending that the peer has not taken yet."""
         if self.transport is not None and not self.closed:
             return self.transport.get_write_buffer_size()
-        return self.tx_length
+        return self.tx_length + self.flight_length - self.flight_offset
 
     @property
     def reading_paused(self) -> bool:
@@ -499,13 +521,18 @@ cdef class TcpEngine:
     one later) and ``on_response(message, peer)``; *on_close(peer)* is told about every closed
     connection (its observations end, §7). *max_message_size* is announced in our CSM and
     bounds every received frame; *max_pending* bounds the unsent bytes of a connection;
-    *max_response_payload* is what a FastResource may answer in one message.
+    *max_response_payload* is what a FastResource may answer in one message. *io* picks the
+    I/O backend of plain sockets (``IO_BACKENDS``); ``io_backend`` says which one runs.
     """
 
     def __cinit__(self, endpoint, FastResource fast=None,
                   Py_ssize_t max_message_size=9216, Py_ssize_t max_pending=262144,
-                  Py_ssize_t max_response_payload=1024, on_close=None):
+                  Py_ssize_t max_response_payload=1024, on_close=None, str io="auto"):
+        cdef int err
         self.epfd = -1
+        self.ring.fd = -1
+        if io not in IO_BACKENDS:
+            raise ValueError(f"io must be one of {', '.join(IO_BACKENDS)}, not {io!r}")
         if max_message_size < BASE_MAX_MESSAGE_SIZE or max_message_size > 0xFFFFFFFF:
             raise ValueError("max_message_size must be 1152 .. 2^32-1 (RFC 8323 §5.3.1)")
         if max_pending < max_message_size:
@@ -524,12 +551,22 @@ cdef class TcpEngine:
         self.response = <uint8_t*>malloc(RESPONSE_CAPACITY)
         if not self.buf or not self.out or not self.scratch or not self.response:
             raise MemoryError()
-        self.events = <epoll_event*>malloc(MAX_EVENTS * sizeof(epoll_event))
-        if not self.events:
-            raise MemoryError()
-        self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
-            raise OSError(errno, "epoll_create1 failed")
+        if io != "epoll":
+            # Refused where io_uring is off (kernel.io_uring_disabled, a container's seccomp
+            # profile) or too old for multishot receives: then epoll, unless asked for.
+            err = xr_open(&self.ring, RING_ENTRIES, RING_BUFFERS, RING_BUFFER_SIZE)
+            if err == 0:
+                self.uring = True
+            elif io == "io_uring":
+                raise OSError(-err, "io_uring is not available (Linux 6.0 or later, not "
+                                    "disabled by sysctl or seccomp): use io='epoll'")
+        if not self.uring:
+            self.events = <epoll_event*>malloc(MAX_EVENTS * sizeof(epoll_event))
+            if not self.events:
+                raise MemoryError()
+            self.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.epfd < 0:
+                raise OSError(errno, "epoll_create1 failed")
         self.closing = []
         csm = Message(CON, SIGNAL_CSM)
         csm.add_option(MAX_MESSAGE_SIZE, max_message_size)
@@ -544,11 +581,16 @@ cdef class TcpEngine:
         free(self.events)
         if self.epfd >= 0:
             close(self.epfd)
+        xr_close(&self.ring)
 
     @property
-    def epoll_fd(self) -> int:
+    def poll_fd(self) -> int:
         """Readable when a socket of the engine is: the event loop then calls ``poll``."""
-        return self.epfd
+        return self.ring.fd if self.uring else self.epfd
+
+    @property
+    def io_backend(self) -> str:
+        return "io_uring" if self.uring else "epoll"
 
     # -- Python API -------------------------------------------------------------------------
     def open(self, sock, peer) -> TcpConnection:
@@ -557,6 +599,11 @@ cdef class TcpEngine:
         cdef epoll_event event
         conn.sock = sock
         conn.fd = sock.fileno()
+        if self.uring:
+            conn.reading = True
+            self._ring_arm(conn)
+            self._send_csm(conn)
+            return conn
         event.events = EPOLLIN
         event.data.ptr = <void*>conn           # the connections dict keeps it alive
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, conn.fd, &event) < 0:
@@ -573,6 +620,22 @@ cdef class TcpEngine:
         cdef uint32_t flags
         cdef TcpConnection conn
         self.polling = True
+        if self.uring:
+            try:
+                for _round in range(MAX_ROUNDS):
+                    n = self._ring_reap()
+                    if xr_pending(&self.ring) or xr_work_waiting(&self.ring):
+                        self._ring_submit()     # our sends, and completions that wait for us
+                    elif n == 0:
+                        break
+                    if xr_cq_head(&self.ring) == xr_cq_tail(&self.ring):
+                        break
+            finally:
+                self.polling = False
+                if xr_pending(&self.ring):
+                    self._ring_submit()
+                del self.closing[:]
+            return
         try:
             for _round in range(MAX_ROUNDS):
                 n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
@@ -671,12 +734,22 @@ cdef class TcpEngine:
         self._close(conn, _REASONS[reason])
         return True
 
-    def close_all(self, bint release=True) -> None:
+    def close_all(self, bint release=True, double timeout=1.0) -> None:
+        """Close every connection (after a Release if asked). With io_uring, then wait at most
+        *timeout* s until the kernel has ended their requests (it holds references)."""
         cdef TcpConnection conn
+        cdef double deadline = _now() + timeout
+        cdef pollfd ready
         for conn in list(self.connections.values()):
             if release:
                 self._release(conn)
             self._close(conn, CLOSE_SHUTDOWN)
+        while self.uring and self.ring_ops > 0 and not self.polling and _now() < deadline:
+            ready.fd = self.ring.fd
+            ready.events = POLLIN
+            poll(&ready, 1, 10)                 # the cancels' completions come quickly
+            self._ring_submit()
+            self._ring_reap()
 
     def connection_lost(self, TcpConnection conn) -> None:
         """A fed stream ended (its transport is closed already)."""
@@ -770,6 +843,8 @@ cdef class TcpEngine:
             "tcp-csm-missing": self.c.csm_missing,
             "tcp-pongs-received": self.c.pongs_received,
             "tcp-read-pauses": self.c.read_pauses,
+            "tcp-ring-rearms": self.c.ring_rearms,
+            "tcp-ring-submit-errors": self.c.ring_submit_errors,
         }
 
     # -- connections ------------------------------------------------------------------------
@@ -881,7 +956,7 @@ cdef class TcpEngine:
         """The peer has not taken a quarter of the unsent-bytes bound yet: stop reading."""
         cdef Py_ssize_t waiting = self.out_length if conn is self.current else 0
         if conn.fd >= 0:
-            waiting += conn.tx_length
+            waiting += conn.tx_length + conn.flight_length - conn.flight_offset
         elif conn.transport is not None:
             waiting += conn.transport.get_write_buffer_size()
         return waiting > self.max_pending // 4
@@ -1106,6 +1181,8 @@ cdef class TcpEngine:
             if conn.transport.get_write_buffer_size() > self.max_pending:
                 self._close(conn, CLOSE_OVERFLOW)
             return 0
+        if self.uring:
+            return self._ring_write(conn, data, length)
         if conn.tx_length == 0:
             sent = send(conn.fd, data, length, MSG_NOSIGNAL)
             if sent < 0:
@@ -1171,7 +1248,12 @@ cdef class TcpEngine:
         conn.reading = not pause
         if pause:
             self.c.read_pauses += 1
-        if conn.fd >= 0:
+        if conn.fd >= 0 and self.uring:
+            if pause and conn.armed:
+                self._ring_cancel(conn, OP_RECV)
+            elif not pause and not conn.armed:
+                self._ring_arm(conn)            # (else when the cancelled one has ended)
+        elif conn.fd >= 0:
             self._interest(conn)
         elif pause:                             # the transport holds what waits: a stall
             conn.transport.pause_reading()      # counts from now until it drains
@@ -1234,7 +1316,11 @@ cdef class TcpEngine:
             self.c.closed_shutdown += 1
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
-        if conn.fd >= 0:
+        if conn.fd >= 0 and self.uring:
+            self._ring_close(conn)
+            conn.sock.close()
+            conn.fd = -1
+        elif conn.fd >= 0:
             if conn.tx_length:                  # one last try, without waiting
                 send(conn.fd, conn.tx, conn.tx_length, MSG_NOSIGNAL)
             epoll_ctl(self.epfd, EPOLL_CTL_DEL, conn.fd, NULL)
@@ -1254,4 +1340,225 @@ cdef class TcpEngine:
                 self.on_close(conn.peer)
             except Exception:
                 logger.exception("connection-closed callback failed")
+        return 0
+
+    # -- the io_uring backend ---------------------------------------------------------------
+    # A request carries its connection's address with the operation in the low bits (objects
+    # are aligned to 16 bytes) and holds a reference to it until its last completion, so the
+    # connection outlives whatever the kernel still does for it.
+    cdef xr_sqe* _ring_sqe(self) except NULL:
+        cdef xr_sqe* sqe = xr_get_sqe(&self.ring)
+        if sqe == NULL:                         # the queue is full: hand it over first
+            self._ring_submit()
+            sqe = xr_get_sqe(&self.ring)
+            if sqe == NULL:
+                raise MemoryError("io_uring submission queue full")
+        return sqe
+
+    cdef int _ring_submit(self) except -1:
+        cdef int err = xr_submit(&self.ring, 0)
+        if err < 0:
+            # EBUSY/EAGAIN: completions must be reaped first (the next poll does); what was
+            # not taken stays queued.
+            self.c.ring_submit_errors += 1
+        return 0
+
+    cdef int _ring_kick(self) except -1:
+        """Outside ``poll`` (deferred answers, notifications, the sweep) submit at once;
+        inside, the whole round is submitted together at its end."""
+        if not self.polling:
+            self._ring_submit()
+        return 0
+
+    cdef int _ring_arm(self, TcpConnection conn) except -1:
+        """A multishot receive: every arrival completes into a buffer of the kernel's pick."""
+        cdef xr_sqe* sqe = self._ring_sqe()
+        xr_prep_recv_multishot(sqe, conn.fd, <uint64_t><uintptr_t><void*>conn | OP_RECV)
+        conn.armed = True
+        conn.ring_ops += 1
+        self.ring_ops += 1
+        Py_INCREF(conn)
+        return self._ring_kick()
+
+    cdef int _ring_cancel(self, TcpConnection conn, int op) except -1:
+        xr_prep_cancel(self._ring_sqe(), <uint64_t><uintptr_t><void*>conn | op)
+        return self._ring_kick()
+
+    cdef int _ring_send(self, TcpConnection conn) except -1:
+        """Send what collected in tx: it becomes the flight, tx takes the old flight's buffer."""
+        cdef uint8_t* buffer = conn.flight
+        cdef Py_ssize_t capacity = conn.flight_capacity
+        cdef xr_sqe* sqe = self._ring_sqe()
+        conn.flight, conn.flight_capacity = conn.tx, conn.tx_capacity
+        conn.flight_length, conn.flight_offset = conn.tx_length, 0
+        conn.tx, conn.tx_capacity, conn.tx_length = buffer, capacity, 0
+        xr_prep_send(sqe, conn.fd, conn.flight, <uint32_t>conn.flight_length, MSG_NOSIGNAL,
+                     <uint64_t><uintptr_t><void*>conn | OP_SEND)
+        conn.ring_ops += 1
+        self.ring_ops += 1
+        Py_INCREF(conn)
+        if not conn.writing:
+            conn.writing = True
+            conn.stalled_since = conn.last_activity
+        return self._ring_kick()
+
+    cdef int _ring_write(self, TcpConnection conn, const uint8_t* data,
+                         Py_ssize_t length) except -1:
+        """Queue bytes behind the send in flight (bounded); start one if none is."""
+        cdef Py_ssize_t waiting = conn.tx_length + conn.flight_length - conn.flight_offset
+        cdef Py_ssize_t capacity
+        cdef uint8_t* grown
+        if waiting + length > self.max_pending:
+            return self._close(conn, CLOSE_OVERFLOW)
+        if conn.tx_length + length > conn.tx_capacity:
+            capacity = min(max(2 * conn.tx_capacity, conn.tx_length + length, 4096),
+                           self.max_pending)
+            grown = <uint8_t*>realloc(conn.tx, capacity)
+            if grown == NULL:
+                raise MemoryError()
+            conn.tx = grown
+            conn.tx_capacity = capacity
+        memcpy(conn.tx + conn.tx_length, data, length)
+        conn.tx_length += length
+        if conn.flight_length == 0:
+            self._ring_send(conn)
+        if waiting + length > self.max_pending // 4:
+            self._pause(conn, True)             # the peer reads too slowly: stop reading
+        return 0
+
+    cdef int _ring_release(self, TcpConnection conn) except -1:
+        """A request's last completion: drop its reference (and a closed one's buffer)."""
+        conn.ring_ops -= 1
+        self.ring_ops -= 1
+        if conn.ring_ops == 0 and conn.closed:
+            free(conn.flight)
+            conn.flight = NULL
+            conn.flight_length = conn.flight_offset = conn.flight_capacity = 0
+        Py_DECREF(conn)
+        return 0
+
+    cdef Py_ssize_t _ring_reap(self) except -1:
+        """Handle the completions there are now (the ones they cause wait for the next round)."""
+        cdef uint32_t head = xr_cq_head(&self.ring), tail = xr_cq_tail(&self.ring)
+        cdef const xr_cqe* cqe
+        cdef uint64_t user_data
+        cdef int res
+        cdef uint32_t flags
+        cdef TcpConnection conn
+        cdef Py_ssize_t n = 0
+        while head != tail:
+            cqe = xr_cqe_at(&self.ring, head)
+            user_data, res, flags = cqe.user_data, cqe.res, cqe.flags
+            head += 1
+            xr_cq_advance(&self.ring, head)     # (a buffer is ours until we recycle it)
+            n += 1
+            if user_data == 0:                  # a cancel's own completion
+                continue
+            conn = <TcpConnection><void*><uintptr_t>(user_data & ~(<uint64_t>3))
+            try:
+                self._ring_complete(conn, <int>(user_data & 3), res, flags)
+            except Exception:
+                self.c.handler_errors += 1
+                logger.exception("CoAP-over-TCP connection %s failed", conn.peer)
+        return n
+
+    cdef int _ring_complete(self, TcpConnection conn, int op, int res,
+                            uint32_t flags) except -1:
+        cdef bint last = True
+        cdef uint16_t bid
+        if op == OP_SEND:
+            try:
+                if conn.closed:
+                    pass
+                elif res < 0:
+                    if res != -ECANCELED:
+                        self.c.send_errors += 1
+                        self._close(conn, CLOSE_ERROR)
+                else:
+                    conn.flight_offset += res
+                    conn.last_activity = _now()
+                    if res > 0:
+                        conn.stalled_since = conn.last_activity
+                    if conn.flight_offset < conn.flight_length:
+                        # A short send: the rest goes now, and this reference goes with it.
+                        xr_prep_send(self._ring_sqe(), conn.fd, conn.flight + conn.flight_offset,
+                                     <uint32_t>(conn.flight_length - conn.flight_offset),
+                                     MSG_NOSIGNAL, <uint64_t><uintptr_t><void*>conn | OP_SEND)
+                        last = False
+                        return self._ring_kick()
+                    conn.flight_length = conn.flight_offset = 0
+                    if conn.tx_length:
+                        self._ring_send(conn)
+                    else:
+                        conn.writing = False
+                        conn.stalled_since = 0
+                    if conn.tx_length <= self.max_pending // 8:
+                        self._pause(conn, False)
+            finally:
+                if last:
+                    self._ring_release(conn)
+            return 0
+        # OP_RECV: data, the peer's FIN (0), an error, or the end of the multishot request
+        last = not (flags & XR_CQE_F_MORE)
+        if last:
+            conn.armed = False
+        try:
+            if flags & XR_CQE_F_BUFFER:
+                bid = <uint16_t>(flags >> XR_CQE_BUFFER_SHIFT)
+                try:
+                    if res > 0 and not conn.closed:
+                        self._ring_input(conn, xr_buffer(&self.ring, bid), res)
+                finally:
+                    xr_buf_recycle(&self.ring, bid)
+            elif conn.closed or res == -ECANCELED:
+                pass
+            elif res == 0:
+                self._close(conn, CLOSE_PEER)   # FIN: nothing more will come
+            elif res == -ENOBUFS:
+                pass                            # all buffers taken this round: armed again
+            elif res < 0:
+                self.c.recv_errors += 1
+                self._close(conn, CLOSE_ERROR)
+        finally:
+            if last:
+                # The kernel ends a multishot receive on its own too (no buffer, a full
+                # completion queue): while we still read, arm it again.
+                if not conn.closed and conn.reading and res != 0:
+                    self.c.ring_rearms += 1
+                    self._ring_arm(conn)
+                self._ring_release(conn)
+        return 0
+
+    cdef int _ring_input(self, TcpConnection conn, const uint8_t* data,
+                         Py_ssize_t length) except -1:
+        """Received bytes: after the kept incomplete frame, or kept while reading is paused
+        (they arrived before the receive was cancelled)."""
+        cdef Py_ssize_t keep = conn.rx_length
+        if conn.congested or not conn.reading:
+            conn.congested = True               # handled when reading resumes
+            return self._keep(conn, data, length, True)
+        if keep == 0:
+            return self._input(conn, data, length)
+        memcpy(self.buf, conn.rx, keep)         # an incomplete frame stays below the bound
+        memcpy(self.buf + keep, data, length)
+        conn.rx_length = 0
+        return self._input(conn, self.buf, keep + length)
+
+    cdef int _ring_close(self, TcpConnection conn) except -1:
+        """End the connection's requests before its socket closes. Bytes queued behind a send
+        in flight get one last try, as with epoll, if that send has gone out."""
+        cdef uint64_t send_id = <uint64_t><uintptr_t><void*>conn | OP_SEND
+        cdef int res = 0
+        cdef Py_ssize_t rest = conn.flight_length - conn.flight_offset
+        if conn.armed:
+            xr_prep_cancel(self._ring_sqe(), <uint64_t><uintptr_t><void*>conn | OP_RECV)
+        if conn.flight_length:
+            if conn.tx_length:
+                xr_submit(&self.ring, 0)        # the flight is issued, a cancel too
+                if xr_cq_find(&self.ring, send_id, &res) and res == rest:
+                    send(conn.fd, conn.tx, conn.tx_length, MSG_NOSIGNAL)
+            xr_prep_cancel(self._ring_sqe(), send_id)   # a peer that does not read
+        # Every prepared request naming this descriptor goes in before it is closed (and
+        # its number possibly reused by the next accept).
+        self._ring_submit()
         return 0

@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import cast
@@ -66,6 +67,9 @@ class TcpLimits:
     keepalive_idle: int = 300
     keepalive_interval: int = 30
     keepalive_count: int = 4
+    #: I/O of plain TCP sockets: "auto" (io_uring where the kernel allows it), "io_uring" or
+    #: "epoll"; the environment variable EXTPLUGTEST_TCP_IO sets the default
+    io_backend: str = field(default_factory=lambda: os.environ.get("EXTPLUGTEST_TCP_IO", "auto"))
 
 
 def demo_certs() -> Path:
@@ -219,12 +223,13 @@ class TcpServerTransport:
             self.limits.max_pending,
             self.endpoint.max_message_size,  # larger answers leave the fast path: block-wise
             on_close=self.endpoint.connection_closed,
+            io=self.limits.io_backend,
         )
         self.endpoint.attach(self.engine, sock.getsockname())
         if self.ssl_context is not None:
             self.endpoint.security = self.context_fields
         self._loop = loop
-        loop.add_reader(self.engine.epoll_fd, self.engine.poll)  # every plain connection
+        loop.add_reader(self.engine.poll_fd, self.engine.poll)  # every plain connection
         self._start_accepting()
         self._sweeper.start(loop)
 
@@ -322,7 +327,7 @@ class TcpServerTransport:
         if self.engine is not None:
             self.engine.close_all(release=True)  # §5.5: an orderly shutdown
             if self._loop is not None:
-                self._loop.remove_reader(self.engine.epoll_fd)
+                self._loop.remove_reader(self.engine.poll_fd)
         self.endpoint.close()
         with contextlib.suppress(OSError):
             self.sock.close()

@@ -231,7 +231,16 @@ class ExtendedServer:
             raise
         for resource in self._all_resources():
             resource.start(loop)
-        return [t.endpoint.uri for t in self.transports]
+        return [self._describe(t) for t in self.transports]
+
+    @staticmethod
+    def _describe(transport: Any) -> str:
+        """The endpoint's URI; for plain TCP also the I/O backend (io_uring or epoll)."""
+        uri = str(transport.endpoint.uri)
+        plain_tcp = isinstance(transport, TcpServerTransport) and transport.ssl_context is None
+        if plain_tcp and transport.engine is not None:
+            return f"{uri} ({transport.engine.io_backend})"
+        return uri
 
     def _udp(
         self, root: Resource, address: str, scope: int, port: int, extended: bool
