@@ -80,6 +80,20 @@ struct xr_buf {                      /* struct io_uring_buf; the ring's tail ove
     uint16_t resv;
 };
 
+struct xr_rsrc_register {           /* struct io_uring_rsrc_register */
+    uint32_t nr;
+    uint32_t flags;
+    uint64_t resv2;
+    uint64_t data;
+    uint64_t tags;
+};
+
+struct xr_files_update {             /* struct io_uring_files_update */
+    uint32_t offset;
+    uint32_t resv;
+    uint64_t fds;
+};
+
 struct xr_buf_reg {                  /* struct io_uring_buf_reg */
     uint64_t ring_addr;
     uint32_t ring_entries;
@@ -92,6 +106,7 @@ enum {
     XR_OP_ASYNC_CANCEL = 14,
     XR_OP_SEND = 26,
     XR_OP_RECV = 27,
+    XR_SQE_FIXED_FILE = 1 << 0,
     XR_SQE_BUFFER_SELECT = 1 << 5,
     XR_RECV_MULTISHOT = 1 << 1,      /* in sqe->ioprio */
     XR_CQE_F_BUFFER = 1 << 0,
@@ -106,7 +121,10 @@ enum {
     XR_FEAT_NODROP = 1 << 1,
     XR_FEAT_FAST_POLL = 1 << 5,
     XR_ENTER_GETEVENTS = 1 << 0,
+    XR_REGISTER_FILES_UPDATE = 6,
+    XR_REGISTER_FILES2 = 13,
     XR_REGISTER_PBUF_RING = 22,
+    XR_RSRC_REGISTER_SPARSE = 1 << 0,
     XR_ASYNC_CANCEL_ALL = 1 << 0,
     XR_BUFFER_GROUP = 0,
 };
@@ -132,6 +150,10 @@ _Static_assert(offsetof(struct xr_params, cq_off) == offsetof(struct io_uring_pa
                "params cq_off");
 _Static_assert(sizeof(struct xr_buf) == sizeof(struct io_uring_buf), "buf size");
 _Static_assert(sizeof(struct xr_buf_reg) == sizeof(struct io_uring_buf_reg), "buf_reg size");
+_Static_assert(sizeof(struct xr_rsrc_register) == sizeof(struct io_uring_rsrc_register),
+               "rsrc_register size");
+_Static_assert(sizeof(struct xr_files_update) == sizeof(struct io_uring_files_update),
+               "files_update size");
 _Static_assert((int)XR_OP_SEND == (int)IORING_OP_SEND && (int)XR_OP_RECV == (int)IORING_OP_RECV
                && (int)XR_OP_ASYNC_CANCEL == (int)IORING_OP_ASYNC_CANCEL, "opcodes");
 _Static_assert(XR_RECV_MULTISHOT == IORING_RECV_MULTISHOT
@@ -139,7 +161,11 @@ _Static_assert(XR_RECV_MULTISHOT == IORING_RECV_MULTISHOT
                && XR_CQE_F_MORE == IORING_CQE_F_MORE
                && (int)XR_REGISTER_PBUF_RING == (int)IORING_REGISTER_PBUF_RING
                && XR_SETUP_COOP_TASKRUN == IORING_SETUP_COOP_TASKRUN
-               && XR_SQ_TASKRUN == IORING_SQ_TASKRUN, "flags");
+               && XR_SQ_TASKRUN == IORING_SQ_TASKRUN
+               && XR_SQE_FIXED_FILE == IOSQE_FIXED_FILE
+               && (int)XR_REGISTER_FILES_UPDATE == (int)IORING_REGISTER_FILES_UPDATE
+               && (int)XR_REGISTER_FILES2 == (int)IORING_REGISTER_FILES2
+               && XR_RSRC_REGISTER_SPARSE == IORING_RSRC_REGISTER_SPARSE, "flags");
 #endif
 #endif
 #endif
@@ -165,6 +191,10 @@ typedef struct {
     uint8_t *buffers;
     uint32_t buf_count, buf_size;
     uint16_t buf_tail;
+    /* registered files: a request naming a slot spares the kernel looking the descriptor up
+       (and its reference count) each time; free slots are a stack */
+    uint32_t *free_slots;
+    uint32_t free_count, file_slots;
 } xr_ring;
 
 static inline int xr_setup(unsigned entries, struct xr_params *p)
@@ -190,6 +220,7 @@ static inline void xr_close(xr_ring *r)
     if (r->buf_ring && r->buf_ring != MAP_FAILED)
         munmap(r->buf_ring, r->buf_ring_size);
     free(r->buffers);
+    free(r->free_slots);
     memset(r, 0, sizeof(*r));
     r->fd = -1;
 }
@@ -220,10 +251,77 @@ static inline const uint8_t *xr_buffer(const xr_ring *r, uint16_t bid)
     return r->buffers + (size_t)bid * r->buf_size;
 }
 
-/* Open a ring of `entries` SQEs, 4 * entries CQEs and `buf_count` (a power of two) provided
- * buffers of `buf_size` bytes. Returns 0, or -errno with the ring closed. Requires multishot
- * receives and buffer rings (Linux 6.0); kernels without them fail here, not later. */
-static inline int xr_open(xr_ring *r, unsigned entries, unsigned buf_count, unsigned buf_size)
+/* A sparse table of `slots` registered files (Linux 5.19); without it every request names
+ * its descriptor. Not an error when refused (RLIMIT_NOFILE bounds the table). */
+static inline void xr_register_files(xr_ring *r, unsigned slots)
+{
+    struct xr_rsrc_register reg;
+    unsigned i;
+    r->free_slots = malloc(slots * sizeof(uint32_t));
+    if (!r->free_slots)
+        return;
+    memset(&reg, 0, sizeof(reg));
+    reg.nr = slots;
+    reg.flags = XR_RSRC_REGISTER_SPARSE;
+    if (syscall(__NR_io_uring_register, r->fd, XR_REGISTER_FILES2, &reg, sizeof(reg)) < 0) {
+        free(r->free_slots);
+        r->free_slots = NULL;
+        return;
+    }
+    r->file_slots = slots;
+    for (i = 0; i < slots; i++)
+        r->free_slots[i] = slots - 1 - i;
+    r->free_count = slots;
+}
+
+/* Put `fd` into a free slot: returns the slot, or -1 (none free, or refused: use the fd). */
+static inline int xr_file_add(xr_ring *r, int fd)
+{
+    struct xr_files_update update;
+    int32_t fds[1];
+    uint32_t slot;
+    if (r->free_count == 0)
+        return -1;
+    slot = r->free_slots[r->free_count - 1];
+    fds[0] = fd;
+    update.offset = slot;
+    update.resv = 0;
+    update.fds = (uint64_t)(uintptr_t)fds;
+    if (syscall(__NR_io_uring_register, r->fd, XR_REGISTER_FILES_UPDATE, &update, 1) != 1)
+        return -1;
+    r->free_count--;
+    return (int)slot;
+}
+
+/* Empty a slot (requests still in flight keep their own reference to the file). */
+static inline void xr_file_remove(xr_ring *r, int slot)
+{
+    struct xr_files_update update;
+    int32_t fds[1] = {-1};
+    update.offset = (uint32_t)slot;
+    update.resv = 0;
+    update.fds = (uint64_t)(uintptr_t)fds;
+    if (syscall(__NR_io_uring_register, r->fd, XR_REGISTER_FILES_UPDATE, &update, 1) == 1)
+        r->free_slots[r->free_count++] = (uint32_t)slot;
+}
+
+/* Name the file of a request: a registered slot if the connection has one, else its fd. */
+static inline void xr_set_file(struct xr_sqe *sqe, int fd, int slot)
+{
+    if (slot >= 0) {
+        sqe->fd = slot;
+        sqe->flags |= XR_SQE_FIXED_FILE;
+    } else {
+        sqe->fd = fd;
+    }
+}
+
+/* Open a ring of `entries` SQEs, 4 * entries CQEs, `buf_count` (a power of two) provided
+ * buffers of `buf_size` bytes and up to `file_slots` registered files. Returns 0, or -errno
+ * with the ring closed. Requires multishot receives and buffer rings (Linux 6.0); kernels
+ * without them fail here, not later. */
+static inline int xr_open(xr_ring *r, unsigned entries, unsigned buf_count, unsigned buf_size,
+                          unsigned file_slots)
 {
     struct xr_params p;
     struct xr_buf_reg reg;
@@ -305,6 +403,8 @@ static inline int xr_open(xr_ring *r, unsigned entries, unsigned buf_count, unsi
     for (i = 0; i < buf_count; i++)
         xr_buf_put(r, (uint16_t)i);
     xr_buf_publish(r);
+    if (file_slots)
+        xr_register_files(r, file_slots);
     return 0;
 fail:
     err = errno ? errno : ENOMEM;
@@ -325,21 +425,22 @@ static inline struct xr_sqe *xr_get_sqe(xr_ring *r)
     return sqe;
 }
 
-static inline void xr_prep_recv_multishot(struct xr_sqe *sqe, int fd, uint64_t user_data)
+static inline void xr_prep_recv_multishot(struct xr_sqe *sqe, int fd, int slot,
+                                          uint64_t user_data)
 {
     sqe->opcode = XR_OP_RECV;
-    sqe->fd = fd;
     sqe->ioprio = XR_RECV_MULTISHOT;
     sqe->flags = XR_SQE_BUFFER_SELECT;
+    xr_set_file(sqe, fd, slot);
     sqe->buf_group = XR_BUFFER_GROUP;
     sqe->user_data = user_data;
 }
 
-static inline void xr_prep_send(struct xr_sqe *sqe, int fd, const void *data, uint32_t length,
-                                int msg_flags, uint64_t user_data)
+static inline void xr_prep_send(struct xr_sqe *sqe, int fd, int slot, const void *data,
+                                uint32_t length, int msg_flags, uint64_t user_data)
 {
     sqe->opcode = XR_OP_SEND;
-    sqe->fd = fd;
+    xr_set_file(sqe, fd, slot);
     sqe->addr = (uint64_t)(uintptr_t)data;
     sqe->len = length;
     sqe->op_flags = (uint32_t)msg_flags;
@@ -356,9 +457,11 @@ static inline void xr_prep_cancel(struct xr_sqe *sqe, uint64_t target)
     sqe->user_data = 0;
 }
 
+/* SQEs the kernel has not taken yet: prepared ones, and published ones an earlier enter left
+ * (it takes none while completions wait in its overflow list on older kernels). */
 static inline uint32_t xr_pending(const xr_ring *r)
 {
-    return r->sq_local_tail - *r->sq_tail;
+    return r->sq_local_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
 }
 
 /* Publish the prepared SQEs and enter the kernel: it issues them (a send that the socket

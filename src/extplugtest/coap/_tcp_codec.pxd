@@ -104,6 +104,7 @@ cdef class TcpConnection:
     cdef Py_ssize_t flight_capacity
     cdef int ring_ops
     cdef bint armed
+    cdef int slot                       # its registered-file slot, -1: none
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -126,12 +127,15 @@ cdef extern from "io_ring.h" nogil:
         XR_CQE_F_BUFFER
         XR_CQE_F_MORE
         XR_CQE_BUFFER_SHIFT
-    int xr_open(xr_ring* r, unsigned entries, unsigned buf_count, unsigned buf_size)
+    int xr_open(xr_ring* r, unsigned entries, unsigned buf_count, unsigned buf_size,
+                unsigned file_slots)
+    int xr_file_add(xr_ring* r, int fd)
+    void xr_file_remove(xr_ring* r, int slot)
     void xr_close(xr_ring* r)
     xr_sqe* xr_get_sqe(xr_ring* r)
-    void xr_prep_recv_multishot(xr_sqe* sqe, int fd, uint64_t user_data)
-    void xr_prep_send(xr_sqe* sqe, int fd, const void* data, uint32_t length, int msg_flags,
-                      uint64_t user_data)
+    void xr_prep_recv_multishot(xr_sqe* sqe, int fd, int slot, uint64_t user_data)
+    void xr_prep_send(xr_sqe* sqe, int fd, int slot, const void* data, uint32_t length,
+                      int msg_flags, uint64_t user_data)
     void xr_prep_cancel(xr_sqe* sqe, uint64_t target)
     uint32_t xr_pending(const xr_ring* r)
     int xr_submit(xr_ring* r, unsigned wait_nr)
@@ -151,6 +155,7 @@ cdef class TcpEngine:
     cdef xr_ring ring                   # their io_uring (io_uring backend)
     cdef readonly bint uring
     cdef Py_ssize_t ring_ops            # requests in flight on the ring
+    cdef double now                     # the clock of the poll round under way
     cdef epoll_event* events
     cdef list closing                   # closed during one poll, kept alive until its end
     cdef bint polling

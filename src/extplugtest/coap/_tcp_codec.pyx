@@ -87,6 +87,7 @@ DEF MAX_ROUNDS = 4              # epoll_waits per wake-up, so that other callbac
 DEF RING_ENTRIES = 1024         # io_uring submission slots (4x as many completion slots)
 DEF RING_BUFFERS = 1024         # provided receive buffers (a power of two) ...
 DEF RING_BUFFER_SIZE = 4096     # ... of this size: a recv completes with at most one
+DEF RING_FILES = 16384         # registered-file slots (beyond them, plain descriptors)
 DEF OP_RECV = 1                 # io_uring requests carry the connection and one of these
 DEF OP_SEND = 2
 
@@ -127,6 +128,13 @@ cdef enum CloseReason:
 _REASONS = {"peer": CLOSE_PEER, "idle": CLOSE_IDLE, "slow": CLOSE_SLOW,
             "stalled": CLOSE_STALLED, "overflow": CLOSE_OVERFLOW, "error": CLOSE_ERROR,
             "shutdown": CLOSE_SHUTDOWN, "aborted": CLOSE_ABORTED}
+
+
+def _file_slots() -> int:
+    """Registered files may not exceed RLIMIT_NOFILE."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return RING_FILES if soft == resource.RLIM_INFINITY else max(0, min(RING_FILES, soft))
 
 
 cdef inline double _now() noexcept nogil:
@@ -480,6 +488,7 @@ cdef class TcpConnection:
 
     def __cinit__(self):
         self.fd = -1
+        self.slot = -1
         self.rx = NULL
         self.tx = NULL
         self.peer_max_message_size = BASE_MAX_MESSAGE_SIZE
@@ -554,7 +563,8 @@ cdef class TcpEngine:
         if io != "epoll":
             # Refused where io_uring is off (kernel.io_uring_disabled, a container's seccomp
             # profile) or too old for multishot receives: then epoll, unless asked for.
-            err = xr_open(&self.ring, RING_ENTRIES, RING_BUFFERS, RING_BUFFER_SIZE)
+            err = xr_open(&self.ring, RING_ENTRIES, RING_BUFFERS, RING_BUFFER_SIZE,
+                          _file_slots())
             if err == 0:
                 self.uring = True
             elif io == "io_uring":
@@ -600,6 +610,7 @@ cdef class TcpEngine:
         conn.sock = sock
         conn.fd = sock.fileno()
         if self.uring:
+            conn.slot = xr_file_add(&self.ring, conn.fd)
             conn.reading = True
             self._ring_arm(conn)
             self._send_csm(conn)
@@ -623,6 +634,7 @@ cdef class TcpEngine:
         if self.uring:
             try:
                 for _round in range(MAX_ROUNDS):
+                    self.now = _now()
                     n = self._ring_reap()
                     if xr_pending(&self.ring) or xr_work_waiting(&self.ring):
                         self._ring_submit()     # our sends, and completions that wait for us
@@ -638,6 +650,7 @@ cdef class TcpEngine:
             return
         try:
             for _round in range(MAX_ROUNDS):
+                self.now = _now()
                 n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
                 for i in range(n):
                     conn = <TcpConnection>self.events[i].data.ptr
@@ -749,6 +762,7 @@ cdef class TcpEngine:
             ready.events = POLLIN
             poll(&ready, 1, 10)                 # the cancels' completions come quickly
             self._ring_submit()
+            self.now = _now()
             self._ring_reap()
 
     def connection_lost(self, TcpConnection conn) -> None:
@@ -896,7 +910,7 @@ cdef class TcpEngine:
 
     cdef int _input(self, TcpConnection conn, const uint8_t* data, Py_ssize_t length) except -1:
         cdef Py_ssize_t used = 0, done
-        conn.last_activity = _now()
+        conn.last_activity = self.now if self.polling else _now()   # one clock read a round
         while True:
             self.current = conn
             try:
@@ -1373,7 +1387,8 @@ cdef class TcpEngine:
     cdef int _ring_arm(self, TcpConnection conn) except -1:
         """A multishot receive: every arrival completes into a buffer of the kernel's pick."""
         cdef xr_sqe* sqe = self._ring_sqe()
-        xr_prep_recv_multishot(sqe, conn.fd, <uint64_t><uintptr_t><void*>conn | OP_RECV)
+        xr_prep_recv_multishot(sqe, conn.fd, conn.slot,
+                               <uint64_t><uintptr_t><void*>conn | OP_RECV)
         conn.armed = True
         conn.ring_ops += 1
         self.ring_ops += 1
@@ -1392,8 +1407,8 @@ cdef class TcpEngine:
         conn.flight, conn.flight_capacity = conn.tx, conn.tx_capacity
         conn.flight_length, conn.flight_offset = conn.tx_length, 0
         conn.tx, conn.tx_capacity, conn.tx_length = buffer, capacity, 0
-        xr_prep_send(sqe, conn.fd, conn.flight, <uint32_t>conn.flight_length, MSG_NOSIGNAL,
-                     <uint64_t><uintptr_t><void*>conn | OP_SEND)
+        xr_prep_send(sqe, conn.fd, conn.slot, conn.flight, <uint32_t>conn.flight_length,
+                     MSG_NOSIGNAL, <uint64_t><uintptr_t><void*>conn | OP_SEND)
         conn.ring_ops += 1
         self.ring_ops += 1
         Py_INCREF(conn)
@@ -1476,12 +1491,13 @@ cdef class TcpEngine:
                         self._close(conn, CLOSE_ERROR)
                 else:
                     conn.flight_offset += res
-                    conn.last_activity = _now()
+                    conn.last_activity = self.now
                     if res > 0:
                         conn.stalled_since = conn.last_activity
                     if conn.flight_offset < conn.flight_length:
                         # A short send: the rest goes now, and this reference goes with it.
-                        xr_prep_send(self._ring_sqe(), conn.fd, conn.flight + conn.flight_offset,
+                        xr_prep_send(self._ring_sqe(), conn.fd, conn.slot,
+                                     conn.flight + conn.flight_offset,
                                      <uint32_t>(conn.flight_length - conn.flight_offset),
                                      MSG_NOSIGNAL, <uint64_t><uintptr_t><void*>conn | OP_SEND)
                         last = False
@@ -1559,6 +1575,9 @@ cdef class TcpEngine:
                     send(conn.fd, conn.tx, conn.tx_length, MSG_NOSIGNAL)
             xr_prep_cancel(self._ring_sqe(), send_id)   # a peer that does not read
         # Every prepared request naming this descriptor goes in before it is closed (and
-        # its number possibly reused by the next accept).
+        # its number possibly reused by the next accept); requests under way keep the file.
         self._ring_submit()
+        if conn.slot >= 0:
+            xr_file_remove(&self.ring, conn.slot)
+            conn.slot = -1
         return 0
