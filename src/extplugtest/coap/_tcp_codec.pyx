@@ -43,6 +43,7 @@ from extplugtest.coap._codec cimport (
     writer_init, writer_length,
 )
 from extplugtest.coap._codec import MessageFormatError
+from extplugtest._poll cimport POLLIN, poll, pollfd
 
 cdef extern from "<errno.h>" nogil:
     int EWOULDBLOCK
@@ -68,14 +69,6 @@ cdef extern from "<sys/epoll.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd* fds, unsigned long nfds, int timeout)
-    short POLLIN
 
 logger = logging.getLogger("extplugtest.coap.tcp")
 

@@ -78,6 +78,7 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID
 from posix.unistd cimport close
 
+from extplugtest._poll cimport POLLIN, poll, pollfd
 from extplugtest.dtls._record cimport (
     APPLICATION_DATA, EXPLICIT_NONCE_LENGTH, RECORD_OK, AeadCipher, Plaintext, RecordView,
     parse_record_view,
@@ -100,14 +101,6 @@ from extplugtest._openssl_init cimport extplugtest_openssl_init
 extplugtest_openssl_init()  # before any other libcrypto call (csrc/openssl_init.h)
 if lg_ssl_init() != 1:
     raise ImportError("OPENSSL_init_ssl failed")
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd* fds, unsigned long nfds, int timeout)
-    enum: POLLIN
 
 cdef extern from "<arpa/inet.h>" nogil:
     uint32_t htonl(uint32_t)
