@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from typing import Any
 
 from extplugtest.cluster._header import ClusterMac
@@ -13,7 +14,9 @@ class ClusterEngine(DtlsEngine):
         backward: bool = True,
         mac: bool = False,
         batch: bool = True,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None: ...
+    def flush_cluster(self) -> None: ...
     def set_node_mac(
         self, node_id: int, write: ClusterMac | None, read: ClusterMac | None
     ) -> None: ...

@@ -19,7 +19,10 @@ Batches (our extension, ``batch``): the packets of one flush that go to the same
 one datagram (type 64, then per packet a 2-byte big-endian length and the packet), up to
 BATCH_LIMIT bytes, so that the extra hop of a forwarded record costs a share of a datagram
 instead of a whole one (the kernel's per-datagram cost dominates here). A single packet goes
-as it is; ``batch=False`` sends every packet on its own, as Californium's nodes expect.
+as it is; ``batch=False`` sends every packet on its own, as Californium's nodes expect. IN and
+OUT packets share one outbox; given ``defer`` (the loop's ``call_soon``) it is flushed once
+after the event loop's round of socket callbacks, so the IN packets of the DTLS socket's
+datagrams and the OUT packets answering another node's share their datagrams.
 
 Every decision and header is C (cluster/_header.pyx); a packet from an address that is not a
 known node's is dropped and counted, as are packets for unknown nodes. With the cluster MAC
@@ -96,8 +99,9 @@ cdef class ClusterEngine(DtlsEngine):
     cdef int known[NODES]                   # ids of the known nodes, known_count of them
     cdef int known_count
     cdef int rx_router[RX_BATCH + 1]        # node that forwarded rx slot's record, or -1
-    cdef udp_batch forward                  # IN packets (to the management socket)
-    cdef udp_batch backward_batch           # OUT packets (to the management socket)
+    cdef udp_batch outbox                   # IN and OUT packets (to the management socket)
+    cdef object defer                       # defer(callback): run it after this loop round
+    cdef bint flush_deferred                # flush_cluster is scheduled
     cdef udp_batch management_rx
     cdef ClusterCounters k
 
@@ -112,24 +116,23 @@ cdef class ClusterEngine(DtlsEngine):
         memset(&self.k, 0, sizeof(ClusterCounters))
         for i in range(RX_BATCH + 1):
             self.rx_router[i] = -1
-        if (udp_batch_init(&self.forward, TX_BATCH, CLUSTER_SLOT)
-                or udp_batch_init(&self.backward_batch, TX_BATCH, CLUSTER_SLOT)
+        if (udp_batch_init(&self.outbox, TX_BATCH, CLUSTER_SLOT)
                 or udp_batch_init(&self.management_rx, MANAGEMENT_BATCH, CLUSTER_SLOT)
                 or udp_batch_init(&self.coalesced, TX_BATCH, BATCH_LIMIT)):
             raise MemoryError()
 
     def __dealloc__(self):
-        udp_batch_free(&self.forward)
-        udp_batch_free(&self.backward_batch)
+        udp_batch_free(&self.outbox)
         udp_batch_free(&self.management_rx)
         udp_batch_free(&self.coalesced)
 
     def cluster(self, int own_node_id, int management_fd, management not None, *,
-                bint backward=True, bint mac=False, bint batch=True) -> None:
+                bint backward=True, bint mac=False, bint batch=True, defer=None) -> None:
         """Serve as node *own_node_id*; cluster packets go out of *management_fd* (whose
         ``on_management_readable`` the caller registers); other management datagrams go to
         ``management(data, address)``. With *mac*, packets to and from a node need its keys
-        (``set_node_mac``)."""
+        (``set_node_mac``). With *batch* and *defer* (``loop.call_soon``), cluster packets
+        leave once per loop round instead of once per socket callback."""
         if not 0 <= own_node_id < NODES:
             raise ValueError(f"node id must be 0..{NODES - 1}")
         self.own_node_id = own_node_id
@@ -138,6 +141,7 @@ cdef class ClusterEngine(DtlsEngine):
         self.backward = backward
         self.with_mac = mac
         self.batching = batch
+        self.defer = defer
 
     def set_node_mac(self, int node_id, ClusterMac write, ClusterMac read) -> None:
         """The cluster MACs shared with node *node_id*: *write* signs packets to it, *read*
@@ -215,16 +219,16 @@ cdef class ClusterEngine(DtlsEngine):
         if not self.node_address_length[node]:
             self.k.drop_forward += 1                # §5.5: a foreign node we do not know
             return 0
-        if self.forward.count == self.forward.capacity:
-            self._send_cluster(&self.forward)
+        if self.outbox.count == self.outbox.capacity:
+            self._send_cluster(&self.outbox)
         n = cluster_encode_sockaddr(CLUSTER_RECORD_INCOMING, udp_batch_addr(&self.rx, slot),
                                     data, length, self.with_mac,
-                                    udp_batch_buffer(&self.forward, self.forward.count),
+                                    udp_batch_buffer(&self.outbox, self.outbox.count),
                                     CLUSTER_SLOT)
-        if n < 0 or not self._sign(node, udp_batch_buffer(&self.forward, self.forward.count), n):
+        if n < 0 or not self._sign(node, udp_batch_buffer(&self.outbox, self.outbox.count), n):
             self.k.drop_forward += 1
             return 0
-        udp_batch_queue(&self.forward, n, &self.node_address[node],
+        udp_batch_queue(&self.outbox, n, &self.node_address[node],
                         self.node_address_length[node])
         self.k.forwarded += 1
         return 0
@@ -257,16 +261,15 @@ cdef class ClusterEngine(DtlsEngine):
     cdef void _queue_record(self, DtlsConnection connection, Py_ssize_t length,
                             const sockaddr_storage* address, unsigned int address_length) noexcept:
         cdef Py_ssize_t n
-        if self.backward_batch.count == self.backward_batch.capacity:
-            self._send_cluster(&self.backward_batch)
+        if self.outbox.count == self.outbox.capacity:
+            self._send_cluster(&self.outbox)
         n = self._backward_packet(connection, udp_batch_buffer(&self.sealed, self.sealed.count),
                                   length, address,
-                                  udp_batch_buffer(&self.backward_batch,
-                                                   self.backward_batch.count))
+                                  udp_batch_buffer(&self.outbox, self.outbox.count))
         if n == 0:
             DtlsEngine._queue_record(self, connection, length, address, address_length)
         elif n > 0:
-            udp_batch_queue(&self.backward_batch, n,
+            udp_batch_queue(&self.outbox, n,
                             &self.node_address[connection.router_node],
                             self.node_address_length[connection.router_node])
 
@@ -281,7 +284,9 @@ cdef class ClusterEngine(DtlsEngine):
             n = self._backward_packet(connection, record, length, address, packet)
         if n == 0:
             DtlsEngine._send_record(self, connection, record, length, address, address_length)
-        elif n > 0:                                 # (the caller has flushed the batches)
+        elif n > 0:                                 # after what waits, in order
+            self._send_cluster(&self.outbox)
+            self.k.cluster_datagrams += 1
             if udp_send_one(self.management_fd, packet, n,
                             &self.node_address[connection.router_node],
                             self.node_address_length[connection.router_node]) < 0:
@@ -341,8 +346,21 @@ cdef class ClusterEngine(DtlsEngine):
 
     cdef void _flush(self) noexcept:
         DtlsEngine._flush(self)
-        self._send_cluster(&self.forward)
-        self._send_cluster(&self.backward_batch)
+        if not self.outbox.count or self.flush_deferred:
+            return
+        if self.batching and self.defer is not None:
+            try:
+                self.defer(self.flush_cluster)
+                self.flush_deferred = True
+                return
+            except Exception:                       # (a closed loop): send now
+                pass
+        self._send_cluster(&self.outbox)
+
+    def flush_cluster(self) -> None:
+        """Send the cluster packets that wait (the deferred flush of a loop round)."""
+        self.flush_deferred = False
+        self._send_cluster(&self.outbox)
 
     # -- the management socket ---------------------------------------------------------------
     def on_management_readable(self):

@@ -115,7 +115,8 @@ class ClusterNode:
             raise RuntimeError("the DTLS endpoint of a cluster node needs a ClusterEngine")
         self.sock = bind_udp_socket(self.management_address, BUFFER_SIZE, BUFFER_SIZE)
         engine.cluster(self.node_id, self.sock.fileno(), self._management_datagram,
-                       backward=self.backward, mac=self.mac, batch=self.batch)  # fmt: skip
+                       backward=self.backward, mac=self.mac, batch=self.batch,
+                       defer=loop.call_soon)  # fmt: skip
         self._loop = loop
         loop.add_reader(self.sock.fileno(), engine.on_management_readable)
         # ManagementEndpoint starts its membership timer from the running loop.
