@@ -66,6 +66,15 @@ def test_port_in_use_is_reported():
     assert f"cannot bind UDP 127.0.0.1:{port}" in result.stderr
 
 
+def test_unknown_tcp_io_backend_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("EXTPLUGTEST_TCP_IO", "kqueue")
+    result = run("--no-external", "--no-ipv6", "--no-plugtest", "--coap-port", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "extserver: EXTPLUGTEST_TCP_IO must be one of auto, io_uring, epoll, not 'kqueue'"
+    ]
+
+
 def test_config_file_keys(tmp_path):
     path = tmp_path / "CaliforniumReceivetest3.properties"
     path.write_text(

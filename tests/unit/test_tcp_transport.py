@@ -29,6 +29,7 @@ from extplugtest.coap.codes import Code, Option
 from extplugtest.coap.endpoint_tcp import TcpEndpoint
 from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response, separate
 from extplugtest.coap.transport_tcp import (
+    TcpBackendError,
     TcpLimits,
     TcpServerTransport,
     demo_certs,
@@ -638,6 +639,63 @@ def test_closed_connections_are_let_go(io_backend):
     assert all(conn.closed for conn in connections)
     # getrefcount counts its argument and the loop variable: nothing else may hold one
     assert [sys.getrefcount(conn) for conn in connections] == [3] * len(connections)
+    listener.close()
+
+
+def test_io_backend_choice(monkeypatch):
+    assert tcp.TcpEngine(None, io="epoll").io_backend == "epoll"
+    assert tcp.TcpEngine(None).io_backend == ("io_uring" if io_uring_available() else "epoll")
+    with pytest.raises(ValueError, match="io must be one of auto, io_uring, epoll"):
+        tcp.TcpEngine(None, io="kqueue")
+    with pytest.raises(ValueError, match="power of two"):
+        tcp.TcpEngine(None, ring_buffers=3)
+    monkeypatch.setenv("EXTPLUGTEST_TCP_IO", "epoll")
+    assert TcpLimits().io_backend == "epoll"
+    error = TcpBackendError("io_uring", OSError(1, "Operation not permitted"))
+    assert str(error) == (
+        "the io_uring backend for coap+tcp is not available here (Operation not permitted); "
+        "set EXTPLUGTEST_TCP_IO=auto or epoll"
+    )
+
+
+@pytest.mark.skipif(not io_uring_available(), reason="no io_uring here")
+def test_io_uring_receive_rearms_when_its_buffers_run_out():
+    """With 2 receive buffers for 8 connections that all send at once the kernel ends
+    multishot receives (ENOBUFS); each is armed again and every request is answered."""
+
+    class Answering:
+        def on_request(self, message: Message, peer: tuple) -> Message:
+            return Message(0, Code.CONTENT, 0, message.token, payload=message.token * 10)
+
+        def on_response(self, message: Message, peer: tuple) -> None:
+            pass
+
+    engine = tcp.TcpEngine(Answering(), io="io_uring", ring_buffers=2)
+    listener = socket.create_server(("127.0.0.1", 0))
+    clients = []
+    for _ in range(8):
+        clients.append(Peer(listener.getsockname()))
+        sock, address = listener.accept()
+        sock.setblocking(False)
+        engine.open(sock, address)
+    for round_ in range(5):
+        for i, peer in enumerate(clients):
+            peer.send(tcp.encode(Message(0, Code.GET, 0, bytes([i, round_]))))
+        answers: dict[int, Message] = {}
+        deadline = time.monotonic() + WAIT
+        while len(answers) < len(clients) and time.monotonic() < deadline:
+            engine.poll()
+            for i, peer in enumerate(clients):
+                if i not in answers:
+                    message = peer.receive_non_signal(timeout=0.001)
+                    if message is not None:
+                        answers[i] = message
+        assert sorted(answers) == list(range(len(clients)))
+        assert all(answers[i].payload == bytes([i, round_]) * 10 for i in answers)
+    assert engine.counters()["tcp-ring-rearms"] >= 1
+    for peer in clients:
+        peer.close()
+    engine.close_all()
     listener.close()
 
 

@@ -59,6 +59,7 @@ class TcpEngine:
         max_response_payload: int = 1024,
         on_close: Callable[[tuple], object] | None = None,
         io: str = "auto",
+        ring_buffers: int = 1024,
     ) -> None: ...
     def __len__(self) -> int: ...
     @property

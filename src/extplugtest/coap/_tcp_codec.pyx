@@ -524,12 +524,14 @@ cdef class TcpEngine:
     connection (its observations end, §7). *max_message_size* is announced in our CSM and
     bounds every received frame; *max_pending* bounds the unsent bytes of a connection;
     *max_response_payload* is what a FastResource may answer in one message. *io* picks the
-    I/O backend of plain sockets (``IO_BACKENDS``); ``io_backend`` says which one runs.
+    I/O backend of plain sockets (``IO_BACKENDS``); ``io_backend`` says which one runs;
+    *ring_buffers* (a power of two) is the number of io_uring receive buffers of 4 KiB.
     """
 
     def __cinit__(self, endpoint, FastResource fast=None,
                   Py_ssize_t max_message_size=9216, Py_ssize_t max_pending=262144,
-                  Py_ssize_t max_response_payload=1024, on_close=None, str io="auto"):
+                  Py_ssize_t max_response_payload=1024, on_close=None, str io="auto",
+                  unsigned ring_buffers=RING_BUFFERS):
         cdef int err
         self.epfd = -1
         self.ring.fd = -1
@@ -556,7 +558,9 @@ cdef class TcpEngine:
         if io != "epoll":
             # Refused where io_uring is off (kernel.io_uring_disabled, a container's seccomp
             # profile) or too old for multishot receives: then epoll, unless asked for.
-            err = xr_open(&self.ring, RING_ENTRIES, RING_BUFFERS, RING_BUFFER_SIZE,
+            if ring_buffers == 0 or ring_buffers & (ring_buffers - 1) or ring_buffers > 32768:
+                raise ValueError("ring_buffers must be a power of two up to 32768")
+            err = xr_open(&self.ring, RING_ENTRIES, ring_buffers, RING_BUFFER_SIZE,
                           _file_slots())
             if err == 0:
                 self.uring = True

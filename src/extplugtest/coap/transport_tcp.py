@@ -27,7 +27,7 @@ from typing import cast
 
 from cryptography import x509
 
-from extplugtest.coap._tcp_codec import TcpConnection, TcpEngine
+from extplugtest.coap._tcp_codec import IO_BACKENDS, TcpConnection, TcpEngine
 from extplugtest.coap._udp import FastResource
 from extplugtest.coap.endpoint_tcp import TcpEndpoint
 from extplugtest.coap.timer import PeriodicTimer
@@ -43,6 +43,21 @@ CLIENT_AUTH = {"NONE": ssl.CERT_NONE, "WANTED": ssl.CERT_OPTIONAL, "NEEDED": ssl
 ACCEPT_BATCH = 64  # accepts per wake-up, so that other callbacks get their turn
 ACCEPT_BACKOFF = 0.1  # seconds without accepting after running out of file descriptors
 SWEEP_INTERVAL = 1.0
+
+
+class TcpBackendError(Exception):
+    """The I/O backend asked for (EXTPLUGTEST_TCP_IO, TcpLimits.io_backend) cannot be used."""
+
+    def __init__(self, backend: str, error: Exception) -> None:
+        if backend not in IO_BACKENDS:
+            text = f"EXTPLUGTEST_TCP_IO must be one of {', '.join(IO_BACKENDS)}, not {backend!r}"
+        else:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            text = (
+                f"the {backend} backend for coap+tcp is not available here ({reason}); "
+                "set EXTPLUGTEST_TCP_IO=auto or epoll"
+            )
+        super().__init__(text)
 
 
 @dataclass
@@ -216,15 +231,19 @@ class TcpServerTransport:
             raise
         self.sock = sock
         self.endpoint.scheme = "coap+tcp" if self.ssl_context is None else "coaps+tcp"
-        self.engine = TcpEngine(
-            self.endpoint,
-            self.fast,
-            self.limits.max_message_size,
-            self.limits.max_pending,
-            self.endpoint.max_message_size,  # larger answers leave the fast path: block-wise
-            on_close=self.endpoint.connection_closed,
-            io=self.limits.io_backend,
-        )
+        try:
+            self.engine = TcpEngine(
+                self.endpoint,
+                self.fast,
+                self.limits.max_message_size,
+                self.limits.max_pending,
+                self.endpoint.max_message_size,  # larger answers leave the fast path: block-wise
+                on_close=self.endpoint.connection_closed,
+                io=self.limits.io_backend,
+            )
+        except (ValueError, OSError) as error:
+            sock.close()
+            raise TcpBackendError(self.limits.io_backend, error) from None
         self.endpoint.attach(self.engine, sock.getsockname())
         if self.ssl_context is not None:
             self.endpoint.security = self.context_fields

@@ -24,7 +24,7 @@ from extplugtest.coap.endpoint_tcp import TcpEndpoint
 from extplugtest.coap.linkformat import well_known
 from extplugtest.coap.resource import Resource
 from extplugtest.coap.transmission import TransmissionParameters
-from extplugtest.coap.transport_tcp import TcpLimits, TcpServerTransport
+from extplugtest.coap.transport_tcp import TcpBackendError, TcpLimits, TcpServerTransport
 from extplugtest.coap.transport_udp import UdpServerTransport
 from extplugtest.dtls.connector import DtlsLimits, DtlsServerTransport
 from extplugtest.dtls.handshake_server import DtlsConfig
@@ -379,6 +379,8 @@ class ExtendedServer:
     def _open(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> None:
         try:
             transport.open(loop)
+        except TcpBackendError as error:
+            raise StartupError(str(error)) from None
         except OSError as error:
             address, port = transport.requested_address[:2]
             where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
