@@ -258,6 +258,28 @@ def test_partial_and_coalesced_frames(
         assert totals["ignored"] == 2 * 12  # the empty message and the Pong per response
 
 
+def notify_burst(conn: Connection, message: Message) -> None:
+    """A registration's response and five more notifications, all in one write."""
+    if 1 <= message.code <= 31:
+        frames = []
+        for sequence in range(2, 8):
+            notification = Message(0, CONTENT, 0, message.token, payload=PAYLOAD)
+            notification.add_option(6, sequence)
+            frames.append(tcp.encode(notification))
+        conn.send(b"".join(frames))
+
+
+def test_notifications_read_after_the_last_expected_one_are_not_counted(
+    server_factory: Any, make_generator: Any
+) -> None:
+    """The run ends with the expected notification; the rest of that read came too late."""
+    server = server_factory(notify_burst)
+    generator = make_generator(server.port, observe=True)
+    generator.run(requests=1, notifies=3, duration=20)
+    totals = generator.totals()
+    assert totals["notifies"] == 3 and totals["notifies_remaining"] == 0
+
+
 # -- signalling ----------------------------------------------------------------------------------
 
 

@@ -727,6 +727,8 @@ cdef inline void responded(Engine* e, Client* c, int code) noexcept nogil:
 
 cdef void count_notify(Engine* e, Client* c, Exchange* x, uint64_t now) noexcept nogil:
     """Observe mode: one more notification of the client's relation."""
+    if e.notifies_limited and e.notifies_remaining == 0:
+        return      # the run has ended: notifications read with the last one are not in it
     e.total.notifies += 1
     x.notifies += 1
     if e.notifies_limited:
