@@ -116,6 +116,7 @@ enum {
     XR_SETUP_SUBMIT_ALL = 1 << 7,
     XR_SETUP_COOP_TASKRUN = 1 << 8,  /* completions wait for our next system call: no IPIs */
     XR_SETUP_TASKRUN_FLAG = 1 << 9,  /* ... and the SQ flags say when some are waiting */
+    XR_SETUP_SINGLE_ISSUER = 1 << 12,
     XR_SQ_TASKRUN = 1 << 2,
     XR_FEAT_SINGLE_MMAP = 1 << 0,
     XR_FEAT_NODROP = 1 << 1,
@@ -162,6 +163,7 @@ _Static_assert(XR_RECV_MULTISHOT == IORING_RECV_MULTISHOT
                && (int)XR_REGISTER_PBUF_RING == (int)IORING_REGISTER_PBUF_RING
                && XR_SETUP_COOP_TASKRUN == IORING_SETUP_COOP_TASKRUN
                && XR_SQ_TASKRUN == IORING_SQ_TASKRUN
+               && XR_SETUP_SINGLE_ISSUER == IORING_SETUP_SINGLE_ISSUER
                && XR_SQE_FIXED_FILE == IOSQE_FIXED_FILE
                && (int)XR_REGISTER_FILES_UPDATE == (int)IORING_REGISTER_FILES_UPDATE
                && (int)XR_REGISTER_FILES2 == (int)IORING_REGISTER_FILES2
@@ -316,10 +318,26 @@ static inline void xr_set_file(struct xr_sqe *sqe, int fd, int slot)
     }
 }
 
+/* Linux 6.0, the first with multishot receives, is also the first that knows
+ * IORING_SETUP_SINGLE_ISSUER: a one-entry ring with it tells the kernels that would take our
+ * ring but refuse its receives (EINVAL on the first one) from the ones that serve them. */
+static inline int xr_kernel_has_multishot_recv(void)
+{
+    struct xr_params p;
+    int fd;
+    memset(&p, 0, sizeof(p));
+    p.flags = XR_SETUP_SINGLE_ISSUER;
+    fd = xr_setup(1, &p);
+    if (fd < 0)
+        return 0;
+    close(fd);
+    return 1;
+}
+
 /* Open a ring of `entries` SQEs, 4 * entries CQEs, `buf_count` (a power of two) provided
  * buffers of `buf_size` bytes and up to `file_slots` registered files. Returns 0, or -errno
- * with the ring closed. Requires multishot receives and buffer rings (Linux 6.0); kernels
- * without them fail here, not later. */
+ * with the ring closed: io_uring refused (-EPERM, -ENOSYS from a sysctl or seccomp), or a
+ * kernel before 6.0 (-ENOSYS) - they fail here, not at the first receive. */
 static inline int xr_open(xr_ring *r, unsigned entries, unsigned buf_count, unsigned buf_size,
                           unsigned file_slots)
 {
@@ -327,24 +345,20 @@ static inline int xr_open(xr_ring *r, unsigned entries, unsigned buf_count, unsi
     struct xr_buf_reg reg;
     unsigned i;
     int err;
-    /* Not SINGLE_ISSUER: an engine may be made in one thread and run in another's loop. */
-    static const uint32_t flag_sets[] = {
-        XR_SETUP_CQSIZE | XR_SETUP_SUBMIT_ALL | XR_SETUP_COOP_TASKRUN | XR_SETUP_TASKRUN_FLAG,
-        XR_SETUP_CQSIZE | XR_SETUP_SUBMIT_ALL,
-    };
 
     memset(r, 0, sizeof(*r));
     r->fd = -1;
     if (buf_count == 0 || (buf_count & (buf_count - 1)) || buf_count > 32768)
         return -EINVAL;
-    for (i = 0; i < sizeof(flag_sets) / sizeof(flag_sets[0]); i++) {
-        memset(&p, 0, sizeof(p));
-        p.flags = flag_sets[i];
-        p.cq_entries = 4 * entries;
-        r->fd = xr_setup(entries, &p);
-        if (r->fd >= 0 || errno != EINVAL)
-            break;
-    }
+    if (!xr_kernel_has_multishot_recv())
+        return errno == EINVAL ? -ENOSYS : -errno;
+    /* Not SINGLE_ISSUER itself: an engine may be made in one thread and run in another's
+     * loop. COOP_TASKRUN: completions wait for our next system call, no IPIs. */
+    memset(&p, 0, sizeof(p));
+    p.flags = XR_SETUP_CQSIZE | XR_SETUP_SUBMIT_ALL | XR_SETUP_COOP_TASKRUN
+              | XR_SETUP_TASKRUN_FLAG;
+    p.cq_entries = 4 * entries;
+    r->fd = xr_setup(entries, &p);
     if (r->fd < 0)
         return -errno;
     r->features = p.features;

@@ -181,6 +181,8 @@ cdef class TcpEngine:
     cdef int _read(self, TcpConnection conn) except -1
     cdef int _drain(self, TcpConnection conn) except -1
     cdef int _interest(self, TcpConnection conn) except -1
+    cdef int _received(self, TcpConnection conn, const uint8_t* data,
+                       Py_ssize_t length) except -1
     cdef int _input(self, TcpConnection conn, const uint8_t* data, Py_ssize_t length) except -1
     cdef Py_ssize_t _frames(self, TcpConnection conn, const uint8_t* data,
                             Py_ssize_t length) except -1
@@ -209,12 +211,8 @@ cdef class TcpEngine:
     cdef int _ring_arm(self, TcpConnection conn) except -1
     cdef int _ring_cancel(self, TcpConnection conn, int op) except -1
     cdef int _ring_send(self, TcpConnection conn) except -1
-    cdef int _ring_write(self, TcpConnection conn, const uint8_t* data,
-                         Py_ssize_t length) except -1
     cdef int _ring_release(self, TcpConnection conn) except -1
     cdef Py_ssize_t _ring_reap(self) except -1
     cdef int _ring_complete(self, TcpConnection conn, int op, int res,
                             uint32_t flags) except -1
-    cdef int _ring_input(self, TcpConnection conn, const uint8_t* data,
-                         Py_ssize_t length) except -1
     cdef int _ring_close(self, TcpConnection conn) except -1

@@ -28,6 +28,7 @@ all is counted.
 """
 
 import logging
+import resource
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF
@@ -123,9 +124,20 @@ _REASONS = {"peer": CLOSE_PEER, "idle": CLOSE_IDLE, "slow": CLOSE_SLOW,
             "shutdown": CLOSE_SHUTDOWN, "aborted": CLOSE_ABORTED}
 
 
+cdef inline Py_ssize_t _unsent(TcpConnection conn) noexcept:
+    """Bytes handed to a plain socket that it has not taken: waiting in tx, and the rest of
+    an io_uring send in flight."""
+    return conn.tx_length + conn.flight_length - conn.flight_offset
+
+
+cdef inline uint64_t _ring_id(TcpConnection conn, int op) noexcept:
+    """An io_uring request's user data: the connection's address (objects are 16-byte
+    aligned) with the operation in the low bits."""
+    return <uint64_t><uintptr_t><void*>conn | <uint64_t>op
+
+
 def _file_slots() -> int:
     """Registered files may not exceed RLIMIT_NOFILE."""
-    import resource
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return RING_FILES if soft == resource.RLIM_INFINITY else max(0, min(RING_FILES, soft))
 
@@ -506,7 +518,7 @@ cdef class TcpConnection:
         """Bytes handed over for sending that the peer has not taken yet."""
         if self.transport is not None and not self.closed:
             return self.transport.get_write_buffer_size()
-        return self.tx_length + self.flight_length - self.flight_offset
+        return _unsent(self)
 
     @property
     def reading_paused(self) -> bool:
@@ -684,22 +696,8 @@ cdef class TcpEngine:
     def feed(self, TcpConnection conn, data) -> None:
         """Bytes received on a fed stream."""
         cdef const uint8_t[:] raw = data
-        cdef Py_ssize_t length = raw.shape[0], pos = 0, keep, take
-        while pos < length and not conn.closed:
-            keep = conn.rx_length
-            if conn.congested:                  # reading is paused: what still came waits
-                self._keep(conn, &raw[pos], length - pos, True)
-                return
-            if keep == 0:
-                self._input(conn, &raw[pos], length - pos)
-                return
-            # Complete the kept frame: it and the new bytes must be adjacent.
-            take = min(length - pos, self.buf_capacity - keep)
-            memcpy(self.buf, conn.rx, keep)
-            memcpy(self.buf + keep, &raw[pos], take)
-            conn.rx_length = 0
-            pos += take
-            self._input(conn, self.buf, keep + take)
+        if raw.shape[0]:
+            self._received(conn, &raw[0], raw.shape[0])
 
     def connection(self, peer):
         """The open connection of *peer*, or None."""
@@ -905,6 +903,27 @@ cdef class TcpEngine:
         conn.rx_length = 0
         return self._input(conn, self.buf, keep + n)
 
+    cdef int _received(self, TcpConnection conn, const uint8_t* data,
+                       Py_ssize_t length) except -1:
+        """Bytes received on a fed stream or an io_uring receive: after the kept incomplete
+        frame, or kept while reading is paused (they were under way when it paused)."""
+        cdef Py_ssize_t pos = 0, keep, take
+        while pos < length and not conn.closed:
+            keep = conn.rx_length
+            if conn.congested or not conn.reading:
+                conn.congested = True           # handled when reading resumes
+                return self._keep(conn, data + pos, length - pos, True)
+            if keep == 0:
+                return self._input(conn, data + pos, length - pos)
+            # Complete the kept frame: it and the new bytes must be adjacent.
+            take = min(length - pos, self.buf_capacity - keep)
+            memcpy(self.buf, conn.rx, keep)
+            memcpy(self.buf + keep, data + pos, take)
+            conn.rx_length = 0
+            pos += take
+            self._input(conn, self.buf, keep + take)
+        return 0
+
     cdef int _input(self, TcpConnection conn, const uint8_t* data, Py_ssize_t length) except -1:
         cdef Py_ssize_t used = 0, done
         conn.last_activity = self.now if self.polling else _now()   # one clock read a round
@@ -967,7 +986,7 @@ cdef class TcpEngine:
         """The peer has not taken a quarter of the unsent-bytes bound yet: stop reading."""
         cdef Py_ssize_t waiting = self.out_length if conn is self.current else 0
         if conn.fd >= 0:
-            waiting += conn.tx_length + conn.flight_length - conn.flight_offset
+            waiting += _unsent(conn)
         elif conn.transport is not None:
             waiting += conn.transport.get_write_buffer_size()
         return waiting > self.max_pending // 4
@@ -1192,9 +1211,7 @@ cdef class TcpEngine:
             if conn.transport.get_write_buffer_size() > self.max_pending:
                 self._close(conn, CLOSE_OVERFLOW)
             return 0
-        if self.uring:
-            return self._ring_write(conn, data, length)
-        if conn.tx_length == 0:
+        if conn.tx_length == 0 and not self.uring:
             sent = send(conn.fd, data, length, MSG_NOSIGNAL)
             if sent < 0:
                 if errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR:
@@ -1204,7 +1221,7 @@ cdef class TcpEngine:
                 sent = 0
             if sent == length:
                 return 0
-        if conn.tx_length + length - sent > self.max_pending:
+        if _unsent(conn) + length - sent > self.max_pending:
             self._close(conn, CLOSE_OVERFLOW)
             return 0
         if conn.tx_length + length - sent > conn.tx_capacity:
@@ -1217,11 +1234,14 @@ cdef class TcpEngine:
             conn.tx_capacity = capacity
         memcpy(conn.tx + conn.tx_length, data + sent, length - sent)
         conn.tx_length += length - sent
-        if not conn.writing:
+        if self.uring:
+            if conn.flight_length == 0:         # (else it follows the send in flight)
+                self._ring_send(conn)
+        elif not conn.writing:
             conn.writing = True
             self._interest(conn)
             conn.stalled_since = conn.last_activity
-        if conn.tx_length > self.max_pending // 4:
+        if _unsent(conn) > self.max_pending // 4:
             self._pause(conn, True)             # the peer reads too slowly: stop reading
         return 0
 
@@ -1354,9 +1374,8 @@ cdef class TcpEngine:
         return 0
 
     # -- the io_uring backend ---------------------------------------------------------------
-    # A request carries its connection's address with the operation in the low bits (objects
-    # are aligned to 16 bytes) and holds a reference to it until its last completion, so the
-    # connection outlives whatever the kernel still does for it.
+    # A request carries its connection (_ring_id) and holds a reference to it until its last
+    # completion, so the connection outlives whatever the kernel still does for it.
     cdef xr_sqe* _ring_sqe(self) except NULL:
         cdef xr_sqe* sqe = xr_get_sqe(&self.ring)
         if sqe == NULL:                         # the queue is full: hand it over first
@@ -1385,7 +1404,7 @@ cdef class TcpEngine:
         """A multishot receive: every arrival completes into a buffer of the kernel's pick."""
         cdef xr_sqe* sqe = self._ring_sqe()
         xr_prep_recv_multishot(sqe, conn.fd, conn.slot,
-                               <uint64_t><uintptr_t><void*>conn | OP_RECV)
+                               _ring_id(conn, OP_RECV))
         conn.armed = True
         conn.ring_ops += 1
         self.ring_ops += 1
@@ -1393,7 +1412,7 @@ cdef class TcpEngine:
         return self._ring_kick()
 
     cdef int _ring_cancel(self, TcpConnection conn, int op) except -1:
-        xr_prep_cancel(self._ring_sqe(), <uint64_t><uintptr_t><void*>conn | op)
+        xr_prep_cancel(self._ring_sqe(), _ring_id(conn, op))
         return self._ring_kick()
 
     cdef int _ring_send(self, TcpConnection conn) except -1:
@@ -1405,7 +1424,7 @@ cdef class TcpEngine:
         conn.flight_length, conn.flight_offset = conn.tx_length, 0
         conn.tx, conn.tx_capacity, conn.tx_length = buffer, capacity, 0
         xr_prep_send(sqe, conn.fd, conn.slot, conn.flight, <uint32_t>conn.flight_length,
-                     MSG_NOSIGNAL, <uint64_t><uintptr_t><void*>conn | OP_SEND)
+                     MSG_NOSIGNAL, _ring_id(conn, OP_SEND))
         conn.ring_ops += 1
         self.ring_ops += 1
         Py_INCREF(conn)
@@ -1413,30 +1432,6 @@ cdef class TcpEngine:
             conn.writing = True
             conn.stalled_since = conn.last_activity
         return self._ring_kick()
-
-    cdef int _ring_write(self, TcpConnection conn, const uint8_t* data,
-                         Py_ssize_t length) except -1:
-        """Queue bytes behind the send in flight (bounded); start one if none is."""
-        cdef Py_ssize_t waiting = conn.tx_length + conn.flight_length - conn.flight_offset
-        cdef Py_ssize_t capacity
-        cdef uint8_t* grown
-        if waiting + length > self.max_pending:
-            return self._close(conn, CLOSE_OVERFLOW)
-        if conn.tx_length + length > conn.tx_capacity:
-            capacity = min(max(2 * conn.tx_capacity, conn.tx_length + length, 4096),
-                           self.max_pending)
-            grown = <uint8_t*>realloc(conn.tx, capacity)
-            if grown == NULL:
-                raise MemoryError()
-            conn.tx = grown
-            conn.tx_capacity = capacity
-        memcpy(conn.tx + conn.tx_length, data, length)
-        conn.tx_length += length
-        if conn.flight_length == 0:
-            self._ring_send(conn)
-        if waiting + length > self.max_pending // 4:
-            self._pause(conn, True)             # the peer reads too slowly: stop reading
-        return 0
 
     cdef int _ring_release(self, TcpConnection conn) except -1:
         """A request's last completion: drop its reference (and a closed one's buffer)."""
@@ -1496,7 +1491,7 @@ cdef class TcpEngine:
                         xr_prep_send(self._ring_sqe(), conn.fd, conn.slot,
                                      conn.flight + conn.flight_offset,
                                      <uint32_t>(conn.flight_length - conn.flight_offset),
-                                     MSG_NOSIGNAL, <uint64_t><uintptr_t><void*>conn | OP_SEND)
+                                     MSG_NOSIGNAL, _ring_id(conn, OP_SEND))
                         last = False
                         return self._ring_kick()
                     conn.flight_length = conn.flight_offset = 0
@@ -1505,7 +1500,7 @@ cdef class TcpEngine:
                     else:
                         conn.writing = False
                         conn.stalled_since = 0
-                    if conn.tx_length <= self.max_pending // 8:
+                    if _unsent(conn) <= self.max_pending // 8:
                         self._pause(conn, False)
             finally:
                 if last:
@@ -1520,7 +1515,7 @@ cdef class TcpEngine:
                 bid = <uint16_t>(flags >> XR_CQE_BUFFER_SHIFT)
                 try:
                     if res > 0 and not conn.closed:
-                        self._ring_input(conn, xr_buffer(&self.ring, bid), res)
+                        self._received(conn, xr_buffer(&self.ring, bid), res)
                 finally:
                     xr_buf_recycle(&self.ring, bid)
             elif conn.closed or res == -ECANCELED:
@@ -1542,29 +1537,14 @@ cdef class TcpEngine:
                 self._ring_release(conn)
         return 0
 
-    cdef int _ring_input(self, TcpConnection conn, const uint8_t* data,
-                         Py_ssize_t length) except -1:
-        """Received bytes: after the kept incomplete frame, or kept while reading is paused
-        (they arrived before the receive was cancelled)."""
-        cdef Py_ssize_t keep = conn.rx_length
-        if conn.congested or not conn.reading:
-            conn.congested = True               # handled when reading resumes
-            return self._keep(conn, data, length, True)
-        if keep == 0:
-            return self._input(conn, data, length)
-        memcpy(self.buf, conn.rx, keep)         # an incomplete frame stays below the bound
-        memcpy(self.buf + keep, data, length)
-        conn.rx_length = 0
-        return self._input(conn, self.buf, keep + length)
-
     cdef int _ring_close(self, TcpConnection conn) except -1:
         """End the connection's requests before its socket closes. Bytes queued behind a send
         in flight get one last try, as with epoll, if that send has gone out."""
-        cdef uint64_t send_id = <uint64_t><uintptr_t><void*>conn | OP_SEND
+        cdef uint64_t send_id = _ring_id(conn, OP_SEND)
         cdef int res = 0
         cdef Py_ssize_t rest = conn.flight_length - conn.flight_offset
         if conn.armed:
-            xr_prep_cancel(self._ring_sqe(), <uint64_t><uintptr_t><void*>conn | OP_RECV)
+            xr_prep_cancel(self._ring_sqe(), _ring_id(conn, OP_RECV))
         if conn.flight_length:
             if conn.tx_length:
                 xr_submit(&self.ring, 0)        # the flight is issued, a cancel too
