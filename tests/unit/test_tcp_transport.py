@@ -575,6 +575,36 @@ def test_a_peer_that_does_not_read_is_paused_then_closed(make_server, connect):
     assert counters["tcp-closed-stalled"] == 1 and counters["tcp-connections"] == 0
 
 
+@pytest.mark.parametrize("socket_buffer", [32768, 0])
+def test_kernel_buffers_of_a_connection_are_fixed(make_server, connect, socket_buffer):
+    """Kernel memory per connection stays bounded: the accepted socket keeps the buffers of
+    the listener (Linux doubles the value), however much goes through it; with 0 the
+    kernel's autotuning lets the send buffer grow."""
+    server = make_server(socket_buffer=socket_buffer)
+    peer = connect(server.address, csm=csm())
+    path = [(Option.URI_PATH, b"large")]
+    for i in range(10):  # some hundred kB each way
+        peer.send(
+            b"".join(tcp.encode(Message(0, Code.GET, 0, bytes([i, j]), path)) for j in range(64))
+        )
+        answers = [peer.receive_non_signal() for _ in range(64)]
+        assert all(a is not None and a.code == Code.CONTENT for a in answers)
+
+    def buffers() -> tuple[int, int]:
+        (conn,) = server.transport.engine.connections.values()
+        with socket.fromfd(conn.fd, socket.AF_INET, socket.SOCK_STREAM) as sock:  # a dup
+            return (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            )
+
+    send_buffer, receive_buffer = server.call(buffers)
+    if socket_buffer:
+        assert (send_buffer, receive_buffer) == (2 * socket_buffer, 2 * socket_buffer)
+    else:
+        assert send_buffer > 2 * 32768  # net.ipv4.tcp_wmem: 16 kB at first, then grown
+
+
 def test_a_slow_reader_gets_every_answer_in_order(make_server, connect):
     """Reading pauses while the answers wait and resumes when the peer reads: nothing of what
     came meanwhile is lost or reordered (with io_uring the receive is cancelled and re-armed,

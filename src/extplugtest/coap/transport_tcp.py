@@ -77,6 +77,11 @@ class TcpLimits:
     max_message_size: int = 8192 + 1024
     #: unsent bytes per connection; reading pauses at a quarter of it
     max_pending: int = 256 * 1024
+    #: the kernel's send and receive buffer of every connection (SO_SNDBUF, SO_RCVBUF; Linux
+    #: doubles the value for its bookkeeping): fixed, so that thousands of connections cannot
+    #: grow to the autotuning maxima (net.ipv4.tcp_wmem/tcp_rmem, MBs each); 0 leaves them
+    #: to the kernel
+    socket_buffer: int = 64 * 1024
     backlog: int = 1024
     #: TCP keep-alive: probes after this many idle seconds, then every interval, count times
     keepalive_idle: int = 300
@@ -223,6 +228,11 @@ class TcpServerTransport:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restarts in TIME_WAIT
+            if self.limits.socket_buffer:
+                # before listen(): accepted sockets inherit them, and the window scale
+                # offered in the handshake follows the receive buffer
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.socket_buffer)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.limits.socket_buffer)
             sock.bind(self.requested_address)
             sock.listen(self.limits.backlog)
             sock.setblocking(False)
