@@ -111,6 +111,12 @@ static inline void udp_batch_set_length(udp_batch *b, int i, size_t length)
     b->msgs[i].msg_len = (unsigned int)length;
 }
 
+/* The queued datagram in slot i now has `length` bytes (it grew, or lost a header). */
+static inline void udp_batch_set_queued_length(udp_batch *b, int i, size_t length)
+{
+    b->iov[i].iov_len = length;
+}
+
 /* Queue the datagram in slot b->count (its buffer already filled) to address addr. */
 static inline void udp_batch_queue(udp_batch *b, size_t length, const struct sockaddr_storage *addr,
                                    socklen_t addrlen)

@@ -25,6 +25,7 @@ cdef extern from "udp_batch.h" nogil:
     void udp_batch_set(udp_batch* b, int i, const uint8_t* data, size_t length,
                        const sockaddr_storage* addr, unsigned int addrlen)
     void udp_batch_set_length(udp_batch* b, int i, size_t length)
+    void udp_batch_set_queued_length(udp_batch* b, int i, size_t length)
     int udp_batch_send(int fd, udp_batch* b)
     double monotonic_now()
     ssize_t udp_send_one(int fd, const void* data, size_t length, const sockaddr_storage* addr,

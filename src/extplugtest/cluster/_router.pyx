@@ -18,7 +18,8 @@ node holds the keys: its first byte is the node id. ClusterEngine is the DtlsEng
 Batches (our extension, ``batch``): the packets of one flush that go to the same node leave in
 one datagram (type 64, then per packet a 2-byte big-endian length and the packet), up to
 BATCH_LIMIT bytes, so that the extra hop of a forwarded record costs a share of a datagram
-instead of a whole one (the kernel's per-datagram cost dominates here). A single packet goes
+instead of a whole one (the kernel's per-datagram cost dominates here). A packet is encoded
+straight into the open batch datagram of its node (no copy at the flush). A single packet goes
 as it is; ``batch=False`` sends every packet on its own, as Californium's nodes expect. IN and
 OUT packets share one outbox; given ``defer`` (the loop's ``call_soon``) it is flushed once
 after the event loop's round of socket callbacks, so the IN packets of the DTLS socket's
@@ -47,7 +48,7 @@ from extplugtest._net cimport (
     address_tuple, fill_sockaddr, monotonic_now, sockaddr_storage, udp_batch, udp_batch_addr,
     udp_batch_addrlen, udp_batch_buffer, udp_batch_free, udp_batch_init, udp_batch_length,
     udp_batch_queue, udp_batch_queued_length, udp_batch_recv, udp_batch_send, udp_batch_set,
-    udp_batch_truncated, udp_send_one,
+    udp_batch_set_queued_length, udp_batch_truncated, udp_send_one,
 )
 
 cdef enum:
@@ -56,6 +57,7 @@ cdef enum:
     CLUSTER_SLOT = SLOT_SIZE + CLUSTER_MAX_HEADER_LENGTH + 64
     MANAGEMENT_BATCH = 64
     BATCH_LIMIT = 1400              # bytes of one: within a 1500-byte path MTU
+    BATCH_HEADER = 3                # its type byte, and the first packet's length
     IN_SLOT = 0                     # rx slot of the record of an IN packet being processed
 
 cdef struct ClusterCounters:
@@ -74,12 +76,6 @@ cdef struct ClusterCounters:
     unsigned long long cluster_datagrams    # datagrams with IN/OUT packets sent (batches too)
 
 
-cdef inline bint _same_address(udp_batch* batch, int a, int b) noexcept:
-    return (udp_batch_addrlen(batch, a) == udp_batch_addrlen(batch, b)
-            and memcmp(udp_batch_addr(batch, a), udp_batch_addr(batch, b),
-                       udp_batch_addrlen(batch, a)) == 0)
-
-
 cdef class ClusterEngine(DtlsEngine):
     """The DtlsEngine of a cluster node (see the module text). ``cluster()`` sets the node id,
     the management socket and the membership callback; ``set_node()`` keeps the node table."""
@@ -88,7 +84,6 @@ cdef class ClusterEngine(DtlsEngine):
     cdef bint backward
     cdef bint with_mac                      # the cluster MAC (§5.3) on every cluster packet
     cdef bint batching                      # several packets to a node in one datagram
-    cdef udp_batch coalesced                # the batch datagrams of one flush
     cdef list write_macs                    # node id -> ClusterMac for packets to it, or None
     cdef list read_macs                     # node id -> ClusterMac for packets from it
     cdef int management_fd
@@ -99,7 +94,10 @@ cdef class ClusterEngine(DtlsEngine):
     cdef int known[NODES]                   # ids of the known nodes, known_count of them
     cdef int known_count
     cdef int rx_router[RX_BATCH + 1]        # node that forwarded rx slot's record, or -1
-    cdef udp_batch outbox                   # IN and OUT packets (to the management socket)
+    cdef udp_batch outbox                   # datagrams of IN and OUT packets, to be sent
+    cdef int open_slot[NODES]               # outbox slot of the batch a node's packets join
+    cdef int slot_parts[TX_BATCH]           # packets in each outbox slot
+    cdef int slot_node[TX_BATCH]            # and the node it goes to
     cdef object defer                       # defer(callback): run it after this loop round
     cdef bint flush_deferred                # flush_cluster is scheduled
     cdef udp_batch management_rx
@@ -116,15 +114,15 @@ cdef class ClusterEngine(DtlsEngine):
         memset(&self.k, 0, sizeof(ClusterCounters))
         for i in range(RX_BATCH + 1):
             self.rx_router[i] = -1
+        for i in range(NODES):
+            self.open_slot[i] = -1
         if (udp_batch_init(&self.outbox, TX_BATCH, CLUSTER_SLOT)
-                or udp_batch_init(&self.management_rx, MANAGEMENT_BATCH, CLUSTER_SLOT)
-                or udp_batch_init(&self.coalesced, TX_BATCH, BATCH_LIMIT)):
+                or udp_batch_init(&self.management_rx, MANAGEMENT_BATCH, CLUSTER_SLOT)):
             raise MemoryError()
 
     def __dealloc__(self):
         udp_batch_free(&self.outbox)
         udp_batch_free(&self.management_rx)
-        udp_batch_free(&self.coalesced)
 
     def cluster(self, int own_node_id, int management_fd, management not None, *,
                 bint backward=True, bint mac=False, bint batch=True, defer=None) -> None:
@@ -174,6 +172,7 @@ cdef class ClusterEngine(DtlsEngine):
         cdef int i
         if not 0 <= node_id < NODES or node_id == self.own_node_id:
             raise ValueError(f"not another node's id: {node_id}")
+        self.open_slot[node_id] = -1                # what is queued goes where it was going
         if address is None:
             if self.node_address_length[node_id]:
                 self.node_address_length[node_id] = 0
@@ -210,6 +209,7 @@ cdef class ClusterEngine(DtlsEngine):
         cdef Py_ssize_t length = udp_batch_length(&self.rx, slot)
         cdef int node
         cdef Py_ssize_t n
+        cdef uint8_t* packet
         self.rx_router[slot] = -1
         if self.own_node_id < 0 or udp_batch_truncated(&self.rx, slot):
             return DtlsEngine._receive(self, slot)
@@ -219,17 +219,14 @@ cdef class ClusterEngine(DtlsEngine):
         if not self.node_address_length[node]:
             self.k.drop_forward += 1                # §5.5: a foreign node we do not know
             return 0
-        if self.outbox.count == self.outbox.capacity:
-            self._send_cluster(&self.outbox)
+        packet = self._packet_room(node, length)
         n = cluster_encode_sockaddr(CLUSTER_RECORD_INCOMING, udp_batch_addr(&self.rx, slot),
-                                    data, length, self.with_mac,
-                                    udp_batch_buffer(&self.outbox, self.outbox.count),
-                                    CLUSTER_SLOT)
-        if n < 0 or not self._sign(node, udp_batch_buffer(&self.outbox, self.outbox.count), n):
+                                    data, length, self.with_mac, packet,
+                                    length + CLUSTER_MAX_HEADER_LENGTH)
+        if n < 0 or not self._sign(node, packet, n):
             self.k.drop_forward += 1
             return 0
-        udp_batch_queue(&self.outbox, n, &self.node_address[node],
-                        self.node_address_length[node])
+        self._packet_queued(node, packet, n)
         self.k.forwarded += 1
         return 0
 
@@ -238,20 +235,22 @@ cdef class ClusterEngine(DtlsEngine):
             connection.router_node = self.rx_router[slot]
 
     # -- answers: back through the router ----------------------------------------------------
+    cdef bint _goes_back(self, DtlsConnection connection) noexcept:
+        """Do this connection's records go back through the node that forwarded its last one?"""
+        return self.backward and connection.router_node >= 0
+
     cdef Py_ssize_t _backward_packet(self, DtlsConnection connection, const uint8_t* record,
                                      Py_ssize_t length, const sockaddr_storage* client,
                                      uint8_t* out) noexcept:
-        """The OUT packet of a record for a forwarded connection in *out*: its length, 0 when
-        the record goes straight to the client, -1 when it cannot go at all (counted)."""
+        """The OUT packet of a record for a forwarded connection (_goes_back) in *out*, which
+        has room for the record and a header: its length, or -1 when it cannot go (counted)."""
         cdef int router = connection.router_node
         cdef Py_ssize_t n
-        if not self.backward or router < 0:
-            return 0
         if not self.node_address_length[router]:
             self.k.drop_backward += 1               # the router is gone
             return -1
         n = cluster_encode_sockaddr(CLUSTER_RECORD_OUTGOING, client, record, length,
-                                    self.with_mac, out, CLUSTER_SLOT)
+                                    self.with_mac, out, length + CLUSTER_MAX_HEADER_LENGTH)
         if n < 0 or not self._sign(router, out, n):
             self.k.drop_backward += 1
             return -1
@@ -261,88 +260,98 @@ cdef class ClusterEngine(DtlsEngine):
     cdef void _queue_record(self, DtlsConnection connection, Py_ssize_t length,
                             const sockaddr_storage* address, unsigned int address_length) noexcept:
         cdef Py_ssize_t n
-        if self.outbox.count == self.outbox.capacity:
-            self._send_cluster(&self.outbox)
-        n = self._backward_packet(connection, udp_batch_buffer(&self.sealed, self.sealed.count),
-                                  length, address,
-                                  udp_batch_buffer(&self.outbox, self.outbox.count))
-        if n == 0:
+        cdef uint8_t* packet
+        if not self._goes_back(connection):
             DtlsEngine._queue_record(self, connection, length, address, address_length)
-        elif n > 0:
-            udp_batch_queue(&self.outbox, n,
-                            &self.node_address[connection.router_node],
-                            self.node_address_length[connection.router_node])
+            return
+        packet = self._packet_room(connection.router_node, length)
+        n = self._backward_packet(connection, udp_batch_buffer(&self.sealed, self.sealed.count),
+                                  length, address, packet)
+        if n > 0:
+            self._packet_queued(connection.router_node, packet, n)
 
     cdef void _send_record(self, DtlsConnection connection, const uint8_t* record,
                            Py_ssize_t length, const sockaddr_storage* address,
                            unsigned int address_length) noexcept:
         cdef uint8_t packet[CLUSTER_SLOT]
         cdef Py_ssize_t n
-        if length > SLOT_SIZE:                      # no room for a header: it cannot go back
-            n = -1 if self.backward and connection.router_node >= 0 else 0
-        else:
-            n = self._backward_packet(connection, record, length, address, packet)
-        if n == 0:
+        if not self._goes_back(connection):
             DtlsEngine._send_record(self, connection, record, length, address, address_length)
-        elif n > 0:                                 # after what waits, in order
-            self._send_cluster(&self.outbox)
+            return
+        if length > SLOT_SIZE:                      # no room for a header: it cannot go back
+            self.k.drop_backward += 1
+            return
+        n = self._backward_packet(connection, record, length, address, packet)
+        if n > 0:                                   # after what waits, in order
+            self._send_cluster()
             self.k.cluster_datagrams += 1
             if udp_send_one(self.management_fd, packet, n,
                             &self.node_address[connection.router_node],
                             self.node_address_length[connection.router_node]) < 0:
                 self.c.send_errors += 1
 
-    cdef void _send_cluster(self, udp_batch* batch) noexcept:
-        """Send the queued cluster packets: as they are, or (batching) those to the same
-        node together, in the order they were queued."""
-        cdef bint taken[TX_BATCH]
-        cdef int i, j, parts
-        cdef Py_ssize_t length, size
+    # -- the outbox: cluster packets, to the same node together in batch datagrams ------------
+    cdef uint8_t* _packet_room(self, int node, Py_ssize_t record_length) noexcept:
+        """Where the next packet to *node* (a record of *record_length* plus its header) is
+        encoded: behind the packets of the batch to *node* while it stays within BATCH_LIMIT,
+        else at the start of a new datagram (after room for a batch header when batching).
+        _packet_queued then takes it."""
+        cdef int slot = self.open_slot[node]
+        cdef Py_ssize_t used
+        if slot >= 0:
+            used = udp_batch_queued_length(&self.outbox, slot)
+            if used + 2 + record_length + CLUSTER_MAX_HEADER_LENGTH <= BATCH_LIMIT:
+                return udp_batch_buffer(&self.outbox, slot) + used + 2
+        if self.outbox.count == self.outbox.capacity:
+            self._send_cluster()
+        return udp_batch_buffer(&self.outbox, self.outbox.count) + (
+            BATCH_HEADER if self.batching else 0)
+
+    cdef void _packet_queued(self, int node, uint8_t* packet, Py_ssize_t length) noexcept:
+        """The packet to *node* encoded where _packet_room said is complete."""
+        cdef int slot = self.open_slot[node]
+        cdef uint8_t* start = udp_batch_buffer(&self.outbox, self.outbox.count)
+        if not self.batching:
+            self.slot_parts[self.outbox.count] = 1
+            self.slot_node[self.outbox.count] = node
+            udp_batch_queue(&self.outbox, length, &self.node_address[node],
+                            self.node_address_length[node])
+            return
+        (packet - 2)[0] = length >> 8               # each packet: 2-byte length, then it
+        (packet - 1)[0] = length & 0xFF
+        if packet != start + BATCH_HEADER:          # joined the open batch
+            udp_batch_set_queued_length(
+                &self.outbox, slot, udp_batch_queued_length(&self.outbox, slot) + 2 + length)
+            self.slot_parts[slot] += 1
+            return
+        start[0] = CLUSTER_BATCH
+        self.open_slot[node] = self.outbox.count
+        self.slot_parts[self.outbox.count] = 1
+        self.slot_node[self.outbox.count] = node
+        udp_batch_queue(&self.outbox, BATCH_HEADER + length, &self.node_address[node],
+                        self.node_address_length[node])
+
+    cdef void _send_cluster(self) noexcept:
+        """Send the outbox: a batch of one packet goes as the packet alone (what a node
+        without batches reads too)."""
+        cdef int i
         cdef uint8_t* out
-        if not batch.count:
+        cdef Py_ssize_t size
+        if not self.outbox.count:
             return
-        if not self.batching or batch.count == 1:
-            self.k.cluster_datagrams += batch.count
-            self.c.send_errors += udp_batch_send(self.management_fd, batch)
-            return
-        memset(taken, 0, sizeof(taken))
-        self.coalesced.count = 0
-        for i in range(batch.count):
-            if taken[i]:
-                continue
-            out = udp_batch_buffer(&self.coalesced, self.coalesced.count)
-            out[0] = CLUSTER_BATCH
-            size = 1
-            parts = 0
-            for j in range(i, batch.count):
-                length = udp_batch_queued_length(batch, j)
-                if (taken[j] or size + 2 + length > BATCH_LIMIT
-                        or not _same_address(batch, i, j)):
+        for i in range(self.outbox.count):
+            self.open_slot[self.slot_node[i]] = -1
+        if self.batching:
+            for i in range(self.outbox.count):
+                if self.slot_parts[i] > 1:
+                    self.k.batches_sent += 1
                     continue
-                out[size] = length >> 8
-                out[size + 1] = length & 0xFF
-                memcpy(out + size + 2, udp_batch_buffer(batch, j), length)
-                size += 2 + length
-                taken[j] = True
-                parts += 1
-            if parts == 0:                      # too large for a batch: on its own
-                taken[i] = True
-                self.k.cluster_datagrams += 1
-                if udp_send_one(self.management_fd, udp_batch_buffer(batch, i),
-                                udp_batch_queued_length(batch, i), udp_batch_addr(batch, i),
-                                udp_batch_addrlen(batch, i)) < 0:
-                    self.c.send_errors += 1
-                continue
-            if parts == 1:                      # a batch of one: the packet as it is
-                size -= 3
-                memmove(out, out + 3, size)
-            else:
-                self.k.batches_sent += 1
-            udp_batch_queue(&self.coalesced, size, udp_batch_addr(batch, i),
-                            udp_batch_addrlen(batch, i))
-        batch.count = 0
-        self.k.cluster_datagrams += self.coalesced.count
-        self.c.send_errors += udp_batch_send(self.management_fd, &self.coalesced)
+                out = udp_batch_buffer(&self.outbox, i)
+                size = udp_batch_queued_length(&self.outbox, i) - BATCH_HEADER
+                memmove(out, out + BATCH_HEADER, size)
+                udp_batch_set_queued_length(&self.outbox, i, size)
+        self.k.cluster_datagrams += self.outbox.count
+        self.c.send_errors += udp_batch_send(self.management_fd, &self.outbox)
 
     cdef void _flush(self) noexcept:
         DtlsEngine._flush(self)
@@ -355,12 +364,12 @@ cdef class ClusterEngine(DtlsEngine):
                 return
             except Exception:                       # (a closed loop): send now
                 pass
-        self._send_cluster(&self.outbox)
+        self._send_cluster()
 
     def flush_cluster(self) -> None:
         """Send the cluster packets that wait (the deferred flush of a loop round)."""
         self.flush_deferred = False
-        self._send_cluster(&self.outbox)
+        self._send_cluster()
 
     # -- the management socket ---------------------------------------------------------------
     def on_management_readable(self):
