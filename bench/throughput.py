@@ -12,7 +12,7 @@ written to ``bench/results/throughput-<time>.json``.
 
     .venv/bin/python bench/throughput.py [--clients 50,500] [--servers ours,libcoap,aiocoap]
                                          [--duration 10] [--warmup 2]
-                                         [--transport udp|dtls|tcp]
+                                         [--transport udp|dtls|tcp] [--paired]
 
 ``--transport dtls``: coaps with PSK (Client_identity / secretPSK, which both servers know),
 TLS_PSK_WITH_AES_128_CCM_8; ours hands out a 6-byte CID (RFC 9146), libcoap 4.3 has none;
@@ -23,6 +23,13 @@ client (the generator sends its CSM first, then its requests; no retransmission)
 libcoap's ``coap-server-notls`` listen for TCP on their UDP port (libcoap's /benchmark is
 created by PUT over UDP before the run; the resource is shared by the transports). aiocoap is
 skipped (bench/aiocoap_server.py serves UDP only).
+
+``--paired``: every server runs at the same time as libcoap instead of after it: both on
+CPU 0, a generator each on CPU 1, one measurement window for both. This VM's speed drifts by
+10-20 % between runs a minute apart, which the ratio of two runs in turn inherits; two servers
+measured side by side see the same drift (ours against ours: 1.00, range 0.997-1.005). Each
+server then has about half of CPU 0, so the figures are not those of a server alone on a core;
+the ratio is the one to compare.
 
 Only loopback addresses are used; every wait is bounded; every process started here is
 killed at the end, also on Ctrl-C or an error.
@@ -350,6 +357,47 @@ class Generator:
         return "\n".join(self.output[-20:])
 
 
+def launch_generator(
+    processes: Processes,
+    cpu: str,
+    uri: str,
+    clients: int,
+    args: argparse.Namespace,
+    result_file: Path,
+    extra: tuple[str, ...] = (),
+) -> Generator:
+    """``extclient benchmark`` (CON GET) pinned to *cpu*, launched (``wait_started`` then
+    waits until it has started its clients)."""
+    command = [
+        "taskset", "-c", cpu, str(VENV_BIN / "extclient"), "benchmark", uri,
+        "--clients", str(clients), "--method", "GET", "--con", "--no-stop",
+        "--duration", str(args.duration), "--warmup", str(args.warmup),
+        "--json", str(result_file), *extra,
+    ]  # fmt: skip
+    process = processes.start(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[tuple[float, str]] = queue.Queue()
+    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
+    return Generator(process, 0.0, lines, [])
+
+
+def wait_started(run: Generator, start_timeout: float = START_TIMEOUT) -> Generator:
+    """The launched generator, once it printed "Benchmark started." (its ``started``);
+    raises BenchError when it does not start in time."""
+    deadline = time.monotonic() + start_timeout
+    while time.monotonic() < deadline:
+        try:
+            stamp, line = run.lines.get(timeout=0.2)
+        except queue.Empty:
+            if run.process.poll() is not None:
+                break
+            continue
+        run.output.append(line)
+        if line == "Benchmark started.":
+            run.started = stamp
+            return run
+    raise BenchError("extclient did not start:\n" + "\n".join(run.output[-10:]))
+
+
 def start_generator(
     processes: Processes,
     cpu: str,
@@ -362,82 +410,93 @@ def start_generator(
 ) -> Generator:
     """``extclient benchmark`` (CON GET) pinned to *cpu*, once it has started its clients
     (raises BenchError when it does not start in time)."""
-    command = [
-        "taskset", "-c", cpu, str(VENV_BIN / "extclient"), "benchmark", uri,
-        "--clients", str(clients), "--method", "GET", "--con", "--no-stop",
-        "--duration", str(args.duration), "--warmup", str(args.warmup),
-        "--json", str(result_file), *extra,
-    ]  # fmt: skip
-    process = processes.start(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[tuple[float, str]] = queue.Queue()
-    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
-    output: list[str] = []
-    deadline = time.monotonic() + start_timeout
-    while time.monotonic() < deadline:
-        try:
-            stamp, line = lines.get(timeout=0.2)
-        except queue.Empty:
-            if process.poll() is not None:
-                break
-            continue
-        output.append(line)
-        if line == "Benchmark started.":
-            return Generator(process, stamp, lines, output)
-    raise BenchError("extclient did not start:\n" + "\n".join(output[-10:]))
+    run = launch_generator(processes, cpu, uri, clients, args, result_file, extra)
+    return wait_started(run, start_timeout)
 
 
 def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One server alone on CPU 0."""
+    return measure_together([server], clients, args, work)[0]
+
+
+def measure_together(
+    servers: list[Server], clients: int, args: argparse.Namespace, work: Path
+) -> list[dict[str, Any]]:
+    """The servers at the same time on CPU 0, a generator each on CPU 1: their figures over
+    one window (from the last generator's start + warm-up to the first one's end)."""
     idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
-    result_file = work / f"{server.name}-{clients}.json"
-    with Processes() as processes, open(work / f"{server.name}-{clients}.log", "wb") as log:
-        dtls = args.transport == "dtls"
-        tcp = args.transport == "tcp"
-        process, port = start_server(server, processes, log, dtls, tcp)
-        if dtls:
-            uri = f"coaps://{LOOPBACK}:{port + 1}/{PATH}"
-        elif tcp:
-            uri = f"coap+tcp://{LOOPBACK}:{port}/{PATH}"
-        else:
-            uri = f"coap://{LOOPBACK}:{port}/{PATH}"
-        extra: tuple[str, ...] = ("-i", DTLS_IDENTITY, "-s", DTLS_SECRET) if dtls else ()
-        if args.source_addresses:
-            extra += ("--source-addresses", args.source_addresses)
-        run = start_generator(processes, GENERATOR_CPU, uri, clients, args, result_file,
-                              extra=extra)  # fmt: skip
-        generator, started = run.process, run.started
-        # The generator opens its window `warmup` s after "Benchmark started."; sample the
-        # server's CPU over the same stretch.
-        sleep_until(started + args.warmup, generator)
-        cpu0, box0, wall0 = process_cpu(process.pid), box_cpu(), time.monotonic()
-        sleep_until(started + args.warmup + args.duration, generator)
-        cpu1, box1, wall1 = process_cpu(process.pid), box_cpu(), time.monotonic()
-        try:
-            generator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            raise BenchError("extclient did not finish") from None
-        if generator.returncode != 0 or not result_file.exists():
-            raise BenchError(f"extclient failed ({generator.returncode}):\n{run.tail()}")
-    load = json.loads(result_file.read_text())
-    wall = wall1 - wall0
-    server_cpu = (cpu1 - cpu0) / wall
-    generator_cpu = load["generator_cpu_s"] / load["duration_s"]
-    box_busy = (box1[0] - box0[0]) / wall
-    return {
-        "server": server.name,
-        "clients": clients,
-        "req_per_s": load["req_per_s"],
-        "server_cpu_pct": 100 * server_cpu,
-        "req_per_server_cpu_s": load["req_per_s"] / server_cpu if server_cpu > 0 else None,
-        "generator_cpu_pct": 100 * generator_cpu,
-        "other_cpu_pct": 100 * max(0.0, box_busy - server_cpu - generator_cpu),
-        "p50_ms": load["latency_ms"]["p50"],
-        "p99_ms": load["latency_ms"]["p99"],
-        "timeouts": load["transmission_errors"],
-        "retransmissions": load["retransmissions"],
-        "connections_closed": load.get("connections_closed", 0),  # coap+tcp
-        "before": idle,
-        "generator": load,
-    }
+    dtls = args.transport == "dtls"
+    tcp = args.transport == "tcp"
+    with contextlib.ExitStack() as stack:
+        processes = stack.enter_context(Processes())
+        started = []
+        for server in servers:
+            log = stack.enter_context(open(work / f"{server.name}-{clients}.log", "wb"))
+            process, port = start_server(server, processes, log, dtls, tcp)
+            started.append((server, process, port, work / f"{server.name}-{clients}.json"))
+        runs = []
+        for _server, _process, port, result_file in started:
+            if dtls:
+                uri = f"coaps://{LOOPBACK}:{port + 1}/{PATH}"
+            elif tcp:
+                uri = f"coap+tcp://{LOOPBACK}:{port}/{PATH}"
+            else:
+                uri = f"coap://{LOOPBACK}:{port}/{PATH}"
+            extra: tuple[str, ...] = ("-i", DTLS_IDENTITY, "-s", DTLS_SECRET) if dtls else ()
+            if args.source_addresses:
+                extra += ("--source-addresses", args.source_addresses)
+            runs.append(launch_generator(processes, GENERATOR_CPU, uri, clients, args,
+                                         result_file, extra))  # fmt: skip
+        for run in runs:
+            wait_started(run)
+        # Each generator opens its window `warmup` s after its "Benchmark started."; each
+        # server's CPU is sampled over its generator's window (they start within a moment).
+        moments = sorted(
+            (r.started + args.warmup + end * args.duration, end, i)
+            for i, r in enumerate(runs)
+            for end in (0, 1)
+        )
+        cpu = [[0.0, 0.0] for _ in runs]
+        box, wall = [(0.0, 0.0), (0.0, 0.0)], [0.0, 0.0]
+        for k, (moment, end, i) in enumerate(moments):
+            sleep_until(moment, runs[i].process)
+            cpu[i][end] = process_cpu(started[i][1].pid)
+            if k in (0, len(moments) - 1):  # the box over all windows: first start, last end
+                box[end], wall[end] = box_cpu(), time.monotonic()
+        for run, (_server, _process, _port, result_file) in zip(runs, started, strict=True):
+            try:
+                run.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise BenchError("extclient did not finish") from None
+            if run.process.returncode != 0 or not result_file.exists():
+                raise BenchError(f"extclient failed ({run.process.returncode}):\n{run.tail()}")
+    box_busy = (box[1][0] - box[0][0]) / (wall[1] - wall[0])
+    loads = [json.loads(result_file.read_text()) for _s, _p, _port, result_file in started]
+    generators_cpu = sum(load["generator_cpu_s"] / load["duration_s"] for load in loads)
+    servers_cpu = sum(end - start for start, end in cpu) / args.duration
+    results = []
+    for i, (server, _process, _port, _file) in enumerate(started):
+        load = loads[i]
+        server_cpu = (cpu[i][1] - cpu[i][0]) / args.duration
+        results.append({
+            "server": server.name,
+            "clients": clients,
+            "together_with": [s.name for s, _p, _port, _f in started if s is not server],
+            "start_gap_s": runs[i].started - min(r.started for r in runs),
+            "req_per_s": load["req_per_s"],
+            "server_cpu_pct": 100 * server_cpu,
+            "req_per_server_cpu_s": load["req_per_s"] / server_cpu if server_cpu > 0 else None,
+            "generator_cpu_pct": 100 * load["generator_cpu_s"] / load["duration_s"],
+            "other_cpu_pct": 100 * max(0.0, box_busy - servers_cpu - generators_cpu),
+            "p50_ms": load["latency_ms"]["p50"],
+            "p99_ms": load["latency_ms"]["p99"],
+            "timeouts": load["transmission_errors"],
+            "retransmissions": load["retransmissions"],
+            "connections_closed": load.get("connections_closed", 0),  # coap+tcp
+            "before": idle,
+            "generator": load,
+        })  # fmt: skip
+    return results
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -497,14 +556,14 @@ def available(server: Server, transport: str, errors: list[str]) -> bool:
 
 def add_ratios(runs: list[dict[str, Any]]) -> None:
     """Per run: req/srv-CPU-s relative to libcoap's with the same client count in the same
-    round (None without that run)."""
-    baseline = {
-        (r["round"], r["clients"]): r["req_per_server_cpu_s"]
-        for r in runs
-        if r["server"] == "libcoap"
-    }
+    round, and with --paired in the same pair (None without that run)."""
+
+    def key(run: dict[str, Any]) -> tuple[int, int, int]:
+        return run["round"], run["clients"], run.get("pair", 0)
+
+    baseline = {key(r): r["req_per_server_cpu_s"] for r in runs if r["server"] == "libcoap"}
     for r in runs:
-        base = baseline.get((r["round"], r["clients"]))
+        base = baseline.get(key(r))
         value = r["req_per_server_cpu_s"]
         r["vs_libcoap"] = value / base if base and value else None
 
@@ -578,6 +637,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="udp, dtls: the generator's clients send from the addresses of CIDR over one socket "
         "(extclient benchmark --source-addresses), e.g. 127.1.0.0/16",
     )  # fmt: skip
+    parser.add_argument(
+        "--paired", action="store_true",
+        help="run every server at the same time as libcoap (both on CPU 0, a generator each on "
+        "CPU 1): a ratio free of the box's drift between runs",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     try:
@@ -598,6 +662,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeat 1..20")
     if args.source_addresses and args.transport == "tcp":
         parser.error("--source-addresses is for --transport udp or dtls")
+    if args.paired and ("libcoap" not in args.servers or len(args.servers) < 2):
+        parser.error("--paired needs libcoap and another server in --servers")
     return args
 
 
@@ -608,7 +674,7 @@ class Step:
 
     round: int  # 0-based
     label: str  # what is measured, e.g. "ours, 50 clients"
-    measure: Callable[[], dict[str, Any]]
+    measure: Callable[[], dict[str, Any] | list[dict[str, Any]]]  # a run, or runs together
     describe: Callable[[dict[str, Any]], str]
 
 
@@ -621,19 +687,20 @@ def run_plan(steps: list[Step], errors: list[str]) -> list[dict[str, Any]]:
             where = f"{step.label}, round {step.round + 1}"
             print(f"{where} ...", flush=True)
             try:
-                run = step.measure()
+                measured = step.measure()
             except (BenchError, subprocess.SubprocessError, OSError) as exc:
                 errors.append(f"{where}: {exc}")
                 print(f"  failed: {exc}", flush=True)
                 continue
-            run["round"] = step.round + 1
-            before = run["before"]
-            print(
-                f"  {step.describe(run)} (load before {before['loadavg']}, busy "
-                f"{before['busy_pct']}%{'' if before['idle'] else ', NOT IDLE'})",
-                flush=True,
-            )
-            runs.append(run)
+            for run in measured if isinstance(measured, list) else [measured]:
+                run["round"] = step.round + 1
+                before = run["before"]
+                print(
+                    f"  {step.describe(run)} (load before {before['loadavg']}, busy "
+                    f"{before['busy_pct']}%{'' if before['idle'] else ', NOT IDLE'})",
+                    flush=True,
+                )
+                runs.append(run)
     except KeyboardInterrupt:
         errors.append("interrupted")
     return runs
@@ -653,6 +720,37 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def describe(run: dict[str, Any]) -> str:
+    return (
+        f"{run['server']}: {run['req_per_s']:,.0f} req/s, server {run['server_cpu_pct']:.0f}% CPU"
+    )
+
+
+def plan(servers: list[str], args: argparse.Namespace, work: Path) -> list[Step]:
+    """Every server in turn per round and client count, or with --paired every other server
+    together with libcoap (the pair's number goes into its runs)."""
+    if not args.paired:
+        return [
+            Step(round_, f"{name}, {clients} clients",
+                 functools.partial(measure, SERVERS[name], clients, args, work), describe)
+            for round_ in range(args.repeat) for clients in args.clients for name in servers
+        ]  # fmt: skip
+
+    def pair(number: int, name: str, clients: int) -> list[dict[str, Any]]:
+        runs = measure_together([SERVERS[name], SERVERS["libcoap"]], clients, args, work)
+        for run in runs:
+            run["pair"] = number
+        return runs
+
+    others = [name for name in servers if name != "libcoap"]
+    return [
+        Step(round_, f"{name} with libcoap, {clients} clients",
+             functools.partial(pair, number, name, clients), describe)
+        for round_ in range(args.repeat) for clients in args.clients
+        for number, name in enumerate(others, 1)
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.cpu_count() and os.cpu_count() < 2:
@@ -666,15 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host: {info['cpus']} CPUs, load {info['loadavg']}, kernel {info['kernel']}")
     servers = [name for name in args.servers if available(SERVERS[name], args.transport, errors)]
     with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
-        steps = [
-            Step(
-                round_, f"{name}, {clients} clients",
-                functools.partial(measure, SERVERS[name], clients, args, Path(tmp)),
-                lambda run: f"{run['req_per_s']:,.0f} req/s, server "
-                f"{run['server_cpu_pct']:.0f}% CPU",
-            )
-            for round_ in range(args.repeat) for clients in args.clients for name in servers
-        ]  # fmt: skip
+        steps = plan(servers, args, Path(tmp))
         runs = run_plan(steps, errors)
     add_ratios(runs)
     summary = medians(runs) if args.repeat > 1 else []
@@ -682,7 +772,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(table(runs))
     if summary:
-        print(f"\nmedians over {args.repeat} rounds (ratio: per round, against libcoap's run):")
+        against = "its pair's libcoap" if args.paired else "libcoap's run"
+        print(f"\nmedians over {args.repeat} rounds (ratio: per round, against {against}):")
         for m in summary:
             ratio = m["vs_libcoap"]
             spread = m["vs_libcoap_range"]
@@ -704,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         "source_addresses": args.source_addresses,
         "server_cpu": SERVER_CPU,
         "generator_cpu": GENERATOR_CPU,
+        "paired": args.paired,
     }
     out.write_text(
         json.dumps(
