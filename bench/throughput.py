@@ -69,6 +69,9 @@ PATH = "benchmark?rlen=40"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 10.0  # seconds until a fresh server must answer a CoAP ping
 START_TIMEOUT = 30.0  # seconds until the generator must print "Benchmark started."
+#: side by side: the generators start their requests together this long after their launch
+#: (connecting 500 clients to libcoap takes up to 2 s of SYN retries: its backlog is small)
+TOGETHER_START_S = 6.0
 MAX_DURATION = 60.0
 MAX_WARMUP = 30.0
 
@@ -435,6 +438,7 @@ def measure_together(
             process, port = start_server(server, processes, log, dtls, tcp)
             started.append((server, process, port, work / f"{server.name}-{clients}.json"))
         runs = []
+        start_at = time.time() + TOGETHER_START_S if len(servers) > 1 else None
         for _server, _process, port, result_file in started:
             if dtls:
                 uri = f"coaps://{LOOPBACK}:{port + 1}/{PATH}"
@@ -445,12 +449,14 @@ def measure_together(
             extra: tuple[str, ...] = ("-i", DTLS_IDENTITY, "-s", DTLS_SECRET) if dtls else ()
             if args.source_addresses:
                 extra += ("--source-addresses", args.source_addresses)
+            if start_at is not None:
+                extra += ("--start-at", f"{start_at:.3f}")
             runs.append(launch_generator(processes, GENERATOR_CPU, uri, clients, args,
                                          result_file, extra))  # fmt: skip
         for run in runs:
             wait_started(run)
-        # Each generator opens its window `warmup` s after its "Benchmark started."; each
-        # server's CPU is sampled over its generator's window (they start within a moment).
+        # Each generator opens its window `warmup` s after its "Benchmark started." (side by
+        # side all at start_at); each server's CPU is sampled over its generator's window.
         moments = sorted(
             (r.started + args.warmup + end * args.duration, end, i)
             for i, r in enumerate(runs)

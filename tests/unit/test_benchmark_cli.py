@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -122,6 +123,7 @@ def test_option_parsing() -> None:
         (["--reverse", "0"], "--reverse must be"),
         (["--min", "50"], "--min/--max need --reverse"),
         (["--reverse", "5", "--notifies", "5"], "--reverse and --notifies exclude each other"),
+        (["--start-at", str(time.time() + 100_000)], "--start-at must be within the next 600 s"),
     ],
 )
 def test_bad_options(capsys: Any, argv: list[str], message: str) -> None:
@@ -341,6 +343,29 @@ def test_run_output_and_json(capsys: Any, tmp_path: Any, responder_factory: Any)
     }  # fmt: skip
     assert sum(count for _, count in result["latency_histogram_us"]) == 24
     assert all(request.payload == b"hello" for request in responder.requests())
+
+
+def test_start_at_waits_for_the_wall_clock(
+    capsys: Any, tmp_path: Any, responder_factory: Any
+) -> None:
+    """--start-at: the clients connect first, the requests begin at that moment (generators
+    side by side share a window); a moment already past is said and the run starts at once."""
+    responder = responder_factory(piggybacked)
+    uri = f"coap://127.0.0.1:{responder.port}/benchmark"
+    result_file = tmp_path / "result.json"
+    start_at = time.time() + 0.5
+    code, lines, err = run_cli(
+        capsys, uri, "--clients", "2", "--requests", "2", "--start-at", str(start_at),
+        "--json", str(result_file),
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(result_file.read_text())["started_at"] >= start_at
+    code, lines, err = run_cli(
+        capsys, uri, "--clients", "2", "--requests", "2", "--start-at", str(time.time() - 5)
+    )
+    assert code == 0, err
+    assert any(line.startswith("--start-at passed ") for line in lines)
+    assert "Benchmark started." in lines
 
 
 def test_stale_run_is_stopped(capsys: Any, tmp_path: Any, responder_factory: Any) -> None:

@@ -18,6 +18,9 @@ Differences from Californium, on purpose:
 
 * ``--duration``/``--warmup`` (seconds) end a run by time; statistics cover the time after the
   warm-up. Without ``--requests`` a run with ``--duration`` is limited by time only.
+* ``--start-at`` (our extension): the requests begin at a given wall-clock time, after the
+  clients connected, so that several generators (one per server measured side by side) share
+  one measurement window.
 * ``--timeout`` (response timeout for NON requests and after an empty ACK) defaults to 10 s,
   not Californium's 30 s BENCHMARK_RESPONSE_TIMEOUT / 145 s NON_LIFETIME: in a short benchmark
   run a lost NON request would otherwise park its client for the rest of the run.
@@ -74,6 +77,7 @@ MAX_REQUESTS = 1_000_000_000  # per client
 MAX_NOTIFIES = 10_000_000  # per client (the server's limit for reverse observes)
 MAX_DURATION = 3600.0  # seconds
 MAX_WARMUP = 600.0
+MAX_START_DELAY = 600.0  # --start-at: at most this far ahead
 MAX_TIMEOUT_MS = 600_000
 MAX_INTERVAL_MS = 3_600_000
 MAX_PAYLOAD = 8192  # Californium's MAX_RESOURCE_BODY_SIZE; larger ones go block-wise (Block1)
@@ -978,6 +982,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds of load before the measurement window opens (default 0)",
     )  # fmt: skip
     parser.add_argument(
+        "--start-at", type=float, metavar="EPOCH",
+        help="start the requests at this wall-clock time (Unix seconds; the clients connect "
+        "and do their handshakes before it), so that several generators share one window",
+    )  # fmt: skip
+    parser.add_argument(
         "--local-port", type=int, metavar="PORT", help="local port of the first client"
     )
     parser.add_argument(
@@ -1037,6 +1046,10 @@ def validate(args: argparse.Namespace) -> None:
     check(0 < args.ack_timeout <= MAX_TIMEOUT_MS, f"--ack-timeout must be 1..{MAX_TIMEOUT_MS} ms")
     check(0 <= args.duration <= MAX_DURATION, f"--duration must be 0..{MAX_DURATION:g} s")
     check(0 <= args.warmup <= MAX_WARMUP, f"--warmup must be 0..{MAX_WARMUP:g} s")
+    check(
+        args.start_at is None or args.start_at - time.time() <= MAX_START_DELAY,
+        f"--start-at must be within the next {MAX_START_DELAY:g} s",
+    )
     check(args.local_port is None or 1 <= args.local_port <= 65535, "--local-port must be 1..65535")
     check(
         args.notifies is None or 1 <= args.notifies <= MAX_NOTIFIES,
@@ -1133,6 +1146,18 @@ def interval_default() -> int:
     if not 0 <= value <= MAX_INTERVAL_MS:
         raise BenchmarkError(f"COAP_REQUEST_INTERVAL must be 0..{MAX_INTERVAL_MS}", 2)
     return value
+
+
+def wait_for_start(start_at: float) -> None:
+    """Sleep until the wall-clock time *start_at* (--start-at); a moment already past is
+    said, and the run starts at once."""
+    late = time.time() - start_at
+    if late > 0:
+        _say(f"--start-at passed {late:.3f} s ago while the clients connected.")
+        return
+    deadline = time.monotonic() - late
+    while (left := deadline - time.monotonic()) > 0:  # bounded: MAX_START_DELAY
+        time.sleep(min(left, 0.5))
 
 
 def _say(line: str) -> None:
@@ -1261,6 +1286,8 @@ def run(args: argparse.Namespace) -> int:
         created = time.monotonic() - created
         probe(generator, args, target)
         _say(created_line(args.clients, created))
+        if args.start_at is not None:
+            wait_for_start(args.start_at)
         renewal = start_renewal(generator, sockets, args, make_handshake)
         runner = Runner(generator)
         try:
@@ -1271,6 +1298,7 @@ def run(args: argparse.Namespace) -> int:
                 notifies=args.notifies or 0,
                 reverse=args.reverse or 0,
             )
+            started_at = time.time()
             _say("Benchmark started.")
             phases = Phases(
                 observe=observe,
@@ -1285,6 +1313,7 @@ def run(args: argparse.Namespace) -> int:
             if renewal is not None:
                 renewal.stop()
         result = collect(generator, args, target, payload, expected, seen)
+        result["started_at"] = started_at  # wall clock, Unix seconds
         result["interrupted"] = runner.interrupted
         if renewal is not None:
             result["handshakes_during_run"] = renewal.handshakes
