@@ -46,8 +46,8 @@ from extplugtest.coap._udp cimport RX_BATCH, SLOT_SIZE, TX_BATCH, peer_key_from_
 from extplugtest.dtls._datapath cimport DtlsConnection, DtlsEngine
 from extplugtest._net cimport (
     address_tuple, fill_sockaddr, monotonic_now, sockaddr_storage, udp_batch, udp_batch_addr,
-    udp_batch_addrlen, udp_batch_buffer, udp_batch_free, udp_batch_init, udp_batch_length,
-    udp_batch_queue, udp_batch_queued_length, udp_batch_recv, udp_batch_send, udp_batch_set,
+    udp_batch_buffer, udp_batch_free, udp_batch_init, udp_batch_length, udp_batch_queue,
+    udp_batch_queued_length, udp_batch_recv, udp_batch_send, udp_batch_set,
     udp_batch_set_queued_length, udp_batch_truncated, udp_send_one,
 )
 
