@@ -82,13 +82,14 @@ from throughput import (
     busy_before,
     format_table,
     host_info,
+    launch_generator,
     load_average,
     process_cpu,
     run_plan,
     sleep_until,
-    start_generator,
     stop_on_sigterm,
     wait_idle,
+    wait_started,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -358,8 +359,10 @@ def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> d
         nat, nat_port, control = start_nat(setup, nodes, clients, args, processes, log, work)
         uri = f"coaps://{LOOPBACK}:{nat_port}/{PATH}"
         extra = ("-i", IDENTITY, "-s", SECRET, "--ack-timeout", str(ACK_TIMEOUT_MS))
-        run = start_generator(processes, LOAD_CPU, uri, clients, args, result_file,
-                              START_TIMEOUT, extra)  # fmt: skip
+        run = wait_started(
+            launch_generator(processes, LOAD_CPU, uri, clients, args, result_file, extra),
+            START_TIMEOUT,
+        )
         generator, started = run.process, run.started
         # every client to a new NAT entry with a random node (Californium's "clear")
         usages_before = nat_usages(control)

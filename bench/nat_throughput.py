@@ -50,13 +50,14 @@ from throughput import (
     format_table,
     free_udp_port,
     host_info,
+    launch_generator,
     load_average,
     process_cpu,
     run_plan,
     sleep_until,
-    start_generator,
     stop_on_sigterm,
     wait_idle,
+    wait_started,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,8 +184,10 @@ def measure(
         else:
             port = backends[0][1]  # direct: the first backend only
         uri = f"coap://{LOOPBACK}:{port}/{PATH}"
-        run = start_generator(processes, LOAD_CPU, uri, args.clients, args, result_file,
-                              START_TIMEOUT)  # fmt: skip
+        run = wait_started(
+            launch_generator(processes, LOAD_CPU, uri, args.clients, args, result_file),
+            START_TIMEOUT,
+        )
         generator, started = run.process, run.started
         pids = [p.pid for p, _ in backends]
         sleep_until(started + args.warmup, generator)

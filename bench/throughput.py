@@ -401,22 +401,6 @@ def wait_started(run: Generator, start_timeout: float = START_TIMEOUT) -> Genera
     raise BenchError("extclient did not start:\n" + "\n".join(run.output[-10:]))
 
 
-def start_generator(
-    processes: Processes,
-    cpu: str,
-    uri: str,
-    clients: int,
-    args: argparse.Namespace,
-    result_file: Path,
-    start_timeout: float = START_TIMEOUT,
-    extra: tuple[str, ...] = (),
-) -> Generator:
-    """``extclient benchmark`` (CON GET) pinned to *cpu*, once it has started its clients
-    (raises BenchError when it does not start in time)."""
-    run = launch_generator(processes, cpu, uri, clients, args, result_file, extra)
-    return wait_started(run, start_timeout)
-
-
 def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One server alone on CPU 0."""
     return measure_together([server], clients, args, work)[0]
