@@ -46,6 +46,13 @@ CPU 1 set the pace), and two half-loaded nodes on one core batch less than one f
 box hits all setups alike); each run's penalty is against the single node of its round, and
 the medians over the rounds are printed at the end.
 
+``--side-by-side`` runs every other setup at the same time as the single node: all nodes on
+CPU 0, both NATs and generators as placed, the generators starting their requests together
+(``extclient benchmark --start-at``), one window. Runs in turn inherit the VM's drift between
+them (10-20 %); setups side by side see the same drift, so each pair's penalty is steadier.
+Every node then shares its core with the other setup's nodes too, and CPU 1 carries two NATs
+and two generators: the req/s are lower, the per node-CPU-second penalty is the figure.
+
 As in ``throughput.py`` (whose process and /proc helpers are used): the box must be idle
 before each run (bounded wait, recorded either way), only loopback is used, every wait is
 bounded, and every process started here is killed at the end, also on Ctrl-C or an error.
@@ -76,6 +83,7 @@ from extplugtest.coap._codec import Message, parse
 from extplugtest.dtls.handshake_client import ClientHandshake
 from throughput import (
     BenchError,
+    Generator,
     Processes,
     Step,
     box_cpu,
@@ -102,6 +110,9 @@ IDENTITY, SECRET = "Client_identity", "secretPSK"
 ACK_TIMEOUT_MS = 1000  # the answers lost at the clear are sent again within the warm-up
 READY_TIMEOUT = 15.0
 START_TIMEOUT = 90.0  # handshakes of all clients through the NAT
+#: side by side: the generators start their requests together this long after their launch
+#: (500 DTLS handshakes through the NAT each, both on CPU 1)
+TOGETHER_START_S = 10.0
 FINISH_TIMEOUT = 30.0
 MAX_DURATION = 60.0
 SETUPS = ("single", "backward", "no-backward")
@@ -341,96 +352,156 @@ def start_nat(
 # -- one run ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Started:
+    """A setup behind its NAT, with its generator launched."""
+
+    setup: str
+    nodes: list[Node]
+    nat: subprocess.Popen[Any]
+    nat_port: int
+    control: Path
+    result_file: Path
+    run: Generator | None = None
+
+
+@dataclass
+class Sample:
+    """CPU seconds and NAT counters of a setup at one moment."""
+
+    nodes: dict[int, float]
+    nat: float
+    stats: dict[str, int]
+
+
+def sample(entry: Started) -> Sample:
+    return Sample(
+        {node.process.pid: process_cpu(node.process.pid) for node in entry.nodes},
+        process_cpu(entry.nat.pid),
+        nat_stats(entry.control),
+    )
+
+
 def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One setup alone."""
+    return measure_together([setup], clients, args, work)[0]
+
+
+def measure_together(
+    setups: list[str], clients: int, args: argparse.Namespace, work: Path
+) -> list[dict[str, Any]]:
+    """The setups at the same time (nodes on CPU 0, NATs and generators as placed), their
+    generators starting their requests together (--start-at); figures over one window."""
     idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
-    name = f"{setup}-{clients}"
-    result_file = work / f"{name}.json"
     with contextlib.ExitStack() as stack:
         # the group goes after its processes (ExitStack: last in, first out)
         budget = (
             stack.enter_context(CpuBudget(args.node_cpu_budget)) if args.node_cpu_budget else None
         )
         processes = stack.enter_context(Processes())
-        log = stack.enter_context(open(work / f"{name}.log", "wb"))
-        nodes = start_nodes(setup, processes, log)
-        if budget is not None:
-            for node in nodes:
-                budget.add(node.process.pid)
-        nat, nat_port, control = start_nat(setup, nodes, clients, args, processes, log, work)
-        uri = f"coaps://{LOOPBACK}:{nat_port}/{PATH}"
-        extra = ("-i", IDENTITY, "-s", SECRET, "--ack-timeout", str(ACK_TIMEOUT_MS))
-        run = wait_started(
-            launch_generator(processes, LOAD_CPU, uri, clients, args, result_file, extra),
-            START_TIMEOUT,
-        )
-        generator, started = run.process, run.started
+        entries: list[Started] = []
+        for setup in setups:
+            name = f"{setup}-{clients}"
+            log = stack.enter_context(open(work / f"{name}.log", "wb"))
+            nodes = start_nodes(setup, processes, log)
+            if budget is not None:
+                for node in nodes:
+                    budget.add(node.process.pid)
+            nat, nat_port, control = start_nat(setup, nodes, clients, args, processes, log, work)
+            entries.append(Started(setup, nodes, nat, nat_port, control, work / f"{name}.json"))
+        start_at = time.time() + TOGETHER_START_S if len(setups) > 1 else None
+        for entry in entries:
+            uri = f"coaps://{LOOPBACK}:{entry.nat_port}/{PATH}"
+            extra: tuple[str, ...] = ("-i", IDENTITY, "-s", SECRET,
+                                      "--ack-timeout", str(ACK_TIMEOUT_MS))  # fmt: skip
+            if start_at is not None:
+                extra += ("--start-at", f"{start_at:.3f}")
+            entry.run = launch_generator(processes, LOAD_CPU, uri, clients, args,
+                                         entry.result_file, extra)  # fmt: skip
+        runs = [wait_started(entry.run, START_TIMEOUT) for entry in entries if entry.run]
         # every client to a new NAT entry with a random node (Californium's "clear")
-        usages_before = nat_usages(control)
-        cleared = nat_command(control, "clear")
-        cleared_after = time.monotonic() - started
-        sleep_until(started + args.warmup, generator)
-        pids = [node.process.pid for node in nodes]
-        cpu0 = {pid: process_cpu(pid) for pid in pids}
+        usages_before, cleared, cleared_after = [], [], []
+        for entry, run in zip(entries, runs, strict=True):
+            usages_before.append(nat_usages(entry.control))
+            cleared.append(nat_command(entry.control, "clear"))
+            cleared_after.append(time.monotonic() - run.started)
+        first, last = min(r.started for r in runs), max(r.started for r in runs)
+        sleep_until(last + args.warmup, runs[0].process)
+        samples0 = [sample(entry) for entry in entries]
         throttled0 = budget.throttled_s() if budget else 0.0
-        nat_cpu0, stats0 = process_cpu(nat.pid), nat_stats(control)
         box0, wall0 = box_cpu(), time.monotonic()
-        sleep_until(started + args.warmup + args.duration, generator)
-        cpu1 = {pid: process_cpu(pid) for pid in pids}
+        sleep_until(first + args.warmup + args.duration, runs[0].process)
+        samples1 = [sample(entry) for entry in entries]
         throttled1 = budget.throttled_s() if budget else 0.0
-        nat_cpu1, stats1 = process_cpu(nat.pid), nat_stats(control)
         box1, wall1 = box_cpu(), time.monotonic()
-        usages_after = nat_usages(control)
-        try:
-            generator.wait(timeout=FINISH_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise BenchError("extclient did not finish") from None
-        if generator.returncode != 0 or not result_file.exists():
-            raise BenchError(f"extclient failed ({generator.returncode}):\n{run.tail()}")
+        usages_after = [nat_usages(entry.control) for entry in entries]
+        for entry, run in zip(entries, runs, strict=True):
+            try:
+                run.process.wait(timeout=FINISH_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise BenchError("extclient did not finish") from None
+            if run.process.returncode != 0 or not entry.result_file.exists():
+                raise BenchError(f"extclient failed ({run.process.returncode}):\n{run.tail()}")
         # the cluster counters of every node, straight from the node (includes the warm-up)
-        counters = {}
-        for node in nodes:
-            seen = diagnose_counters(node.dtls_port)
-            counters[str(node.node_id)] = {key: seen.get(key, 0) for key in NODE_KEYS}
-        stats_end = nat_stats(control)
-    load = json.loads(result_file.read_text())
+        counters = []
+        for entry in entries:
+            of_setup = {}
+            for node in entry.nodes:
+                seen = diagnose_counters(node.dtls_port)
+                of_setup[str(node.node_id)] = {key: seen.get(key, 0) for key in NODE_KEYS}
+            counters.append(of_setup)
+        stats_end = [nat_stats(entry.control) for entry in entries]
     wall = wall1 - wall0
-    node_cpu = {str(n.node_id): (cpu1[n.process.pid] - cpu0[n.process.pid]) / wall
-                for n in nodes}  # fmt: skip
-    nodes_cpu = sum(node_cpu.values())
-    nat_cpu = (nat_cpu1 - nat_cpu0) / wall
-    generator_cpu = load["generator_cpu_s"] / load["duration_s"]
     box_busy = (box1[0] - box0[0]) / wall
-    nat_delta = {key: stats1[key] - stats0.get(key, 0) for key in stats1}
-    received = sum(c["received records"] for c in counters.values())
-    forwarded = sum(c["forwarded"] for c in counters.values())
-    return {
-        "setup": setup,
-        "clients": clients,
-        "req_per_s": load["req_per_s"],
-        "nodes_cpu_pct": 100 * nodes_cpu,
-        "node_cpu_budget_pct": args.node_cpu_budget,
-        "nodes_throttled_pct": 100 * (throttled1 - throttled0) / wall,
-        "node_cpu_pct": {k: round(100 * v, 1) for k, v in node_cpu.items()},
-        "req_per_node_cpu_s": load["req_per_s"] / nodes_cpu if nodes_cpu > 0 else None,
-        "nat_cpu_pct": 100 * nat_cpu,
-        "generator_cpu_pct": 100 * generator_cpu,
-        "other_cpu_pct": 100 * max(0.0, box_busy - nodes_cpu - nat_cpu - generator_cpu),
-        "box_busy_pct": 100 * box_busy,
-        "p50_ms": load["latency_ms"]["p50"],
-        "p99_ms": load["latency_ms"]["p99"],
-        "retransmissions": load["retransmissions"],
-        "timeouts": load["transmission_errors"],
-        "cleared": cleared,
-        "cleared_after_s": round(cleared_after, 3),
-        "nat_usages_before_clear": usages_before,
-        "nat_usages_end": usages_after,
-        "nat_window": {k: v for k, v in nat_delta.items() if v},
-        "nat_end": {k: v for k, v in stats_end.items() if v},
-        "node_counters": counters,
-        "forwarded_share": forwarded / received if received else None,
-        "before": idle,
-        "generator": load,
-    }
+    loads = [json.loads(entry.result_file.read_text()) for entry in entries]
+    busy_known = sum(
+        sum(samples1[i].nodes[pid] - samples0[i].nodes[pid] for pid in samples0[i].nodes)
+        + samples1[i].nat
+        - samples0[i].nat
+        for i in range(len(entries))
+    ) / wall + sum(load["generator_cpu_s"] / load["duration_s"] for load in loads)
+    results = []
+    for i, entry in enumerate(entries):
+        load, before, after = loads[i], samples0[i], samples1[i]
+        node_cpu = {str(n.node_id): (after.nodes[n.process.pid] - before.nodes[n.process.pid])
+                    / wall for n in entry.nodes}  # fmt: skip
+        nodes_cpu = sum(node_cpu.values())
+        nat_cpu = (after.nat - before.nat) / wall
+        generator_cpu = load["generator_cpu_s"] / load["duration_s"]
+        nat_delta = {key: after.stats[key] - before.stats.get(key, 0) for key in after.stats}
+        received = sum(c["received records"] for c in counters[i].values())
+        forwarded = sum(c["forwarded"] for c in counters[i].values())
+        results.append({
+            "setup": entry.setup,
+            "clients": clients,
+            "together_with": [e.setup for e in entries if e is not entry],
+            "start_gap_s": runs[i].started - first,
+            "req_per_s": load["req_per_s"],
+            "nodes_cpu_pct": 100 * nodes_cpu,
+            "node_cpu_budget_pct": args.node_cpu_budget,
+            "nodes_throttled_pct": 100 * (throttled1 - throttled0) / wall,
+            "node_cpu_pct": {k: round(100 * v, 1) for k, v in node_cpu.items()},
+            "req_per_node_cpu_s": load["req_per_s"] / nodes_cpu if nodes_cpu > 0 else None,
+            "nat_cpu_pct": 100 * nat_cpu,
+            "generator_cpu_pct": 100 * generator_cpu,
+            "other_cpu_pct": 100 * max(0.0, box_busy - busy_known),
+            "box_busy_pct": 100 * box_busy,
+            "p50_ms": load["latency_ms"]["p50"],
+            "p99_ms": load["latency_ms"]["p99"],
+            "retransmissions": load["retransmissions"],
+            "timeouts": load["transmission_errors"],
+            "cleared": cleared[i],
+            "cleared_after_s": round(cleared_after[i], 3),
+            "nat_usages_before_clear": usages_before[i],
+            "nat_usages_end": usages_after[i],
+            "nat_window": {k: v for k, v in nat_delta.items() if v},
+            "nat_end": {k: v for k, v in stats_end[i].items() if v},
+            "node_counters": counters[i],
+            "forwarded_share": forwarded / received if received else None,
+            "before": idle,
+            "generator": load,
+        })  # fmt: skip
+    return results
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -461,10 +532,15 @@ PENALTIES = (("req_per_s", "penalty_req_per_s"),
 
 
 def penalties(runs: list[dict[str, Any]]) -> None:
-    """Per run: 1 - figure / the single node's figure of the same round and client count."""
-    base = {(r["round"], r["clients"]): r for r in runs if r["setup"] == "single"}
+    """Per run: 1 - figure / the single node's figure of the same round and client count (and
+    side by side, of the same pair)."""
+
+    def same_run(run: dict[str, Any]) -> tuple[int, int, int]:
+        return run["round"], run["clients"], run.get("pair", 0)
+
+    base = {same_run(r): r for r in runs if r["setup"] == "single"}
     for r in runs:
-        b = base.get((r["round"], r["clients"]))
+        b = base.get(same_run(r))
         for key, out in PENALTIES:
             r[out] = 1 - r[key] / b[key] if b and b[key] and r[key] else None
 
@@ -534,6 +610,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap the nodes together at PCT %% of one CPU (cgroup quota; root), so that "
         "they are the bottleneck",
     )  # fmt: skip
+    parser.add_argument(
+        "--side-by-side", action="store_true",
+        help="run every other setup at the same time as the single node (all nodes on CPU 0, "
+        "both NATs and generators as placed): a penalty free of the box's drift between runs",
+    )  # fmt: skip
     parser.add_argument("--idle-threshold", type=float, default=10.0, help="idle below this %%")
     parser.add_argument("--idle-settle", type=int, default=3, help="idle seconds in a row")
     parser.add_argument("--idle-timeout", type=float, default=120.0, help="max. idle wait, s")
@@ -554,12 +635,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 2..30 (the clear's transient)")
     if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
         parser.error("--idle-timeout 0..600, --idle-settle 1..60")
+    if args.side_by_side and ("single" not in args.setups or len(args.setups) < 2):
+        parser.error("--side-by-side needs single and another setup in --setups")
+    if args.side_by_side and args.node_cpu_budget is not None:
+        parser.error("--side-by-side and --node-cpu-budget exclude each other (one budget)")
     if args.node_cpu_budget is not None:
         try:
             CpuBudget(args.node_cpu_budget).close()  # fails early: no cgroup, not root
         except (CpuBudgetError, OSError) as exc:
             parser.error(f"--node-cpu-budget: {exc}")
     return args
+
+
+def describe(run: dict[str, Any]) -> str:
+    return (
+        f"{run['setup']}: {run['req_per_s']:,.0f} req/s, nodes {run['nodes_cpu_pct']:.0f}% CPU, "
+        f"NAT {run['nat_cpu_pct']:.0f}%"
+    )
+
+
+def plan(args: argparse.Namespace, work: Path) -> list[Step]:
+    """Every setup in turn per client count and round, or with --side-by-side every other
+    setup together with the single node (the pair's number goes into its runs)."""
+    if not args.side_by_side:
+        return [
+            Step(round_, f"{setup}, {clients} clients",
+                 functools.partial(measure, setup, clients, args, work), describe)
+            for clients in args.clients for round_ in range(args.repeat) for setup in args.setups
+        ]  # fmt: skip
+
+    def pair(number: int, setup: str, clients: int) -> list[dict[str, Any]]:
+        runs = measure_together(["single", setup], clients, args, work)
+        for run in runs:
+            run["pair"] = number
+        return runs
+
+    others = [setup for setup in args.setups if setup != "single"]
+    return [
+        Step(round_, f"{setup} with single, {clients} clients",
+             functools.partial(pair, number, setup, clients), describe)
+        for clients in args.clients for round_ in range(args.repeat)
+        for number, setup in enumerate(others, 1)
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -574,16 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     errors: list[str] = []
     with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="cluster-throughput-") as tmp:
-        steps = [
-            Step(
-                round_, f"{setup}, {clients} clients",
-                functools.partial(measure, setup, clients, args, Path(tmp)),
-                lambda run: f"{run['req_per_s']:,.0f} req/s, nodes {run['nodes_cpu_pct']:.0f}% "
-                f"CPU, NAT {run['nat_cpu_pct']:.0f}%",
-            )
-            for clients in args.clients for round_ in range(args.repeat) for setup in args.setups
-        ]  # fmt: skip
-        runs = run_plan(steps, errors)
+        runs = run_plan(plan(args, Path(tmp)), errors)
     penalties(runs)
     medians = summary(runs) if args.repeat > 1 else []
     if runs:
@@ -615,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "generator_cpu": LOAD_CPU,
         "nat_cpu": args.nat_cpu,
         "node_cpu_budget_pct": args.node_cpu_budget,
+        "side_by_side": args.side_by_side,
     }
     out.write_text(
         json.dumps(
