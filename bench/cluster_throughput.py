@@ -94,6 +94,7 @@ from throughput import (
     load_average,
     process_cpu,
     run_plan,
+    shared_window,
     sleep_until,
     stop_on_sigterm,
     wait_idle,
@@ -362,7 +363,6 @@ class Started:
     nat_port: int
     control: Path
     result_file: Path
-    run: Generator | None = None
 
 
 @dataclass
@@ -410,27 +410,29 @@ def measure_together(
             nat, nat_port, control = start_nat(setup, nodes, clients, args, processes, log, work)
             entries.append(Started(setup, nodes, nat, nat_port, control, work / f"{name}.json"))
         start_at = time.time() + TOGETHER_START_S if len(setups) > 1 else None
+        runs: list[Generator] = []
         for entry in entries:
             uri = f"coaps://{LOOPBACK}:{entry.nat_port}/{PATH}"
             extra: tuple[str, ...] = ("-i", IDENTITY, "-s", SECRET,
                                       "--ack-timeout", str(ACK_TIMEOUT_MS))  # fmt: skip
             if start_at is not None:
                 extra += ("--start-at", f"{start_at:.3f}")
-            entry.run = launch_generator(processes, LOAD_CPU, uri, clients, args,
-                                         entry.result_file, extra)  # fmt: skip
-        runs = [wait_started(entry.run, START_TIMEOUT) for entry in entries if entry.run]
+            runs.append(launch_generator(processes, LOAD_CPU, uri, clients, args,
+                                         entry.result_file, extra))  # fmt: skip
+        for run in runs:
+            wait_started(run, START_TIMEOUT)
         # every client to a new NAT entry with a random node (Californium's "clear")
         usages_before, cleared, cleared_after = [], [], []
         for entry, run in zip(entries, runs, strict=True):
             usages_before.append(nat_usages(entry.control))
             cleared.append(nat_command(entry.control, "clear"))
             cleared_after.append(time.monotonic() - run.started)
-        first, last = min(r.started for r in runs), max(r.started for r in runs)
-        sleep_until(last + args.warmup, runs[0].process)
+        window_start, window_end = shared_window(runs, args)
+        sleep_until(window_start, runs[0].process)
         samples0 = [sample(entry) for entry in entries]
         throttled0 = budget.throttled_s() if budget else 0.0
         box0, wall0 = box_cpu(), time.monotonic()
-        sleep_until(first + args.warmup + args.duration, runs[0].process)
+        sleep_until(window_end, runs[0].process)
         samples1 = [sample(entry) for entry in entries]
         throttled1 = budget.throttled_s() if budget else 0.0
         box1, wall1 = box_cpu(), time.monotonic()
@@ -475,7 +477,7 @@ def measure_together(
             "setup": entry.setup,
             "clients": clients,
             "together_with": [e.setup for e in entries if e is not entry],
-            "start_gap_s": runs[i].started - first,
+            "start_gap_s": runs[i].started - min(r.started for r in runs),
             "req_per_s": load["req_per_s"],
             "nodes_cpu_pct": 100 * nodes_cpu,
             "node_cpu_budget_pct": args.node_cpu_budget,

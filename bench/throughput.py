@@ -25,9 +25,10 @@ created by PUT over UDP before the run; the resource is shared by the transports
 skipped (bench/aiocoap_server.py serves UDP only).
 
 ``--paired``: every server runs at the same time as libcoap instead of after it: both on
-CPU 0, a generator each on CPU 1, one measurement window for both. This VM's speed drifts by
+CPU 0, a generator each on CPU 1, one measurement window for both (the generators start
+their requests together with ``extclient benchmark --start-at``). This VM's speed drifts by
 10-20 % between runs a minute apart, which the ratio of two runs in turn inherits; two servers
-measured side by side see the same drift (ours against ours: 1.00, range 0.997-1.005). Each
+measured side by side see the same drift (two of ours paired so: 1.00, 0.997-1.005). Each
 server then has about half of CPU 0, so the figures are not those of a server alone on a core;
 the ratio is the one to compare.
 
@@ -72,6 +73,8 @@ START_TIMEOUT = 30.0  # seconds until the generator must print "Benchmark starte
 #: side by side: the generators start their requests together this long after their launch
 #: (connecting 500 clients to libcoap takes up to 2 s of SYN retries: its backlog is small)
 TOGETHER_START_S = 6.0
+#: ... and their starts may then differ by this share of the measurement window at most
+MAX_START_GAP = 0.02
 MAX_DURATION = 60.0
 MAX_WARMUP = 30.0
 
@@ -401,6 +404,16 @@ def wait_started(run: Generator, start_timeout: float = START_TIMEOUT) -> Genera
     raise BenchError("extclient did not start:\n" + "\n".join(run.output[-10:]))
 
 
+def shared_window(runs: list[Generator], args: argparse.Namespace) -> tuple[float, float]:
+    """The stretch every started generator measures: from `warmup` s after its "Benchmark
+    started." for `duration` s. Side by side they start together (--start-at); BenchError when
+    a generator missed that moment, so that no server's figures cover a stretch alone."""
+    first, last = min(r.started for r in runs), max(r.started for r in runs)
+    if last - first > MAX_START_GAP * args.duration:
+        raise BenchError(f"the generators started {last - first:.2f} s apart (not together)")
+    return last + args.warmup, first + args.warmup + args.duration
+
+
 def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One server alone on CPU 0."""
     return measure_together([server], clients, args, work)[0]
@@ -409,8 +422,8 @@ def measure(server: Server, clients: int, args: argparse.Namespace, work: Path) 
 def measure_together(
     servers: list[Server], clients: int, args: argparse.Namespace, work: Path
 ) -> list[dict[str, Any]]:
-    """The servers at the same time on CPU 0, a generator each on CPU 1: their figures over
-    one window (from the last generator's start + warm-up to the first one's end)."""
+    """The servers at the same time on CPU 0, a generator each on CPU 1, the generators
+    starting together: their figures over the one window they share."""
     idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
     dtls = args.transport == "dtls"
     tcp = args.transport == "tcp"
@@ -439,20 +452,13 @@ def measure_together(
                                          result_file, extra))  # fmt: skip
         for run in runs:
             wait_started(run)
-        # Each generator opens its window `warmup` s after its "Benchmark started." (side by
-        # side all at start_at); each server's CPU is sampled over its generator's window.
-        moments = sorted(
-            (r.started + args.warmup + end * args.duration, end, i)
-            for i, r in enumerate(runs)
-            for end in (0, 1)
-        )
-        cpu = [[0.0, 0.0] for _ in runs]
-        box, wall = [(0.0, 0.0), (0.0, 0.0)], [0.0, 0.0]
-        for k, (moment, end, i) in enumerate(moments):
-            sleep_until(moment, runs[i].process)
-            cpu[i][end] = process_cpu(started[i][1].pid)
-            if k in (0, len(moments) - 1):  # the box over all windows: first start, last end
-                box[end], wall[end] = box_cpu(), time.monotonic()
+        window_start, window_end = shared_window(runs, args)
+        sleep_until(window_start, runs[0].process)
+        cpu0 = [process_cpu(process.pid) for _s, process, _p, _f in started]
+        box0, wall0 = box_cpu(), time.monotonic()
+        sleep_until(window_end, runs[0].process)
+        cpu1 = [process_cpu(process.pid) for _s, process, _p, _f in started]
+        box1, wall1 = box_cpu(), time.monotonic()
         for run, (_server, _process, _port, result_file) in zip(runs, started, strict=True):
             try:
                 run.process.wait(timeout=30)
@@ -460,14 +466,15 @@ def measure_together(
                 raise BenchError("extclient did not finish") from None
             if run.process.returncode != 0 or not result_file.exists():
                 raise BenchError(f"extclient failed ({run.process.returncode}):\n{run.tail()}")
-    box_busy = (box[1][0] - box[0][0]) / (wall[1] - wall[0])
+    wall = wall1 - wall0
+    box_busy = (box1[0] - box0[0]) / wall
     loads = [json.loads(result_file.read_text()) for _s, _p, _port, result_file in started]
     generators_cpu = sum(load["generator_cpu_s"] / load["duration_s"] for load in loads)
-    servers_cpu = sum(end - start for start, end in cpu) / args.duration
+    servers_cpu = sum(after - before for before, after in zip(cpu0, cpu1, strict=True)) / wall
     results = []
     for i, (server, _process, _port, _file) in enumerate(started):
         load = loads[i]
-        server_cpu = (cpu[i][1] - cpu[i][0]) / args.duration
+        server_cpu = (cpu1[i] - cpu0[i]) / wall
         results.append({
             "server": server.name,
             "clients": clients,
