@@ -96,8 +96,6 @@ cdef class ClusterEngine(DtlsEngine):
     cdef int rx_router[RX_BATCH + 1]        # node that forwarded rx slot's record, or -1
     cdef udp_batch outbox                   # datagrams of IN and OUT packets, to be sent
     cdef int open_slot[NODES]               # outbox slot of the batch a node's packets join
-    cdef int slot_parts[TX_BATCH]           # packets in each outbox slot
-    cdef int slot_node[TX_BATCH]            # and the node it goes to
     cdef object defer                       # defer(callback): run it after this loop round
     cdef bint flush_deferred                # flush_cluster is scheduled
     cdef udp_batch management_rx
@@ -312,8 +310,6 @@ cdef class ClusterEngine(DtlsEngine):
         cdef int slot = self.open_slot[node]
         cdef uint8_t* start = udp_batch_buffer(&self.outbox, self.outbox.count)
         if not self.batching:
-            self.slot_parts[self.outbox.count] = 1
-            self.slot_node[self.outbox.count] = node
             udp_batch_queue(&self.outbox, length, &self.node_address[node],
                             self.node_address_length[node])
             return
@@ -322,32 +318,29 @@ cdef class ClusterEngine(DtlsEngine):
         if packet != start + BATCH_HEADER:          # joined the open batch
             udp_batch_set_queued_length(
                 &self.outbox, slot, udp_batch_queued_length(&self.outbox, slot) + 2 + length)
-            self.slot_parts[slot] += 1
             return
         start[0] = CLUSTER_BATCH
         self.open_slot[node] = self.outbox.count
-        self.slot_parts[self.outbox.count] = 1
-        self.slot_node[self.outbox.count] = node
         udp_batch_queue(&self.outbox, BATCH_HEADER + length, &self.node_address[node],
                         self.node_address_length[node])
 
     cdef void _send_cluster(self) noexcept:
-        """Send the outbox: a batch of one packet goes as the packet alone (what a node
-        without batches reads too)."""
+        """Send the outbox: a batch of one packet (its first length covers all of it) goes as
+        the packet alone, what a node without batches reads too."""
         cdef int i
         cdef uint8_t* out
         cdef Py_ssize_t size
         if not self.outbox.count:
             return
-        for i in range(self.outbox.count):
-            self.open_slot[self.slot_node[i]] = -1
+        for i in range(self.known_count):           # (set_node closes a leaving node's)
+            self.open_slot[self.known[i]] = -1
         if self.batching:
             for i in range(self.outbox.count):
-                if self.slot_parts[i] > 1:
-                    self.k.batches_sent += 1
-                    continue
                 out = udp_batch_buffer(&self.outbox, i)
                 size = udp_batch_queued_length(&self.outbox, i) - BATCH_HEADER
+                if (out[1] << 8 | out[2]) != size:
+                    self.k.batches_sent += 1
+                    continue
                 memmove(out, out + BATCH_HEADER, size)
                 udp_batch_set_queued_length(&self.outbox, i, size)
         self.k.cluster_datagrams += self.outbox.count
