@@ -136,9 +136,19 @@ def test_clients_spread_over_our_servers_and_libcoap(start_extserver, libcoap_se
     names = [f"{LOOPBACK}:{server.port}" for server in ours] + [f"{LOOPBACK}:{libcoap_server}"]
     nat = start_nat(*names)
     banners = set()
-    for port in free_ports(30):  # 30 client addresses: 30 NAT entries
-        result = coap_client("-p", str(port), "-m", "get", f"{nat.uri}/")
-        assert result.returncode == 0 and result.stdout, result.stderr
+    used: set[int] = set()
+    for _ in range(30):  # 30 client addresses: 30 NAT entries
+        # A port picked just before its use, and again if the NAT's own sockets took it
+        # meanwhile (bounded); never one used before, which would be an old entry.
+        for _attempt in range(5):
+            (port,) = free_ports(1)
+            if port in used:
+                continue
+            result = coap_client("-p", str(port), "-m", "get", f"{nat.uri}/")
+            if "Address already in use" not in result.stdout + result.stderr:
+                break
+        used.add(port)
+        assert result.returncode == 0 and result.stdout, result.stderr + result.stdout
         banners.add("libcoap" if "libcoap" in result.stdout else "ours")
     assert banners == {"libcoap", "ours"}
     usages = nat.usages()
