@@ -1,0 +1,76 @@
+"""bench/cluster_throughput.py: the penalties it reports, from runs made up here.
+
+The runner itself needs root, two CPUs and minutes; what it computes from the runs is what a
+reader of bench/README quotes, so the arithmetic is checked on its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import cluster_throughput
+
+
+def run(setup: str, round_: int, req_per_s: float, per_cpu: float, pair: int = 0) -> dict[str, Any]:
+    made: dict[str, Any] = {"setup": setup, "round": round_, "clients": 500,
+                            "req_per_s": req_per_s, "req_per_node_cpu_s": per_cpu}  # fmt: skip
+    if pair:
+        made["pair"] = pair
+    return made
+
+
+def test_penalty_is_against_the_single_node_of_the_same_round() -> None:
+    runs = [
+        run("single", 0, 100.0, 200.0),
+        run("backward", 0, 90.0, 150.0),
+        run("single", 1, 50.0, 100.0),
+        run("backward", 1, 50.0, 80.0),
+    ]
+    cluster_throughput.penalties(runs)
+    assert runs[0]["penalty_req_per_node_cpu_s"] == 0.0
+    assert runs[1]["penalty_req_per_s"] == pytest.approx(0.10)
+    assert runs[1]["penalty_req_per_node_cpu_s"] == pytest.approx(0.25)
+    assert runs[3]["penalty_req_per_node_cpu_s"] == pytest.approx(0.20)
+
+
+def test_side_by_side_penalty_is_against_the_single_node_of_the_same_pair() -> None:
+    runs = [
+        run("single", 0, 100.0, 200.0, pair=1),
+        run("backward", 0, 90.0, 150.0, pair=1),
+        run("single", 0, 80.0, 100.0, pair=2),
+        run("no-clear", 0, 80.0, 95.0, pair=2),
+    ]
+    cluster_throughput.penalties(runs)
+    assert runs[1]["penalty_req_per_node_cpu_s"] == pytest.approx(0.25)
+    assert runs[3]["penalty_req_per_node_cpu_s"] == pytest.approx(0.05)
+
+
+def test_forwarding_penalty_compares_backward_with_no_clear_through_their_single_nodes() -> None:
+    # Pair 1 ran on a fast spell, pair 2 on a slow one: taken straight, backward (150) against
+    # no-clear (95) would look faster; relative to their single nodes it is 0.75 / 0.95.
+    runs = [
+        run("single", 0, 100.0, 200.0, pair=1),
+        run("backward", 0, 90.0, 150.0, pair=1),
+        run("single", 0, 80.0, 100.0, pair=2),
+        run("no-clear", 0, 80.0, 95.0, pair=2),
+        run("single", 1, 100.0, 100.0, pair=1),
+        run("backward", 1, 100.0, 90.0, pair=1),  # round 1 has no no-clear run: not counted
+    ]
+    cluster_throughput.penalties(runs)
+    figures = cluster_throughput.forwarding_penalties(runs)
+    assert list(figures) == [500]
+    assert figures[500]["req_per_node_cpu_s"] == [pytest.approx(1 - 0.75 / 0.95)]
+    assert figures[500]["req_per_s"] == [pytest.approx(1 - 0.90 / 1.00)]
+
+
+def test_no_clear_is_a_setup_the_command_line_takes() -> None:
+    args = cluster_throughput.parse_args(["--setups", "single,backward,no-clear", "--side-by-side"])
+    assert args.setups == ["single", "backward", "no-clear"]
+    with pytest.raises(SystemExit):
+        cluster_throughput.parse_args(["--setups", "single,sideways"])
