@@ -39,29 +39,29 @@ def test_penalty_is_against_the_single_node_of_the_same_round() -> None:
     assert runs[3]["penalty_req_per_node_cpu_s"] == pytest.approx(0.20)
 
 
-def test_side_by_side_penalty_is_against_the_single_node_of_the_same_pair() -> None:
-    runs = [
-        run("single", 0, 100.0, 200.0, pair=1),
-        run("backward", 0, 90.0, 150.0, pair=1),
-        run("single", 0, 80.0, 100.0, pair=2),
-        run("no-clear", 0, 80.0, 95.0, pair=2),
+def side_by_side_round(round_: int = 0) -> list[dict[str, Any]]:
+    """One side-by-side round: backward with its single node (pair 1, a fast spell of the box),
+    no-clear with its own (pair 2, a slow spell)."""
+    return [
+        run("single", round_, 100.0, 200.0, pair=1),
+        run("backward", round_, 90.0, 150.0, pair=1),
+        run("single", round_, 80.0, 100.0, pair=2),
+        run("no-clear", round_, 80.0, 95.0, pair=2),
     ]
+
+
+def test_side_by_side_penalty_is_against_the_single_node_of_the_same_pair() -> None:
+    runs = side_by_side_round()
     cluster_throughput.penalties(runs)
     assert runs[1]["penalty_req_per_node_cpu_s"] == pytest.approx(0.25)
     assert runs[3]["penalty_req_per_node_cpu_s"] == pytest.approx(0.05)
 
 
 def test_forwarding_penalty_compares_backward_with_no_clear_through_their_single_nodes() -> None:
-    # Pair 1 ran on a fast spell, pair 2 on a slow one: taken straight, backward (150) against
-    # no-clear (95) would look faster; relative to their single nodes it is 0.75 / 0.95.
-    runs = [
-        run("single", 0, 100.0, 200.0, pair=1),
-        run("backward", 0, 90.0, 150.0, pair=1),
-        run("single", 0, 80.0, 100.0, pair=2),
-        run("no-clear", 0, 80.0, 95.0, pair=2),
-        run("single", 1, 100.0, 100.0, pair=1),
-        run("backward", 1, 100.0, 90.0, pair=1),  # round 1 has no no-clear run: not counted
-    ]
+    # Taken straight, backward (150) against no-clear (95) would look faster; relative to the
+    # single node each ran with, it is 0.75 against 0.95.
+    runs = side_by_side_round()
+    runs += [run("single", 1, 100.0, 100.0), run("backward", 1, 100.0, 90.0)]  # no no-clear
     cluster_throughput.penalties(runs)
     figures = cluster_throughput.forwarding_penalties(runs)
     assert list(figures) == [500]
