@@ -39,7 +39,8 @@ with ``--diagnose``) is read over coaps, straight from the node, for its cluster
 NAT's counters (``stats``: reverse-updates, drops) come over its control socket.
 
     .venv/bin/python bench/cluster_throughput.py [--clients 500] [--setups single,backward,
-        no-backward] [--duration 10] [--warmup 3] [--nat-cpu 1] [--repeat 1]
+        no-backward,no-clear] [--duration 10] [--warmup 3] [--nat-cpu 1] [--repeat 1]
+        [--side-by-side] [--node-cpu-budget PCT]
 
 ``--node-cpu-budget PCT`` caps the nodes together at PCT % of one CPU (a cgroup with a CFS
 quota, bench/cpu_budget.py; root): the nodes then are the bottleneck, and req/s compares what
