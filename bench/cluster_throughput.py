@@ -48,7 +48,7 @@ one node and the cluster get done with the same CPU at full load, each with the 
 saturated server. Without it the nodes idle most of the time (the NAT and the generator on
 CPU 1 set the pace), and two half-loaded nodes on one core batch less than one full node.
 With ``--side-by-side`` every setup gets a budget of its own (PCT each); CPU 1 then feeds two
-setups, so PCT must stay below what half of it can feed (about 10 % for 500 clients; the
+setups, so PCT must stay below what half of it can feed (10-15 % for 500 clients; the
 ``nodes_throttled_pct`` in the results says whether the budget bit).
 
 ``--repeat N`` runs all setups N times in turn (round by round, so that a slow spell of the
@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -101,7 +100,9 @@ from throughput import (
     host_info,
     launch_generator,
     load_average,
+    plan_steps,
     process_cpu,
+    run_key,
     run_plan,
     shared_window,
     sleep_until,
@@ -549,12 +550,9 @@ def penalties(runs: list[dict[str, Any]]) -> None:
     """Per run: 1 - figure / the single node's figure of the same round and client count (and
     side by side, of the same pair)."""
 
-    def same_run(run: dict[str, Any]) -> tuple[int, int, int]:
-        return run["round"], run["clients"], run.get("pair", 0)
-
-    base = {same_run(r): r for r in runs if r["setup"] == "single"}
+    base = {run_key(r): r for r in runs if r["setup"] == "single"}
     for r in runs:
-        b = base.get(same_run(r))
+        b = base.get(run_key(r))
         for key, out in PENALTIES:
             r[out] = 1 - r[key] / b[key] if b and b[key] and r[key] else None
 
@@ -686,28 +684,17 @@ def describe(run: dict[str, Any]) -> str:
 
 
 def plan(args: argparse.Namespace, work: Path) -> list[Step]:
-    """Every setup in turn per client count and round, or with --side-by-side every other
-    setup together with the single node (the pair's number goes into its runs)."""
-    if not args.side_by_side:
-        return [
-            Step(round_, f"{setup}, {clients} clients",
-                 functools.partial(measure, setup, clients, args, work), describe)
-            for clients in args.clients for round_ in range(args.repeat) for setup in args.setups
-        ]  # fmt: skip
+    """Every setup in turn, or with --side-by-side every other setup together with the single
+    node."""
 
-    def pair(number: int, setup: str, clients: int) -> list[dict[str, Any]]:
-        runs = measure_together(["single", setup], clients, args, work)
-        for run in runs:
-            run["pair"] = number
-        return runs
+    def alone(setup: str, clients: int) -> dict[str, Any]:
+        return measure(setup, clients, args, work)
 
-    others = [setup for setup in args.setups if setup != "single"]
-    return [
-        Step(round_, f"{setup} with single, {clients} clients",
-             functools.partial(pair, number, setup, clients), describe)
-        for clients in args.clients for round_ in range(args.repeat)
-        for number, setup in enumerate(others, 1)
-    ]  # fmt: skip
+    def with_single(setup: str, clients: int) -> list[dict[str, Any]]:
+        return measure_together(["single", setup], clients, args, work)
+
+    return plan_steps(args.setups, "single", args, alone,
+                      with_single if args.side_by_side else None, describe)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,8 @@ skipped (bench/aiocoap_server.py serves UDP only).
 CPU 0, a generator each on CPU 1, one measurement window for both (the generators start
 their requests together with ``extclient benchmark --start-at``). This VM's speed drifts by
 10-20 % between runs a minute apart, which the ratio of two runs in turn inherits; two servers
-measured side by side see the same drift (two of ours paired so: 1.00, 0.997-1.005). Each
+measured side by side see the same drift (two of our servers paired the same way by a
+separate script, not by this option, which pairs with libcoap: 1.00, 0.997-1.005). Each
 server then has about half of CPU 0, so the figures are not those of a server alone on a core;
 the ratio is the one to compare.
 
@@ -554,13 +555,9 @@ def available(server: Server, transport: str, errors: list[str]) -> bool:
 def add_ratios(runs: list[dict[str, Any]]) -> None:
     """Per run: req/srv-CPU-s relative to libcoap's with the same client count in the same
     round, and with --paired in the same pair (None without that run)."""
-
-    def key(run: dict[str, Any]) -> tuple[int, int, int]:
-        return run["round"], run["clients"], run.get("pair", 0)
-
-    baseline = {key(r): r["req_per_server_cpu_s"] for r in runs if r["server"] == "libcoap"}
+    baseline = {run_key(r): r["req_per_server_cpu_s"] for r in runs if r["server"] == "libcoap"}
     for r in runs:
-        base = baseline.get(key(r))
+        base = baseline.get(run_key(r))
         value = r["req_per_server_cpu_s"]
         r["vs_libcoap"] = value / base if base and value else None
 
@@ -723,34 +720,61 @@ def describe(run: dict[str, Any]) -> str:
     )
 
 
-def plan(servers: list[str], args: argparse.Namespace, work: Path) -> list[Step]:
-    """Every server in turn per round and client count, or with --paired every other server
-    together with libcoap (the pair's number goes into its runs)."""
-    if not args.paired:
+def plan_steps(
+    names: list[str],
+    baseline: str,
+    args: argparse.Namespace,
+    alone: Callable[[str, int], dict[str, Any]],
+    together: Callable[[str, int], list[dict[str, Any]]] | None,
+    describe: Callable[[dict[str, Any]], str],
+) -> list[Step]:
+    """Round by round and per client count: every name measured in turn (``alone``), or, given
+    ``together``, every other name side by side with *baseline* (the pair's number goes into
+    its runs: ``run_key``). Shared by this script and cluster_throughput.py."""
+    if together is None:
         return [
             Step(round_, f"{name}, {clients} clients",
-                 functools.partial(measure, SERVERS[name], clients, args, work), describe)
-            for round_ in range(args.repeat) for clients in args.clients for name in servers
+                 functools.partial(alone, name, clients), describe)
+            for round_ in range(args.repeat) for clients in args.clients for name in names
         ]  # fmt: skip
+    measure_pair = together
 
     def pair(number: int, name: str, clients: int) -> list[dict[str, Any]]:
-        runs = measure_together([SERVERS[name], SERVERS["libcoap"]], clients, args, work)
+        runs = measure_pair(name, clients)
         for run in runs:
             run["pair"] = number
         return runs
 
-    others = [name for name in servers if name != "libcoap"]
+    others = [name for name in names if name != baseline]
     return [
-        Step(round_, f"{name} with libcoap, {clients} clients",
+        Step(round_, f"{name} with {baseline}, {clients} clients",
              functools.partial(pair, number, name, clients), describe)
         for round_ in range(args.repeat) for clients in args.clients
         for number, name in enumerate(others, 1)
     ]  # fmt: skip
 
 
+def run_key(run: dict[str, Any]) -> tuple[int, int, int]:
+    """Which baseline run a run is compared with: same round, client count and pair."""
+    return run["round"], run["clients"], run.get("pair", 0)
+
+
+def plan(servers: list[str], args: argparse.Namespace, work: Path) -> list[Step]:
+    """Every server in turn, or with --paired every other server together with libcoap."""
+
+    def alone(name: str, clients: int) -> dict[str, Any]:
+        return measure(SERVERS[name], clients, args, work)
+
+    def with_libcoap(name: str, clients: int) -> list[dict[str, Any]]:
+        return measure_together([SERVERS[name], SERVERS["libcoap"]], clients, args, work)
+
+    return plan_steps(servers, "libcoap", args, alone, with_libcoap if args.paired else None,
+                      describe)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.cpu_count() and os.cpu_count() < 2:
+    if (os.cpu_count() or 1) < 2:
         print("needs 2 CPUs: server on CPU 0, generator on CPU 1", file=sys.stderr)
         return 1
     if not shutil.which("taskset"):

@@ -74,3 +74,34 @@ def test_no_clear_is_a_setup_the_command_line_takes() -> None:
     assert args.setups == ["single", "backward", "no-clear"]
     with pytest.raises(SystemExit):
         cluster_throughput.parse_args(["--setups", "single,sideways"])
+
+
+def test_side_by_side_plan_pairs_every_setup_with_the_single_node_round_by_round(
+    tmp_path: Path,
+) -> None:
+    args = cluster_throughput.parse_args(
+        ["--setups", "single,backward,no-clear", "--side-by-side", "--repeat", "2",
+         "--clients", "50,500"]
+    )  # fmt: skip
+    steps = cluster_throughput.plan(args, tmp_path)
+    assert [(s.round, s.label) for s in steps] == [
+        (round_, f"{setup} with single, {clients} clients")
+        for round_ in (0, 1) for clients in (50, 500) for setup in ("backward", "no-clear")
+    ]  # fmt: skip
+    in_turn_args = cluster_throughput.parse_args(["--setups", "single,backward"])
+    in_turn = cluster_throughput.plan(in_turn_args, tmp_path)
+    assert [s.label for s in in_turn] == ["single, 500 clients", "backward, 500 clients"]
+
+
+def test_a_pair_s_runs_carry_its_number() -> None:
+    args = cluster_throughput.parse_args(["--setups", "single,backward,no-clear"])
+
+    def together(name: str, clients: int) -> list[dict[str, Any]]:
+        return [run("single", 0, 1.0, 1.0), run(name, 0, 1.0, 1.0)]
+
+    steps = cluster_throughput.plan_steps(
+        args.setups, "single", args, lambda name, clients: {}, together, str
+    )
+    measured = [step.measure() for step in steps]
+    assert [[r.get("pair") for r in runs] for runs in measured] == [[1, 1], [2, 2]]
+    assert [runs[1]["setup"] for runs in measured] == ["backward", "no-clear"]

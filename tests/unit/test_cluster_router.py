@@ -50,22 +50,20 @@ def sockets():
         sock.close()
 
 
-def node_1(sockets, batch: bool = True) -> ClusterEngine:
-    """Node 1's engine on the DTLS socket, node 2's management socket known."""
-    dtls, management, node2, _client = sockets
+def node_1(dtls, management, others: dict, batch: bool = True) -> ClusterEngine:
+    """Node 1's engine on the DTLS socket, the management sockets of *others* (node id ->
+    socket) known."""
     dtls.setblocking(False)
     engine = ClusterEngine(dtls.fileno(), socket.AF_INET, None)
     engine.serve({}, {}, CID_LENGTH, NoConnector())
     engine.cluster(1, management.fileno(), lambda data, address: None, batch=batch)
-    engine.set_node(2, node2.getsockname())
+    for node, sock in others.items():
+        engine.set_node(node, sock.getsockname())
     return engine
 
 
-def forward(sockets, records: list[bytes], batch: bool = True) -> tuple[list[bytes], dict]:
-    """Send *records* from a client to node 1: the datagrams node 2's management socket
-    gets, and node 1's cluster counters."""
-    dtls, _management, node2, client = sockets
-    engine = node_1(sockets, batch)
+def pump(engine: ClusterEngine, client, dtls, records: list[bytes]) -> dict:
+    """Send *records* from the client to node 1 and let it handle them: its cluster counters."""
     for record in records:
         client.sendto(record, dtls.getsockname())
     for _ in range(100):  # bounded: one receive batch per call
@@ -73,6 +71,26 @@ def forward(sockets, records: list[bytes], batch: bool = True) -> tuple[list[byt
         counters = engine.cluster_counters()
         if counters["forwarded"] + counters["drop forward"] == len(records):
             break
+    return counters
+
+
+def drain(sock, limit: int) -> list[bytes]:
+    """The datagrams waiting on *sock* (at most *limit*)."""
+    sock.setblocking(False)
+    datagrams = []
+    for _ in range(limit):
+        try:
+            datagrams.append(sock.recv(65536))
+        except BlockingIOError:
+            break
+    return datagrams
+
+
+def forward(sockets, records: list[bytes], batch: bool = True) -> tuple[list[bytes], dict]:
+    """Send *records* from a client to node 1: the datagrams node 2's management socket
+    gets, and node 1's cluster counters."""
+    dtls, management, node2, client = sockets
+    counters = pump(node_1(dtls, management, {2: node2}, batch), client, dtls, records)
     datagrams = [node2.recv(65536) for _ in range(counters["cluster datagrams sent"])]
     return datagrams, counters
 
@@ -111,26 +129,11 @@ def test_packets_to_two_nodes_are_batched_per_node(sockets):
     node3 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     node3.bind(("127.0.0.1", 0))
     node3.settimeout(2.0)
-    dtls, _management, node2, client = sockets
-    engine = node_1(sockets)
-    engine.set_node(3, node3.getsockname())
+    dtls, management, node2, client = sockets
+    engine = node_1(dtls, management, {2: node2, 3: node3})
     records = [cid_record(2 + seq % 2, seq, 100) for seq in range(40)]
-    for record in records:
-        client.sendto(record, dtls.getsockname())
-    for _ in range(100):
-        engine.on_readable()
-        if engine.cluster_counters()["forwarded"] == len(records):
-            break
-    counters = engine.cluster_counters()
-    received = {}
-    for sock in (node2, node3):
-        sock.setblocking(False)
-        received[sock] = []
-        for _ in range(counters["cluster datagrams sent"]):
-            try:
-                received[sock].append(sock.recv(65536))
-            except BlockingIOError:
-                break
+    counters = pump(engine, client, dtls, records)
+    received = {sock: drain(sock, counters["cluster datagrams sent"]) for sock in (node2, node3)}
     node3.close()
     assert sum(map(len, received.values())) == counters["cluster datagrams sent"] <= 6
     for sock, node in ((node2, 2), (node3, 3)):
@@ -163,20 +166,9 @@ def test_outbox_keeps_order_and_limits_per_node(records_spec, batch):
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         dtls, management, node2, client, node3 = sockets
-        dtls.setblocking(False)
-        engine = ClusterEngine(dtls.fileno(), socket.AF_INET, None)
-        engine.serve({}, {}, CID_LENGTH, NoConnector())
-        engine.cluster(1, management.fileno(), lambda data, address: None, batch=batch)
-        engine.set_node(2, node2.getsockname())
-        engine.set_node(3, node3.getsockname())
+        engine = node_1(dtls, management, {2: node2, 3: node3}, batch)
         records = [cid_record(node, seq, size) for seq, (node, size) in enumerate(records_spec)]
-        for record in records:
-            client.sendto(record, dtls.getsockname())
-        for _ in range(100):
-            engine.on_readable()
-            counters = engine.cluster_counters()
-            if counters["forwarded"] + counters["drop forward"] == len(records):
-                break
+        counters = pump(engine, client, dtls, records)
         # dropped: records for the unknown node, and those shorter than a cluster packet may
         # carry (13 + 12 bytes, §5.2)
         dropped = [r for r in records if r[11] == 4 or len(r) < CLUSTER_MIN_RECORD_LENGTH]
@@ -184,13 +176,7 @@ def test_outbox_keeps_order_and_limits_per_node(records_spec, batch):
         assert counters["drop forward"] == len(dropped)
         seen = 0
         for sock, node in ((node2, 2), (node3, 3)):
-            sock.setblocking(False)
-            datagrams = []
-            for _ in range(len(records)):
-                try:
-                    datagrams.append(sock.recv(65536))
-                except BlockingIOError:
-                    break
+            datagrams = drain(sock, len(records))
             seen += len(datagrams)
             got = [decode(p).record for d in datagrams for p in packets_of(d)]
             assert got == [r for r in records if r[11] == node]
