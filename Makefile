@@ -74,6 +74,8 @@ test:
 pytest: build
 	@echo "==> pytest"
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	@echo "==> the micro benchmarks run once each (timed: make bench-micro)"
+	$(PY) -m pytest -q -p no:cacheprovider bench/test_micro.py bench/test_micro_dtls.py --benchmark-disable
 
 # Runs every linter, then fails if any of them did.
 LINTERS = "ruff check ." "ruff format --check ." "mypy" $(if $(PYX),"cython-lint $(PYX)")

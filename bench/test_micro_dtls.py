@@ -55,6 +55,10 @@ def pair(case: str, anti_replay: bool = True) -> tuple[AeadCipher, AeadCipher]:
 
 
 def per_record(benchmark, count: int) -> None:
+    """``ns_per_record`` and ``records_per_second`` of a benchmark of *count* records per call
+    into its extra_info (nothing under ``--benchmark-disable``: one call, not timed)."""
+    if benchmark.stats is None:
+        return
     stats = benchmark.stats.stats
     benchmark.extra_info["ns_per_record"] = round(stats.mean / count * 1e9, 1)
     benchmark.extra_info["records_per_second"] = round(count / stats.mean)
