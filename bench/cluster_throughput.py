@@ -90,6 +90,7 @@ from cpu_budget import CpuBudget, CpuBudgetError
 from extplugtest.coap._codec import Message, parse
 from extplugtest.dtls.handshake_client import ClientHandshake
 from throughput import (
+    MAX_REPEAT,
     BenchError,
     Generator,
     Processes,
@@ -657,8 +658,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--clients: comma-separated numbers")
     if not args.clients or len(args.clients) > 10 or not all(0 < c <= 5000 for c in args.clients):
         parser.error("--clients: up to 10 counts of 1..5000")
-    if not 1 <= args.repeat <= 10:
-        parser.error("--repeat 1..10")
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        parser.error(f"--repeat 1..{MAX_REPEAT}")
     args.setups = args.setups.split(",")
     if not set(args.setups) <= set(SETUPS):
         parser.error(f"--setups: {', '.join(SETUPS)}")

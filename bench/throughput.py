@@ -78,6 +78,7 @@ TOGETHER_START_S = 6.0
 MAX_START_GAP = 0.02
 MAX_DURATION = 60.0
 MAX_WARMUP = 30.0
+MAX_REPEAT = 20  # rounds of a series (--repeat); the per-round spread asks for 10 or more
 
 
 class BenchError(Exception):
@@ -652,8 +653,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration 0..{MAX_DURATION:g}, --warmup 0..{MAX_WARMUP:g}")
     if not 0 <= args.idle_timeout <= 600 or not 1 <= args.idle_settle <= 60:
         parser.error("--idle-timeout 0..600, --idle-settle 1..60")
-    if not 1 <= args.repeat <= 20:
-        parser.error("--repeat 1..20")
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        parser.error(f"--repeat 1..{MAX_REPEAT}")
     if args.source_addresses and args.transport == "tcp":
         parser.error("--source-addresses is for --transport udp or dtls")
     if args.paired and ("libcoap" not in args.servers or len(args.servers) < 2):
