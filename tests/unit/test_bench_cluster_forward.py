@@ -1,0 +1,52 @@
+"""bench/cluster_forward.py end to end, briefly: two node processes on loopback answer every
+request, straight and forwarded, and the runner reports both (no figure is checked: they are
+timings)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import cluster_forward
+
+pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs")
+
+
+@pytest.fixture(autouse=True)
+def keep_affinity():
+    """The runner pins itself to the client's CPU: give the test process its CPUs back."""
+    cpus = os.sched_getaffinity(0)
+    yield
+    os.sched_setaffinity(0, cpus)
+
+
+@pytest.mark.parametrize("mode", ["direct", "forward"])
+def test_a_run_answers_requests(mode):
+    args = cluster_forward.parse_args(["--connections", "8", "--duration", "1", "--warmup", "0"])
+    result = cluster_forward.run(mode, args)
+    assert result["mode"] == mode
+    assert result["req_per_s"] > 0 and result["us_per_request"] > 0
+    router, owner = result["node_cpu_pct"]
+    assert owner > 0
+    if mode == "forward":
+        assert router > 0  # the router did the forwarding
+
+
+def test_main_prints_both_medians(capsys):
+    argv = ["--connections", "4", "--duration", "1", "--warmup", "0", "--repeat", "1"]
+    assert cluster_forward.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "direct:" in out and "forward:" in out and "per forwarded record" in out
+
+
+@pytest.mark.parametrize(
+    "argv", [["--connections", "0"], ["--duration", "0"], ["--period-ms", "0"], ["--repeat", "21"]]
+)
+def test_bad_options_are_refused(argv):
+    with pytest.raises(SystemExit):
+        cluster_forward.parse_args(argv)
