@@ -51,6 +51,13 @@ class Session:
         self.next_write_seq = 1
 
 
+def benchmark_fast_path() -> BenchmarkFastPath:
+    """The ``/benchmark`` fast path, switched on (what ``extserver --benchmark`` does)."""
+    fast = BenchmarkFastPath()
+    fast.enabled = True
+    return fast
+
+
 def udp_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -83,10 +90,8 @@ def cluster_engine(node: int, sockets: dict, clients: list[tuple] | None = None)
     (the i-th with the i-th of owner_cids)."""
     other = OWNER if node == ROUTER else ROUTER
     dtls, management = (sockets[name] for name in SOCKET_NAMES[node])
-    fast = BenchmarkFastPath()
-    fast.enabled = True
     engine = ClusterEngine(dtls.fileno(), socket.AF_INET, NoSlowPath(),
-                           DeduplicationCache(max_peers=4096), fast)  # fmt: skip
+                           DeduplicationCache(max_peers=4096), benchmark_fast_path())  # fmt: skip
     engine.cluster(node, management.fileno(), lambda data, address: None)
     engine.set_node(other, sockets[SOCKET_NAMES[other][1]].getsockname())
     by_cid = {}

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cpu_budget
 from cluster_engines import (
     OWNER,
     ROUTER,
@@ -43,17 +42,12 @@ from cluster_engines import (
     request_record,
     udp_socket,
 )
+from cpu_budget import CpuBudget, CpuBudgetError
+from throughput import MAX_REPEAT, process_cpu
 
 NODE_CPU, CLIENT_CPU = 0, 1
 ANSWER_TIMEOUT = 2.0  # seconds without any answer: the run failed
 NODE_GRACE = 10.0  # a node process ends by itself this long after the run's planned end
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def serve_node(node: int, sockets: dict, clients: list[tuple], until: float) -> None:
@@ -90,8 +84,7 @@ def run(mode: str, args: argparse.Namespace) -> dict:
                     os._exit(0)
             pids.append(pid)
         if args.budget:
-            cpu_budget.PERIOD_US = int(args.period_ms * 1000)
-            budget = cpu_budget.CpuBudget(args.budget)
+            budget = CpuBudget(args.budget, int(args.period_ms * 1000))
             for pid in pids:
                 budget.add(pid)
         return drive(mode, clients, sockets, pids, args)
@@ -171,10 +164,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.connections <= 4096:
         parser.error("--connections 1..4096")
-    if not (1 <= args.duration <= 60 and 0 <= args.warmup <= 30 and 1 <= args.repeat <= 20):
-        parser.error("--duration 1..60, --warmup 0..30, --repeat 1..20")
+    if not (1 <= args.duration <= 60 and 0 <= args.warmup <= 30
+            and 1 <= args.repeat <= MAX_REPEAT):  # fmt: skip
+        parser.error(f"--duration 1..60, --warmup 0..30, --repeat 1..{MAX_REPEAT}")
     if not 1 <= args.period_ms <= 1000:
         parser.error("--period-ms 1..1000")
+    if args.budget is not None:
+        try:
+            CpuBudget(args.budget, int(args.period_ms * 1000)).close()  # no cgroup, not root
+        except CpuBudgetError as exc:
+            parser.error(f"--budget: {exc}")
     if (os.cpu_count() or 1) < 2:
         parser.error("needs 2 CPUs (the nodes on CPU 0, the client on CPU 1)")
     return args

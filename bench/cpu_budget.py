@@ -37,20 +37,22 @@ def _controller_root() -> tuple[Path, bool]:
 
 class CpuBudget:
     """``with CpuBudget(25) as budget: budget.add(pid)``: the added processes (all their
-    threads) share 25 % of one CPU."""
+    threads) share 25 % of one CPU, granted per *period_us* (10 ms unless given)."""
 
-    def __init__(self, percent: float) -> None:
+    def __init__(self, percent: float, period_us: int = PERIOD_US) -> None:
         if not 1 <= percent <= 100:
             raise CpuBudgetError("the CPU budget must be 1..100 % of one CPU")
+        if not 1_000 <= period_us <= 1_000_000:  # the kernel's bounds for a CFS period
+            raise CpuBudgetError("the quota's period must be 1 ms .. 1 s")
         root, self.v2 = _controller_root()
         self.path = root / f"extplugtest-bench-{os.getpid()}-{time.monotonic_ns()}"
-        quota = int(PERIOD_US * percent / 100)
+        quota = int(period_us * percent / 100)
         try:
             self.path.mkdir()
             if self.v2:
-                (self.path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+                (self.path / "cpu.max").write_text(f"{quota} {period_us}")
             else:
-                (self.path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+                (self.path / "cpu.cfs_period_us").write_text(str(period_us))
                 (self.path / "cpu.cfs_quota_us").write_text(str(quota))
         except OSError as exc:
             self.close()

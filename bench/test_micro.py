@@ -14,6 +14,7 @@ from cluster_engines import (
     OWNER,
     ROUTER,
     NoSlowPath,
+    benchmark_fast_path,
     benchmark_request,
     client_sealers,
     cluster_engine,
@@ -25,7 +26,6 @@ from extplugtest.cluster import _header as cluster_header
 from extplugtest.coap._codec import Message, parse
 from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap._udp import UdpEngine
-from extplugtest.resources._benchmark import BenchmarkFastPath
 from test_micro_dtls import per_record
 
 BATCH = 64
@@ -69,14 +69,7 @@ def test_dedup_duplicate_lookup(benchmark):
 
 @pytest.fixture
 def engine_sockets():
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.setblocking(False)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.setblocking(False)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    server, client = udp_socket(), udp_socket()
     yield server, client
     server.close()
     client.close()
@@ -85,11 +78,8 @@ def engine_sockets():
 def test_engine_batch_of_64_benchmark_requests(benchmark, engine_sockets):
     """One on_readable() call: recvmmsg, 64 x (parse, dedup, /benchmark in C), sendmmsg."""
     server, client = engine_sockets
-    fast = BenchmarkFastPath()
-    fast.enabled = True
-    engine = UdpEngine(
-        server.fileno(), socket.AF_INET, NoSlowPath(), DeduplicationCache(max_peers=1024), fast
-    )
+    engine = UdpEngine(server.fileno(), socket.AF_INET, NoSlowPath(),
+                       DeduplicationCache(max_peers=1024), benchmark_fast_path())  # fmt: skip
     address = server.getsockname()
     mids = iter(range(10**9))
     sent = 0

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import cluster_forward
+from cpu_budget import CpuBudget, CpuBudgetError
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs")
 
@@ -45,8 +46,17 @@ def test_main_prints_both_medians(capsys):
 
 
 @pytest.mark.parametrize(
-    "argv", [["--connections", "0"], ["--duration", "0"], ["--period-ms", "0"], ["--repeat", "21"]]
-)
+    "argv",
+    [["--connections", "0"], ["--duration", "0"], ["--period-ms", "0"], ["--repeat", "21"],
+     ["--budget", "0"]],
+)  # fmt: skip
 def test_bad_options_are_refused(argv):
     with pytest.raises(SystemExit):
         cluster_forward.parse_args(argv)
+
+
+@pytest.mark.parametrize("period_us", [999, 1_000_001])
+def test_a_quota_period_outside_the_kernels_bounds_is_refused(period_us):
+    # refused before any cgroup is touched (so this needs no root)
+    with pytest.raises(CpuBudgetError, match="period"):
+        CpuBudget(15, period_us)
