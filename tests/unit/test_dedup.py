@@ -56,6 +56,7 @@ def test_defaults() -> None:
         "peers-added": 0,
         "peers-evicted": 0,
         "peers-expired": 0,
+        "peers-moved": 0,
         "exchanges": 0,
         "exchanges-overwritten": 0,
         "duplicates": 0,
@@ -330,6 +331,37 @@ def test_distinct_peers() -> None:
         assert c.duplicate_of(peer, 1, T0) == repr(peer).encode()
 
 
+def test_a_moved_peer_keeps_its_exchanges_and_leaves_nothing_behind() -> None:
+    """A DTLS connection that moved (RFC 9146 §6) is the same endpoint: a retransmission from
+    the new address is a duplicate, and the old address has no entry left."""
+    c = cache()
+    c.record(V4, 7, True, T0, b"answer")
+    assert c.move(V4, V4_OTHER_PORT) is True
+    assert c.duplicate_of(V4_OTHER_PORT, 7, T0 + 1) == b"answer"
+    assert c.duplicate_of(V4, 7, T0 + 1) is None  # a new peer, nothing remembered
+    stats = c.stats()
+    assert (stats["peers-moved"], stats["duplicates"], stats["peers-added"]) == (1, 1, 2)
+
+
+def test_a_move_replaces_what_the_new_address_had() -> None:
+    """An entry already at the new address belonged to an endpoint that used it before."""
+    c = cache()
+    c.record(V4, 1, True, T0, b"mine")
+    c.record(V4_OTHER_HOST, 1, True, T0, b"theirs")
+    assert c.move(V4, V4_OTHER_HOST) is True
+    assert c.duplicate_of(V4_OTHER_HOST, 1, T0) == b"mine"
+    assert c.stats()["peers"] == 1
+
+
+def test_a_move_of_nothing_or_to_the_same_address_changes_nothing() -> None:
+    c = cache()
+    assert c.move(V4, V6) is False
+    c.record(V4, 1, True, T0, b"r")
+    assert c.move(V4, V4_MAPPED) is False  # the same peer key
+    assert c.stats()["peers-moved"] == 0
+    assert c.duplicate_of(V4, 1, T0) == b"r"
+
+
 def test_ipv4_and_ipv4_mapped_ipv6_are_the_same_peer() -> None:
     """Intended: the key of an IPv4 peer is its IPv4-mapped IPv6 address, so a dual-stack
     socket (which reports ::ffff:a.b.c.d) and an IPv4 socket see the same peer."""
@@ -413,6 +445,7 @@ class DedupMachine(RuleBasedStateMachine):
                 "peers-added",
                 "peers-evicted",
                 "peers-expired",
+                "peers-moved",
                 "exchanges",
                 "exchanges-overwritten",
                 "duplicates",
@@ -475,6 +508,20 @@ class DedupMachine(RuleBasedStateMachine):
         assert got is expected
         if expected:
             ex.response = response
+
+    @rule(old=st.sampled_from(ADDRESSES), new=st.sampled_from(ADDRESSES))
+    def move(self, old, new) -> None:
+        """A connection moved: its peer takes the new key in place (its LRU position and
+        activity stay); whatever had the new key goes."""
+        old_key, new_key = _canonical(old), _canonical(new)
+        expected = old_key in self.peers and old_key != new_key
+        assert self.cache.move(old, new) is expected
+        if expected:
+            self.peers.pop(new_key, None)
+            self.peers = OrderedDict(
+                (new_key if key == old_key else key, peer) for key, peer in self.peers.items()
+            )
+            self.counters["peers-moved"] += 1
 
     @precondition(lambda self: self.peers)
     @rule()

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from extplugtest.coap._codec import Message, parse
+from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.resource import Resource
 from extplugtest.dtls._datapath import DtlsConnection, peer_key
@@ -29,8 +30,9 @@ def dtls_transport(limits: DtlsLimits | None = None) -> DtlsServerTransport:
     root = Resource("")
     root.add(Echo(ResourceSettings()))
     return DtlsServerTransport(
-        CoapEndpoint(root), ("127.0.0.1", 0), DtlsConfig(PskStore()), limits=limits
-    )
+        CoapEndpoint(root), ("127.0.0.1", 0), DtlsConfig(PskStore()), limits=limits,
+        dedup=DeduplicationCache(),
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -183,6 +185,24 @@ def test_cid_record_from_a_new_port_moves_the_connection(server):
     assert server.call(server.transport.connection, new_address) is connection
     assert server.call(server.transport.dtls_counters)["address changes"] == 1
     other.close()
+    client.close()
+
+
+def test_a_retransmission_after_a_move_is_still_a_duplicate(server):
+    """The connection's deduplication state moves with it: the same CON (same MID) sent
+    again from a new port - a NAT rebinding between a request and its retransmission - is
+    answered from the cache, not handled twice (RFC 7252 §4.5)."""
+    client = Client(server.address)
+    request = client.request(payload=b"once")
+    client.sock.sendto(client.seal(request), server.address)
+    assert client.receive().payload == b"once"
+    client.rebind()
+    client.sock.sendto(client.seal(request), server.address)  # a new record, the same MID
+    response = client.receive()
+    assert (response.mid, response.payload) == (client.mid, b"once")
+    counters = server.call(server.transport.engine.counters)
+    assert counters["recv-duplicate requests"] == 1
+    assert server.call(server.transport.engine.dedup.stats)["peers"] == 1
     client.close()
 
 

@@ -56,6 +56,7 @@ cdef class DeduplicationCache:
     cdef readonly unsigned long long exchanges_remembered
     cdef readonly unsigned long long exchanges_overwritten
     cdef readonly unsigned long long duplicates
+    cdef readonly unsigned long long peers_moved
 
     cdef Peer* peer(self, const PeerKey* key, double now) noexcept
     cdef Exchange* find(self, Peer* peer, uint16_t mid, double now) noexcept
@@ -64,6 +65,7 @@ cdef class DeduplicationCache:
     cdef bint store_response(self, Exchange* exchange, const uint8_t* data,
                              Py_ssize_t length) noexcept
     cdef Peer* lookup(self, const PeerKey* key) noexcept
+    cdef bint move_peer(self, const PeerKey* old_key, const PeerKey* new_key) noexcept
     cdef Exchange* _live(self, Peer* peer, uint16_t mid, double now) noexcept
     cdef void _unlink(self, Peer* peer) noexcept
     cdef void _free_peer(self, Peer* peer) noexcept

@@ -120,6 +120,33 @@ cdef class DeduplicationCache:
         self.peers_added += 1
         return peer
 
+    cdef bint move_peer(self, const PeerKey* old_key, const PeerKey* new_key) noexcept:
+        """The peer at *old_key* is at *new_key* now (a DTLS connection identified by its CID
+        moved, RFC 9146 §6): its exchanges go with it, so that a retransmission from the new
+        address is still a duplicate (RFC 7252 §4.5: the endpoint is the same) and the old
+        address leaves no stale entry behind. An entry already at *new_key* was another
+        endpoint's (the address was reused): it goes. False: nothing known at *old_key*."""
+        cdef Peer* peer = self.lookup(old_key)
+        cdef Peer* there
+        cdef Peer** link
+        cdef uint64_t h
+        if peer == NULL or memcmp(old_key, new_key, sizeof(PeerKey)) == 0:
+            return False
+        there = self.lookup(new_key)
+        if there != NULL:
+            self._unlink_bucket_and_free(there)
+        link = &self.buckets[peer.hash & self.bucket_mask]
+        while link[0] != peer:                  # (lookup found it in this chain)
+            link = &link[0].bucket_next
+        link[0] = peer.bucket_next
+        h = _hash_key(new_key, self.seed)
+        memcpy(&peer.key, new_key, sizeof(PeerKey))
+        peer.hash = h
+        peer.bucket_next = self.buckets[h & self.bucket_mask]
+        self.buckets[h & self.bucket_mask] = peer
+        self.peers_moved += 1
+        return True
+
     cdef Exchange* find(self, Peer* peer, uint16_t mid, double now) noexcept:
         """The live exchange for *mid* (a duplicate), or NULL; counted."""
         cdef Exchange* ex = self._live(peer, mid, now)
@@ -258,6 +285,13 @@ cdef class DeduplicationCache:
             raw = response
             self.store_response(ex, &raw[0], raw.shape[0])
 
+    def move(self, old_address, new_address) -> bool:
+        """Python view of move_peer."""
+        cdef PeerKey old_key, new_key
+        fill_key_from_address(&old_key, old_address)
+        fill_key_from_address(&new_key, new_address)
+        return self.move_peer(&old_key, &new_key)
+
     def update_response(self, address, int mid, response, double now) -> bool:
         """Replace the cached response of a live exchange (a separate response that became
         ready after the empty ACK); False when the exchange is gone."""
@@ -279,6 +313,7 @@ cdef class DeduplicationCache:
             "peers-added": self.peers_added,
             "peers-evicted": self.peers_evicted,
             "peers-expired": self.peers_expired,
+            "peers-moved": self.peers_moved,
             "exchanges": self.exchanges_remembered,
             "exchanges-overwritten": self.exchanges_overwritten,
             "duplicates": self.duplicates,

@@ -171,7 +171,7 @@ cdef class DtlsEngine(UdpEngine):
         False leaves it to the connector. *alone*: the datagram's only record, whose
         plaintext may take over the slot."""
         cdef Plaintext plain
-        cdef PeerKey source
+        cdef PeerKey source, previous
         cdef PyObject* found
         cdef DtlsConnection connection
         cdef AeadCipher cipher
@@ -218,6 +218,9 @@ cdef class DtlsEngine(UdpEngine):
                                          PyBytes_FromStringAndSize(<const char*>plain.data,
                                                                    plain.length))
                 return True
+            if self.dedup is not None:          # its exchanges move with it
+                memcpy(&previous, connection._key, PEER_KEY_LENGTH)
+                self.dedup.move_peer(&previous, &source)
             self.connector.move(connection, address_tuple(udp_batch_addr(&self.rx, slot)))
             connection.moved = True
         if plain.content_type != APPLICATION_DATA:
