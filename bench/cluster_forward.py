@@ -12,10 +12,12 @@ time (utime + stime from /proc) per answered request is the figure; ``forward`` 
 
 ``--budget PCT`` puts both nodes into one cgroup with a CFS quota (bench/cpu_budget.py, root),
 as ``cluster_throughput.py --node-cpu-budget`` does, with ``--period-ms`` as its period: the
-nodes are then the bottleneck, at the price of being throttled every period.
+nodes are then the bottleneck, at the price of being throttled every period. With
+``--budget-per-node`` each node gets a group of its own with that quota (as Kubernetes caps
+each pod), so the two do not have to share one quota's turns.
 
     .venv/bin/python bench/cluster_forward.py [--connections 256] [--duration 6]
-        [--warmup 2] [--repeat 3] [--budget PCT] [--period-ms 10]
+        [--warmup 2] [--repeat 3] [--budget PCT [--budget-per-node]] [--period-ms 10]
 
 The modes alternate, ``--repeat`` runs of each; the medians are printed at the end. Loopback
 only; every wait is bounded; the node processes are killed at the end of every run.
@@ -73,7 +75,7 @@ def run(mode: str, args: argparse.Namespace) -> dict:
     addresses = [client.getsockname() for client in clients]
     until = time.monotonic() + args.warmup + args.duration + NODE_GRACE
     pids = []
-    budget = None
+    budgets: list[CpuBudget] = []
     try:
         for node in (ROUTER, OWNER):
             pid = os.fork()
@@ -83,16 +85,18 @@ def run(mode: str, args: argparse.Namespace) -> dict:
                 finally:
                     os._exit(0)
             pids.append(pid)
-        if args.budget:
-            budget = CpuBudget(args.budget, int(args.period_ms * 1000))
-            for pid in pids:
-                budget.add(pid)
+        if args.budget:  # one group for both nodes, or (--budget-per-node) one each
+            groups = len(pids) if args.budget_per_node else 1
+            for _group in range(groups):
+                budgets.append(CpuBudget(args.budget, int(args.period_ms * 1000)))
+            for k, pid in enumerate(pids):
+                budgets[k % groups].add(pid)
         return drive(mode, clients, sockets, pids, args)
     finally:
         for pid in pids:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-        if budget is not None:
+        for budget in budgets:
             budget.close()
         for sock in [*sockets.values(), *clients]:
             sock.close()
@@ -160,6 +164,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each mode (3)")
     parser.add_argument("--budget", type=float, metavar="PCT",
                         help="both nodes in one cgroup with this CPU quota (root)")  # fmt: skip
+    parser.add_argument("--budget-per-node", action="store_true",
+                        help="each node in a group of its own with the whole --budget")  # fmt: skip
     parser.add_argument("--period-ms", type=float, default=10.0, help="the quota's period")
     args = parser.parse_args(argv)
     if not 1 <= args.connections <= 4096:
@@ -169,6 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--duration 1..60, --warmup 0..30, --repeat 1..{MAX_REPEAT}")
     if not 1 <= args.period_ms <= 1000:
         parser.error("--period-ms 1..1000")
+    if args.budget_per_node and args.budget is None:
+        parser.error("--budget-per-node needs --budget")
     if args.budget is not None:
         try:
             CpuBudget(args.budget, int(args.period_ms * 1000)).close()  # no cgroup, not root

@@ -135,6 +135,7 @@ NODE_KEYS = (
     "batches sent",
     "cluster datagrams sent",
     "received records",
+    "address changes",
     "handshakes succeeded",
 )
 CONTENT = 0x45
@@ -393,6 +394,27 @@ def sample(entry: Started) -> Sample:
     )
 
 
+def budget_shares(setup: str, args: argparse.Namespace) -> list[float]:
+    """The CPU quotas (% of one CPU) of a setup's nodes: none without --node-cpu-budget; one
+    group for all its nodes; or with --budget-per-node a group per node, each with its share
+    of the setup's budget (as Kubernetes caps every pod on its own)."""
+    if not args.node_cpu_budget:
+        return []
+    if not args.budget_per_node:
+        return [args.node_cpu_budget]
+    nodes = 1 if setup == "single" else 2
+    return [args.node_cpu_budget / nodes] * nodes
+
+
+def period_us(args: argparse.Namespace) -> int:
+    return int(args.budget_period_ms * 1000)
+
+
+def throttled_s(budget: list[CpuBudget]) -> float:
+    """Seconds a setup's nodes were held back so far (a group per node: their mean)."""
+    return sum(group.throttled_s() for group in budget) / len(budget) if budget else 0.0
+
+
 def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One setup alone."""
     return measure_together([setup], clients, args, work)[0]
@@ -408,8 +430,11 @@ def measure_together(
         # a budget per setup (side by side, each setup's nodes get the same CPU); the groups go
         # after their processes (ExitStack: last in, first out)
         budgets = [
-            stack.enter_context(CpuBudget(args.node_cpu_budget)) if args.node_cpu_budget else None
-            for _setup in setups
+            [
+                stack.enter_context(CpuBudget(share, period_us(args)))
+                for share in budget_shares(setup, args)
+            ]
+            for setup in setups
         ]
         processes = stack.enter_context(Processes())
         entries: list[Started] = []
@@ -417,9 +442,9 @@ def measure_together(
             name = f"{setup}-{clients}"
             log = stack.enter_context(open(work / f"{name}.log", "wb"))
             nodes = start_nodes(setup, processes, log)
-            if budget is not None:
-                for node in nodes:
-                    budget.add(node.process.pid)
+            for k, node in enumerate(nodes):  # one group for all, or a group per node
+                if budget:
+                    budget[k % len(budget)].add(node.process.pid)
             nat, nat_port, control = start_nat(setup, nodes, clients, args, processes, log, work)
             entries.append(Started(setup, nodes, nat, nat_port, control, work / f"{name}.json"))
         start_at = time.time() + TOGETHER_START_S if len(setups) > 1 else None
@@ -444,11 +469,11 @@ def measure_together(
         window_start, window_end = shared_window(runs, args)
         sleep_until(window_start, runs[0].process)
         samples0 = [sample(entry) for entry in entries]
-        throttled0 = [budget.throttled_s() if budget else 0.0 for budget in budgets]
+        throttled0 = [throttled_s(budget) for budget in budgets]
         box0, wall0 = box_cpu(), time.monotonic()
         sleep_until(window_end, runs[0].process)
         samples1 = [sample(entry) for entry in entries]
-        throttled1 = [budget.throttled_s() if budget else 0.0 for budget in budgets]
+        throttled1 = [throttled_s(budget) for budget in budgets]
         box1, wall1 = box_cpu(), time.monotonic()
         usages_after = [nat_usages(entry.control) for entry in entries]
         for entry, run in zip(entries, runs, strict=True):
@@ -495,6 +520,7 @@ def measure_together(
             "req_per_s": load["req_per_s"],
             "nodes_cpu_pct": 100 * nodes_cpu,
             "node_cpu_budget_pct": args.node_cpu_budget,
+            "budget_per_node": args.budget_per_node,
             "nodes_throttled_pct": 100 * (throttled1[i] - throttled0[i]) / wall,
             "node_cpu_pct": {k: round(100 * v, 1) for k, v in node_cpu.items()},
             "req_per_node_cpu_s": load["req_per_s"] / nodes_cpu if nodes_cpu > 0 else None,
@@ -643,6 +669,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "so that they are the bottleneck",
     )  # fmt: skip
     parser.add_argument(
+        "--budget-per-node", action="store_true",
+        help="with --node-cpu-budget: every node in a group of its own with its share of the "
+        "setup's budget (PCT / nodes), as Kubernetes caps each pod, instead of one group",
+    )  # fmt: skip
+    parser.add_argument("--budget-period-ms", type=float, default=10.0,
+                        help="the period of the CPU quotas (10 ms)")  # fmt: skip
+    parser.add_argument(
         "--side-by-side", action="store_true",
         help="run every other setup at the same time as the single node (all nodes on CPU 0, "
         "both NATs and generators as placed): a penalty free of the box's drift between runs",
@@ -669,9 +702,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--idle-timeout 0..600, --idle-settle 1..60")
     if args.side_by_side and ("single" not in args.setups or len(args.setups) < 2):
         parser.error("--side-by-side needs single and another setup in --setups")
+    if not 1 <= args.budget_period_ms <= 1000:
+        parser.error("--budget-period-ms 1..1000")
+    if args.budget_per_node and not args.node_cpu_budget:
+        parser.error("--budget-per-node needs --node-cpu-budget")
     if args.node_cpu_budget is not None:
         try:
-            CpuBudget(args.node_cpu_budget).close()  # fails early: no cgroup, not root
+            for share in {s for setup in args.setups for s in budget_shares(setup, args)}:
+                CpuBudget(share, period_us(args)).close()  # fails early: no cgroup, not root
         except (CpuBudgetError, OSError) as exc:
             parser.error(f"--node-cpu-budget: {exc}")
     return args
@@ -750,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         "generator_cpu": LOAD_CPU,
         "nat_cpu": args.nat_cpu,
         "node_cpu_budget_pct": args.node_cpu_budget,
+        "budget_per_node": args.budget_per_node,
+        "budget_period_ms": args.budget_period_ms,
         "side_by_side": args.side_by_side,
     }
     out.write_text(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 PERIOD_US = 10_000
+MIN_QUOTA_US = 1_000  # the kernel refuses a smaller CFS quota
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -44,9 +45,14 @@ class CpuBudget:
             raise CpuBudgetError("the CPU budget must be 1..100 % of one CPU")
         if not 1_000 <= period_us <= 1_000_000:  # the kernel's bounds for a CFS period
             raise CpuBudgetError("the quota's period must be 1 ms .. 1 s")
+        quota = int(period_us * percent / 100)
+        if quota < MIN_QUOTA_US:
+            raise CpuBudgetError(
+                f"{percent:g} % of a {period_us / 1000:g} ms period is under the kernel's "
+                f"smallest quota (1 ms): use a longer period"
+            )
         root, self.v2 = _controller_root()
         self.path = root / f"extplugtest-bench-{os.getpid()}-{time.monotonic_ns()}"
-        quota = int(period_us * percent / 100)
         try:
             self.path.mkdir()
             if self.v2:

@@ -48,7 +48,7 @@ def test_main_prints_both_medians(capsys):
 @pytest.mark.parametrize(
     "argv",
     [["--connections", "0"], ["--duration", "0"], ["--period-ms", "0"], ["--repeat", "21"],
-     ["--budget", "0"]],
+     ["--budget", "0"], ["--budget-per-node"]],
 )  # fmt: skip
 def test_bad_options_are_refused(argv):
     with pytest.raises(SystemExit):
@@ -60,3 +60,21 @@ def test_a_quota_period_outside_the_kernels_bounds_is_refused(period_us):
     # refused before any cgroup is touched (so this needs no root)
     with pytest.raises(CpuBudgetError, match="period"):
         CpuBudget(15, period_us)
+
+
+def test_a_quota_under_the_kernels_smallest_is_refused():
+    # 5 % of 10 ms is 0.5 ms: the kernel takes 1 ms at least (refused before any cgroup)
+    with pytest.raises(CpuBudgetError, match="smallest quota"):
+        CpuBudget(5, 10_000)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a cgroup needs root")
+def test_a_run_with_a_budget_per_node_answers_requests():
+    try:
+        CpuBudget(50).close()
+    except CpuBudgetError as exc:
+        pytest.skip(f"no cgroup here: {exc}")
+    args = cluster_forward.parse_args(["--connections", "8", "--duration", "1", "--warmup", "0",
+                                       "--budget", "50", "--budget-per-node"])  # fmt: skip
+    result = cluster_forward.run("forward", args)
+    assert result["req_per_s"] > 0 and all(share > 0 for share in result["node_cpu_pct"])

@@ -105,3 +105,19 @@ def test_a_pair_s_runs_carry_its_number() -> None:
     measured = [step.measure() for step in steps]
     assert [[r.get("pair") for r in runs] for runs in measured] == [[1, 1], [2, 2]]
     assert [runs[1]["setup"] for runs in measured] == ["backward", "no-clear"]
+
+
+def test_a_budget_per_node_splits_the_setup_s_budget_among_its_nodes() -> None:
+    args = cluster_throughput.parse_args(["--setups", "single,backward"])
+    assert cluster_throughput.budget_shares("backward", args) == []  # no budget
+    args.node_cpu_budget = 30.0
+    assert cluster_throughput.budget_shares("backward", args) == [30.0]  # one group
+    args.budget_per_node = True
+    assert cluster_throughput.budget_shares("single", args) == [30.0]
+    assert cluster_throughput.budget_shares("backward", args) == [15.0, 15.0]
+
+
+def test_budget_options_are_checked() -> None:
+    for argv in (["--budget-per-node"], ["--budget-period-ms", "0"]):
+        with pytest.raises(SystemExit):
+            cluster_throughput.parse_args(argv)
