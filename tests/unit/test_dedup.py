@@ -248,6 +248,30 @@ def test_max_peers_evicts_least_recently_active() -> None:
     assert present(c, ("10.0.0.4", 1), 1, T0 + 12)
 
 
+def test_the_lru_order_is_exact_to_a_second() -> None:
+    """A peer moves to the newest end at most once a second (its requests then do not touch
+    other peers' list links): touched again within the second it keeps its place."""
+    c = cache(max_peers=2)
+    c.record(V4, 1, True, T0)
+    c.record(V6, 1, True, T0 + 0.1)
+    c.record(V4, 2, True, T0 + 0.5)  # within the second: still the least recent
+    c.record(V4_OTHER_HOST, 1, True, T0 + 0.6)  # evicts V4
+    assert not present(c, V4, 2, T0 + 0.7)
+    assert present(c, V6, 1, T0 + 0.7)
+    c.record(V6, 2, True, T0 + 1.2)  # a second after it was placed: to the newest end
+    c.record(V4, 3, True, T0 + 1.3)  # evicts V4_OTHER_HOST, not V6
+    assert present(c, V6, 2, T0 + 1.4)
+    assert not present(c, V4_OTHER_HOST, 1, T0 + 1.4)
+
+
+def test_a_mid_in_a_free_slot_is_not_a_duplicate() -> None:
+    """MID 0 matches the compact MID copy of the unused slots: their state decides."""
+    c = cache()
+    assert c.duplicate_of(V4, 0, T0) is None
+    c.record(V4, 0, True, T0, b"zero")
+    assert c.duplicate_of(V4, 0, T0) == b"zero"
+
+
 def test_record_touches_peer() -> None:
     c = cache(max_peers=2)
     c.record(V4, 1, True, T0)
@@ -401,6 +425,7 @@ MESSAGES_PER_PEER = 4
 CON_LIFETIME = 247.0
 NON_LIFETIME = 145.0
 INACTIVITY = 180.0
+PROMOTE_INTERVAL = 1.0  # _dedup.pyx: a peer goes to the front of the LRU list at most this often
 
 
 @dataclass
@@ -417,6 +442,7 @@ class ModelExchange:
 @dataclass
 class ModelPeer:
     last_seen: float
+    promoted: float  # when it last went to the newest end of the LRU order
     exchanges: deque = field(default_factory=deque)  # oldest first, at most MESSAGES_PER_PEER
 
     def live(self, mid: int, now: float) -> ModelExchange | None:
@@ -427,7 +453,8 @@ class ModelPeer:
 
 
 class DedupMachine(RuleBasedStateMachine):
-    """The cache against a plain model: an LRU dict of peers, each with the last N requests."""
+    """The cache against a plain model: an LRU dict of peers (a peer moves to the newest end
+    at most once per PROMOTE_INTERVAL), each with the last N requests."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -460,9 +487,11 @@ class DedupMachine(RuleBasedStateMachine):
             if len(self.peers) >= MAX_PEERS:
                 self.peers.popitem(last=False)
                 self.counters["peers-evicted"] += 1
-            peer = self.peers[key] = ModelPeer(self.now)
+            peer = self.peers[key] = ModelPeer(self.now, self.now)
             self.counters["peers-added"] += 1
-        self.peers.move_to_end(key)
+        elif key != next(reversed(self.peers)) and self.now - peer.promoted >= PROMOTE_INTERVAL:
+            self.peers.move_to_end(key)  # at most once per PROMOTE_INTERVAL
+            peer.promoted = self.now
         peer.last_seen = self.now
         return peer
 

@@ -28,12 +28,17 @@ cdef struct Exchange:
     uint8_t confirmable
 
 cdef struct Peer:
+    # What a lookup reads first, together: the chain walk (hash, key) and the MIDs of its
+    # slots (mids[i] is slots[i].mid), so that a new request touches one or two cache lines
+    # of its peer rather than every slot (it pays on a server whose caches went cold).
     PeerKey key
     uint64_t hash
     Peer* bucket_next
+    uint16_t* mids              # messages_per_peer of them, right behind this struct
     Peer* lru_newer
     Peer* lru_older
     double last_seen
+    double promoted             # when it last went to the front of the LRU list
     uint32_t next_slot
     Exchange* slots
 

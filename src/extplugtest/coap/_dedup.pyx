@@ -15,6 +15,12 @@ from extplugtest._openssl_init cimport extplugtest_openssl_init
 extplugtest_openssl_init()  # before any other libcrypto call (csrc/openssl_init.h)
 
 
+# A peer goes to the front of the LRU list at most once per this many seconds: the order is
+# exact to within it (eviction and sweep are about peers idle for minutes), and a request of
+# an active peer does not touch its two list neighbours, cache lines of other peers.
+cdef double PROMOTE_INTERVAL = 1.0
+
+
 cdef inline uint64_t _hash_key(const PeerKey* key, uint64_t seed) noexcept nogil:
     # 64-bit multiply-xorshift over the 24-byte key, seeded per cache (from RAND_bytes) so that
     # an attacker cannot aim many addresses at one bucket.
@@ -82,7 +88,8 @@ cdef class DeduplicationCache:
         while peer != NULL:
             if peer.hash == h and memcmp(&peer.key, key, sizeof(PeerKey)) == 0:
                 peer.last_seen = now
-                if peer != self.lru_newest:      # move to the front of the LRU list
+                if peer != self.lru_newest and now - peer.promoted >= PROMOTE_INTERVAL:
+                    peer.promoted = now         # to the front of the LRU list
                     self._unlink(peer)
                     peer.lru_older = self.lru_newest
                     peer.lru_newer = NULL
@@ -98,9 +105,10 @@ cdef class DeduplicationCache:
         elif self.peer_count > <Py_ssize_t>self.bucket_mask:
             self._grow()
         bucket = &self.buckets[h & self.bucket_mask]
-        peer = <Peer*>calloc(1, sizeof(Peer))
+        peer = <Peer*>calloc(1, sizeof(Peer) + self.messages_per_peer * sizeof(uint16_t))
         if peer == NULL:
             return NULL
+        peer.mids = <uint16_t*>(<char*>peer + sizeof(Peer))
         peer.slots = <Exchange*>calloc(self.messages_per_peer, sizeof(Exchange))
         if peer.slots == NULL:
             free(peer)
@@ -108,6 +116,7 @@ cdef class DeduplicationCache:
         memcpy(&peer.key, key, sizeof(PeerKey))
         peer.hash = h
         peer.last_seen = now
+        peer.promoted = now
         peer.bucket_next = bucket[0]
         bucket[0] = peer
         peer.lru_older = self.lru_newest
@@ -165,6 +174,7 @@ cdef class DeduplicationCache:
                                                         else self.non_lifetime):
             self.exchanges_overwritten += 1
         ex.mid = mid
+        peer.mids[ex - peer.slots] = mid
         ex.stamp = now
         ex.confirmable = confirmable
         ex.state = SLOT_PENDING
@@ -176,10 +186,12 @@ cdef class DeduplicationCache:
         cdef int i
         cdef Exchange* ex
         for i in range(self.messages_per_peer):
+            if peer.mids[i] != mid:             # (the compact copy: no slot touched)
+                continue
             ex = &peer.slots[i]
             # An expired entry with this MID does not count, but a newer one may follow:
             # a MID may be reused once its exchange has expired (§4.4).
-            if ex.state != SLOT_FREE and ex.mid == mid and now - ex.stamp <= (
+            if ex.state != SLOT_FREE and now - ex.stamp <= (
                     self.exchange_lifetime if ex.confirmable else self.non_lifetime):
                 return ex
         return NULL
