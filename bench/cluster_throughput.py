@@ -40,7 +40,7 @@ NAT's counters (``stats``: reverse-updates, drops) come over its control socket.
 
     .venv/bin/python bench/cluster_throughput.py [--clients 500] [--setups single,backward,
         no-backward,no-clear] [--duration 10] [--warmup 3] [--nat-cpu 1] [--repeat 1]
-        [--side-by-side] [--node-cpu-budget PCT]
+        [--side-by-side] [--node-cpu-budget PCT [--budget-per-node] [--budget-period-ms 10]]
 
 ``--node-cpu-budget PCT`` caps the nodes together at PCT % of one CPU (a cgroup with a CFS
 quota, bench/cpu_budget.py; root): the nodes then are the bottleneck, and req/s compares what
@@ -49,7 +49,9 @@ saturated server. Without it the nodes idle most of the time (the NAT and the ge
 CPU 1 set the pace), and two half-loaded nodes on one core batch less than one full node.
 With ``--side-by-side`` every setup gets a budget of its own (PCT each); CPU 1 then feeds two
 setups, so PCT must stay below what half of it can feed (10-15 % for 500 clients; the
-``nodes_throttled_pct`` in the results says whether the budget bit).
+``nodes_throttled_pct`` in the results says whether the budget bit). ``--budget-per-node``
+puts every node in a group of its own with its share of PCT (as Kubernetes caps each pod);
+a share must come to 1 ms of the period at least (``--budget-period-ms``).
 
 ``--repeat N`` runs all setups N times in turn (round by round, so that a slow spell of the
 box hits all setups alike); each run's penalty is against the single node of its round, and

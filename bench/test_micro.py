@@ -6,6 +6,9 @@ compare runs with ``--benchmark-autosave`` and ``--benchmark-compare``.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import random
 import socket
 
 import pytest
@@ -179,3 +182,60 @@ def test_dtls_batch_forwarded_and_back(benchmark, cluster_pair):
     assert routed["forwarded"] == owned["process forwarded"] == sent[0] > 0
     assert owned["backwarded"] == routed["send backwarded"] == sent[0]
     assert owner.counters()["fast-path"] == sent[0]
+
+
+# -- many connections in a cold cache: the order of their records ----------------------------
+CONNECTIONS = 512
+#: written over before every round: 4x this VM's L2, what other processes on the core leave
+CACHE_FLUSH = bytearray(8 << 20)
+FILLS = (bytes(len(CACHE_FLUSH)), b"\xff" * len(CACHE_FLUSH))
+
+
+@pytest.fixture
+def owner_of_many():
+    """Node 2's engine with CONNECTIONS established connections, each client on a socket of its
+    own (an address each: a dedup peer each); ``send(order)`` drains the last answers, sends
+    one record per connection in *order* and flushes the caches; ``answer_all()`` runs the
+    engine until every record sent is answered; ``sent[0]`` counts them."""
+    sockets = {name: udp_socket() for name in ("dtls1", "mgmt1", "dtls2", "mgmt2")}
+    clients = [udp_socket() for _ in range(CONNECTIONS)]
+    engine = cluster_engine(OWNER, sockets, [client.getsockname() for client in clients])
+    sealers = client_sealers(owner_cids(CONNECTIONS))
+    target = sockets["dtls2"].getsockname()
+    seqs = itertools.count(1)
+    sent = [0]
+
+    def send(order: list[int]) -> None:
+        for client in clients:
+            with contextlib.suppress(BlockingIOError):
+                client.recv(2048)  # the one answer of the last round
+        seq = next(seqs)
+        for i in order:
+            clients[i].sendto(request_record(sealers[i], seq, seq * CONNECTIONS + i), target)
+        sent[0] += CONNECTIONS
+        CACHE_FLUSH[:] = FILLS[seq & 1]
+
+    def answer_all() -> None:
+        for _ in range(CONNECTIONS):  # bounded: every call answers a batch at least
+            engine.on_readable()
+            if engine.counters()["fast-path"] >= sent[0]:
+                return
+
+    yield engine, send, answer_all, sent
+    for sock in [*sockets.values(), *clients]:
+        sock.close()
+
+
+@pytest.mark.parametrize("order", ["setup-order", "shuffled"])
+def test_dtls_records_of_many_connections_in_a_cold_cache(benchmark, owner_of_many, order):
+    """One record for each of 512 connections, opened, answered, sealed and sent, after the
+    caches were flushed: in the order the connections were set up (their state lies in that
+    order too), or shuffled, as a NAT's clear or forwarding leaves them. What the second costs
+    more is what a record pays for per-connection state that no prefetcher saw coming."""
+    engine, send, answer_all, sent = owner_of_many
+    records = list(range(CONNECTIONS))
+    if order == "shuffled":
+        random.Random(7).shuffle(records)
+    benchmark.pedantic(answer_all, setup=lambda: send(records), rounds=100, warmup_rounds=5)
+    per_record(benchmark, CONNECTIONS)
+    assert engine.counters()["fast-path"] == sent[0] > 0
