@@ -51,7 +51,8 @@ With ``--side-by-side`` every setup gets a budget of its own (PCT each); CPU 1 t
 setups, so PCT must stay below what half of it can feed (10-15 % for 500 clients; the
 ``nodes_throttled_pct`` in the results says whether the budget bit). ``--budget-per-node``
 puts every node in a group of its own with its share of PCT (as Kubernetes caps each pod);
-a share must come to 1 ms of the period at least (``--budget-period-ms``).
+a share must come to 1 ms of the period at least (``--budget-period-ms``). ``--keep-single``
+spares the single node the clear as well (the baseline without what the clear itself costs).
 
 ``--repeat N`` runs all setups N times in turn (round by round, so that a slow spell of the
 box hits all setups alike); each run's penalty is against the single node of its round, and
@@ -396,6 +397,12 @@ def sample(entry: Started) -> Sample:
     )
 
 
+def keeps_entries(setup: str, args: argparse.Namespace) -> bool:
+    """Does the setup's NAT keep its entries (no clear)? no-clear always, the single node
+    with --keep-single."""
+    return setup == "no-clear" or (setup == "single" and args.keep_single)
+
+
 def budget_shares(setup: str, args: argparse.Namespace) -> list[float]:
     """The CPU quotas (% of one CPU) of a setup's nodes: none without --node-cpu-budget; one
     group for all its nodes; or with --budget-per-node a group per node, each with its share
@@ -465,7 +472,7 @@ def measure_together(
         usages_before, cleared, cleared_after = [], [], []
         for entry, run in zip(entries, runs, strict=True):
             usages_before.append(nat_usages(entry.control))
-            cleared.append(["(kept)"] if entry.setup == "no-clear"
+            cleared.append(["(kept)"] if keeps_entries(entry.setup, args)
                            else nat_command(entry.control, "clear"))  # fmt: skip
             cleared_after.append(time.monotonic() - run.started)
         window_start, window_end = shared_window(runs, args)
@@ -675,6 +682,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --node-cpu-budget: every node in a group of its own with its share of the "
         "setup's budget (PCT / nodes), as Kubernetes caps each pod, instead of one group",
     )  # fmt: skip
+    parser.add_argument(
+        "--keep-single", action="store_true",
+        help="no clear for the single node either: the baseline without the clear's effect "
+        "(its lost answers come back later, in another order)",
+    )  # fmt: skip
     parser.add_argument("--budget-period-ms", type=float, default=10.0,
                         help="the period of the CPU quotas (10 ms)")  # fmt: skip
     parser.add_argument(
@@ -791,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         "nat_cpu": args.nat_cpu,
         "node_cpu_budget_pct": args.node_cpu_budget,
         "budget_per_node": args.budget_per_node,
+        "keep_single": args.keep_single,
         "budget_period_ms": args.budget_period_ms,
         "side_by_side": args.side_by_side,
     }

@@ -121,3 +121,12 @@ def test_budget_options_are_checked() -> None:
     for argv in (["--budget-per-node"], ["--budget-period-ms", "0"]):
         with pytest.raises(SystemExit):
             cluster_throughput.parse_args(argv)
+
+
+def test_only_no_clear_keeps_its_entries_unless_the_single_node_is_kept_too() -> None:
+    args = cluster_throughput.parse_args(["--setups", "single,backward,no-clear"])
+    kept = [s for s in cluster_throughput.SETUPS if cluster_throughput.keeps_entries(s, args)]
+    assert kept == ["no-clear"]
+    args = cluster_throughput.parse_args(["--setups", "single,no-clear", "--keep-single"])
+    kept = [s for s in cluster_throughput.SETUPS if cluster_throughput.keeps_entries(s, args)]
+    assert kept == ["single", "no-clear"]
