@@ -3,7 +3,8 @@
 # Remembers, per peer, the last N requests by MID with the response that was sent, so that a
 # duplicate is answered from the cache instead of running the handler again. Bounded like
 # Californium's PEERS_MARK_AND_SWEEP: N messages per peer (older ones are overwritten early),
-# and at most max_peers peers (the least recently active peer is evicted).
+# and at most max_peers peers (the least recently active peer is evicted; "recently" to
+# within a second). A DTLS connection that moves by its CID takes its peer along (move_peer).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 

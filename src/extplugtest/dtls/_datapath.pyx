@@ -9,7 +9,8 @@ Everything else (handshakes, alerts, several records in one datagram, unknown pe
 the Python connector (connector.DtlsServerTransport) as it arrived.
 
 A CID record that authenticates, comes from a new address and is the newest of its connection
-moves the connection there first (RFC 9146 §6), through the connector.
+moves the connection there first (RFC 9146 §6), through the connector, and its deduplication
+state with it (the endpoint is the same: a retransmission from the new address is a duplicate).
 """
 
 import logging
