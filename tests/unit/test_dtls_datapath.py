@@ -85,11 +85,11 @@ class Client:
         assert content_type == APPLICATION_DATA
         return parse(plaintext)
 
-    def rebind(self) -> None:
-        """A new source port, as after a NAT rebinding."""
+    def rebind(self, port: int = 0) -> None:
+        """A new source port (*port*, or any), as after a NAT rebinding."""
         self.sock.close()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.settimeout(2)
 
     def close(self) -> None:
@@ -204,6 +204,30 @@ def test_a_retransmission_after_a_move_is_still_a_duplicate(server):
     assert counters["recv-duplicate requests"] == 1
     assert server.call(server.transport.engine.dedup.stats)["peers"] == 1
     client.close()
+
+
+def test_a_cid_connection_whose_address_another_takes_is_parked_not_dropped(server):
+    """A NAT that reuses a port: client A moves to the address client B had. B is still
+    reachable by its CID (parked, counted), and its next record moves it to its new port."""
+    first, second = Client(server.address), Client(server.address)
+    for client in (first, second):
+        client.sock.sendto(client.seal(client.request(payload=b"hello")), server.address)
+        assert client.receive().payload == b"hello"
+    taken = second.sock.getsockname()
+    second.rebind()
+    first.rebind(taken[1])  # the port second had
+    first.sock.sendto(first.seal(first.request(payload=b"a")), server.address)
+    assert first.receive().payload == b"a"
+    second.sock.sendto(second.seal(second.request(payload=b"b")), server.address)
+    assert second.receive().payload == b"b"
+    assert server.call(server.transport.connection, taken).read_cid == first.session.write_cid
+    moved = server.call(server.transport.connection, second.sock.getsockname())
+    assert moved is not None and moved.read_cid == second.session.write_cid
+    counters = server.call(server.transport.dtls_counters)
+    assert (counters["connections parked"], counters["address changes"]) == (1, 2)
+    assert counters["associations"] == 2
+    first.close()
+    second.close()
 
 
 def test_the_least_recently_active_connection_makes_room(make_server):

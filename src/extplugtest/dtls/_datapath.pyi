@@ -31,7 +31,8 @@ class DtlsEngine(UdpEngine):
     def serve(
         self,
         by_cid: dict[bytes, DtlsConnection],
-        by_address: dict[bytes, DtlsConnection],
+        by_address: dict[Any, DtlsConnection],  # peer key (bytes) -> connection; other keys
+        # (a connector's own, e.g. parked connections') are never found by a datagram
         cid_length: int,
         connector: Any,
         *,

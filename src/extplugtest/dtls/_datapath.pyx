@@ -219,7 +219,10 @@ cdef class DtlsEngine(UdpEngine):
                                          PyBytes_FromStringAndSize(<const char*>plain.data,
                                                                    plain.length))
                 return True
-            if self.dedup is not None:          # its exchanges move with it
+            if self.dedup is not None and PyDict_GetItem(
+                    self.by_address, connection.key) == <PyObject*>connection:
+                # Its exchanges move with it - unless another connection took its last address
+                # (the connector parked it): then that address's exchanges are the other's.
                 memcpy(&previous, connection._key, PEER_KEY_LENGTH)
                 self.dedup.move_peer(&previous, &source)
             self.connector.move(connection, address_tuple(udp_batch_addr(&self.rx, slot)))

@@ -88,6 +88,16 @@ class DtlsLimits:
     mac_filter_quiet: float = 4.0  # DTLS.MAC_ERROR_FILTER_QUIET_TIME
 
 
+#: A key of the by-address table: a peer key (bytes), or a parked connection's (see move).
+IndexKey = bytes | tuple[str, bytes]
+
+
+def parking_key(connection: DtlsConnection) -> IndexKey:
+    """The by-address key of a CID connection whose last address another connection took:
+    not bytes, so no datagram ever finds it by address."""
+    return ("parked", connection.read_cid)
+
+
 @dataclass
 class DtlsCounters:
     received_records: int = 0
@@ -99,6 +109,7 @@ class DtlsCounters:
     handshakes_refused: int = 0
     connections_evicted: int = 0
     address_changes: int = 0
+    connections_parked: int = 0
     sending_records: int = 0
     by_name: dict[str, int] = field(default_factory=dict)
 
@@ -116,6 +127,7 @@ class DtlsCounters:
             "handshakes refused": self.handshakes_refused,
             "connections evicted": self.connections_evicted,
             "address changes": self.address_changes,
+            "connections parked": self.connections_parked,
             "sending records": self.sending_records,
         }
 
@@ -154,7 +166,7 @@ class DtlsServerTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Keyed by peer_key(address), in the order of DtlsConnection.positioned (the data path
         # only stamps last_seen; _make_room and _sweep mend the order where they look).
-        self._by_address: OrderedDict[bytes, DtlsConnection] = OrderedDict()
+        self._by_address: OrderedDict[IndexKey, DtlsConnection] = OrderedDict()
         self._by_cid: dict[bytes, DtlsConnection] = {}
         self._handshakes = 0
         #: handshakes in progress -> (when their flight is due again, the current interval)
@@ -380,13 +392,24 @@ class DtlsServerTransport:
         for connection in sample:
             if connection is not victim and connection.last_seen > connection.positioned:
                 connection.positioned = now
-                self._by_address.move_to_end(connection.key)
+                key = self._index_key(connection)
+                if key is not None:  # (it is: the sample came from the table)
+                    self._by_address.move_to_end(key)
         self._remove(victim)
         self.counters.connections_evicted += 1
 
+    def _index_key(self, connection: DtlsConnection) -> IndexKey | None:
+        """The key *connection* has in the by-address table: its address's, or its parking
+        key while another connection holds its last address (see move); None: not in it."""
+        for key in (connection.key, parking_key(connection)):
+            if self._by_address.get(key) is connection:
+                return key
+        return None
+
     def _remove(self, connection: DtlsConnection) -> None:
-        if self._by_address.get(connection.key) is connection:
-            del self._by_address[connection.key]
+        key = self._index_key(connection)
+        if key is not None:
+            del self._by_address[key]
         if self._by_cid.get(connection.read_cid) is connection:
             del self._by_cid[connection.read_cid]
         if connection.handshake is not None and connection.session is None:
@@ -399,8 +422,18 @@ class DtlsServerTransport:
         key = peer_key(address)
         other = self._by_address.get(key)
         if other is not None and other is not connection:
-            self._remove(other)
-        self._by_address.pop(connection.key, None)
+            if self._by_cid.get(other.read_cid) is other and other.cipher is not None:
+                # Another CID connection had this address last (a NAT reused the port): it
+                # is still reachable by its CID, so it is parked, not dropped; its next
+                # record moves it to where its peer is now.
+                del self._by_address[key]
+                self._by_address[parking_key(other)] = other
+                self.counters.connections_parked += 1
+            else:
+                self._remove(other)  # without a CID the address was its only way in
+        old_key = self._index_key(connection)
+        if old_key is not None:
+            del self._by_address[old_key]
         connection.previous_address = connection.address
         connection.address = address
         connection.positioned = time.monotonic()
