@@ -897,28 +897,40 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_shutdown_ends_extserver_with_exit_code_0(make_client):
-    coap_port, plugtest_port = _free_port(), _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "extplugtest.server.cli",
-            "--no-ipv6",
-            "--interfaces-pattern",
-            r"127\.0\.0\.1",
-            "--coap-port",
-            str(coap_port),
-            "--plugtest-port",
-            str(plugtest_port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+def _start_extserver() -> tuple[subprocess.Popen, int]:
+    """``extserver`` on two free ports (new ones if a port was taken meanwhile: another test's
+    socket may take one between the probe and the bind), once it printed its banner."""
+    for _attempt in range(3):
+        coap_port, plugtest_port = _free_port(), _free_port()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "extplugtest.server.cli",
+                "--no-ipv6",
+                "--interfaces-pattern",
+                r"127\.0\.0\.1",
+                "--coap-port",
+                str(coap_port),
+                "--plugtest-port",
+                str(plugtest_port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert process.stdout is not None
-        assert process.stdout.readline().startswith("extserver")
+        if process.stdout.readline().startswith("extserver"):
+            return process, plugtest_port
+        process.kill()
+        _out, err = process.communicate(timeout=10)
+        last_error = err
+    raise AssertionError(f"extserver did not start: {last_error}")
+
+
+def test_shutdown_ends_extserver_with_exit_code_0(make_client):
+    process, plugtest_port = _start_extserver()
+    try:
         client = make_client(("127.0.0.1", plugtest_port))
         reply = client.exchange(request(Code.POST, "shutdown", payload="sesame"), timeout=5)
         assert reply is not None and reply.code == Code.CHANGED
