@@ -419,9 +419,9 @@ def period_us(args: argparse.Namespace) -> int:
     return int(args.budget_period_ms * 1000)
 
 
-def throttled_s(budget: list[CpuBudget]) -> float:
+def throttled_s(groups: list[CpuBudget]) -> float:
     """Seconds a setup's nodes were held back so far (a group per node: their mean)."""
-    return sum(group.throttled_s() for group in budget) / len(budget) if budget else 0.0
+    return sum(group.throttled_s() for group in groups) / len(groups) if groups else 0.0
 
 
 def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -447,13 +447,13 @@ def measure_together(
         ]
         processes = stack.enter_context(Processes())
         entries: list[Started] = []
-        for setup, budget in zip(setups, budgets, strict=True):
+        for setup, groups in zip(setups, budgets, strict=True):
             name = f"{setup}-{clients}"
             log = stack.enter_context(open(work / f"{name}.log", "wb"))
             nodes = start_nodes(setup, processes, log)
             for k, node in enumerate(nodes):  # one group for all, or a group per node
-                if budget:
-                    budget[k % len(budget)].add(node.process.pid)
+                if groups:
+                    groups[k % len(groups)].add(node.process.pid)
             nat, nat_port, control = start_nat(setup, nodes, clients, args, processes, log, work)
             entries.append(Started(setup, nodes, nat, nat_port, control, work / f"{name}.json"))
         start_at = time.time() + TOGETHER_START_S if len(setups) > 1 else None
@@ -478,11 +478,11 @@ def measure_together(
         window_start, window_end = shared_window(runs, args)
         sleep_until(window_start, runs[0].process)
         samples0 = [sample(entry) for entry in entries]
-        throttled0 = [throttled_s(budget) for budget in budgets]
+        throttled0 = [throttled_s(groups) for groups in budgets]
         box0, wall0 = box_cpu(), time.monotonic()
         sleep_until(window_end, runs[0].process)
         samples1 = [sample(entry) for entry in entries]
-        throttled1 = [throttled_s(budget) for budget in budgets]
+        throttled1 = [throttled_s(groups) for groups in budgets]
         box1, wall1 = box_cpu(), time.monotonic()
         usages_after = [nat_usages(entry.control) for entry in entries]
         for entry, run in zip(entries, runs, strict=True):
