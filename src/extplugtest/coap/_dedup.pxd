@@ -23,8 +23,7 @@ cdef struct Exchange:
     double stamp                # monotonic seconds when the request arrived
     uint8_t* response
     uint16_t response_length
-    uint16_t response_capacity
-    uint16_t mid
+    uint16_t response_capacity  # (its MID is the peer's mids[] entry of the same index)
     uint8_t state
     uint8_t confirmable
 

@@ -173,7 +173,6 @@ cdef class DeduplicationCache:
         if ex.state != SLOT_FREE and now - ex.stamp <= (self.exchange_lifetime if ex.confirmable
                                                         else self.non_lifetime):
             self.exchanges_overwritten += 1
-        ex.mid = mid
         peer.mids[ex - peer.slots] = mid
         ex.stamp = now
         ex.confirmable = confirmable

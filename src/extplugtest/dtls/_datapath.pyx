@@ -9,8 +9,8 @@ Everything else (handshakes, alerts, several records in one datagram, unknown pe
 the Python connector (connector.DtlsServerTransport) as it arrived.
 
 A CID record that authenticates, comes from a new address and is the newest of its connection
-moves the connection there first (RFC 9146 §6), through the connector, and its deduplication
-state with it (the endpoint is the same: a retransmission from the new address is a duplicate).
+moves the connection there first (RFC 9146 §6), through the connector (which moves its
+deduplication state along).
 """
 
 import logging
@@ -172,7 +172,7 @@ cdef class DtlsEngine(UdpEngine):
         False leaves it to the connector. *alone*: the datagram's only record, whose
         plaintext may take over the slot."""
         cdef Plaintext plain
-        cdef PeerKey source, previous
+        cdef PeerKey source
         cdef PyObject* found
         cdef DtlsConnection connection
         cdef AeadCipher cipher
@@ -219,12 +219,6 @@ cdef class DtlsEngine(UdpEngine):
                                          PyBytes_FromStringAndSize(<const char*>plain.data,
                                                                    plain.length))
                 return True
-            if self.dedup is not None and PyDict_GetItem(
-                    self.by_address, connection.key) == <PyObject*>connection:
-                # Its exchanges move with it - unless another connection took its last address
-                # (the connector parked it): then that address's exchanges are the other's.
-                memcpy(&previous, connection._key, PEER_KEY_LENGTH)
-                self.dedup.move_peer(&previous, &source)
             self.connector.move(connection, address_tuple(udp_batch_addr(&self.rx, slot)))
             connection.moved = True
         if plain.content_type != APPLICATION_DATA:

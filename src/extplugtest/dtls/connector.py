@@ -434,6 +434,10 @@ class DtlsServerTransport:
         old_key = self._index_key(connection)
         if old_key is not None:
             del self._by_address[old_key]
+        if self.dedup is not None and old_key == connection.key:
+            # Its exchanges go with it (the endpoint is the same: a retransmission from the new
+            # address is a duplicate) - unless it was parked: that address's are the other's.
+            self.dedup.move(connection.address, address)
         connection.previous_address = connection.address
         connection.address = address
         connection.positioned = time.monotonic()
