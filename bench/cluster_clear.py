@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster_throughput as runner
 from cpu_budget import CpuBudget, CpuBudgetError
-from throughput import Processes, launch_generator, wait_started
+from throughput import Processes, wait_started
 
 RETRANSMISSIONS_S = 3.0  # the answers lost at the clear come back within ACK_TIMEOUT * 1.5
 
@@ -63,17 +63,13 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[float, int]]:
         nat, port, control = runner.start_nat(args.setup, nodes, args.clients, generator_args,
                                               processes, log, work)  # fmt: skip
         entry = runner.Started(args.setup, nodes, nat, port, control, work / "load.json")
-        uri = f"coaps://{runner.LOOPBACK}:{port}/{runner.PATH}"
-        extra = ("-i", runner.IDENTITY, "-s", runner.SECRET,
-                 "--ack-timeout", str(runner.ACK_TIMEOUT_MS))  # fmt: skip
-        run = launch_generator(processes, runner.LOAD_CPU, uri, args.clients, generator_args,
-                               entry.result_file, extra)  # fmt: skip
+        run = runner.launch_setup_generator(processes, entry, args.clients, generator_args)
         wait_started(run, runner.START_TIMEOUT)
         time.sleep(args.settle)
         figures = []
         for window in range(1 + args.after):
             if window == 1:
-                if args.setup != "no-clear":
+                if not runner.keeps_entries(args.setup, generator_args):
                     runner.nat_command(control, "clear")
                 time.sleep(RETRANSMISSIONS_S)
             start = runner.sample(entry)

@@ -397,6 +397,19 @@ def sample(entry: Started) -> Sample:
     )
 
 
+def launch_setup_generator(
+    processes: Processes, entry: Started, clients: int, args: argparse.Namespace,
+    start_at: float | None = None,
+) -> Generator:  # fmt: skip
+    """``extclient benchmark`` of *clients* through the setup's NAT (PSK, the runner's ACK
+    timeout; starting its requests at *start_at* when given), launched."""
+    uri = f"coaps://{LOOPBACK}:{entry.nat_port}/{PATH}"
+    extra: tuple[str, ...] = ("-i", IDENTITY, "-s", SECRET, "--ack-timeout", str(ACK_TIMEOUT_MS))
+    if start_at is not None:
+        extra += ("--start-at", f"{start_at:.3f}")
+    return launch_generator(processes, LOAD_CPU, uri, clients, args, entry.result_file, extra)
+
+
 def keeps_entries(setup: str, args: argparse.Namespace) -> bool:
     """Does the setup's NAT keep its entries (no clear)? no-clear always, the single node
     with --keep-single."""
@@ -459,13 +472,7 @@ def measure_together(
         start_at = time.time() + TOGETHER_START_S if len(setups) > 1 else None
         runs: list[Generator] = []
         for entry in entries:
-            uri = f"coaps://{LOOPBACK}:{entry.nat_port}/{PATH}"
-            extra: tuple[str, ...] = ("-i", IDENTITY, "-s", SECRET,
-                                      "--ack-timeout", str(ACK_TIMEOUT_MS))  # fmt: skip
-            if start_at is not None:
-                extra += ("--start-at", f"{start_at:.3f}")
-            runs.append(launch_generator(processes, LOAD_CPU, uri, clients, args,
-                                         entry.result_file, extra))  # fmt: skip
+            runs.append(launch_setup_generator(processes, entry, clients, args, start_at))
         for run in runs:
             wait_started(run, START_TIMEOUT)
         # every client to a new NAT entry with a random node (Californium's "clear")
