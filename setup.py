@@ -116,6 +116,7 @@ MODULES = [
     ("extplugtest.tools._loadgen", "src/extplugtest/tools/_loadgen.pyx"),
     ("extplugtest.tools._natfwd", "src/extplugtest/tools/_natfwd.pyx"),
     ("extplugtest.dtls._record", "src/extplugtest/dtls/_record.pyx"),
+    ("extplugtest.dtls._cid_table", "src/extplugtest/dtls/_cid_table.pyx"),
     ("extplugtest.dtls._datapath", "src/extplugtest/dtls/_datapath.pyx"),
     ("extplugtest.coap._tcp_codec", "src/extplugtest/coap/_tcp_codec.pyx"),
     ("extplugtest._build_info", "src/extplugtest/_build_info.pyx"),

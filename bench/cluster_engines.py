@@ -11,6 +11,7 @@ import socket
 from extplugtest.cluster._router import ClusterEngine
 from extplugtest.coap._codec import Message
 from extplugtest.coap._dedup import DeduplicationCache
+from extplugtest.dtls._cid_table import CidTable
 from extplugtest.dtls._datapath import DtlsConnection
 from extplugtest.dtls._record import AEAD_AES_128_CCM_8, APPLICATION_DATA, AeadCipher
 from extplugtest.resources._benchmark import BenchmarkFastPath
@@ -94,7 +95,7 @@ def cluster_engine(node: int, sockets: dict, clients: list[tuple] | None = None)
                            DeduplicationCache(max_peers=4096), benchmark_fast_path())  # fmt: skip
     engine.cluster(node, management.fileno(), lambda data, address: None)
     engine.set_node(other, sockets[SOCKET_NAMES[other][1]].getsockname())
-    by_cid = {}
+    by_cid: CidTable[DtlsConnection] = CidTable()
     if node == OWNER and clients:
         for cid, address in zip(owner_cids(len(clients)), clients, strict=True):
             cipher = AeadCipher(AEAD_AES_128_CCM_8, SERVER_KEY, SERVER_IV, CLIENT_KEY, CLIENT_IV,

@@ -19,6 +19,7 @@ from extplugtest.cluster._header import (
     split_batch,
 )
 from extplugtest.cluster._router import ClusterEngine
+from extplugtest.dtls._cid_table import CidTable
 
 BATCH = 0x40  # type of a batch datagram
 BATCH_LIMIT = 1400
@@ -55,7 +56,7 @@ def node_1(dtls, management, others: dict, batch: bool = True) -> ClusterEngine:
     socket) known."""
     dtls.setblocking(False)
     engine = ClusterEngine(dtls.fileno(), socket.AF_INET, None)
-    engine.serve({}, {}, CID_LENGTH, NoConnector())
+    engine.serve(CidTable(), {}, CID_LENGTH, NoConnector())
     engine.cluster(1, management.fileno(), lambda data, address: None, batch=batch)
     for node, sock in others.items():
         engine.set_node(node, sock.getsockname())

@@ -5,6 +5,7 @@ from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t
 
 from extplugtest.coap._udp cimport RX_BATCH, TX_BATCH, UdpEngine
+from extplugtest.dtls._cid_table cimport CidTable
 from extplugtest.dtls._record cimport AeadCipher, RecordView
 from extplugtest._net cimport sockaddr_storage, udp_batch
 
@@ -48,7 +49,7 @@ cdef struct DataPathCounters:
     unsigned long long seal_errors
 
 cdef class DtlsEngine(UdpEngine):
-    cdef dict by_cid                    # read CID -> DtlsConnection
+    cdef CidTable by_cid                # read CID -> DtlsConnection
     cdef object by_address              # peer key -> DtlsConnection (an OrderedDict)
     cdef int cid_length
     cdef unsigned int mac_filter_threshold  # 0: no MAC error filter

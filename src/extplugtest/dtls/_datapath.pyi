@@ -3,6 +3,7 @@ from typing import Any
 from typing_extensions import Buffer
 
 from extplugtest.coap._udp import UdpEngine
+from extplugtest.dtls._cid_table import CidTable
 from extplugtest.dtls._record import AeadCipher
 
 def peer_key(address: tuple[Any, ...]) -> bytes: ...
@@ -30,7 +31,7 @@ class DtlsConnection:
 class DtlsEngine(UdpEngine):
     def serve(
         self,
-        by_cid: dict[bytes, DtlsConnection],
+        by_cid: CidTable[DtlsConnection],
         by_address: dict[Any, DtlsConnection],  # peer key (bytes) -> connection; other keys
         # (a connector's own, e.g. parked connections') are never found by a datagram
         cid_length: int,

@@ -24,6 +24,7 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 
 from extplugtest.coap._dedup cimport PeerKey
 from extplugtest.coap._udp cimport RX_BATCH, SLOT_SIZE, TX_BATCH, UdpEngine, peer_key_from_sockaddr
+from extplugtest.dtls._cid_table cimport CidTable
 from extplugtest.dtls._record cimport (
     APPLICATION_DATA, EXPLICIT_NONCE_LENGTH, HEADER_LENGTH, MAX_CID_LENGTH,
     RECORD_BAD_TAG, RECORD_DUPLICATE, RECORD_OK, RECORD_TOO_OLD, TLS12_CID, AeadCipher,
@@ -124,10 +125,11 @@ cdef class DtlsEngine(UdpEngine):
             Py_XDECREF(self.tx_connection[i])
         udp_batch_free(&self.sealed)
 
-    def serve(self, dict by_cid not None, by_address not None, int cid_length, connector, *,
+    def serve(self, CidTable by_cid not None, by_address not None, int cid_length, connector, *,
               unsigned int mac_filter_threshold=0, double mac_filter_quiet=0.0) -> None:
-        """Look connections up in *by_cid* (read CID -> DtlsConnection) and *by_address* (peer
-        key -> DtlsConnection, a dict or OrderedDict); hand everything else to *connector*:
+        """Look connections up in *by_cid* (read CID -> DtlsConnection: the connector's
+        CidTable itself, which C reads without Python objects) and *by_address* (peer key ->
+        DtlsConnection, a dict or OrderedDict); hand everything else to *connector*:
         ``datagram(data, address)``, ``plaintext(connection, content_type, data)`` and
         ``move(connection, address)``. The MAC error filter drops a connection's records
         unopened after more than *mac_filter_threshold* bad MACs without a
@@ -181,8 +183,7 @@ cdef class DtlsEngine(UdpEngine):
             return False                        # ClientHello, ChangeCipherSpec, plain alerts
         peer_key_from_sockaddr(&source, udp_batch_addr(&self.rx, slot))
         if record.type == TLS12_CID:
-            found = PyDict_GetItem(self.by_cid, PyBytes_FromStringAndSize(
-                <const char*>record.cid, record.cid_length))
+            found = self.by_cid.find(record.cid, record.cid_length)
         else:
             found = PyDict_GetItem(self.by_address, PyBytes_FromStringAndSize(
                 <const char*>&source, PEER_KEY_LENGTH))

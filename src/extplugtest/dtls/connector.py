@@ -28,6 +28,7 @@ from extplugtest.coap._udp import FastResource
 from extplugtest.coap.endpoint import CoapEndpoint, SecureHealth
 from extplugtest.coap.timer import PeriodicTimer
 from extplugtest.coap.transport_udp import bind_udp_socket
+from extplugtest.dtls._cid_table import CidTable
 from extplugtest.dtls._datapath import DtlsConnection, DtlsEngine, peer_key
 from extplugtest.dtls._record import (
     APPLICATION_DATA,
@@ -167,7 +168,7 @@ class DtlsServerTransport:
         # Keyed by peer_key(address), in the order of DtlsConnection.positioned (the data path
         # only stamps last_seen; _make_room and _sweep mend the order where they look).
         self._by_address: OrderedDict[IndexKey, DtlsConnection] = OrderedDict()
-        self._by_cid: dict[bytes, DtlsConnection] = {}
+        self._by_cid: CidTable[DtlsConnection] = CidTable()  # the data path finds in it too
         self._handshakes = 0
         #: handshakes in progress -> (when their flight is due again, the current interval)
         self._flights: dict[DtlsConnection, tuple[float, float]] = {}
@@ -288,8 +289,10 @@ class DtlsServerTransport:
         )
         connection.handshake = handshake
         self._add(connection)
-        # The client's Finished may already come as a tls12_cid record with our CID.
-        self._by_cid[connection.read_cid] = connection
+        # The client's Finished may already come as a tls12_cid record with our CID (if we
+        # have one: DTLS.CONNECTION_ID_LENGTH may be 0).
+        if connection.read_cid:
+            self._by_cid[connection.read_cid] = connection
         self._handshakes += 1
         self.counters.handshakes_started += 1
         self._flights[connection] = (time.monotonic() + RETRANSMIT_INITIAL, RETRANSMIT_INITIAL)
