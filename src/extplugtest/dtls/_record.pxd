@@ -8,7 +8,7 @@
 
 from libc.stdint cimport uint8_t, uint16_t, uint64_t
 
-from extplugtest.dtls._openssl cimport EVP_CIPHER_CTX
+from extplugtest.dtls._openssl cimport aead_impl
 
 # The anonymous cpdef enums below are also module constants at Python level.
 
@@ -94,8 +94,9 @@ cdef class ReplayWindow:
     cdef ReplayState state
 
 cdef class AeadCipher:
-    cdef EVP_CIPHER_CTX* seal_ctx
-    cdef EVP_CIPHER_CTX* open_ctx
+    cdef const aead_impl* impl          # the provider's AES-CCM or AES-GCM functions
+    cdef void* seal_ctx                 # their contexts, one per direction
+    cdef void* open_ctx
     cdef uint8_t write_iv[4]
     cdef uint8_t read_iv[4]
     cdef bint ccm

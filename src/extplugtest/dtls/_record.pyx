@@ -20,12 +20,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 
 from extplugtest._net cimport get_bytes
 from extplugtest.dtls._openssl cimport (
-    EVP_CIPHER, EVP_CIPHER_CTX, EVP_CIPHER_fetch, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free,
-    EVP_CIPHER_CTX_ctrl, EVP_CipherInit_ex, EVP_CipherUpdate, EVP_CipherFinal_ex,
-    EVP_CIPHER_CTX_get_params, EVP_CIPHER_CTX_set_params, EVP_CTRL_AEAD_SET_IVLEN,
-    EVP_CTRL_AEAD_SET_TAG, OSSL_PARAM, OSSL_PARAM_construct_octet_string,
-    OSSL_PARAM_construct_end, OSSL_CIPHER_PARAM_AEAD_TAG, ERR_clear_error, OPENSSL_cleanse,
-    OpenSSL_version, OPENSSL_VERSION,
+    EVP_CIPHER, EVP_CIPHER_fetch, ERR_clear_error, OPENSSL_cleanse, OpenSSL_version,
+    OPENSSL_VERSION, aead_ctx_free, aead_ctx_new, aead_impl, aead_impl_resolve, aead_open,
+    aead_seal,
 )
 
 from collections import namedtuple
@@ -43,12 +40,16 @@ cdef enum:
     HANDSHAKE_CLIENT_HELLO = 1
     HANDSHAKE_HELLO_VERIFY_REQUEST = 3
 
-# Fetched once per process: passing the EVP_aes_*() placeholders would fetch on every init.
+# Fetched once per process (they stay fetched, so the provider and the functions taken from
+# it stay loaded); records are protected through the provider's functions (csrc/aead_provider.h).
 cdef EVP_CIPHER* _AES_128_CCM = EVP_CIPHER_fetch(NULL, b"AES-128-CCM", NULL)
 cdef EVP_CIPHER* _AES_128_GCM = EVP_CIPHER_fetch(NULL, b"AES-128-GCM", NULL)
-if _AES_128_CCM == NULL or _AES_128_GCM == NULL:
+cdef aead_impl _CCM
+cdef aead_impl _GCM
+if (_AES_128_CCM == NULL or _AES_128_GCM == NULL or not aead_impl_resolve(_AES_128_CCM, &_CCM)
+        or not aead_impl_resolve(_AES_128_GCM, &_GCM)):
     ERR_clear_error()
-    raise ImportError("libcrypto offers no AES-128-CCM / AES-128-GCM")
+    raise ImportError("libcrypto's provider offers no AES-128-CCM / AES-128-GCM")
 
 #: TLS cipher suite -> AEAD_* of its record protection (RFC 6655, 7251, 8442, 5487, 5289).
 AEAD_FOR_CIPHER_SUITE = {
@@ -150,89 +151,6 @@ cdef Py_ssize_t _additional_data(uint8_t* aad, const uint8_t* epoch_seq, uint8_t
     memcpy(aad + 21, cid, cid_length)
     _put16(aad + 21 + cid_length, length)
     return 23 + cid_length
-
-
-cdef EVP_CIPHER_CTX* _new_context(const EVP_CIPHER* cipher, const uint8_t* key, int enc,
-                                  bint ccm, int tag_length) noexcept nogil:
-    """A context with the key installed; the IV (and for CCM the tag) length is set before
-    any nonce, as CCM requires (python-anchors §2.1)."""
-    cdef EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new()
-    if ctx == NULL:
-        return NULL
-    if (EVP_CipherInit_ex(ctx, cipher, NULL, NULL, NULL, enc) == 1
-            and EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, NONCE_LENGTH, NULL) == 1
-            and (not ccm or EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, tag_length,
-                                                NULL) == 1)
-            and EVP_CipherInit_ex(ctx, NULL, NULL, key, NULL, enc) == 1):
-        return ctx
-    EVP_CIPHER_CTX_free(ctx)
-    ERR_clear_error()
-    return NULL
-
-
-cdef inline bint _tag(EVP_CIPHER_CTX* ctx, uint8_t* tag, int tag_length,
-                      bint get) noexcept nogil:
-    """Get (seal) or set (open) the AEAD tag, as EVP_CTRL_AEAD_GET_TAG / SET_TAG do."""
-    cdef OSSL_PARAM params[2]
-    params[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, tag_length)
-    params[1] = OSSL_PARAM_construct_end()
-    if get:
-        return EVP_CIPHER_CTX_get_params(ctx, params) == 1
-    return EVP_CIPHER_CTX_set_params(ctx, params) == 1
-
-
-cdef bint _aead_seal(EVP_CIPHER_CTX* ctx, bint ccm, int tag_length, const uint8_t* nonce,
-                     const uint8_t* aad, int aad_length, const uint8_t* plaintext, int length,
-                     uint8_t* out) noexcept nogil:
-    """Encrypt *plaintext* to *out* and append the tag; *out* may equal *plaintext*."""
-    cdef int n
-    if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 1) != 1:
-        return False
-    # CCM needs the total length before the AAD.
-    if ccm and EVP_CipherUpdate(ctx, NULL, &n, NULL, length) != 1:
-        return False
-    if EVP_CipherUpdate(ctx, NULL, &n, aad, aad_length) != 1:
-        return False
-    # Always pass the payload, with a non-NULL pointer even for length 0: otherwise OpenSSL's
-    # CCM never computes a tag (python-anchors §2.1 pitfall). CCM takes one chunk only.
-    if EVP_CipherUpdate(ctx, out, &n, plaintext if plaintext != NULL else out, length) != 1:
-        return False
-    # CCM computes the tag in that update; its Final is a no-op and is skipped (about 5 %).
-    if not ccm and EVP_CipherFinal_ex(ctx, out + length, &n) != 1:
-        return False
-    return _tag(ctx, out + length, tag_length, True)
-
-
-cdef bint _aead_open(EVP_CIPHER_CTX* ctx, bint ccm, int tag_length, const uint8_t* nonce,
-                     const uint8_t* aad, int aad_length, const uint8_t* ciphertext, int length,
-                     const uint8_t* tag, uint8_t* out) noexcept nogil:
-    """Decrypt and authenticate; False on a bad tag. *out* may equal *ciphertext*."""
-    cdef int n
-    if ccm:
-        # The expected tag goes in first; the one-shot update then returns the verdict.
-        if not _tag(ctx, <uint8_t*>tag, tag_length, False):
-            return False
-        if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 0) != 1:
-            return False
-        if EVP_CipherUpdate(ctx, NULL, &n, NULL, length) != 1:
-            return False
-        if EVP_CipherUpdate(ctx, NULL, &n, aad, aad_length) != 1:
-            return False
-        return EVP_CipherUpdate(ctx, out, &n, ciphertext if ciphertext != NULL else out,
-                                length) == 1
-    if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 0) != 1:
-        return False
-    if EVP_CipherUpdate(ctx, NULL, &n, aad, aad_length) != 1:
-        return False
-    if EVP_CipherUpdate(ctx, out, &n, ciphertext if ciphertext != NULL else out,
-                        length) != 1:
-        return False
-    if not _tag(ctx, <uint8_t*>tag, tag_length, False):
-        return False
-    if EVP_CipherFinal_ex(ctx, out + length, &n) == 1:
-        return True
-    OPENSSL_cleanse(out, length)        # GCM wrote unauthenticated plaintext
-    return False
 
 
 # -- Record parsing (RFC 6347 §4.1, RFC 9146 §4) -------------------------------------------
@@ -412,13 +330,12 @@ cdef class AeadCipher:
 
     def __cinit__(self, int aead, write_key, write_iv, read_key, read_iv, *, int epoch=1,
                   write_cid=b"", read_cid=b"", bint anti_replay=True):
-        cdef const EVP_CIPHER* cipher
         if aead == AEAD_AES_128_CCM_8 or aead == AEAD_AES_128_CCM:
-            cipher = _AES_128_CCM
+            self.impl = &_CCM
             self.ccm = True
             self.tag_length = 8 if aead == AEAD_AES_128_CCM_8 else 16
         elif aead == AEAD_AES_128_GCM:
-            cipher = _AES_128_GCM
+            self.impl = &_GCM
             self.ccm = False
             self.tag_length = 16
         else:
@@ -443,16 +360,18 @@ cdef class AeadCipher:
         self.anti_replay = anti_replay
         memcpy(self.write_iv, PyBytes_AS_STRING(write_iv), IMPLICIT_IV_LENGTH)
         memcpy(self.read_iv, PyBytes_AS_STRING(read_iv), IMPLICIT_IV_LENGTH)
-        self.seal_ctx = _new_context(cipher, <const uint8_t*>PyBytes_AS_STRING(write_key), 1,
-                                     self.ccm, self.tag_length)
-        self.open_ctx = _new_context(cipher, <const uint8_t*>PyBytes_AS_STRING(read_key), 0,
-                                     self.ccm, self.tag_length)
+        self.seal_ctx = aead_ctx_new(self.impl, <const uint8_t*>PyBytes_AS_STRING(write_key),
+                                     KEY_LENGTH, 1, self.ccm, NONCE_LENGTH, self.tag_length)
+        self.open_ctx = aead_ctx_new(self.impl, <const uint8_t*>PyBytes_AS_STRING(read_key),
+                                     KEY_LENGTH, 0, self.ccm, NONCE_LENGTH, self.tag_length)
         if self.seal_ctx == NULL or self.open_ctx == NULL:
+            ERR_clear_error()
             raise MemoryError("cannot create the libcrypto cipher contexts")
 
     def __dealloc__(self):
-        EVP_CIPHER_CTX_free(self.seal_ctx)      # frees NULL quietly; cleanses the key schedule
-        EVP_CIPHER_CTX_free(self.open_ctx)
+        if self.impl != NULL:                   # (NULL: __cinit__ refused the AEAD)
+            aead_ctx_free(self.impl, self.seal_ctx)  # frees NULL quietly; cleanses the key
+            aead_ctx_free(self.impl, self.open_ctx)
         OPENSSL_cleanse(self.write_iv, IMPLICIT_IV_LENGTH)
         OPENSSL_cleanse(self.read_iv, IMPLICIT_IV_LENGTH)
 
@@ -513,8 +432,8 @@ cdef class AeadCipher:
                 memmove(body, plaintext, length)
             body[length] = content_type
             plaintext = body
-        if not _aead_seal(self.seal_ctx, self.ccm, self.tag_length, nonce, aad,
-                          <int>aad_length, plaintext, <int>inner, body):
+        if not aead_seal(self.impl, self.seal_ctx, self.ccm, self.tag_length, nonce,
+                         NONCE_LENGTH, aad, aad_length, plaintext, inner, body):
             ERR_clear_error()
             return -RECORD_CRYPTO
         self.last_sealed = counter
@@ -565,9 +484,9 @@ cdef class AeadCipher:
         memcpy(nonce + IMPLICIT_IV_LENGTH, r.fragment, EXPLICIT_NONCE_LENGTH)
         aad_length = _additional_data(aad, r.start + 3, r.type, r.version, r.cid, r.cid_length,
                                       length)
-        if not _aead_open(self.open_ctx, self.ccm, self.tag_length, nonce, aad,
-                          <int>aad_length, r.fragment + EXPLICIT_NONCE_LENGTH, <int>length,
-                          r.fragment + EXPLICIT_NONCE_LENGTH + length, out):
+        if not aead_open(self.impl, self.open_ctx, self.ccm, self.tag_length, nonce,
+                         NONCE_LENGTH, aad, aad_length, r.fragment + EXPLICIT_NONCE_LENGTH,
+                         length, r.fragment + EXPLICIT_NONCE_LENGTH + length, out):
             ERR_clear_error()
             return RECORD_BAD_TAG
         result.data = out
