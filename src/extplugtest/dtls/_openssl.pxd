@@ -1,8 +1,7 @@
 # libcrypto declarations used by the DTLS record layer (OpenSSL >= 3.0).
 #
-# Only what the AEAD record protection needs: fetched ciphers, cipher contexts, the AEAD ctrls
-# and params, and the error queue. The call sequence is in
-# /work/shared/reference/python-anchors.md §2.1.
+# Only what the AEAD record protection needs: the fetched ciphers, whose provider's functions
+# protect the records (csrc/aead_provider.h), params, and the error queue.
 
 cdef extern from "openssl/core.h" nogil:
     ctypedef struct OSSL_LIB_CTX:
@@ -14,41 +13,17 @@ cdef extern from "openssl/core.h" nogil:
         size_t data_size
         size_t return_size
 
-cdef extern from "openssl/core_names.h" nogil:
-    const char* OSSL_CIPHER_PARAM_AEAD_TAG
-
 cdef extern from "openssl/params.h" nogil:
-    OSSL_PARAM OSSL_PARAM_construct_octet_string(const char* key, void* buf, size_t bsize)
     OSSL_PARAM OSSL_PARAM_construct_end()
 
 cdef extern from "openssl/evp.h" nogil:
     ctypedef struct EVP_CIPHER:
         pass
-    ctypedef struct EVP_CIPHER_CTX:
-        pass
-
-    enum:
-        EVP_CTRL_AEAD_SET_IVLEN
-        EVP_CTRL_AEAD_GET_TAG
-        EVP_CTRL_AEAD_SET_TAG
 
     # Explicit fetch once per process: the EVP_aes_*() placeholders fetch implicitly on every
     # init that passes them (openssl#20625).
     EVP_CIPHER* EVP_CIPHER_fetch(OSSL_LIB_CTX* ctx, const char* algorithm,
                                  const char* properties)
-    void EVP_CIPHER_free(EVP_CIPHER* cipher)
-
-    EVP_CIPHER_CTX* EVP_CIPHER_CTX_new()
-    void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX* ctx)
-    int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX* ctx, int type, int arg, void* ptr)
-    # Params directly (the tag per record): EVP_CIPHER_CTX_ctrl() only translates to these.
-    int EVP_CIPHER_CTX_get_params(EVP_CIPHER_CTX* ctx, OSSL_PARAM* params)
-    int EVP_CIPHER_CTX_set_params(EVP_CIPHER_CTX* ctx, const OSSL_PARAM* params)
-    int EVP_CipherInit_ex(EVP_CIPHER_CTX* ctx, const EVP_CIPHER* cipher, void* impl,
-                          const unsigned char* key, const unsigned char* iv, int enc)
-    int EVP_CipherUpdate(EVP_CIPHER_CTX* ctx, unsigned char* out, int* outl,
-                         const unsigned char* data, int inl)
-    int EVP_CipherFinal_ex(EVP_CIPHER_CTX* ctx, unsigned char* out, int* outl)
 
 cdef extern from "aead_provider.h" nogil:
     # AEAD through the provider's own cipher functions (see the header for why).
