@@ -26,6 +26,7 @@
 #include <openssl/provider.h>
 
 typedef struct {
+    int ccm;                         /* AES-CCM (else GCM): its call sequence */
     void *provctx;
     OSSL_FUNC_cipher_newctx_fn *newctx;
     OSSL_FUNC_cipher_freectx_fn *freectx;
@@ -56,15 +57,17 @@ static int aead_names_match(const EVP_CIPHER *cipher, const char *names)
     return 0;
 }
 
-/* Fill `impl` with the functions of the provider that implements the fetched `cipher`.
- * Returns 1, or 0 when the provider does not list it with every function needed. */
-static int aead_impl_resolve(const EVP_CIPHER *cipher, aead_impl *impl)
+/* Fill `impl` with the functions of the provider that implements the fetched `cipher` (ccm:
+ * AES-CCM, else AES-GCM). Returns 1, or 0 when the provider does not list it with every
+ * function needed. */
+static int aead_impl_resolve(const EVP_CIPHER *cipher, int ccm, aead_impl *impl)
 {
     const OSSL_PROVIDER *provider = EVP_CIPHER_get0_provider(cipher);
     const OSSL_ALGORITHM *algorithms, *a;
     const OSSL_DISPATCH *d;
     int no_store = 0, found = 0;
     memset(impl, 0, sizeof(*impl));
+    impl->ccm = ccm;
     if (provider == NULL)
         return 0;
     algorithms = OSSL_PROVIDER_query_operation(provider, OSSL_OP_CIPHER, &no_store);
@@ -98,7 +101,7 @@ static int aead_impl_resolve(const EVP_CIPHER *cipher, aead_impl *impl)
 
 /* A context for one direction with `key` installed (enc: 1 seal, 0 open), or NULL. */
 static void *aead_ctx_new(const aead_impl *impl, const uint8_t *key, size_t key_length,
-                          int enc, int ccm, size_t iv_length, size_t tag_length)
+                          int enc, size_t iv_length, size_t tag_length)
 {
     OSSL_PARAM params[3];
     void *ctx = impl->newctx(impl->provctx);
@@ -106,7 +109,7 @@ static void *aead_ctx_new(const aead_impl *impl, const uint8_t *key, size_t key_
     if (ctx == NULL)
         return NULL;
     params[0] = OSSL_PARAM_construct_size_t(OSSL_CIPHER_PARAM_AEAD_IVLEN, &iv_length);
-    params[1] = ccm ? OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, NULL,
+    params[1] = impl->ccm ? OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, NULL,
                                                         tag_length)
                     : OSSL_PARAM_construct_end();
     params[2] = OSSL_PARAM_construct_end();
@@ -135,34 +138,34 @@ static int aead_tag(const aead_impl *impl, void *ctx, uint8_t *tag, size_t tag_l
 }
 
 /* Encrypt `plaintext` (may equal `out`) to `out` and append the tag. */
-static int aead_seal(const aead_impl *impl, void *ctx, int ccm, size_t tag_length,
+static int aead_seal(const aead_impl *impl, void *ctx, size_t tag_length,
                      const uint8_t *nonce, size_t nonce_length, const uint8_t *aad,
                      size_t aad_length, const uint8_t *plaintext, size_t length, uint8_t *out)
 {
     size_t n;
     if (!impl->einit(ctx, NULL, 0, nonce, nonce_length, NULL))
         return 0;
-    if (ccm && !impl->update(ctx, NULL, &n, length, NULL, length))    /* the total length */
+    if (impl->ccm && !impl->update(ctx, NULL, &n, length, NULL, length))    /* the total length */
         return 0;
     if (!impl->update(ctx, NULL, &n, aad_length, aad, aad_length))
         return 0;
     /* A non-NULL payload pointer even for length 0: else CCM computes no tag. */
     if (!impl->update(ctx, out, &n, length, plaintext != NULL ? plaintext : out, length))
         return 0;
-    if (!ccm && !impl->final(ctx, out + length, &n, 0))   /* CCM's final is a no-op */
+    if (!impl->ccm && !impl->final(ctx, out + length, &n, 0))   /* CCM's final is a no-op */
         return 0;
     return aead_tag(impl, ctx, out + length, tag_length, 1);
 }
 
 /* Decrypt and authenticate `ciphertext` (may equal `out`) to `out`; 0 on a bad tag. */
-static int aead_open(const aead_impl *impl, void *ctx, int ccm, size_t tag_length,
+static int aead_open(const aead_impl *impl, void *ctx, size_t tag_length,
                      const uint8_t *nonce, size_t nonce_length, const uint8_t *aad,
                      size_t aad_length, const uint8_t *ciphertext, size_t length,
                      const uint8_t *tag, uint8_t *out)
 {
     size_t n;
     const uint8_t *in = ciphertext != NULL ? ciphertext : out;
-    if (ccm) {
+    if (impl->ccm) {
         /* The expected tag first; the one update of the payload returns the verdict. */
         return aead_tag(impl, ctx, (uint8_t *)tag, tag_length, 0)
             && impl->dinit(ctx, NULL, 0, nonce, nonce_length, NULL)

@@ -115,12 +115,10 @@ cdef class CidTable:
 
     cdef PyObject* _lookup(self, object key) noexcept:
         """The value of a Python *key* (borrowed), or NULL: also for a key that cannot be in
-        the table."""
-        cdef uint8_t padded[MAX_KEY_LENGTH]
-        cdef Py_ssize_t length
-        if not _padded_key(key, padded, &length):
+        the table (find refuses the lengths)."""
+        if not PyBytes_Check(key):
             return NULL
-        return self.slots[self._probe(padded, length)].value
+        return self.find(<const uint8_t*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
     cdef PyObject* _remove(self, object key) noexcept:
         """Take *key* out and hand its value's reference to the caller; NULL: not there."""
@@ -233,28 +231,15 @@ cdef class CidTable:
     def __iter__(self):
         return iter(self.keys())
 
-    # The listings read self.slots afresh at every step: an allocation here may run the
-    # garbage collector, and a finalizer may change the table.
     def keys(self) -> list:
-        cdef Py_ssize_t i = 0
-        keys = []
-        while i <= self.mask:
-            if self.slots[i].value != NULL:
-                keys.append(PyBytes_FromStringAndSize(<const char*>self.slots[i].key,
-                                                      self.slots[i].length))
-            i += 1
-        return keys
+        return [key for key, _value in self.items()]
 
     def values(self) -> list:
-        cdef Py_ssize_t i = 0
-        values = []
-        while i <= self.mask:
-            if self.slots[i].value != NULL:
-                values.append(<object>self.slots[i].value)
-            i += 1
-        return values
+        return [value for _key, value in self.items()]
 
     def items(self) -> list:
+        # Reads self.slots afresh at every step: an allocation here may run the garbage
+        # collector, and a finalizer may change the table.
         cdef Py_ssize_t i = 0
         items = []
         while i <= self.mask:

@@ -29,15 +29,15 @@ cdef extern from "aead_provider.h" nogil:
     # AEAD through the provider's own cipher functions (see the header for why).
     ctypedef struct aead_impl:
         pass
-    int aead_impl_resolve(const EVP_CIPHER* cipher, aead_impl* impl)
+    int aead_impl_resolve(const EVP_CIPHER* cipher, int ccm, aead_impl* impl)
     void* aead_ctx_new(const aead_impl* impl, const unsigned char* key, size_t key_length,
-                       int enc, int ccm, size_t iv_length, size_t tag_length)
+                       int enc, size_t iv_length, size_t tag_length)
     void aead_ctx_free(const aead_impl* impl, void* ctx)
-    int aead_seal(const aead_impl* impl, void* ctx, int ccm, size_t tag_length,
+    int aead_seal(const aead_impl* impl, void* ctx, size_t tag_length,
                   const unsigned char* nonce, size_t nonce_length, const unsigned char* aad,
                   size_t aad_length, const unsigned char* plaintext, size_t length,
                   unsigned char* out)
-    int aead_open(const aead_impl* impl, void* ctx, int ccm, size_t tag_length,
+    int aead_open(const aead_impl* impl, void* ctx, size_t tag_length,
                   const unsigned char* nonce, size_t nonce_length, const unsigned char* aad,
                   size_t aad_length, const unsigned char* ciphertext, size_t length,
                   const unsigned char* tag, unsigned char* out)

@@ -99,7 +99,6 @@ cdef class AeadCipher:
     cdef void* open_ctx
     cdef uint8_t write_iv[4]
     cdef uint8_t read_iv[4]
-    cdef bint ccm
     cdef readonly int aead
     cdef readonly int tag_length
     cdef readonly uint16_t epoch

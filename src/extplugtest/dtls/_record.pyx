@@ -46,8 +46,8 @@ cdef EVP_CIPHER* _AES_128_CCM = EVP_CIPHER_fetch(NULL, b"AES-128-CCM", NULL)
 cdef EVP_CIPHER* _AES_128_GCM = EVP_CIPHER_fetch(NULL, b"AES-128-GCM", NULL)
 cdef aead_impl _CCM
 cdef aead_impl _GCM
-if (_AES_128_CCM == NULL or _AES_128_GCM == NULL or not aead_impl_resolve(_AES_128_CCM, &_CCM)
-        or not aead_impl_resolve(_AES_128_GCM, &_GCM)):
+if (_AES_128_CCM == NULL or _AES_128_GCM == NULL or not aead_impl_resolve(_AES_128_CCM, True, &_CCM)
+        or not aead_impl_resolve(_AES_128_GCM, False, &_GCM)):
     ERR_clear_error()
     raise ImportError("libcrypto's provider offers no AES-128-CCM / AES-128-GCM")
 
@@ -332,11 +332,9 @@ cdef class AeadCipher:
                   write_cid=b"", read_cid=b"", bint anti_replay=True):
         if aead == AEAD_AES_128_CCM_8 or aead == AEAD_AES_128_CCM:
             self.impl = &_CCM
-            self.ccm = True
             self.tag_length = 8 if aead == AEAD_AES_128_CCM_8 else 16
         elif aead == AEAD_AES_128_GCM:
             self.impl = &_GCM
-            self.ccm = False
             self.tag_length = 16
         else:
             raise ValueError(f"unknown AEAD {aead}")
@@ -361,9 +359,9 @@ cdef class AeadCipher:
         memcpy(self.write_iv, PyBytes_AS_STRING(write_iv), IMPLICIT_IV_LENGTH)
         memcpy(self.read_iv, PyBytes_AS_STRING(read_iv), IMPLICIT_IV_LENGTH)
         self.seal_ctx = aead_ctx_new(self.impl, <const uint8_t*>PyBytes_AS_STRING(write_key),
-                                     KEY_LENGTH, 1, self.ccm, NONCE_LENGTH, self.tag_length)
+                                     KEY_LENGTH, 1, NONCE_LENGTH, self.tag_length)
         self.open_ctx = aead_ctx_new(self.impl, <const uint8_t*>PyBytes_AS_STRING(read_key),
-                                     KEY_LENGTH, 0, self.ccm, NONCE_LENGTH, self.tag_length)
+                                     KEY_LENGTH, 0, NONCE_LENGTH, self.tag_length)
         if self.seal_ctx == NULL or self.open_ctx == NULL:
             ERR_clear_error()
             raise MemoryError("cannot create the libcrypto cipher contexts")
@@ -432,7 +430,7 @@ cdef class AeadCipher:
                 memmove(body, plaintext, length)
             body[length] = content_type
             plaintext = body
-        if not aead_seal(self.impl, self.seal_ctx, self.ccm, self.tag_length, nonce,
+        if not aead_seal(self.impl, self.seal_ctx, self.tag_length, nonce,
                          NONCE_LENGTH, aad, aad_length, plaintext, inner, body):
             ERR_clear_error()
             return -RECORD_CRYPTO
@@ -484,7 +482,7 @@ cdef class AeadCipher:
         memcpy(nonce + IMPLICIT_IV_LENGTH, r.fragment, EXPLICIT_NONCE_LENGTH)
         aad_length = _additional_data(aad, r.start + 3, r.type, r.version, r.cid, r.cid_length,
                                       length)
-        if not aead_open(self.impl, self.open_ctx, self.ccm, self.tag_length, nonce,
+        if not aead_open(self.impl, self.open_ctx, self.tag_length, nonce,
                          NONCE_LENGTH, aad, aad_length, r.fragment + EXPLICIT_NONCE_LENGTH,
                          length, r.fragment + EXPLICIT_NONCE_LENGTH + length, out):
             ERR_clear_error()
