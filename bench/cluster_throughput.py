@@ -13,7 +13,10 @@ CON GET ``/benchmark?rlen=40`` by ``extclient benchmark`` through ``extnat``:
   the node of its handshake, nothing is forwarded. This is Californium's own baseline (its
   README's 28,000 req/s before the clear against 22,000 after it), so ``backward`` against
   ``no-clear`` is the forwarding penalty as Californium reports it; against ``single`` it
-  also carries the cost of two nodes instead of one.
+  also carries the cost of two nodes instead of one;
+* ``no-backward-kept``: the ``no-backward`` cluster with the NAT's entries kept, the same
+  baseline for it: ``no-backward`` against ``no-backward-kept`` is what the clear costs a
+  cluster without backward (Californium: "the 20% penalty is gone").
 
 The handshakes go to the node the NAT picked, whose CID the client then carries, so nothing
 would be forwarded. As in Californium's measurement, the NAT's entries are dropped (``clear``
@@ -39,8 +42,9 @@ with ``--diagnose``) is read over coaps, straight from the node, for its cluster
 NAT's counters (``stats``: reverse-updates, drops) come over its control socket.
 
     .venv/bin/python bench/cluster_throughput.py [--clients 500] [--setups single,backward,
-        no-backward,no-clear] [--duration 10] [--warmup 3] [--nat-cpu 1] [--repeat 1]
-        [--side-by-side] [--node-cpu-budget PCT [--budget-per-node] [--budget-period-ms 10]]
+        no-backward,no-clear[,no-backward-kept]] [--duration 10] [--warmup 3] [--nat-cpu 1]
+        [--repeat 1] [--side-by-side]
+        [--node-cpu-budget PCT [--budget-per-node] [--budget-period-ms 10]]
 
 ``--node-cpu-budget PCT`` caps the nodes together at PCT % of one CPU (a cgroup with a CFS
 quota, bench/cpu_budget.py; root): the nodes then are the bottleneck, and req/s compares what
@@ -130,7 +134,13 @@ START_TIMEOUT = 90.0  # handshakes of all clients through the NAT
 TOGETHER_START_S = 10.0
 FINISH_TIMEOUT = 30.0
 MAX_DURATION = 60.0
-SETUPS = ("single", "backward", "no-backward", "no-clear")
+SETUPS = ("single", "backward", "no-backward", "no-clear", "no-backward-kept")
+#: the cluster setups whose nodes answer straight to the client, behind ``extnat -r``
+DIRECT_ANSWER_SETUPS = ("no-backward", "no-backward-kept")
+#: the setups whose NAT keeps its entries (no clear)
+KEPT_SETUPS = ("no-clear", "no-backward-kept")
+#: Californium's comparison: a cluster after the clear against the same cluster without it
+CLEAR_COMPARISONS = (("backward", "no-clear"), ("no-backward", "no-backward-kept"))
 CLUSTER_KEYS = ("forwarded", "process forwarded", "backwarded", "send backwarded",
                 "bad forward", "drop forward", "bad backward", "drop backward")  # fmt: skip
 NODE_KEYS = (
@@ -326,7 +336,7 @@ def start_nodes(setup: str, processes: Processes, log: IO[bytes]) -> list[Node]:
                 f"{f'{LOOPBACK}:{d}' if n == node_id else '---'};{LOOPBACK}:{m};{n}"
                 for n, d, m, _c in specs
             )
-            extra = ["--no-dtls-cluster-backward"] if setup == "no-backward" else []
+            extra = ["--no-dtls-cluster-backward"] if setup in DIRECT_ANSWER_SETUPS else []
             commands.append((node_id, dtls, [*extserver_base(coap), "--dtls-cluster", cluster,
                                              *extra]))  # fmt: skip
     nodes = []
@@ -345,7 +355,7 @@ def start_nat(
     log: IO[bytes], work: Path,
 ) -> tuple[subprocess.Popen[Any], int, Path]:  # fmt: skip
     control = work / f"nat-{setup}-{clients}.sock"
-    with_reverse = ["-r"] if setup == "no-backward" else []
+    with_reverse = ["-r"] if setup in DIRECT_ANSWER_SETUPS else []
     for _attempt in range(3):
         (port,) = free_udp_ports(1)
         command = [
@@ -411,9 +421,9 @@ def launch_setup_generator(
 
 
 def keeps_entries(setup: str, args: argparse.Namespace) -> bool:
-    """Does the setup's NAT keep its entries (no clear)? no-clear always, the single node
-    with --keep-single."""
-    return setup == "no-clear" or (setup == "single" and args.keep_single)
+    """Does the setup's NAT keep its entries (no clear)? no-clear and no-backward-kept
+    always, the single node with --keep-single."""
+    return setup in KEPT_SETUPS or (setup == "single" and args.keep_single)
 
 
 def budget_shares(setup: str, args: argparse.Namespace) -> list[float]:
@@ -600,22 +610,29 @@ def penalties(runs: list[dict[str, Any]]) -> None:
             r[out] = 1 - r[key] / b[key] if b and b[key] and r[key] else None
 
 
-def forwarding_penalties(runs: list[dict[str, Any]]) -> dict[int, dict[str, list[float]]]:
-    """Per client count, the penalty of backward against no-clear (Californium's comparison)
-    per round: each figure taken relative to the single node it ran with (in turn: of its
-    round), so that the box's drift between the two cancels."""
-    out: dict[int, dict[str, list[float]]] = {}
+def forwarding_penalties(
+    runs: list[dict[str, Any]],
+) -> dict[int, dict[str, dict[str, list[float]]]]:
+    """Per client count and CLEAR_COMPARISONS pair ("backward against no-clear"), the penalty
+    of the cleared setup against the kept one (Californium's comparison) per round: each
+    figure taken relative to the single node it ran with (in turn: of its round), so that the
+    box's drift between the two cancels."""
+    out: dict[int, dict[str, dict[str, list[float]]]] = {}
     by_round: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
     for r in runs:
         by_round.setdefault((r["clients"], r["round"]), {})[r["setup"]] = r
     for (clients, _round), setups in sorted(by_round.items()):
-        forwarded, kept = setups.get("backward"), setups.get("no-clear")
-        if not forwarded or not kept:
-            continue
-        for key, penalty in PENALTIES:
-            if forwarded[penalty] is not None and kept[penalty] is not None:
-                value = 1 - (1 - forwarded[penalty]) / (1 - kept[penalty])
-                out.setdefault(clients, {}).setdefault(key, []).append(value)
+        for cleared_setup, kept_setup in CLEAR_COMPARISONS:
+            cleared, kept = setups.get(cleared_setup), setups.get(kept_setup)
+            if not cleared or not kept:
+                continue
+            figures = out.setdefault(clients, {}).setdefault(
+                f"{cleared_setup} against {kept_setup}", {}
+            )
+            for key, penalty in PENALTIES:
+                if cleared[penalty] is not None and kept[penalty] is not None:
+                    value = 1 - (1 - cleared[penalty]) / (1 - kept[penalty])
+                    figures.setdefault(key, []).append(value)
     return out
 
 
@@ -788,13 +805,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"forwarded {m['forwarded_share'] or 0:.0%}"
             )
     forwarding = forwarding_penalties(runs)
-    for clients, figures in forwarding.items():
-        shown = ", ".join(
-            f"{key.replace('_', ' ')} {statistics.median(values):+.1%} "
-            f"({', '.join(f'{v:+.1%}' for v in values)})"
-            for key, values in figures.items()
-        )
-        print(f"\nforwarding penalty, backward against no-clear, {clients} clients: {shown}")
+    for clients, comparisons in forwarding.items():
+        for comparison, figures in comparisons.items():
+            shown = ", ".join(
+                f"{key.replace('_', ' ')} {statistics.median(values):+.1%} "
+                f"({', '.join(f'{v:+.1%}' for v in values)})"
+                for key, values in figures.items()
+            )
+            print(f"\nthe clear's penalty, {comparison}, {clients} clients: {shown}")
     for error in errors:
         print(f"note: {error}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -65,8 +65,25 @@ def test_forwarding_penalty_compares_backward_with_no_clear_through_their_single
     cluster_throughput.penalties(runs)
     figures = cluster_throughput.forwarding_penalties(runs)
     assert list(figures) == [500]
-    assert figures[500]["req_per_node_cpu_s"] == [pytest.approx(1 - 0.75 / 0.95)]
-    assert figures[500]["req_per_s"] == [pytest.approx(1 - 0.90 / 1.00)]
+    assert list(figures[500]) == ["backward against no-clear"]
+    backward = figures[500]["backward against no-clear"]
+    assert backward["req_per_node_cpu_s"] == [pytest.approx(1 - 0.75 / 0.95)]
+    assert backward["req_per_s"] == [pytest.approx(1 - 0.90 / 1.00)]
+
+
+def test_the_clear_costs_no_backward_against_the_same_cluster_with_its_entries_kept() -> None:
+    runs = [
+        run("single", 0, 100.0, 200.0, pair=1),
+        run("no-backward", 0, 95.0, 160.0, pair=1),
+        run("single", 0, 100.0, 100.0, pair=2),
+        run("no-backward-kept", 0, 100.0, 98.0, pair=2),
+    ]
+    cluster_throughput.penalties(runs)
+    figures = cluster_throughput.forwarding_penalties(runs)
+    assert list(figures[500]) == ["no-backward against no-backward-kept"]
+    no_backward = figures[500]["no-backward against no-backward-kept"]
+    assert no_backward["req_per_node_cpu_s"] == [pytest.approx(1 - 0.80 / 0.98)]
+    assert no_backward["req_per_s"] == [pytest.approx(1 - 0.95 / 1.00)]
 
 
 def test_no_clear_is_a_setup_the_command_line_takes() -> None:
@@ -123,10 +140,10 @@ def test_budget_options_are_checked() -> None:
             cluster_throughput.parse_args(argv)
 
 
-def test_only_no_clear_keeps_its_entries_unless_the_single_node_is_kept_too() -> None:
+def test_only_the_kept_setups_keep_their_entries_unless_the_single_node_is_kept_too() -> None:
     args = cluster_throughput.parse_args(["--setups", "single,backward,no-clear"])
     kept = [s for s in cluster_throughput.SETUPS if cluster_throughput.keeps_entries(s, args)]
-    assert kept == ["no-clear"]
+    assert kept == ["no-clear", "no-backward-kept"]
     args = cluster_throughput.parse_args(["--setups", "single,no-clear", "--keep-single"])
     kept = [s for s in cluster_throughput.SETUPS if cluster_throughput.keeps_entries(s, args)]
-    assert kept == ["single", "no-clear"]
+    assert kept == ["single", "no-clear", "no-backward-kept"]
