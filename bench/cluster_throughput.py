@@ -610,7 +610,7 @@ def penalties(runs: list[dict[str, Any]]) -> None:
             r[out] = 1 - r[key] / b[key] if b and b[key] and r[key] else None
 
 
-def forwarding_penalties(
+def clear_penalties(
     runs: list[dict[str, Any]],
 ) -> dict[int, dict[str, dict[str, list[float]]]]:
     """Per client count and CLEAR_COMPARISONS pair ("backward against no-clear"), the penalty
@@ -804,8 +804,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"({m['penalty_req_per_node_cpu_s'] or 0:+.1%}), NAT {m['nat_cpu_pct']:.0f}% CPU, "
                 f"forwarded {m['forwarded_share'] or 0:.0%}"
             )
-    forwarding = forwarding_penalties(runs)
-    for clients, comparisons in forwarding.items():
+    clear_figures = clear_penalties(runs)
+    for clients, comparisons in clear_figures.items():
         for comparison, figures in comparisons.items():
             shown = ", ".join(
                 f"{key.replace('_', ' ')} {statistics.median(values):+.1%} "
@@ -839,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                 "settings": settings,
                 "runs": runs,
                 "medians": medians,
-                "forwarding_penalties": forwarding,
+                "clear_penalties": clear_figures,
                 "notes": errors,
             },
             indent=2,

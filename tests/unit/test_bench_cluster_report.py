@@ -57,13 +57,13 @@ def test_side_by_side_penalty_is_against_the_single_node_of_the_same_pair() -> N
     assert runs[3]["penalty_req_per_node_cpu_s"] == pytest.approx(0.05)
 
 
-def test_forwarding_penalty_compares_backward_with_no_clear_through_their_single_nodes() -> None:
+def test_the_clear_costs_backward_against_no_clear_through_their_single_nodes() -> None:
     # Taken straight, backward (150) against no-clear (95) would look faster; relative to the
     # single node each ran with, it is 0.75 against 0.95.
     runs = side_by_side_round()
     runs += [run("single", 1, 100.0, 100.0), run("backward", 1, 100.0, 90.0)]  # no no-clear
     cluster_throughput.penalties(runs)
-    figures = cluster_throughput.forwarding_penalties(runs)
+    figures = cluster_throughput.clear_penalties(runs)
     assert list(figures) == [500]
     assert list(figures[500]) == ["backward against no-clear"]
     backward = figures[500]["backward against no-clear"]
@@ -79,7 +79,7 @@ def test_the_clear_costs_no_backward_against_the_same_cluster_with_its_entries_k
         run("no-backward-kept", 0, 100.0, 98.0, pair=2),
     ]
     cluster_throughput.penalties(runs)
-    figures = cluster_throughput.forwarding_penalties(runs)
+    figures = cluster_throughput.clear_penalties(runs)
     assert list(figures[500]) == ["no-backward against no-backward-kept"]
     no_backward = figures[500]["no-backward against no-backward-kept"]
     assert no_backward["req_per_node_cpu_s"] == [pytest.approx(1 - 0.80 / 0.98)]
