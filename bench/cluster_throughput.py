@@ -137,10 +137,10 @@ MAX_DURATION = 60.0
 SETUPS = ("single", "backward", "no-backward", "no-clear", "no-backward-kept")
 #: the cluster setups whose nodes answer straight to the client, behind ``extnat -r``
 DIRECT_ANSWER_SETUPS = ("no-backward", "no-backward-kept")
-#: the setups whose NAT keeps its entries (no clear)
-KEPT_SETUPS = ("no-clear", "no-backward-kept")
 #: Californium's comparison: a cluster after the clear against the same cluster without it
 CLEAR_COMPARISONS = (("backward", "no-clear"), ("no-backward", "no-backward-kept"))
+#: the setups whose NAT keeps its entries (no clear): the kept side of each comparison
+KEPT_SETUPS = tuple(kept for _cleared, kept in CLEAR_COMPARISONS)
 CLUSTER_KEYS = ("forwarded", "process forwarded", "backwarded", "send backwarded",
                 "bad forward", "drop forward", "bad backward", "drop backward")  # fmt: skip
 NODE_KEYS = (
