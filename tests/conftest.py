@@ -57,6 +57,16 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name)
 
 
+def openssl_cipher(names: str) -> str:
+    """An ``openssl s_client/s_server -cipher`` list that keeps the CCM8 suites everywhere.
+
+    OpenSSL 3.0 (Debian 12) offers the CCM8 suites (8-byte tag) at its default security level;
+    newer releases (Debian 13's 3.5) only at level 0 and otherwise fail with "no ciphers
+    available". ``@SECLEVEL=0`` means the same to both.
+    """
+    return f"{names}:@SECLEVEL=0"
+
+
 def free_udp_ports(count: int) -> list[int]:
     """``count`` distinct UDP ports on 127.0.0.1 that are free right now."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]

@@ -14,6 +14,7 @@ import subprocess
 import time
 
 import pytest
+from tests.conftest import openssl_cipher
 
 from extplugtest.dtls import ciphersuites as cs
 from extplugtest.dtls.handshake_client import ClientHandshake, ClientSession
@@ -25,6 +26,9 @@ from extplugtest.dtls.pki import (
 )
 
 pytestmark = pytest.mark.interop
+
+PSK_CCM8 = openssl_cipher("PSK-AES128-CCM8")
+ECDSA_CCM8 = openssl_cipher("ECDHE-ECDSA-AES128-CCM8")
 
 
 def run(command: list[str], stdin: str = "", timeout: float = 20) -> subprocess.CompletedProcess:
@@ -73,7 +77,7 @@ def test_openssl_s_client_psk(default_server, cipher):
     port = default_server.plugtest_port + 1
     result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
                   "-psk", "73656372657450534b", "-psk_identity", "Client_identity",
-                  "-cipher", cipher])  # fmt: skip
+                  "-cipher", openssl_cipher(cipher)])  # fmt: skip
     assert f"Cipher is {cipher}" in result.stdout, result.stdout + result.stderr
 
 
@@ -82,7 +86,7 @@ def test_wrong_psk_fails_with_decrypt_error(default_server):
     port = default_server.plugtest_port + 1
     result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
                   "-psk", "0102030405", "-psk_identity", "Client_identity",
-                  "-cipher", "PSK-AES128-CCM8"])  # fmt: skip
+                  "-cipher", PSK_CCM8])  # fmt: skip
     output = result.stdout + result.stderr
     assert "alert decrypt error" in output, output  # fatal alert 51 from the server
 
@@ -93,7 +97,8 @@ def test_wrong_psk_fails_with_decrypt_error(default_server):
 def test_openssl_s_client_ecdsa_verifies_the_demo_ca(default_server, cipher, curve):
     port = default_server.plugtest_port + 1
     result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
-                  "-CAfile", str(demo_ca_path()), "-cipher", cipher, "-curves", curve])  # fmt: skip
+                  "-CAfile", str(demo_ca_path()), "-cipher", openssl_cipher(cipher),
+                  "-curves", curve])  # fmt: skip
     assert f"Cipher is {cipher}" in result.stdout, result.stdout + result.stderr
     assert "Verify return code: 0 (ok)" in result.stdout
 
@@ -112,7 +117,7 @@ def test_client_without_p256_gets_handshake_failure(default_server):
     """Our certificate key is P-256: a client that allows only X25519 cannot verify it."""
     port = default_server.plugtest_port + 1
     result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
-                  "-CAfile", str(demo_ca_path()), "-cipher", "ECDHE-ECDSA-AES128-CCM8",
+                  "-CAfile", str(demo_ca_path()), "-cipher", ECDSA_CCM8,
                   "-curves", "X25519"])  # fmt: skip
     assert "alert handshake failure" in result.stdout + result.stderr
 
@@ -130,6 +135,11 @@ def needed_server(start_extserver):
     return start_extserver("--no-plugtest", "--no-tcp", "--client-auth", "NEEDED")
 
 
+def names(output: str) -> str:
+    """OpenSSL 3.0 prints a name as "CN = a, O = b", newer releases as "CN=a, O=b": the latter."""
+    return output.replace(" = ", "=")
+
+
 def s_client(port: int, *options: str, stdin: str = "") -> str:
     result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
                   "-CAfile", str(demo_ca_path()), *options], stdin=stdin)  # fmt: skip
@@ -138,16 +148,16 @@ def s_client(port: int, *options: str, stdin: str = "") -> str:
 
 @pytest.mark.requires_bin("openssl")
 def test_openssl_client_certificate_with_client_auth_needed(needed_server):
-    output = s_client(needed_server.port + 1, "-cipher", "ECDHE-ECDSA-AES128-CCM8",
+    output = s_client(needed_server.port + 1, "-cipher", ECDSA_CCM8,
                       *CLIENT_CERTIFICATE)  # fmt: skip
     assert "New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-CCM8" in output, output
-    assert "Acceptable client certificate CA names\nCN = cf-ca, O = extplugtest demo" in output
+    assert "Acceptable client certificate CA names\nCN=cf-ca, O=extplugtest demo" in names(output)
     assert "Verify return code: 0 (ok)" in output
 
 
 @pytest.mark.requires_bin("openssl")
 def test_openssl_without_certificate_is_refused_when_needed(needed_server):
-    output = s_client(needed_server.port + 1, "-cipher", "ECDHE-ECDSA-AES128-CCM8")
+    output = s_client(needed_server.port + 1, "-cipher", ECDSA_CCM8)
     assert "alert handshake failure" in output, output
 
 
@@ -164,7 +174,7 @@ def test_client_certificate_of_an_unknown_ca(start_extserver, needed_server, oth
     """Refused against the demo trust store; accepted with --trust-all. Both CAs are named
     "cf-ca", so s_client completes its chain with the demo CA of -CAfile, whose signature
     does not match: bad_certificate (without that CA: unknown_ca, see the unit tests)."""
-    options = ["-cipher", "ECDHE-ECDSA-AES128-CCM8", *other_ca]
+    options = ["-cipher", ECDSA_CCM8, *other_ca]
     assert "alert bad certificate" in s_client(needed_server.port + 1, *options)
     trusting = start_extserver("--no-plugtest", "--no-tcp", "--client-auth", "NEEDED",
                                "--trust-all")  # fmt: skip
@@ -176,8 +186,8 @@ def test_client_certificate_of_an_unknown_ca(start_extserver, needed_server, oth
 @pytest.mark.parametrize(
     "credentials",
     [["-psk", "73656372657450534b", "-psk_identity", "Client_identity",
-      "-cipher", "PSK-AES128-CCM8"],
-     ["-cipher", "ECDHE-ECDSA-AES128-CCM8", *CLIENT_CERTIFICATE]],
+      "-cipher", PSK_CCM8],
+     ["-cipher", ECDSA_CCM8, *CLIENT_CERTIFICATE]],
     ids=["psk", "ecdsa"],
 )  # fmt: skip
 def test_openssl_resumes_the_session(needed_server, credentials, tmp_path):
@@ -220,7 +230,7 @@ def s_server(port: int, *options: str) -> subprocess.Popen:
     return subprocess.Popen(
         ["openssl", "s_server", "-dtls1_2", "-accept", f"127.0.0.1:{port}",
          "-cert", str(CERTS / "server.pem"), "-key", str(CERTS / "server.key"),
-         "-cipher", "ECDHE-ECDSA-AES128-CCM8", "-naccept", "1", *options],
+         "-cipher", ECDSA_CCM8, "-naccept", "1", *options],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -280,4 +290,4 @@ def test_our_ecdsa_client_against_openssl_s_server(with_certificate):
     assert "CIPHER is ECDHE-ECDSA-AES128-CCM8" in output, output
     assert "hello s_server" in output
     # s_server prints the client certificate it verified (none: an empty Certificate)
-    assert ("subject=CN = cf-client, O = extplugtest demo" in output) == with_certificate
+    assert ("subject=CN=cf-client, O=extplugtest demo" in names(output)) == with_certificate

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.conftest import openssl_cipher
 
 from extplugtest.dtls import ciphersuites as cs
 from extplugtest.dtls.ciphersuites import Cipher, CipherSuite, KeyExchange
@@ -581,7 +582,7 @@ def run_handshake(scenario: Scenario) -> HandshakeResult:
         sock.bind((LOOPBACK, 0))
         port = sock.getsockname()[1]
         command = [OPENSSL, "s_client", "-dtls1_2", "-connect", f"{LOOPBACK}:{port}"]
-        command += ["-cipher", scenario.suite.openssl_name, *scenario.client_args]
+        command += ["-cipher", openssl_cipher(scenario.suite.openssl_name), *scenario.client_args]
         proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
