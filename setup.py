@@ -21,6 +21,13 @@ def _truthy(name: str) -> bool:
 def _static_libcrypto(prefix: str | None, name: str = "libcrypto") -> str:
     """Path of libcrypto.a (or *name*.a): under OPENSSL_DIR, else in the compiler's (multiarch)
     library dirs."""
+    return _static_library(
+        prefix, name, "install libssl-dev, or set OPENSSL_DIR to an OpenSSL built with no-shared"
+    )
+
+
+def _static_library(prefix: str | None, name: str, remedy: str) -> str:
+    """Path of *name*.a under OPENSSL_DIR, else in the compiler's (multiarch) library dirs."""
     if prefix:
         dirs = [f"{prefix}/lib", f"{prefix}/lib64"]
     else:
@@ -50,10 +57,40 @@ def _static_libcrypto(prefix: str | None, name: str = "libcrypto") -> str:
     for directory in dirs:
         if os.path.isfile(f"{directory}/{name}.a"):
             return f"{directory}/{name}.a"
-    raise SystemExit(
-        f"EXTPLUGTEST_STATIC_OPENSSL=1: no {name}.a in {', '.join(dirs)} "
-        "(install libssl-dev, or set OPENSSL_DIR to an OpenSSL built with no-shared)"
-    )
+    raise SystemExit(f"EXTPLUGTEST_STATIC_OPENSSL=1: no {name}.a in {', '.join(dirs)} ({remedy})")
+
+
+# Debian packages with the static archives that Debian 13's libcrypto.a needs.
+STATIC_ARCHIVE_PACKAGES = {"z": "zlib1g-dev", "zstd": "libzstd-dev"}
+SYSTEM_LIBRARIES = {"crypto", "ssl", "dl", "pthread", "c", "m", "rt"}
+
+
+def _libcrypto_dependencies(prefix: str | None) -> list[str]:
+    """The static archives of what libcrypto.a itself links: none for OpenSSL 3.0 (Debian 12),
+    zlib and zstd for Debian 13's 3.5 (certificate compression), from ``pkg-config --static``."""
+    env = dict(os.environ)
+    if prefix:
+        env["PKG_CONFIG_LIBDIR"] = f"{prefix}/lib/pkgconfig:{prefix}/lib64/pkgconfig"
+    try:
+        libs = subprocess.run(
+            ["pkg-config", "--static", "--libs-only-l", "libcrypto"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    names = [flag[2:] for flag in libs if flag.startswith("-l")]
+    return [
+        _static_library(
+            prefix,
+            f"lib{name}",
+            f"install {STATIC_ARCHIVE_PACKAGES.get(name, f'the static lib{name}')}",
+        )
+        for name in names
+        if name not in SYSTEM_LIBRARIES
+    ]
 
 
 def libcrypto_flags() -> tuple[list[str], list[str]]:
@@ -69,7 +106,14 @@ def libcrypto_flags() -> tuple[list[str], list[str]]:
         include = [f"-I{prefix}/include"] if prefix else []
         return (
             [*include, "-fvisibility=hidden", "-DEXTPLUGTEST_STATIC_OPENSSL=1"],
-            [_static_libcrypto(prefix), "-Wl,--exclude-libs,ALL", "-pthread", "-ldl", "-Wl,-S"],
+            [
+                _static_libcrypto(prefix),
+                *_libcrypto_dependencies(prefix),
+                "-Wl,--exclude-libs,ALL",
+                "-pthread",
+                "-ldl",
+                "-Wl,-S",
+            ],
         )
     if prefix:
         return [f"-I{prefix}/include"], [f"-L{prefix}/lib", f"-L{prefix}/lib64", "-lcrypto"]

@@ -10,7 +10,9 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(build-essential "pkgconf|pkg-config" libssl-dev python3-dev python3-venv)
-TEST_PACKAGES=(libcoap3-bin gnutls-bin nginx libnginx-mod-stream autoconf automake libtool)
+# zlib1g-dev, libzstd-dev: the static archives Debian 13's libcrypto.a needs in the wheel build.
+TEST_PACKAGES=(libcoap3-bin gnutls-bin nginx libnginx-mod-stream autoconf automake libtool
+    zlib1g-dev libzstd-dev)
 
 case "${1:-all}" in
     build) wanted=("${BUILD_PACKAGES[@]}") ;;
