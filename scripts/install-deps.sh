@@ -10,9 +10,10 @@
 set -euo pipefail
 
 BUILD_PACKAGES=(build-essential "pkgconf|pkg-config" libssl-dev python3-dev python3-venv)
-# zlib1g-dev, libzstd-dev: the static archives Debian 13's libcrypto.a needs in the wheel build.
+# zlib1g-dev, libzstd-dev: the static archives Debian 13's libcrypto.a needs in the wheel build;
+# cmake, xz-utils, bzip2 and a JDK: scripts/build-cid-peers.sh (Mbed TLS, Bouncy Castle).
 TEST_PACKAGES=(libcoap3-bin gnutls-bin nginx libnginx-mod-stream autoconf automake libtool
-    zlib1g-dev libzstd-dev)
+    zlib1g-dev libzstd-dev cmake xz-utils bzip2 "openjdk-17-jdk-headless|default-jdk-headless")
 
 case "${1:-all}" in
     build) wanted=("${BUILD_PACKAGES[@]}") ;;

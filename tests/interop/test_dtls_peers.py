@@ -171,11 +171,11 @@ def other_ca(tmp_path_factory):
 
 @pytest.mark.requires_bin("openssl")
 def test_client_certificate_of_an_unknown_ca(start_extserver, needed_server, other_ca):
-    """Refused against the demo trust store; accepted with --trust-all. Both CAs are named
-    "cf-ca", so s_client completes its chain with the demo CA of -CAfile, whose signature
-    does not match: bad_certificate (without that CA: unknown_ca, see the unit tests)."""
+    """Refused against the demo trust store: unknown_ca (the chain's authority key identifier
+    names the other CA, so s_client sends that CA, not the demo CA of the same name from
+    -CAfile); accepted with --trust-all."""
     options = ["-cipher", ECDSA_CCM8, *other_ca]
-    assert "alert bad certificate" in s_client(needed_server.port + 1, *options)
+    assert "alert unknown ca" in s_client(needed_server.port + 1, *options)
     trusting = start_extserver("--no-plugtest", "--no-tcp", "--client-auth", "NEEDED",
                                "--trust-all")  # fmt: skip
     output = s_client(trusting.port + 1, *options)

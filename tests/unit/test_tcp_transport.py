@@ -831,6 +831,49 @@ def test_extclient_context_verifies_the_demo_server(make_server, connect):
     assert peer.request(Code.GET, "text").code == Code.CONTENT
 
 
+def _strict_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> ssl.SSLObject:
+    """A TLS handshake in memory (no sockets); the client's object once both are done."""
+    bios = [ssl.MemoryBIO() for _ in range(4)]  # client in/out, server in/out
+    near = client.wrap_bio(bios[0], bios[1], server_hostname="localhost")
+    far = server.wrap_bio(bios[2], bios[3], server_side=True)
+    done: set[int] = set()
+    for _ in range(10):  # TLS 1.3 needs 2 flights, 1.2 3; more means a stuck handshake
+        for index, side in enumerate((near, far)):
+            try:
+                side.do_handshake()
+                done.add(index)
+            except ssl.SSLWantReadError:
+                pass
+        bios[2].write(bios[1].read())
+        bios[0].write(bios[3].read())
+        if len(done) == 2:
+            return near
+    raise AssertionError("the in-memory handshake did not finish")
+
+
+@pytest.mark.parametrize("pki", ["shipped", "fresh"])
+def test_demo_pki_passes_strict_verification(pki, tmp_path):
+    """Python 3.13's default contexts verify with X509_STRICT (key identifiers, key usage):
+    the demo chain must pass it both ways, as server and as client certificate."""
+    from extplugtest.dtls.pki import make_demo_pki
+
+    certs = demo_certs()
+    if pki == "fresh":
+        make_demo_pki(tmp_path)
+        certs = tmp_path
+    client = ssl.create_default_context(cafile=certs / "ca.pem")
+    client.load_cert_chain(certs / "client.pem", certs / "client.key")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certs / "server.pem", certs / "server.key")
+    server.load_verify_locations(certs / "ca.pem")
+    server.verify_mode = ssl.CERT_REQUIRED
+    for context in (client, server):
+        context.verify_flags |= ssl.VERIFY_X509_STRICT
+    near = _strict_handshake(client, server)
+    subject = dict(item for rdn in near.getpeercert()["subject"] for item in rdn)
+    assert subject["commonName"] == "cf-server"
+
+
 # -- extserver ------------------------------------------------------------------------------------
 
 

@@ -258,6 +258,21 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates; an end entity signs its ECDHE_ECDSA handshakes."""
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _certificate(
     subject: str,
     key: ec.EllipticCurvePrivateKey,
@@ -277,6 +292,14 @@ def _certificate(
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        # RFC 5280 §4.2.1.1-3; OpenSSL's strict checks (X509_V_FLAG_X509_STRICT, on in Python
+        # 3.13's default contexts) refuse a chain without the key identifiers and key usage.
+        .add_extension(_key_usage(ca), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
     )
     if usage:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
