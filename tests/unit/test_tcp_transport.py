@@ -805,12 +805,13 @@ def test_tls_bert_and_observe(make_server, connect):
 
 def test_tls_client_auth_needed(make_server, connect):
     """Without a client certificate the handshake fails (TLS 1.3 reports it on the first
-    read): not even the server's CSM arrives."""
+    read, as the alert, a reset or, with OpenSSL 3.5, a broken pipe): not even the server's
+    CSM arrives."""
     server = make_server(tls=demo_tls_server_context("NEEDED"))
     try:
         refused = connect(server.address, tls=client_context(certificate=False), csm=csm())
         received = refused.receive()
-    except (ssl.SSLError, ConnectionResetError):
+    except (ssl.SSLError, ConnectionError):
         received = None
     assert received is None
     assert server.wait_for("tcp-handshakes-failed", 1)["tcp-handshakes-failed"] == 1
