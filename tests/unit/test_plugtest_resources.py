@@ -792,6 +792,9 @@ def test_obs_large_layout(plugtest):
 class Draws(random.Random):
     """A random source returning the given numbers."""
 
+    def __new__(cls, *values: float) -> Draws:  # Python 3.10's Random() takes no values
+        return super().__new__(cls)
+
     def __init__(self, *values: float) -> None:
         super().__init__()
         self.values = list(values)

@@ -3,7 +3,14 @@
 from enum import IntEnum
 
 
-class Type(IntEnum):
+class NumberEnum(IntEnum):
+    """str() is the number, as IntEnum's is from Python 3.11 on (3.10 gave "Class.NAME"): link
+    attributes and logs print these with str()."""
+
+    __str__ = int.__repr__
+
+
+class Type(NumberEnum):
     CON = 0
     NON = 1
     ACK = 2
@@ -14,7 +21,7 @@ def code(cls: int, detail: int) -> int:
     return (cls << 5) | detail
 
 
-class Code(IntEnum):
+class Code(NumberEnum):
     EMPTY = 0
     GET = 1
     POST = 2
@@ -53,7 +60,7 @@ class Code(IntEnum):
         return f"{self >> 5}.{self & 0x1F:02d}"
 
 
-class Option(IntEnum):
+class Option(NumberEnum):
     IF_MATCH = 1
     URI_HOST = 3
     ETAG = 4
@@ -79,7 +86,7 @@ class Option(IntEnum):
     REQUEST_TAG = 292
 
 
-class ContentFormat(IntEnum):
+class ContentFormat(NumberEnum):
     TEXT_PLAIN = 0
     LINK_FORMAT = 40
     XML = 41
