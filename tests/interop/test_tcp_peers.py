@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -65,16 +66,47 @@ def secure_needed(start_extserver) -> str:
 CERTS = demo_certs()
 
 
-def start(command: list[str], port: int) -> subprocess.Popen:
-    """A server process that answers a CoAP ping on *port* (bounded wait), or a test failure."""
+def _bindable(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(count: int = 1) -> int:
+    """A port free for UDP and TCP, with the *count* - 1 next ones too: these servers bind both
+    on one number (and the secure ones on the next), and a free UDP port alone is no promise
+    that the TCP listener gets it."""
+    for _ in range(50):
+        port = free_udp_port()
+        if all(_bindable(port + i, kind) for i in range(count)
+               for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):  # fmt: skip
+            return port
+    pytest.fail(f"no {count} port(s) free for both UDP and TCP", pytrace=False)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def start(command: list[str], port: int, tcp_port: int) -> subprocess.Popen:
+    """A server process that answers a CoAP ping on *port* and accepts TCP connections on
+    *tcp_port* (bounded wait), or a test failure."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and process.poll() is None:
-        if coap_ping(port):
+        if coap_ping(port) and _listening(tcp_port):
             return process
         time.sleep(0.05)
     stop(process)
-    pytest.fail(f"{command[0]} did not answer a CoAP ping on port {port}", pytrace=False)
+    pytest.fail(f"{command[0]} did not serve UDP {port} and TCP {tcp_port}", pytrace=False)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -260,8 +292,8 @@ def libcoap_server() -> Iterator[str]:
     exe = find_tool("coap-server-notls")
     if exe is None:
         pytest.skip("coap-server-notls not found")  # the marker fails instead in CI
-    port = free_udp_port()
-    process = start([exe, "-A", LOOPBACK, "-p", str(port), "-d", "10"], port)
+    port = free_port()
+    process = start([exe, "-A", LOOPBACK, "-p", str(port), "-d", "10"], port, port)
     try:
         yield f"coap+tcp://{LOOPBACK}:{port}"
     finally:
@@ -284,9 +316,9 @@ def libcoap_tls_server() -> Iterator[str]:
     exe = find_tool("coap-server-openssl")
     if exe is None:
         pytest.skip("coap-server-openssl not found")
-    port = free_udp_port()
+    port = free_port(count=2)
     credentials = ["-c", str(CERTS / "server.pem"), "-j", str(CERTS / "server.key")]
-    process = start([exe, "-A", LOOPBACK, "-p", str(port), *credentials], port)
+    process = start([exe, "-A", LOOPBACK, "-p", str(port), *credentials], port, port + 1)
     try:
         yield f"coaps+tcp://{LOOPBACK}:{port + 1}"  # libcoap's secure port is the next one
     finally:
@@ -349,8 +381,8 @@ def aiocoap_server(tmp_path_factory) -> Iterator[str]:
     pytest.importorskip("aiocoap")
     script = Path(tmp_path_factory.mktemp("aiocoap-tcp")) / "server.py"
     script.write_text(AIOCOAP_SERVER)
-    port = free_udp_port()
-    process = start([sys.executable, str(script), str(port)], port)
+    port = free_port()
+    process = start([sys.executable, str(script), str(port)], port, port)
     try:
         yield f"coap+tcp://{LOOPBACK}:{port}"
     finally:
