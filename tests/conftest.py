@@ -3,7 +3,7 @@
 * ``start_extserver(*args)``: a session fixture (a factory) that runs ``extserver`` as a subprocess
   on free loopback ports, waits until it answers a CoAP ping and kills it when the session ends.
   ``bench_server`` (``--benchmark --no-plugtest``) and ``default_server`` are shared instances.
-* ``free_udp_port()``: a UDP port on 127.0.0.1 that is free right now.
+* ``free_udp_port()``: a UDP port on 127.0.0.1 that is free right now (``tcp=True``: for TCP too).
 * ``@pytest.mark.requires_bin("coap-client-notls")``: skip when a third-party binary is missing.
   Under CI (``CI=true``) a missing binary is an error instead: CI installs them, so they must run.
 * ``EXTSERVER_CMD``: run this command (shell-split) instead of the installed ``extserver``.
@@ -79,9 +79,27 @@ def free_udp_ports(count: int) -> list[int]:
             sock.close()
 
 
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that is free right now."""
-    return free_udp_ports(1)[0]
+def _bindable(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_udp_port(tcp: bool = False, span: int = 1) -> int:
+    """A UDP port on 127.0.0.1 that is free right now. With *tcp*, one whose TCP port is free as
+    well, and so are the *span* - 1 ports after it (UDP and TCP): for servers that listen on
+    both with one number, the secure ones on the next (a free UDP port alone promises nothing
+    about the TCP listener)."""
+    kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+    for _attempt in range(50):
+        port = free_udp_ports(1)[0]
+        if not tcp or all(_bindable(port + i, kind) for i in range(span) for kind in kinds):
+            return port
+    raise RuntimeError(f"no {span} port(s) on {LOOPBACK} free for both UDP and TCP")
 
 
 def coap_ping(port: int, timeout: float = 0.2, mid: int = 0x1234) -> bool:

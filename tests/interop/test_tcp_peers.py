@@ -66,28 +66,6 @@ def secure_needed(start_extserver) -> str:
 CERTS = demo_certs()
 
 
-def _bindable(port: int, kind: socket.SocketKind) -> bool:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((LOOPBACK, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(count: int = 1) -> int:
-    """A port free for UDP and TCP, with the *count* - 1 next ones too: these servers bind both
-    on one number (and the secure ones on the next), and a free UDP port alone is no promise
-    that the TCP listener gets it."""
-    for _ in range(50):
-        port = free_udp_port()
-        if all(_bindable(port + i, kind) for i in range(count)
-               for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):  # fmt: skip
-            return port
-    pytest.fail(f"no {count} port(s) free for both UDP and TCP", pytrace=False)
-
-
 def _listening(port: int) -> bool:
     try:
         socket.create_connection((LOOPBACK, port), timeout=0.5).close()
@@ -292,7 +270,7 @@ def libcoap_server() -> Iterator[str]:
     exe = find_tool("coap-server-notls")
     if exe is None:
         pytest.skip("coap-server-notls not found")  # the marker fails instead in CI
-    port = free_port()
+    port = free_udp_port(tcp=True)
     process = start([exe, "-A", LOOPBACK, "-p", str(port), "-d", "10"], port, port)
     try:
         yield f"coap+tcp://{LOOPBACK}:{port}"
@@ -316,7 +294,7 @@ def libcoap_tls_server() -> Iterator[str]:
     exe = find_tool("coap-server-openssl")
     if exe is None:
         pytest.skip("coap-server-openssl not found")
-    port = free_port(count=2)
+    port = free_udp_port(tcp=True, span=2)
     credentials = ["-c", str(CERTS / "server.pem"), "-j", str(CERTS / "server.key")]
     process = start([exe, "-A", LOOPBACK, "-p", str(port), *credentials], port, port + 1)
     try:
@@ -381,7 +359,7 @@ def aiocoap_server(tmp_path_factory) -> Iterator[str]:
     pytest.importorskip("aiocoap")
     script = Path(tmp_path_factory.mktemp("aiocoap-tcp")) / "server.py"
     script.write_text(AIOCOAP_SERVER)
-    port = free_port()
+    port = free_udp_port(tcp=True)
     process = start([sys.executable, str(script), str(port)], port, port)
     try:
         yield f"coap+tcp://{LOOPBACK}:{port}"
