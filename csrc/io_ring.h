@@ -111,6 +111,7 @@ enum {
     XR_RECV_MULTISHOT = 1 << 1,      /* in sqe->ioprio */
     XR_CQE_F_BUFFER = 1 << 0,
     XR_CQE_F_MORE = 1 << 1,
+    XR_CQE_F_BUF_MORE = 1 << 4,      /* IORING_CQE_F_BUF_MORE: the buffer is not used up */
     XR_CQE_BUFFER_SHIFT = 16,
     XR_SETUP_CQSIZE = 1 << 3,
     XR_SETUP_SUBMIT_ALL = 1 << 7,
@@ -126,6 +127,7 @@ enum {
     XR_REGISTER_FILES2 = 13,
     XR_REGISTER_PBUF_RING = 22,
     XR_RSRC_REGISTER_SPARSE = 1 << 0,
+    XR_PBUF_RING_INC = 1 << 1,       /* IOU_PBUF_RING_INC (Linux 6.12) */
     XR_ASYNC_CANCEL_ALL = 1 << 0,
     XR_BUFFER_GROUP = 0,
 };
@@ -187,12 +189,16 @@ typedef struct {
     /* mappings */
     void *sq_map, *cq_map;
     size_t sq_map_size, cq_map_size, sqes_size;
-    /* provided buffers: buffer bid is buffers + bid * buf_size */
+    /* provided buffers: buffer bid is buffers + bid * buf_size; consumed incrementally, a
+       buffer takes the receives of many sockets one after the other (buf_used[bid] bytes so
+       far), else each receive takes a buffer of its own */
     struct xr_buf *buf_ring;
     size_t buf_ring_size;
     uint8_t *buffers;
     uint32_t buf_count, buf_size;
     uint16_t buf_tail;
+    int buf_incremental;
+    uint32_t *buf_used;
     /* registered files: a request naming a slot spares the kernel looking the descriptor up
        (and its reference count) each time; free slots are a stack */
     uint32_t *free_slots;
@@ -222,6 +228,7 @@ static inline void xr_close(xr_ring *r)
     if (r->buf_ring && r->buf_ring != MAP_FAILED)
         munmap(r->buf_ring, r->buf_ring_size);
     free(r->buffers);
+    free(r->buf_used);
     free(r->free_slots);
     memset(r, 0, sizeof(*r));
     r->fd = -1;
@@ -248,9 +255,30 @@ static inline void xr_buf_recycle(xr_ring *r, uint16_t bid)
     xr_buf_publish(r);
 }
 
-static inline const uint8_t *xr_buffer(const xr_ring *r, uint16_t bid)
+/* The bytes of a receive completion that took `length` bytes of buffer `bid`, or NULL for a
+ * buffer we do not have (or more bytes than it holds). *finished says whether the kernel is
+ * done with the buffer: then recycle it once the bytes are used. Incremental consumption
+ * (Linux 6.12) puts consecutive receives side by side in one buffer, so that the receives of
+ * a round share cache lines and pages instead of each touching a buffer of its own; the
+ * kernel advances the buffer's address itself, and we track the same position (io_uring's
+ * documentation of IOU_PBUF_RING_INC). */
+static inline const uint8_t *xr_buf_data(xr_ring *r, uint16_t bid, uint32_t length,
+                                         uint32_t cqe_flags, int *finished)
 {
-    return r->buffers + (size_t)bid * r->buf_size;
+    uint8_t *buffer;
+    uint32_t used;
+    *finished = 1;
+    if (bid >= r->buf_count)
+        return NULL;
+    buffer = r->buffers + (size_t)bid * r->buf_size;
+    if (!r->buf_incremental)
+        return length <= r->buf_size ? buffer : NULL;
+    used = r->buf_used[bid];
+    *finished = !(cqe_flags & XR_CQE_F_BUF_MORE);
+    r->buf_used[bid] = *finished ? 0 : used + length;
+    if (length > r->buf_size - used)
+        return NULL;
+    return buffer + used;
 }
 
 /* A sparse table of `slots` registered files (Linux 5.19); without it every request names
@@ -334,22 +362,66 @@ static inline int xr_kernel_has_multishot_recv(void)
     return 1;
 }
 
-/* Open a ring of `entries` SQEs, 4 * entries CQEs, `buf_count` (a power of two) provided
- * buffers of `buf_size` bytes and up to `file_slots` registered files. Returns 0, or -errno
- * with the ring closed: io_uring refused (-EPERM, -ENOSYS from a sysctl or seccomp), or a
- * kernel before 6.0 (-ENOSYS) - they fail here, not at the first receive. */
-static inline int xr_open(xr_ring *r, unsigned entries, unsigned buf_count, unsigned buf_size,
-                          unsigned file_slots)
+/* Register `buf_count` (a power of two) provided buffers of `buf_size` bytes, consumed
+ * incrementally if asked (IORING_REGISTER_PBUF_RING, Linux 5.19; incremental: 6.12, else
+ * -EINVAL). Returns 0 or -errno, with nothing registered. */
+static inline int xr_provide_buffers(xr_ring *r, unsigned buf_count, unsigned buf_size,
+                                     int incremental)
+{
+    struct xr_buf_reg reg;
+    unsigned i;
+    int err = ENOMEM;
+    if (buf_count == 0 || (buf_count & (buf_count - 1)) || buf_count > 32768 || buf_size == 0
+            || r->buffers)
+        return -EINVAL;
+    r->buf_count = buf_count;
+    r->buf_size = buf_size;
+    r->buf_ring_size = buf_count * sizeof(struct xr_buf);
+    r->buf_ring = mmap(NULL, r->buf_ring_size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    r->buffers = malloc((size_t)buf_count * buf_size);
+    r->buf_used = incremental ? calloc(buf_count, sizeof(uint32_t)) : NULL;
+    if (r->buf_ring == MAP_FAILED || !r->buffers || (incremental && !r->buf_used))
+        goto fail;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)r->buf_ring;
+    reg.ring_entries = buf_count;
+    reg.bgid = XR_BUFFER_GROUP;
+    reg.flags = incremental ? XR_PBUF_RING_INC : 0;
+    if (syscall(__NR_io_uring_register, r->fd, XR_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        err = errno;
+        goto fail;
+    }
+    r->buf_incremental = incremental;
+    r->buf_tail = 0;
+    for (i = 0; i < buf_count; i++)
+        xr_buf_put(r, (uint16_t)i);
+    xr_buf_publish(r);
+    return 0;
+fail:
+    if (r->buf_ring && r->buf_ring != MAP_FAILED)
+        munmap(r->buf_ring, r->buf_ring_size);
+    free(r->buffers);
+    free(r->buf_used);
+    r->buf_ring = NULL;
+    r->buffers = NULL;
+    r->buf_used = NULL;
+    r->buf_count = r->buf_size = 0;
+    return -err;
+}
+
+/* Open a ring of `entries` SQEs, 4 * entries CQEs and up to `file_slots` registered files;
+ * its receive buffers come from xr_provide_buffers. Returns 0, or -errno with the ring
+ * closed: io_uring refused (-EPERM, -ENOSYS from a sysctl or seccomp), or a kernel before
+ * 6.0 (-ENOSYS) - they fail here, not at the first receive. */
+static inline int xr_open(xr_ring *r, unsigned entries, unsigned file_slots)
 {
     struct xr_params p;
-    struct xr_buf_reg reg;
     unsigned i;
     int err;
 
     memset(r, 0, sizeof(*r));
     r->fd = -1;
-    if (buf_count == 0 || (buf_count & (buf_count - 1)) || buf_count > 32768)
-        return -EINVAL;
     if (!xr_kernel_has_multishot_recv())
         return errno == EINVAL ? -ENOSYS : -errno;
     /* Not SINGLE_ISSUER itself: an engine may be made in one thread and run in another's
@@ -396,27 +468,6 @@ static inline int xr_open(xr_ring *r, unsigned entries, unsigned buf_count, unsi
     r->cq_tail = (uint32_t *)((char *)r->cq_map + p.cq_off.tail);
     r->cq_mask = *(uint32_t *)((char *)r->cq_map + p.cq_off.ring_mask);
     r->cqes = (struct xr_cqe *)((char *)r->cq_map + p.cq_off.dropped_or_cqes);
-
-    /* the provided-buffer ring (IORING_REGISTER_PBUF_RING, Linux 5.19) */
-    r->buf_count = buf_count;
-    r->buf_size = buf_size;
-    r->buf_ring_size = buf_count * sizeof(struct xr_buf);
-    r->buf_ring = mmap(NULL, r->buf_ring_size, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    r->buffers = malloc((size_t)buf_count * buf_size);
-    if (r->buf_ring == MAP_FAILED || !r->buffers) {
-        errno = ENOMEM;
-        goto fail;
-    }
-    memset(&reg, 0, sizeof(reg));
-    reg.ring_addr = (uint64_t)(uintptr_t)r->buf_ring;
-    reg.ring_entries = buf_count;
-    reg.bgid = XR_BUFFER_GROUP;
-    if (syscall(__NR_io_uring_register, r->fd, XR_REGISTER_PBUF_RING, &reg, 1) < 0)
-        goto fail;
-    for (i = 0; i < buf_count; i++)
-        xr_buf_put(r, (uint16_t)i);
-    xr_buf_publish(r);
     if (file_slots)
         xr_register_files(r, file_slots);
     return 0;

@@ -12,6 +12,7 @@ pausing, and the counters.
 from __future__ import annotations
 
 import asyncio
+import platform
 import socket
 import ssl
 import threading
@@ -688,45 +689,122 @@ def test_io_backend_choice(monkeypatch):
     )
 
 
-@pytest.mark.skipif(not io_uring_available(), reason="no io_uring here")
-def test_io_uring_receive_rearms_when_its_buffers_run_out():
-    """With 2 receive buffers for 8 connections that all send at once the kernel ends
-    multishot receives (ENOBUFS); each is armed again and every request is answered."""
+def kernel_version() -> tuple[int, ...]:
+    release = platform.release().split("-")[0].split(".")
+    return tuple(int(part) for part in release[:2] if part.isdigit())
 
-    class Answering:
-        def on_request(self, message: Message, peer: tuple) -> Message:
-            return Message(0, Code.CONTENT, 0, message.token, payload=message.token * 10)
 
-        def on_response(self, message: Message, peer: tuple) -> None:
-            pass
+class Answering:
+    """An endpoint that answers every request with its token ten times."""
 
-    engine = tcp.TcpEngine(Answering(), io="io_uring", ring_buffers=2)
+    def on_request(self, message: Message, peer: tuple) -> Message:
+        return Message(0, Code.CONTENT, 0, message.token, payload=message.token * 10)
+
+    def on_response(self, message: Message, peer: tuple) -> None:
+        pass
+
+
+def engine_with_clients(count: int, **options: Any) -> tuple[Any, list[Peer], socket.socket]:
+    engine = tcp.TcpEngine(Answering(), io="io_uring", **options)
     listener = socket.create_server(("127.0.0.1", 0))
     clients = []
-    for _ in range(8):
+    for _ in range(count):
         clients.append(Peer(listener.getsockname()))
         sock, address = listener.accept()
         sock.setblocking(False)
         engine.open(sock, address)
-    for round_ in range(5):
+    return engine, clients, listener
+
+
+def collect_answers(engine: Any, clients: list[Peer], per_client: int) -> dict[int, list[Message]]:
+    """Poll the engine until every client has *per_client* answers (bounded by WAIT)."""
+    answers: dict[int, list[Message]] = {i: [] for i in range(len(clients))}
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        engine.poll()
         for i, peer in enumerate(clients):
-            peer.send(tcp.encode(Message(0, Code.GET, 0, bytes([i, round_]))))
-        answers: dict[int, Message] = {}
-        deadline = time.monotonic() + WAIT
-        while len(answers) < len(clients) and time.monotonic() < deadline:
-            engine.poll()
-            for i, peer in enumerate(clients):
-                if i not in answers:
-                    message = peer.receive_non_signal(timeout=0.001)
-                    if message is not None:
-                        answers[i] = message
-        assert sorted(answers) == list(range(len(clients)))
-        assert all(answers[i].payload == bytes([i, round_]) * 10 for i in answers)
-    assert engine.counters()["tcp-ring-rearms"] >= 1
+            while len(answers[i]) < per_client:
+                message = peer.receive_non_signal(timeout=0.001)
+                if message is None:
+                    break
+                answers[i].append(message)
+        if all(len(got) == per_client for got in answers.values()):
+            break
+    return answers
+
+
+def close_engine(engine: Any, clients: list[Peer], listener: socket.socket) -> None:
     for peer in clients:
         peer.close()
     engine.close_all()
     listener.close()
+
+
+@pytest.mark.skipif(not io_uring_available(), reason="no io_uring here")
+def test_io_uring_receive_buffers_are_filled_incrementally_where_the_kernel_can():
+    """Linux 6.12 lets one buffer take many receives side by side (IOU_PBUF_RING_INC):
+    chosen there, else a buffer per receive; the choice can be turned off."""
+    incremental = kernel_version() >= (6, 12)
+    expected = (64, 65536, True) if incremental else (1024, 4096, False)
+    assert tcp.TcpEngine(None, io="io_uring").receive_buffers == expected
+    assert tcp.TcpEngine(None, io="io_uring", ring_incremental=False).receive_buffers == (
+        1024,
+        4096,
+        False,
+    )
+    assert tcp.TcpEngine(
+        None, io="io_uring", ring_buffers=4, ring_buffer_size=100
+    ).receive_buffers == (4, 100, incremental)
+    assert tcp.TcpEngine(None, io="epoll").receive_buffers is None
+
+
+@pytest.mark.skipif(not io_uring_available(), reason="no io_uring here")
+@pytest.mark.parametrize("incremental", [False, True], ids=["buffer-per-receive", "incremental"])
+def test_io_uring_receive_rearms_when_its_buffers_run_out(incremental: bool):
+    """With 2 receive buffers of 8 bytes for 8 connections that all send 4 bytes at once
+    the kernel ends multishot receives (ENOBUFS); each is armed again and every request is
+    answered."""
+    engine, clients, listener = engine_with_clients(
+        8, ring_buffers=2, ring_buffer_size=8, ring_incremental=incremental
+    )
+    for round_ in range(5):
+        for i, peer in enumerate(clients):
+            peer.send(tcp.encode(Message(0, Code.GET, 0, bytes([i, round_]))))
+        answers = collect_answers(engine, clients, 1)
+        assert [[a.payload for a in answers[i]] for i in range(len(clients))] == [
+            [bytes([i, round_]) * 10] for i in range(len(clients))
+        ]
+    assert engine.counters()["tcp-ring-rearms"] >= 1
+    close_engine(engine, clients, listener)
+
+
+@pytest.mark.skipif(not io_uring_available(), reason="no io_uring here")
+@pytest.mark.parametrize("incremental", [False, True], ids=["buffer-per-receive", "incremental"])
+def test_io_uring_frames_split_across_receive_buffers(incremental: bool):
+    """Receive buffers of 40 bytes and frames of 11-16 bytes sent three at a time: many
+    frames end in another buffer than they begin (and, filled incrementally, one buffer holds
+    parts of several connections' frames). Every request is answered, in order."""
+    engine, clients, listener = engine_with_clients(
+        6, ring_buffers=8, ring_buffer_size=40, ring_incremental=incremental
+    )
+    rounds, burst = 4, 3
+    for round_ in range(rounds):
+        for i, peer in enumerate(clients):
+            frames = b""
+            for k in range(burst):
+                request = Message(0, Code.GET, 0, bytes([i, round_, k]) + b"\x00" * (i % 6))
+                request.add_option(Option.URI_PATH, "split")
+                frames += tcp.encode(request)
+            peer.send(frames)
+    answers = collect_answers(engine, clients, rounds * burst)
+    for i in range(len(clients)):
+        assert [a.token for a in answers[i]] == [
+            bytes([i, round_, k]) + b"\x00" * (i % 6)
+            for round_ in range(rounds)
+            for k in range(burst)
+        ]
+    assert engine.counters()["recv-requests"] == len(clients) * rounds * burst
+    close_engine(engine, clients, listener)
 
 
 def test_a_tls_peer_that_does_not_read_is_paused_then_closed(make_server, connect):

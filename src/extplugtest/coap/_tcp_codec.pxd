@@ -117,6 +117,9 @@ cdef extern from "<sys/epoll.h>" nogil:
 cdef extern from "io_ring.h" nogil:
     ctypedef struct xr_ring:
         int fd
+        uint32_t buf_count
+        uint32_t buf_size
+        int buf_incremental
     struct xr_sqe:
         pass
     struct xr_cqe:
@@ -127,8 +130,8 @@ cdef extern from "io_ring.h" nogil:
         XR_CQE_F_BUFFER
         XR_CQE_F_MORE
         XR_CQE_BUFFER_SHIFT
-    int xr_open(xr_ring* r, unsigned entries, unsigned buf_count, unsigned buf_size,
-                unsigned file_slots)
+    int xr_open(xr_ring* r, unsigned entries, unsigned file_slots)
+    int xr_provide_buffers(xr_ring* r, unsigned buf_count, unsigned buf_size, int incremental)
     int xr_file_add(xr_ring* r, int fd)
     void xr_file_remove(xr_ring* r, int slot)
     void xr_close(xr_ring* r)
@@ -146,7 +149,8 @@ cdef extern from "io_ring.h" nogil:
     void xr_cq_advance(xr_ring* r, uint32_t head)
     int xr_cq_find(const xr_ring* r, uint64_t user_data, int* res)
     void xr_buf_recycle(xr_ring* r, uint16_t bid)
-    const uint8_t* xr_buffer(const xr_ring* r, uint16_t bid)
+    const uint8_t* xr_buf_data(xr_ring* r, uint16_t bid, uint32_t length, uint32_t cqe_flags,
+                               int* finished)
 
 cdef class TcpEngine:
     cdef object endpoint
@@ -176,6 +180,7 @@ cdef class TcpEngine:
     cdef TcpCounters c
 
     cdef TcpConnection _new(self, peer)
+    cdef int _provide_buffers(self, unsigned count, unsigned size, bint incremental)
     cdef int _send_csm(self, TcpConnection conn) except -1
     cdef int _release(self, TcpConnection conn) except -1
     cdef int _read(self, TcpConnection conn) except -1

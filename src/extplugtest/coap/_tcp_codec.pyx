@@ -32,7 +32,7 @@ import resource
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
+from libc.errno cimport EAGAIN, EINTR, EINVAL, ENOBUFS, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
@@ -75,12 +75,15 @@ logger = logging.getLogger("extplugtest.coap.tcp")
 
 DEF READ_SIZE = 65536           # bytes asked for per recv
 DEF OUT_CAPACITY = 65536        # answers collected per read before they are written
+DEF TX_MIN_CAPACITY = 256       # a send buffer to start with: small, so that 1000s stay in cache
 DEF RESPONSE_CAPACITY = 4096    # a FastResource answer (its payload is at most 1024 bytes)
 DEF MAX_EVENTS = 256            # socket events per epoll_wait
 DEF MAX_ROUNDS = 4              # epoll_waits per wake-up, so that other callbacks get their turn
 DEF RING_ENTRIES = 1024         # io_uring submission slots (4x as many completion slots)
 DEF RING_BUFFERS = 1024         # provided receive buffers (a power of two) ...
 DEF RING_BUFFER_SIZE = 4096     # ... of this size: a recv completes with at most one
+DEF RING_INC_BUFFERS = 64       # where the kernel fills them incrementally (6.12): fewer ...
+DEF RING_INC_BUFFER_SIZE = 65536    # ... larger ones, each taking many receives in a row
 DEF RING_FILES = 16384         # registered-file slots (beyond them, plain descriptors)
 DEF OP_RECV = 1                 # io_uring requests carry the connection and one of these
 DEF OP_SEND = 2
@@ -128,6 +131,19 @@ cdef inline Py_ssize_t _unsent(TcpConnection conn) noexcept:
     """Bytes handed to a plain socket that it has not taken: waiting in tx, and the rest of
     an io_uring send in flight."""
     return conn.tx_length + conn.flight_length - conn.flight_offset
+
+
+cdef extern from *:
+    void __builtin_prefetch(const void* address) nogil
+
+
+cdef inline void _prefetch_object(void* address) noexcept nogil:
+    """Ask for a connection's fields before they are needed (NULL is harmless)."""
+    cdef char* start = <char*>address
+    __builtin_prefetch(start)
+    __builtin_prefetch(start + 64)
+    __builtin_prefetch(start + 128)
+    __builtin_prefetch(start + 192)
 
 
 cdef inline uint64_t _ring_id(TcpConnection conn, int op) noexcept:
@@ -537,13 +553,17 @@ cdef class TcpEngine:
     bounds every received frame; *max_pending* bounds the unsent bytes of a connection;
     *max_response_payload* is what a FastResource may answer in one message. *io* picks the
     I/O backend of plain sockets (``IO_BACKENDS``); ``io_backend`` says which one runs;
-    *ring_buffers* (a power of two) is the number of io_uring receive buffers of 4 KiB.
+    io_uring receives land in *ring_buffers* (a power of two) buffers of *ring_buffer_size*
+    bytes (0: the defaults below). With *ring_incremental*, where the kernel can (Linux 6.12),
+    each buffer takes many receives side by side (64 of 64 KiB); else each receive takes a
+    buffer of its own (1024 of 4 KiB).
     """
 
     def __cinit__(self, endpoint, FastResource fast=None,
                   Py_ssize_t max_message_size=9216, Py_ssize_t max_pending=262144,
                   Py_ssize_t max_response_payload=1024, on_close=None, str io="auto",
-                  unsigned ring_buffers=RING_BUFFERS):
+                  unsigned ring_buffers=0, unsigned ring_buffer_size=0,
+                  bint ring_incremental=True):
         cdef int err
         self.epfd = -1
         self.ring.fd = -1
@@ -570,10 +590,11 @@ cdef class TcpEngine:
         if io != "epoll":
             # Refused where io_uring is off (kernel.io_uring_disabled, a container's seccomp
             # profile) or too old for multishot receives: then epoll, unless asked for.
-            if ring_buffers == 0 or ring_buffers & (ring_buffers - 1) or ring_buffers > 32768:
+            if ring_buffers & (ring_buffers - 1) or ring_buffers > 32768:
                 raise ValueError("ring_buffers must be a power of two up to 32768")
-            err = xr_open(&self.ring, RING_ENTRIES, ring_buffers, RING_BUFFER_SIZE,
-                          _file_slots())
+            err = xr_open(&self.ring, RING_ENTRIES, _file_slots())
+            if err == 0:
+                err = self._provide_buffers(ring_buffers, ring_buffer_size, ring_incremental)
             if err == 0:
                 self.uring = True
             elif io == "io_uring":
@@ -610,6 +631,27 @@ cdef class TcpEngine:
     @property
     def io_backend(self) -> str:
         return "io_uring" if self.uring else "epoll"
+
+    @property
+    def receive_buffers(self) -> tuple:
+        """io_uring's receive buffers: (count, bytes each, filled incrementally), or None."""
+        if not self.uring:
+            return None
+        return self.ring.buf_count, self.ring.buf_size, bool(self.ring.buf_incremental)
+
+    cdef int _provide_buffers(self, unsigned count, unsigned size, bint incremental):
+        """Buffers filled incrementally if asked and the kernel can, else one per receive;
+        returns 0 or -errno (with the ring closed)."""
+        cdef int err = -EINVAL
+        if incremental:
+            err = xr_provide_buffers(&self.ring, count or RING_INC_BUFFERS,
+                                     size or RING_INC_BUFFER_SIZE, 1)
+        if err == -EINVAL:                      # before Linux 6.12: not incrementally
+            err = xr_provide_buffers(&self.ring, count or RING_BUFFERS,
+                                     size or RING_BUFFER_SIZE, 0)
+        if err:
+            xr_close(&self.ring)
+        return err
 
     # -- Python API -------------------------------------------------------------------------
     def open(self, sock, peer) -> TcpConnection:
@@ -1225,7 +1267,7 @@ cdef class TcpEngine:
             self._close(conn, CLOSE_OVERFLOW)
             return 0
         if conn.tx_length + length - sent > conn.tx_capacity:
-            capacity = max(2 * conn.tx_capacity, conn.tx_length + length - sent, 4096)
+            capacity = max(2 * conn.tx_capacity, conn.tx_length + length - sent, TX_MIN_CAPACITY)
             capacity = min(capacity, self.max_pending)
             grown = <uint8_t*>realloc(conn.tx, capacity)
             if grown == NULL:
@@ -1457,6 +1499,9 @@ cdef class TcpEngine:
             cqe = xr_cqe_at(&self.ring, head)
             user_data, res, flags = cqe.user_data, cqe.res, cqe.flags
             head += 1
+            if head != tail:                    # with 100s of connections, the next one's
+                _prefetch_object(<void*><uintptr_t>(xr_cqe_at(&self.ring, head).user_data
+                                                    & ~(<uint64_t>3)))    # state is cold
             xr_cq_advance(&self.ring, head)     # (a buffer is ours until we recycle it)
             n += 1
             if user_data == 0:                  # a cancel's own completion
@@ -1473,6 +1518,8 @@ cdef class TcpEngine:
                             uint32_t flags) except -1:
         cdef bint last = True
         cdef uint16_t bid
+        cdef const uint8_t* data
+        cdef int finished
         if op == OP_SEND:
             try:
                 if conn.closed:
@@ -1513,11 +1560,16 @@ cdef class TcpEngine:
         try:
             if flags & XR_CQE_F_BUFFER:
                 bid = <uint16_t>(flags >> XR_CQE_BUFFER_SHIFT)
+                data = xr_buf_data(&self.ring, bid, <uint32_t>max(res, 0), flags, &finished)
                 try:
-                    if res > 0 and not conn.closed:
-                        self._received(conn, xr_buffer(&self.ring, bid), res)
+                    if data == NULL:            # not where the kernel said: never expected
+                        self.c.recv_errors += 1
+                        self._close(conn, CLOSE_ERROR)
+                    elif res > 0 and not conn.closed:
+                        self._received(conn, data, res)
                 finally:
-                    xr_buf_recycle(&self.ring, bid)
+                    if finished:
+                        xr_buf_recycle(&self.ring, bid)
             elif conn.closed or res == -ECANCELED:
                 pass
             elif res == 0:
