@@ -171,6 +171,10 @@ _Static_assert(XR_RECV_MULTISHOT == IORING_RECV_MULTISHOT
                && (int)XR_REGISTER_FILES2 == (int)IORING_REGISTER_FILES2
                && XR_RSRC_REGISTER_SPARSE == IORING_RSRC_REGISTER_SPARSE, "flags");
 #endif
+#ifdef IORING_CQE_F_BUF_MORE         /* Linux 6.12 headers: incremental buffer consumption */
+_Static_assert(XR_CQE_F_BUF_MORE == IORING_CQE_F_BUF_MORE
+               && (int)XR_PBUF_RING_INC == (int)IOU_PBUF_RING_INC, "incremental buffers");
+#endif
 #endif
 #endif
 
