@@ -260,20 +260,21 @@ static inline void xr_buf_recycle(xr_ring *r, uint16_t bid)
 }
 
 /* The bytes of a receive completion that took `length` bytes of buffer `bid`, or NULL for a
- * buffer we do not have (or more bytes than it holds). *finished says whether the kernel is
- * done with the buffer: then recycle it once the bytes are used. Incremental consumption
- * (Linux 6.12) puts consecutive receives side by side in one buffer, so that the receives of
- * a round share cache lines and pages instead of each touching a buffer of its own; the
- * kernel advances the buffer's address itself, and we track the same position (io_uring's
- * documentation of IOU_PBUF_RING_INC). */
+ * buffer we do not have (not to be recycled) or more bytes than it holds. *finished says
+ * whether the kernel is done with the buffer: then recycle it once the bytes are used.
+ * Incremental consumption (Linux 6.12) puts consecutive receives side by side in one buffer,
+ * so that the receives of a round share cache lines and pages instead of each touching a
+ * buffer of its own; the kernel advances the buffer's address itself, and we track the same
+ * position (io_uring's documentation of IOU_PBUF_RING_INC). */
 static inline const uint8_t *xr_buf_data(xr_ring *r, uint16_t bid, uint32_t length,
                                          uint32_t cqe_flags, int *finished)
 {
     uint8_t *buffer;
     uint32_t used;
-    *finished = 1;
+    *finished = 0;
     if (bid >= r->buf_count)
         return NULL;
+    *finished = 1;
     buffer = r->buffers + (size_t)bid * r->buf_size;
     if (!r->buf_incremental)
         return length <= r->buf_size ? buffer : NULL;
