@@ -280,9 +280,13 @@ static inline const uint8_t *xr_buf_data(xr_ring *r, uint16_t bid, uint32_t leng
         return length <= r->buf_size ? buffer : NULL;
     used = r->buf_used[bid];
     *finished = !(cqe_flags & XR_CQE_F_BUF_MORE);
-    r->buf_used[bid] = *finished ? 0 : used + length;
-    if (length > r->buf_size - used)
+    if (length > r->buf_size - used) {
+        /* Our position and the kernel's disagree: nothing more is read from this buffer
+         * until the kernel is done with it (no position past its end, ever). */
+        r->buf_used[bid] = *finished ? 0 : r->buf_size;
         return NULL;
+    }
+    r->buf_used[bid] = *finished ? 0 : used + length;
     return buffer + used;
 }
 
