@@ -632,19 +632,27 @@ def test_a_slow_reader_gets_every_answer_in_order(make_server, connect):
     assert counters["tcp-closed-overflow"] == 0 and counters["tcp-closed-stalled"] == 0
 
 
+class Answering:
+    """An endpoint for a bare TcpEngine: it answers every request with *payload*, or with
+    the request's token ten times."""
+
+    def __init__(self, payload: bytes | None = None) -> None:
+        self.payload = payload
+
+    def on_request(self, message: Message, peer: tuple) -> Message:
+        payload = message.token * 10 if self.payload is None else self.payload
+        return Message(0, Code.CONTENT, 0, message.token, payload=payload)
+
+    def on_response(self, message: Message, peer: tuple) -> None:
+        pass
+
+
 def test_closed_connections_are_let_go(io_backend):
     """The engine keeps no reference to a connection once it is closed, whatever the kernel
     still had under way for it (io_uring requests hold one until their last completion)."""
     import sys
 
-    class Answering:
-        def on_request(self, message: Message, peer: tuple) -> Message:
-            return Message(0, Code.CONTENT, 0, message.token, payload=b"x" * 100)
-
-        def on_response(self, message: Message, peer: tuple) -> None:
-            pass
-
-    engine = tcp.TcpEngine(Answering(), io=io_backend)
+    engine = tcp.TcpEngine(Answering(b"x" * 100), io=io_backend)
     listener = socket.create_server(("127.0.0.1", 0))
     connections = []
     for round_ in range(20):
@@ -694,16 +702,6 @@ def kernel_version() -> tuple[int, ...]:
     return tuple(int(part) for part in release[:2] if part.isdigit())
 
 
-class Answering:
-    """An endpoint that answers every request with its token ten times."""
-
-    def on_request(self, message: Message, peer: tuple) -> Message:
-        return Message(0, Code.CONTENT, 0, message.token, payload=message.token * 10)
-
-    def on_response(self, message: Message, peer: tuple) -> None:
-        pass
-
-
 def engine_with_clients(count: int, **options: Any) -> tuple[Any, list[Peer], socket.socket]:
     engine = tcp.TcpEngine(Answering(), io="io_uring", **options)
     listener = socket.create_server(("127.0.0.1", 0))
@@ -738,6 +736,12 @@ def close_engine(engine: Any, clients: list[Peer], listener: socket.socket) -> N
         peer.close()
     engine.close_all()
     listener.close()
+
+
+def test_a_connection_fits_what_the_reap_prefetches():
+    """The io_uring reap prefetches the next completion's connection object whole: a field
+    added beyond that size would be a cache miss per request again."""
+    assert tcp.TcpConnection.__basicsize__ <= tcp.PREFETCHED_CONNECTION_BYTES
 
 
 @pytest.mark.skipif(not io_uring_available(), reason="no io_uring here")

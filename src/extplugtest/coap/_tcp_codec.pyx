@@ -85,11 +85,14 @@ DEF RING_BUFFER_SIZE = 4096     # ... of this size: a recv completes with at mos
 DEF RING_INC_BUFFERS = 64       # where the kernel fills them incrementally (6.12): fewer ...
 DEF RING_INC_BUFFER_SIZE = 65536    # ... larger ones, each taking many receives in a row
 DEF RING_FILES = 16384         # registered-file slots (beyond them, plain descriptors)
+DEF CONNECTION_BYTES = 256      # a TcpConnection's size at most (prefetched whole; tested)
 DEF OP_RECV = 1                 # io_uring requests carry the connection and one of these
 DEF OP_SEND = 2
 
 #: I/O backends of the engine's plain sockets ("auto": io_uring where the kernel allows it).
 IO_BACKENDS = ("auto", "io_uring", "epoll")
+#: The bytes of a connection the io_uring reap prefetches: TcpConnection must fit (a test says).
+PREFETCHED_CONNECTION_BYTES = CONNECTION_BYTES
 
 #: Signalling codes (RFC 8323 §11.1) for users of the Python API.
 CSM = SIGNAL_CSM
@@ -137,19 +140,25 @@ cdef extern from *:
     void __builtin_prefetch(const void* address) nogil
 
 
-cdef inline void _prefetch_object(void* address) noexcept nogil:
-    """Ask for a connection's fields before they are needed (NULL is harmless)."""
+cdef inline void _prefetch_connection(void* address) noexcept nogil:
+    """Ask for a connection's fields before they are needed: every cache line of its
+    CONNECTION_BYTES, wherever the object starts in a line (NULL is harmless)."""
     cdef char* start = <char*>address
-    __builtin_prefetch(start)
-    __builtin_prefetch(start + 64)
-    __builtin_prefetch(start + 128)
-    __builtin_prefetch(start + 192)
+    cdef int offset
+    for offset in range(0, CONNECTION_BYTES, 64):
+        __builtin_prefetch(start + offset)
+    __builtin_prefetch(start + CONNECTION_BYTES - 1)
 
 
 cdef inline uint64_t _ring_id(TcpConnection conn, int op) noexcept:
     """An io_uring request's user data: the connection's address (objects are 16-byte
     aligned) with the operation in the low bits."""
     return <uint64_t><uintptr_t><void*>conn | <uint64_t>op
+
+
+cdef inline void* _ring_connection(uint64_t user_data) noexcept nogil:
+    """The connection's address in a request's user data (NULL: a cancel's completion)."""
+    return <void*><uintptr_t>(user_data & ~(<uint64_t>3))
 
 
 def _file_slots() -> int:
@@ -1499,14 +1508,13 @@ cdef class TcpEngine:
             cqe = xr_cqe_at(&self.ring, head)
             user_data, res, flags = cqe.user_data, cqe.res, cqe.flags
             head += 1
-            if head != tail:                    # with 100s of connections, the next one's
-                _prefetch_object(<void*><uintptr_t>(xr_cqe_at(&self.ring, head).user_data
-                                                    & ~(<uint64_t>3)))    # state is cold
+            if head != tail:                    # the next one's state is cold (100s of conns)
+                _prefetch_connection(_ring_connection(xr_cqe_at(&self.ring, head).user_data))
             xr_cq_advance(&self.ring, head)     # (a buffer is ours until we recycle it)
             n += 1
             if user_data == 0:                  # a cancel's own completion
                 continue
-            conn = <TcpConnection><void*><uintptr_t>(user_data & ~(<uint64_t>3))
+            conn = <TcpConnection>_ring_connection(user_data)
             try:
                 self._ring_complete(conn, <int>(user_data & 3), res, flags)
             except Exception:
