@@ -31,19 +31,22 @@ have the same transient (the answers in flight at the clear are lost and sent ag
 generator runs with ``--ack-timeout 1000``, so those retransmissions end within the warm-up).
 
 CPU placement (the same in every setup): all server nodes on CPU 0, ``extnat`` and the
-generator on CPU 1 (``--nat-cpu 0`` moves the NAT to the nodes' core). Over the generator's
-measurement window (warm-up excluded) the script takes the CPU time of every node process and
-of the NAT (utime + stime from /proc/PID/stat) and the busy time of the whole box. The figure
-to compare is requests per node-CPU-second (req/s divided by the summed CPU share of the
-nodes); the penalty of a cluster setup is 1 - its figure / the single node's figure, for
-req/s and for req per node-CPU-second. At the end each node's ``/diagnose`` (the nodes run
-with ``--diagnose``) is read over coaps, straight from the node, for its cluster counters
-(forwarded, process forwarded, backwarded, send backwarded) and its received records; the
-NAT's counters (``stats``: reverse-updates, drops) come over its control socket.
+generator on CPU 1 (``--nat-cpu 0`` moves the NAT to the nodes' core). On a box with more cores
+``--node-cpus 0,1 --nat-cpu 2 --load-cpu 3`` gives every node of a cluster a core of its own,
+as nodes on hosts of their own have (the single node takes the first; cluster node N the N-th,
+round robin), with ``--node-cpu-budget PCT --budget-per-node`` to saturate them. Over the
+generator's measurement window (warm-up excluded) the script takes the CPU time of every node
+process and of the NAT (utime + stime from /proc/PID/stat) and the busy time of the whole box.
+The figure to compare is requests per node-CPU-second (req/s divided by the summed CPU share of
+the nodes); the penalty of a cluster setup is 1 - its figure / the single node's figure, for
+req/s and for req per node-CPU-second. At the end each node's ``/diagnose`` (the nodes run with
+``--diagnose``) is read over coaps, straight from the node, for its cluster counters
+(forwarded, process forwarded, backwarded, send backwarded) and its received records; the NAT's
+counters (``stats``: reverse-updates, drops) come over its control socket.
 
     .venv/bin/python bench/cluster_throughput.py [--clients 500] [--setups single,backward,
-        no-backward,no-clear[,no-backward-kept]] [--duration 10] [--warmup 3] [--nat-cpu 1]
-        [--repeat 1] [--side-by-side]
+        no-backward,no-clear[,no-backward-kept]] [--duration 10] [--warmup 3]
+        [--node-cpus 0] [--nat-cpu 1] [--load-cpu 1] [--repeat 1] [--side-by-side]
         [--node-cpu-budget PCT [--budget-per-node] [--budget-period-ms 10]]
 
 ``--node-cpu-budget PCT`` caps the nodes together at PCT % of one CPU (a cgroup with a CFS
@@ -63,11 +66,12 @@ box hits all setups alike); each run's penalty is against the single node of its
 the medians over the rounds are printed at the end.
 
 ``--side-by-side`` runs every other setup at the same time as the single node: all nodes on
-CPU 0, both NATs and generators as placed, the generators starting their requests together
-(``extclient benchmark --start-at``), one window. Runs in turn inherit the VM's drift between
-them (10-20 %); setups side by side see the same drift, so each pair's penalty is steadier.
-Every node then shares its core with the other setup's nodes too, and CPU 1 carries two NATs
-and two generators: the req/s are lower, the per node-CPU-second penalty is the figure.
+their CPUs (CPU 0), both NATs and generators as placed, the generators starting their requests
+together (``extclient benchmark --start-at``), one window. Runs in turn inherit the VM's drift
+between them (10-20 %); setups side by side see the same drift, so each pair's penalty is
+steadier. Every node then shares its core with the other setup's nodes too, and CPU 1 carries
+two NATs and two generators: the req/s are lower, the per node-CPU-second penalty is the
+figure.
 
 As in ``throughput.py`` (whose process and /proc helpers are used): the box must be idle
 before each run (bounded wait, recorded either way), only loopback is used, every wait is
@@ -122,8 +126,8 @@ from throughput import (
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 LOOPBACK = "127.0.0.1"
-NODE_CPU = "0"  # every server node
-LOAD_CPU = "1"  # the generator (and the NAT unless --nat-cpu 0)
+NODE_CPUS = "0"  # every server node (--node-cpus)
+LOAD_CPU = "1"  # the generator (--load-cpu) and the NAT (--nat-cpu)
 PATH = "benchmark?rlen=40"
 IDENTITY, SECRET = "Client_identity", "secretPSK"
 ACK_TIMEOUT_MS = 1000  # the answers lost at the clear are sent again within the warm-up
@@ -314,7 +318,15 @@ def extserver_base(coap_port: int) -> list[str]:
     ]
 
 
-def start_nodes(setup: str, processes: Processes, log: IO[bytes]) -> list[Node]:
+def node_cpu(node_id: int, args: argparse.Namespace) -> int:
+    """The CPU of node *node_id* (1, 2, ...; the single node is node 1): the --node-cpus
+    list in turn."""
+    return args.node_cpus[(node_id - 1) % len(args.node_cpus)]
+
+
+def start_nodes(
+    setup: str, processes: Processes, log: IO[bytes], args: argparse.Namespace
+) -> list[Node]:
     if setup == "single":
         coap_port, dtls_port = free_udp_ports(1)[0], 0
         for _attempt in range(5):  # the coaps port is the next one: it must be free too
@@ -341,8 +353,8 @@ def start_nodes(setup: str, processes: Processes, log: IO[bytes]) -> list[Node]:
                                              *extra]))  # fmt: skip
     nodes = []
     for node_id, dtls_port, command in commands:
-        process = processes.start(["taskset", "-c", NODE_CPU, *command], stdout=log,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+        pinned = ["taskset", "-c", str(node_cpu(node_id, args)), *command]
+        process = processes.start(pinned, stdout=log, stderr=subprocess.STDOUT)
         nodes.append(Node(node_id, process, dtls_port))
     for node in nodes:
         if not wait_hello(node.dtls_port, node.process):
@@ -359,7 +371,7 @@ def start_nat(
     for _attempt in range(3):
         (port,) = free_udp_ports(1)
         command = [
-            "taskset", "-c", args.nat_cpu, str(VENV_BIN / "extnat"), f"{LOOPBACK}:{port}",
+            "taskset", "-c", str(args.nat_cpu), str(VENV_BIN / "extnat"), f"{LOOPBACK}:{port}",
             *(f"{LOOPBACK}:{node.dtls_port}" for node in nodes), f"-n={max(2 * clients, 10000)}",
             *with_reverse, "--no-console", "--control", str(control),
         ]  # fmt: skip
@@ -417,7 +429,9 @@ def launch_setup_generator(
     extra: tuple[str, ...] = ("-i", IDENTITY, "-s", SECRET, "--ack-timeout", str(ACK_TIMEOUT_MS))
     if start_at is not None:
         extra += ("--start-at", f"{start_at:.3f}")
-    return launch_generator(processes, LOAD_CPU, uri, clients, args, entry.result_file, extra)
+    return launch_generator(
+        processes, str(args.load_cpu), uri, clients, args, entry.result_file, extra
+    )
 
 
 def keeps_entries(setup: str, args: argparse.Namespace) -> bool:
@@ -455,7 +469,7 @@ def measure(setup: str, clients: int, args: argparse.Namespace, work: Path) -> d
 def measure_together(
     setups: list[str], clients: int, args: argparse.Namespace, work: Path
 ) -> list[dict[str, Any]]:
-    """The setups at the same time (nodes on CPU 0, NATs and generators as placed), their
+    """The setups at the same time (nodes, NATs and generators on their CPUs), their
     generators starting their requests together (--start-at); figures over one window."""
     idle = wait_idle(args.idle_threshold, args.idle_settle, args.idle_timeout)
     with contextlib.ExitStack() as stack:
@@ -473,7 +487,7 @@ def measure_together(
         for setup, groups in zip(setups, budgets, strict=True):
             name = f"{setup}-{clients}"
             log = stack.enter_context(open(work / f"{name}.log", "wb"))
-            nodes = start_nodes(setup, processes, log)
+            nodes = start_nodes(setup, processes, log, args)
             for k, node in enumerate(nodes):  # one group for all, or a group per node
                 if groups:
                     groups[k % len(groups)].add(node.process.pid)
@@ -530,9 +544,9 @@ def measure_together(
     results = []
     for i, entry in enumerate(entries):
         load, before, after = loads[i], samples0[i], samples1[i]
-        node_cpu = {str(n.node_id): (after.nodes[n.process.pid] - before.nodes[n.process.pid])
+        cpu_by_node = {str(n.node_id): (after.nodes[n.process.pid] - before.nodes[n.process.pid])
                     / wall for n in entry.nodes}  # fmt: skip
-        nodes_cpu = sum(node_cpu.values())
+        nodes_cpu = sum(cpu_by_node.values())
         nat_cpu = (after.nat - before.nat) / wall
         generator_cpu = load["generator_cpu_s"] / load["duration_s"]
         nat_delta = {key: after.stats[key] - before.stats.get(key, 0) for key in after.stats}
@@ -548,7 +562,7 @@ def measure_together(
             "node_cpu_budget_pct": args.node_cpu_budget,
             "budget_per_node": args.budget_per_node,
             "nodes_throttled_pct": 100 * (throttled1[i] - throttled0[i]) / wall,
-            "node_cpu_pct": {k: round(100 * v, 1) for k, v in node_cpu.items()},
+            "node_cpu_pct": {k: round(100 * v, 1) for k, v in cpu_by_node.items()},
             "req_per_node_cpu_s": load["req_per_s"] / nodes_cpu if nodes_cpu > 0 else None,
             "nat_cpu_pct": 100 * nat_cpu,
             "generator_cpu_pct": 100 * generator_cpu,
@@ -691,11 +705,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up before it, s")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of all setups (1)")
     parser.add_argument(
-        "--nat-cpu",
-        choices=("0", "1"),
-        default=LOAD_CPU,
-        help="CPU of extnat: 1 with the generator (default), 0 with the nodes",
-    )
+        "--node-cpus", default=NODE_CPUS, metavar="CPUS",
+        help="CPUs of the server nodes: the single node on the first, cluster node N on the "
+        "N-th in turn (0: all nodes on CPU 0; 0,1 on a box with 4+ CPUs: a core per node)",
+    )  # fmt: skip
+    parser.add_argument("--load-cpu", type=int, default=int(LOAD_CPU),
+                        help="CPU of the generators (1)")  # fmt: skip
+    parser.add_argument(
+        "--nat-cpu", type=int,
+        help="CPU of extnat: the generators' (default) or e.g. 0, with the nodes",
+    )  # fmt: skip
     parser.add_argument(
         "--node-cpu-budget", type=float, metavar="PCT",
         help="cap the nodes of a setup together at PCT %% of one CPU (cgroup quota; root), "
@@ -715,8 +734,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the period of the CPU quotas (10 ms)")  # fmt: skip
     parser.add_argument(
         "--side-by-side", action="store_true",
-        help="run every other setup at the same time as the single node (all nodes on CPU 0, "
-        "both NATs and generators as placed): a penalty free of the box's drift between runs",
+        help="run every other setup at the same time as the single node (all nodes, NATs and "
+        "generators on their CPUs): a penalty free of the box's drift between runs",
     )  # fmt: skip
     parser.add_argument("--idle-threshold", type=float, default=10.0, help="idle below this %%")
     parser.add_argument("--idle-settle", type=int, default=3, help="idle seconds in a row")
@@ -742,6 +761,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--side-by-side needs single and another setup in --setups")
     if not 1 <= args.budget_period_ms <= 1000:
         parser.error("--budget-period-ms 1..1000")
+    try:
+        args.node_cpus = [int(cpu) for cpu in args.node_cpus.split(",")]
+    except ValueError:
+        parser.error("--node-cpus: comma-separated CPU numbers, e.g. 0 or 0,1")
+    if args.nat_cpu is None:
+        args.nat_cpu = args.load_cpu
+    usable = os.sched_getaffinity(0)
+    for option, cpus in (("--node-cpus", args.node_cpus), ("--load-cpu", [args.load_cpu]),
+                         ("--nat-cpu", [args.nat_cpu])):  # fmt: skip
+        if not cpus or len(cpus) > 64 or not set(cpus) <= usable:
+            parser.error(f"{option}: CPUs this process may use: "
+                         f"{','.join(map(str, sorted(usable)))}")  # fmt: skip
     if args.budget_per_node and not args.node_cpu_budget:
         parser.error("--budget-per-node needs --node-cpu-budget")
     if args.node_cpu_budget is not None:
@@ -776,13 +807,15 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        print("needs 2 CPUs and taskset (nodes on CPU 0, generator on CPU 1)", file=sys.stderr)
+    if not shutil.which("taskset"):
+        print("needs taskset (util-linux) to pin the nodes, the NAT and the generators",
+              file=sys.stderr)  # fmt: skip
         return 1
     info = host_info()
     print(
         f"host: {info['cpus']} CPUs, load {load_average()}, kernel {info['kernel']}; "
-        f"nodes on CPU {NODE_CPU}, generator on CPU {LOAD_CPU}, NAT on CPU {args.nat_cpu}"
+        f"nodes on CPU {','.join(map(str, args.node_cpus))}, generator on CPU {args.load_cpu}, "
+        f"NAT on CPU {args.nat_cpu}"
     )
     errors: list[str] = []
     with stop_on_sigterm(), tempfile.TemporaryDirectory(prefix="cluster-throughput-") as tmp:
@@ -823,8 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         "path": PATH,
         "request": "CON GET over DTLS (PSK, CID)",
         "ack_timeout_ms": ACK_TIMEOUT_MS,
-        "node_cpu": NODE_CPU,
-        "generator_cpu": LOAD_CPU,
+        "node_cpus": args.node_cpus,
+        "generator_cpu": args.load_cpu,
         "nat_cpu": args.nat_cpu,
         "node_cpu_budget_pct": args.node_cpu_budget,
         "budget_per_node": args.budget_per_node,

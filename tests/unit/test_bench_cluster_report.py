@@ -147,3 +147,33 @@ def test_only_the_kept_setups_keep_their_entries_unless_the_single_node_is_kept_
     args = cluster_throughput.parse_args(["--setups", "single,no-clear", "--keep-single"])
     kept = [s for s in cluster_throughput.SETUPS if cluster_throughput.keeps_entries(s, args)]
     assert kept == ["single", "no-clear", "no-backward-kept"]
+
+
+def test_by_default_the_nodes_share_cpu_0_and_the_nat_runs_with_the_generators(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cluster_throughput.os, "sched_getaffinity", lambda pid: {0, 1})
+    args = cluster_throughput.parse_args([])
+    assert [cluster_throughput.node_cpu(node, args) for node in (1, 2)] == [0, 0]
+    assert (args.load_cpu, args.nat_cpu) == (1, 1)
+    args = cluster_throughput.parse_args(["--nat-cpu", "0"])
+    assert (args.load_cpu, args.nat_cpu) == (1, 0)
+
+
+def test_node_cpus_give_every_cluster_node_a_core_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cluster_throughput.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    args = cluster_throughput.parse_args(["--node-cpus", "0,1", "--nat-cpu", "2",
+                                          "--load-cpu", "3"])  # fmt: skip
+    # the single node is node 1: on the first CPU, as the cluster's node 1
+    assert [cluster_throughput.node_cpu(node, args) for node in (1, 2, 3)] == [0, 1, 0]
+    assert (args.load_cpu, args.nat_cpu) == (3, 2)
+
+
+def test_cpus_the_runner_may_not_use_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster_throughput.os, "sched_getaffinity", lambda pid: {0, 1})
+    for argv in (["--node-cpus", "0,2"], ["--node-cpus", "a"], ["--node-cpus", ""],
+                 ["--load-cpu", "2"], ["--nat-cpu", "5"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            cluster_throughput.parse_args(argv)
