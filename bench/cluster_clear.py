@@ -56,7 +56,7 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[float, int]]:
         budget = stack.enter_context(CpuBudget(args.budget)) if args.budget else None
         processes = stack.enter_context(Processes())
         log = stack.enter_context(open(work / "run.log", "wb"))
-        nodes = runner.start_nodes(args.setup, processes, log)
+        nodes = runner.start_nodes(args.setup, processes, log, generator_args)
         for node in nodes:
             if budget is not None:
                 budget.add(node.process.pid)

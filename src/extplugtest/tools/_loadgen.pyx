@@ -1299,7 +1299,8 @@ cdef void send_signal(Engine* e, Client* c, int code, const uint8_t* token,
     cdef uint8_t frame[2 + 8]
     frame[0] = <uint8_t>token_length
     frame[1] = <uint8_t>code
-    memcpy(frame + 2, token, token_length)
+    if token_length:  # an Abort has no token: memcpy from NULL is undefined even for 0 bytes
+        memcpy(frame + 2, token, token_length)
     tcp_send(e, c, frame, 2 + token_length)
 
 
