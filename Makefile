@@ -23,7 +23,7 @@ VENV_STAMP = $(VENV)/.stamp-venv
 BUILD_STAMP = $(VENV)/.stamp-build
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv build run test pytest lint bench bench-micro fuzz clean distclean
+.PHONY: help deps venv build run test pytest lint bench bench-micro fuzz sanitize clean distclean
 .PHONY: wheel-smoke sdist-check
 
 help:
@@ -34,6 +34,7 @@ help:
 	@echo "make bench  - throughput run: bench/throughput.py (ARGS=...)"
 	@echo "make bench-micro - pytest-benchmark micro benchmarks of the hot path (bench/test_micro.py)"
 	@echo "make fuzz   - long fuzz run of tests/fuzz (FUZZ_SECONDS=$(FUZZ_SECONDS) per atheris harness)"
+	@echo "make sanitize - unit/conformance tests and micro benchmarks on an ASan+UBSan build (build/sanitize)"
 	@echo "make wheel-smoke - static manylinux wheel (wheels/build.sh), smoke-tested in a fresh venv"
 	@echo "make sdist-check - sdist, a wheel built from it in a fresh venv, the same smoke test"
 	@echo "make venv | deps | clean | distclean"
@@ -89,6 +90,11 @@ bench: build
 
 bench-micro: build
 	$(PY) -m pytest -q bench/test_micro.py bench/test_micro_dtls.py --benchmark-only $(PYTEST_ARGS)
+
+# The C extensions built with AddressSanitizer and UBSan in build/sanitize (never in place); the
+# unit and conformance tests and the micro benchmarks run on that build; any report fails.
+sanitize: build
+	scripts/sanitize.sh $(PYTEST_ARGS)
 
 # tests/fuzz: pytest/hypothesis tests (test_*.py, run with the "fuzz" profile that tests/conftest.py
 # registers) and atheris harnesses (fuzz_*.py, run as libFuzzer programs with a corpus in build/fuzz;
