@@ -127,7 +127,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 LOOPBACK = "127.0.0.1"
 NODE_CPUS = "0"  # every server node (--node-cpus)
-LOAD_CPU = "1"  # the generator (--load-cpu) and the NAT (--nat-cpu)
+LOAD_CPU = 1  # the generators (--load-cpu) and the NAT (--nat-cpu)
 PATH = "benchmark?rlen=40"
 IDENTITY, SECRET = "Client_identity", "secretPSK"
 ACK_TIMEOUT_MS = 1000  # the answers lost at the clear are sent again within the warm-up
@@ -545,7 +545,7 @@ def measure_together(
     for i, entry in enumerate(entries):
         load, before, after = loads[i], samples0[i], samples1[i]
         cpu_by_node = {str(n.node_id): (after.nodes[n.process.pid] - before.nodes[n.process.pid])
-                    / wall for n in entry.nodes}  # fmt: skip
+                       / wall for n in entry.nodes}  # fmt: skip
         nodes_cpu = sum(cpu_by_node.values())
         nat_cpu = (after.nat - before.nat) / wall
         generator_cpu = load["generator_cpu_s"] / load["duration_s"]
@@ -709,7 +709,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPUs of the server nodes: the single node on the first, cluster node N on the "
         "N-th in turn (0: all nodes on CPU 0; 0,1 on a box with 4+ CPUs: a core per node)",
     )  # fmt: skip
-    parser.add_argument("--load-cpu", type=int, default=int(LOAD_CPU),
+    parser.add_argument("--load-cpu", type=int, default=LOAD_CPU,
                         help="CPU of the generators (1)")  # fmt: skip
     parser.add_argument(
         "--nat-cpu", type=int,

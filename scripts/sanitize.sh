@@ -60,9 +60,9 @@ status=0
 "$python" -m pytest -q -p no:cacheprovider --capture=sys --benchmark-disable "${selection[@]}" ||
     status=$?
 
-reports=$(find "$out/logs" -name 'asan*' -type f)
-if [[ -n $reports ]]; then
-    for report in $reports; do
+mapfile -t reports < <(find "$out/logs" -name 'asan*' -type f)
+if ((${#reports[@]})); then
+    for report in "${reports[@]}"; do
         echo "--- $report"
         head -60 "$report"
     done
