@@ -7,6 +7,8 @@
 #   scripts/sanitize.sh [pytest arguments]      (make sanitize; needs the venv of `make build`)
 #
 # Arguments replace the default selection (e.g. scripts/sanitize.sh tests/unit/test_codec.py -x).
+# tests/interop is not in it: the preloaded runtime would reach the third-party peers too
+# (gnutls-cli hangs under it), and what those tests add in our code the others exercise.
 #
 # Python itself is not instrumented: the runtime is preloaded, Python's own allocator is switched
 # off (PYTHONMALLOC=malloc) so that ASan sees every object, and leak checking is off (an
