@@ -14,10 +14,11 @@ import pytest
 
 from extplugtest.coap._codec import Message
 from extplugtest.coap.codes import Code, ContentFormat, Option, Type
-from extplugtest.coap.resource import Exchange, Resource
+from extplugtest.coap.resource import Exchange, Resource, response
 from extplugtest.coap.transmission import TransmissionParameters
 from extplugtest.resources.diagnose import (
     COAP_KEYS,
+    LIMIT_KEYS,
     OBSERVE_KEYS,
     Diagnose,
     endpoint_key,
@@ -735,10 +736,12 @@ def test_reverse_observe_over_the_wire(reverse_server, make_client):
 class DiagnoseServer:
     """A server with /diagnose whose settings list the given servers' endpoints."""
 
-    def __init__(self, make_server, *, plugtest: bool = False) -> None:
+    def __init__(
+        self, make_server, *resources: Resource, plugtest: bool = False, **options
+    ) -> None:
         self.settings = ResourceSettings(start_time_ms=START, endpoints=self.endpoints)
         self.diagnose = Diagnose(self.settings, health_interval=0)
-        self.server = make_server(tree(self.diagnose))
+        self.server = make_server(tree(self.diagnose, *resources), **options)
         self.others = [make_server(Resource(""))] if plugtest else []
         self.server.call(self.diagnose.start, self.server.loop)
 
@@ -778,6 +781,12 @@ def coap_lines(counters: dict[str, int], values: dict[str, tuple[int, int]]) -> 
     ]
 
 
+def limit_lines(counters: dict[str, int], values: dict[str, int] | None = None) -> list[str]:
+    """The endpoint's limits group: every bound it counts, in LIMIT_KEYS' order."""
+    values = values or {}
+    return [f"   {key},{values.get(key, 0)},0" for key in LIMIT_KEYS if key in counters]
+
+
 OBSERVE_LINES = [
     "   observes,0,0",
     "   observing-endpoints,0,0",
@@ -800,6 +809,8 @@ def test_diagnose_text(make_server, make_client):
         *OBSERVE_LINES,
         f"coap://127.0.0.1:{port} ",
         *coap_lines(diagnose.counters(), {"recv-requests": (1, 0)}),
+        f"coap://127.0.0.1:{port} limits ",
+        *limit_lines(diagnose.counters()),
     ]
     assert reply.payload.decode() == "\n".join(expected) + "\n"
     assert "max. connnections" not in reply.payload.decode()  # only for coaps
@@ -817,7 +828,7 @@ def test_diagnose_transfer_moves_current_to_all(make_server, make_client):
 
 
 def test_diagnose_json_and_cbor(make_server, make_client):
-    diagnose = DiagnoseServer(make_server)
+    diagnose = DiagnoseServer(make_server, max_message_size=4096)  # the JSON in one message
     port = diagnose.server.address[1]
     client = make_client(diagnose.server.address)
     json_reply = client.exchange(request(Code.GET, "diagnose", accept=ContentFormat.JSON, mid=1))
@@ -830,9 +841,11 @@ def test_diagnose_json_and_cbor(make_server, make_client):
         for key in COAP_KEYS
         if key in counters
     )
+    limits = ",".join(f'"{key}":{{"cur":0,"all":0}}' for key in LIMIT_KEYS if key in counters)
     assert json_reply.payload.decode() == (
         '{"systemstart":1700000000123,"since":"0s",'
-        f'"EXTENDED-TEST ":{{{observe}}},"coap://127.0.0.1:{port} ":{{{coap}}}}}'
+        f'"EXTENDED-TEST ":{{{observe}}},"coap://127.0.0.1:{port} ":{{{coap}}},'
+        f'"coap://127.0.0.1:{port} limits ":{{{limits}}}}}'
     )
 
     cbor_reply = client.exchange(request(Code.GET, "diagnose", accept=ContentFormat.CBOR, mid=2))
@@ -843,11 +856,38 @@ def test_diagnose_json_and_cbor(make_server, make_client):
         "since",
         "EXTENDED-TEST ",
         f"coap://127.0.0.1:{port} ",
+        f"coap://127.0.0.1:{port} limits ",
     ]
     assert list(decoded["EXTENDED-TEST "]) == list(OBSERVE_KEYS)  # insertion order
     assert decoded[f"coap://127.0.0.1:{port} "]["recv-requests"] == {"cur": 2, "all": 0}
     assert cbor_reply.payload == cbor2.dumps(decoded)
-    assert cbor_reply.payload[:1] == b"\xa4" and b"\x63cur\x02\x63all\x00" in cbor_reply.payload
+    assert cbor_reply.payload[:1] == b"\xa5" and b"\x63cur\x02\x63all\x00" in cbor_reply.payload
+
+
+def test_diagnose_shows_what_the_bounds_refused(make_server, make_client):
+    """The limits groups: an observe refused at MAX_SERVER_OBSERVES (the endpoint's) and a
+    /reverse-request series refused at its bound (the server's resources')."""
+
+    class Observable(Resource):
+        def handle_get(self, exchange: Exchange) -> Message:
+            return response(Code.CONTENT, "x", ContentFormat.TEXT_PLAIN)
+
+    diagnose = DiagnoseServer(
+        make_server,
+        ReverseRequest(max_series=0),
+        Observable("obs", observable=True),
+        max_observes=0,
+    )
+    port = diagnose.server.address[1]
+    client = make_client(diagnose.server.address)
+    observe = request(Code.GET, "obs", mid=1).add_option(Option.OBSERVE, 0)
+    assert client.exchange(observe).observe is None  # refused at the bound: no relation
+    series = request(Code.POST, "reverse-request", "req=1", "res=feed", mid=2)
+    assert client.exchange(series).code == Code.SERVICE_UNAVAILABLE
+    text = client.exchange(request(Code.GET, "diagnose", mid=3)).payload.decode()
+    limits = text.split(f"coap://127.0.0.1:{port} limits \n")[1].split("EXTENDED-TEST limits")[0]
+    assert "   refused-observes,1,0\n" in limits
+    assert text.endswith("EXTENDED-TEST limits \n   reverse-request-refused,1,0\n")
 
 
 def test_diagnose_unsupported_accept(make_server, make_client):

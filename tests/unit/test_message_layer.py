@@ -11,7 +11,7 @@ import uvloop
 
 from extplugtest.coap._codec import Message, parse
 from extplugtest.coap.codes import Code, Option, Type
-from extplugtest.coap.endpoint import CoapEndpoint
+from extplugtest.coap.endpoint import CoapEndpoint, RateLimitedLog
 from extplugtest.coap.resource import Exchange, HandlerResult, Resource, response
 from extplugtest.coap.transmission import TransmissionParameters
 from extplugtest.coap.transport_udp import UdpServerTransport
@@ -240,6 +240,23 @@ def test_without_deduplication_duplicates_run_twice(make_server, make_client):
     assert server.root.children["counter"].count == 2
 
 
+def test_rate_limited_log_keeps_a_bounded_set_of_keys(caplog, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("extplugtest.coap.endpoint.time.monotonic", lambda: now[0])
+    log = RateLimitedLog(interval=10.0, max_keys=2)
+    for key in ("handler:/echo/a", "handler:/echo/b", "handler:/echo/c", "handler:/echo/a"):
+        log(key, "failed %s", key)
+    assert [r.getMessage() for r in caplog.records] == [
+        "failed handler:/echo/a",
+        "failed handler:/echo/b",
+    ]
+    assert log.suppressed == 2 and len(log._last) == 2
+    now[0] += 10.0  # both intervals over: their keys make room
+    log("handler:/echo/c", "failed %s", "handler:/echo/c")
+    assert caplog.records[-1].getMessage() == "failed handler:/echo/c"
+    assert len(log._last) == 1
+
+
 # -- separate responses and retransmission ---------------------------------------------------
 def test_separate_response_empty_ack_then_con(client):
     client.send(request(Code.GET, "separate", 0x400, token=b"\x07"))
@@ -304,6 +321,23 @@ def test_deferred_responses_are_bounded(make_server, make_client):
     assert reply.code == Code.SERVICE_UNAVAILABLE
 
 
+def test_full_con_table_sends_separate_response_as_non(make_server, make_client):
+    """At the bound of outstanding CON messages a separate response still reaches its
+    client (as NON, counted): the client holds our empty ACK and would never ask again."""
+    one_slot = TransmissionParameters(ack_timeout=30.0, max_outstanding=1)
+    server = make_server(tree(), transmission=one_slot)
+    client = make_client(server.address)
+    client.send(request(Code.GET, "separate", 0x406, token=b"\x01"))
+    assert client.receive().code == Code.EMPTY
+    first = client.receive()  # takes the only slot: never acknowledged
+    assert (first.type, first.payload) == (Type.CON, b"late")
+    client.send(request(Code.GET, "separate", 0x407, token=b"\x02"))
+    assert client.receive().code == Code.EMPTY
+    second = client.receive()
+    assert (second.type, second.token, second.payload) == (Type.NON, b"\x02", b"late")
+    assert counters(server)["send-con-refused"] == 1
+
+
 # -- observe ----------------------------------------------------------------------------------
 def observe(mid: int, value: int, type: int = Type.CON, token: bytes = b"\x0b") -> Message:
     return request(Code.GET, "obs", mid, token=token, type=type).add_option(Option.OBSERVE, value)
@@ -352,6 +386,27 @@ def test_con_notifications_one_in_flight(client, server):
     newest = client.receive()
     assert newest.payload == b"v3" and newest.observe > first.observe
     client.send(Message(Type.ACK, 0, newest.mid))
+
+
+def test_full_con_table_keeps_notifications_flowing(make_server, make_client):
+    """A CON notification refused by the full table goes as NON and leaves no CON in flight,
+    so the relation keeps notifying (before, it waited for an ACK that could never come)."""
+    one_slot = TransmissionParameters(ack_timeout=30.0, max_outstanding=1)
+    server = make_server(tree(), transmission=one_slot)
+    client = make_client(server.address)
+    resource = server.root.children["obs"]
+    client.send(request(Code.GET, "separate", 0x408, token=b"\x01"))
+    assert client.receive().code == Code.EMPTY
+    assert client.receive().type == Type.CON  # the only slot, never acknowledged
+    client.exchange(observe(0x509, 0, Type.CON, token=b"\x0c"))
+    server.call(setattr, server.endpoint.observe, "check_count", 1)  # every notification CON
+    for value in (1, 2):
+        resource.value = value
+        server.call(resource.changed)
+        note = client.receive()
+        assert (note.type, note.token, note.payload) == (Type.NON, b"\x0c", f"v{value}".encode())
+    assert counters(server)["send-con-refused"] == 2
+    assert counters(server)["observes"] == 1
 
 
 def test_observe_relations_are_bounded(make_server, make_client):

@@ -1209,6 +1209,28 @@ def test_echo_keep_needs_a_usable_name():
     assert not root.children["echo"].children
 
 
+class SecureEndpoint(FakeEndpoint):
+    """A DTLS endpoint whose peer authenticated as *principal*."""
+
+    scheme = "coaps"
+
+    def __init__(self, principal: str) -> None:
+        self.security = lambda peer: [("peer", principal), ("cipher-suite", "X")]
+
+
+@pytest.mark.parametrize(
+    ("principal", "kept_as"),
+    [("Client_identity", "Client_identity"), ("ni:///sha-256;AbC", "dev1")],
+)
+def test_echo_keeps_under_the_principal_unless_it_has_a_slash(principal, kept_as):
+    root = plugtest_tree()
+    message = echo_post("keep", "id=dev1")
+    resource = root.find(message.uri_path_segments)
+    reply = resource.handle(Exchange(message, PEER, SecureEndpoint(principal), resource))
+    assert option_texts(reply, Option.LOCATION_PATH) == ["echo", kept_as]
+    assert list(root.children["echo"].children) == [kept_as]
+
+
 def test_echo_get_accepts_link_format_only():
     root = plugtest_tree()
     assert (
@@ -1230,6 +1252,7 @@ def test_echo_keeps_at_most_500_least_recently_updated_out():
     names = list(echo.children)
     assert len(names) == echo_module.MAX_KEPT
     assert "d1" not in names and names[-2:] == ["d0", "new"]
+    assert ("echo-kept-evicted", 1) in echo.limit_counters()
 
 
 def test_echo_kept_posts_expire_after_6_hours():

@@ -49,8 +49,9 @@ logger = logging.getLogger("extplugtest.coap.endpoint")
 class RateLimitedLog:
     """At most one log line per *interval* seconds per key; the rest is counted."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, max_keys: int = 1024) -> None:
         self.interval = interval
+        self.max_keys = max_keys
         self._last: dict[str, float] = {}
         self.suppressed = 0
 
@@ -59,6 +60,13 @@ class RateLimitedLog:
         if now - self._last.get(key, -self.interval) < self.interval:
             self.suppressed += 1
             return
+        if key not in self._last and len(self._last) >= self.max_keys:
+            # keys are resource paths, which clients can invent (/echo/<id>): forget the
+            # keys whose interval is over; still full, this line is suppressed too
+            self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
+            if len(self._last) >= self.max_keys:
+                self.suppressed += 1
+                return
         self._last[key] = now
         logger.warning(message, *args, exc_info=exc_info)
 
@@ -135,12 +143,28 @@ class CoapEndpoint:
     def send_confirmable(
         self, message: Message, peer: tuple, on_done: Callable[[str], None] | None = None
     ) -> bool:
+        """Send *message* as CON, retransmitted until answered; False (nothing sent) when
+        the sender's table of outstanding CON messages is full."""
         message.type = Type.CON
-        data = message.to_bytes()
+        if not self.sender.send(message.to_bytes(), peer, message.mid, on_done):
+            return False
         if message.code:
             assert self.engine is not None
             self.engine.count("send-responses")
-        return self.sender.send(data, peer, message.mid, on_done)
+        return True
+
+    def send_reliably_if_possible(
+        self, message: Message, peer: tuple, on_done: Callable[[str], None] | None = None
+    ) -> bool:
+        """A response or notification as CON; when the table of outstanding CON messages is
+        full it still goes out, as NON (RFC 7252 §5.2.2 wants a CON, but an unreliable
+        answer beats none: the client already has our empty ACK and would never ask again).
+        False when it went as NON; *on_done* is then never called."""
+        if self.send_confirmable(message, peer, on_done):
+            return True
+        message.type = Type.NON
+        self.send_message(message, peer)
+        return False
 
     def log_handler_error(self, resource: Resource) -> None:
         self.log(f"handler:{resource.path}", "handler of %s failed", resource.path, exc_info=True)
@@ -250,7 +274,7 @@ class CoapEndpoint:
         result.token = request.token
         result.mid = self.next_mid()
         if request.type == Type.CON:  # separate response (§5.2.2)
-            self.send_confirmable(result, exchange.peer)
+            self.send_reliably_if_possible(result, exchange.peer)
         else:
             result.type = Type.NON
             self.send_message(result, exchange.peer)
@@ -269,6 +293,9 @@ class CoapEndpoint:
         counters: dict[str, int] = dict(self.engine.counters())
         counters["send-response retransmissions"] = self.sender.retransmissions
         counters["send-timeouts"] = self.sender.timeouts
+        counters["send-con-refused"] = self.sender.refused  # went as NON: the CON table full
+        counters["deferred-refused"] = self.deferred_refused  # answered 5.03
+        counters["log-lines-suppressed"] = self.log.suppressed
         counters.update(self.observe.counters())
         counters.update(self.blockwise.counters())
         counters.update(self.requests.counters())

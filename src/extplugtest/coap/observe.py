@@ -201,10 +201,11 @@ class ObserveManager:
         if confirmable:
             response.type = Type.CON
             relation.last_con = now
-            relation.in_flight = success
-            self.endpoint.send_confirmable(
+            reliable = self.endpoint.send_reliably_if_possible(
                 response, relation.peer, lambda outcome: self._con_done(relation, outcome)
             )
+            # one CON in flight; one that went as NON (the CON table full) leaves none
+            relation.in_flight = success and reliable
         else:
             response.type = Type.NON
             self.endpoint.send_message(response, relation.peer)

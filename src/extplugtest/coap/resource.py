@@ -175,6 +175,10 @@ class Resource:
     def handle_delete(self, exchange: Exchange) -> HandlerResult:
         return response(Code.METHOD_NOT_ALLOWED)
 
+    def limit_counters(self) -> list[tuple[str, int]]:
+        """What this resource refused or dropped at its bounds, for /diagnose (name, count)."""
+        return []
+
     # -- life cycle -------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """The server started: begin timers and the like (called for every resource)."""

@@ -6,7 +6,12 @@ groups, as Californium's ``CounterStatisticManager``\\ s do:
 
 * the observe statistics of each server (tags ``EXTENDED-TEST`` and ``PLUG-TEST``, summed over
   that server's endpoints), then
-* the CoAP message statistics of the endpoint (tag = the endpoint's URI).
+* the CoAP message statistics of the endpoint (tag = the endpoint's URI);
+
+and, our extension after Californium's groups, what was refused or dropped at a bound (every
+table has one): the endpoint's (tag = URI + ``limits``; deduplication, observe, block-wise,
+deferred and CON tables, TCP connections) and each server's resources' (tag = server tag +
+``limits``; ``/requests``, ``/reverse-*``, ``/echo``, ``/large-create``).
 
 Every counter is reported as a pair ``cur``/``all`` with Californium's meaning: ``all`` is the
 value at the last transfer, ``cur`` what was added since. Californium transfers when it dumps
@@ -69,6 +74,28 @@ COAP_KEYS = (
     "recv-malformed",
 )
 
+#: what an endpoint refused or dropped at one of its bounds (those it counts), our extension
+LIMIT_KEYS = (
+    "dedup-peers-evicted",
+    "dedup-exchanges-overwritten",
+    "refused-observes",
+    "refused-requests",
+    "deferred-refused",
+    "send-con-refused",
+    "send-timeouts",
+    "blockwise-evicted",
+    "blockwise-expired",
+    "blockwise-incomplete",
+    "recv-truncated",
+    "handler-errors",
+    "log-lines-suppressed",
+    "tcp-refused",
+    "tcp-closed-overflow",
+    "tcp-closed-slow",
+    "tcp-closed-stalled",
+)
+LIMITS_SUFFIX = "limits "
+
 #: CoapServer.setTag of the two servers; CounterStatisticManager appends a space to a tag
 EXTENDED_TAG = "EXTENDED-TEST "
 PLUGTEST_TAG = "PLUG-TEST "
@@ -112,16 +139,20 @@ class HealthStatistics:
         endpoints = [e for e in self.settings.endpoints() if e.engine is not None]
         own_root = self._root()
         groups: list[Group] = []
+        resource_limits: list[Group] = []
         # one observe group per server (resource tree), the extended server first
         roots = [own_root] + [e.root for e in endpoints if e.root is not own_root]
         for root in dict.fromkeys(roots):
             members = [e for e in endpoints if e.root is root]
-            if not members:
+            if not members or root is None:
                 continue
             tag = EXTENDED_TAG if root is own_root else PLUGTEST_TAG
             snapshots = [e.counters() for e in members]
             values = [(key, sum(c.get(key, 0) for c in snapshots)) for key in OBSERVE_KEYS]
             groups.append((tag, values))
+            limits = [pair for resource in root.walk() for pair in resource.limit_counters()]
+            if limits:
+                resource_limits.append((tag + LIMITS_SUFFIX, limits))
         if endpoint.secure_health is not None:  # DTLS (and cluster) health of a coaps endpoint
             tag = endpoint_tag(endpoint)
             for suffix, values in endpoint.secure_health().groups:
@@ -129,7 +160,9 @@ class HealthStatistics:
         counters = endpoint.counters()
         coap = [(key, counters[key]) for key in COAP_KEYS if key in counters]
         groups.append((endpoint_tag(endpoint), coap))
-        return groups
+        limits = [(key, counters[key]) for key in LIMIT_KEYS if key in counters]
+        groups.append((endpoint_tag(endpoint) + LIMITS_SUFFIX, limits))
+        return groups + resource_limits
 
     def pairs(self, group: Group) -> list[tuple[str, int, int]]:
         """(key, cur, all) for each counter of *group*."""

@@ -2,8 +2,9 @@
 
 Query parameters: ``rlen=n`` cuts or pads (``*``) the echo to n bytes; ``ack`` answers with an
 empty ACK and a separate response; ``delay=ms`` delays the response (only with --echo-delay);
-``keep`` with ``id=<name>`` keeps the POST as the observable child ``/echo/<name>``. Californium
-keeps under the DTLS principal first; without DTLS only ``id`` names a kept POST.
+``keep`` keeps the POST as the observable child ``/echo/<name>``: the name is the client's
+DTLS/TLS principal (PSK identity, certificate subject) if it has no ``/`` (a raw public key's
+``ni:///...`` has), else ``id=<name>``, as Californium's Echo does.
 
 Kept POSTs live at most 6 hours, and at most 500 of them: a new one replaces the least recently
 updated.
@@ -58,6 +59,17 @@ def resize(payload: bytes, length: int) -> bytes:
     return payload[:length].ljust(length, b"*")
 
 
+def principal_name(exchange: Exchange) -> str | None:
+    """The peer's DTLS/TLS principal as /mycontext shows it, if usable as one path segment."""
+    security = exchange.endpoint.security
+    if security is None:
+        return None
+    for key, value in security(exchange.peer):
+        if key == "peer" and "/" not in str(value):
+            return str(value)
+    return None
+
+
 class Echo(Resource):
     def __init__(
         self, settings: ResourceSettings, clock: Callable[[], float] = time.monotonic
@@ -67,7 +79,15 @@ class Echo(Resource):
         self.delays = settings.echo_delay
         self.clock = clock
         self.pending = 0
+        self.kept_evicted = 0  # kept POSTs dropped for a newer one at MAX_KEPT
+        self.delays_refused = 0  # 5.03 at MAX_PENDING
         self._timer = PeriodicTimer(PURGE_INTERVAL, self.purge)
+
+    def limit_counters(self) -> list[tuple[str, int]]:
+        return [
+            ("echo-kept-evicted", self.kept_evicted),
+            ("echo-delay-refused", self.delays_refused),
+        ]
 
     # -- kept POSTs (self.children, least recently updated first) --------------------------
     def kept(self) -> list[KeptPost]:
@@ -82,6 +102,7 @@ class Echo(Resource):
             kept = self.kept()
             if len(kept) >= MAX_KEPT:
                 self.forget(kept[0])
+                self.kept_evicted += 1
             child = KeptPost(name)
         self.add(child)
         child.update(request, scheme, self.clock())
@@ -126,7 +147,7 @@ class Echo(Resource):
         except QueryError as error:
             return response(Code.BAD_OPTION, str(error), TEXT)
         result = response(Code.CHANGED, resize(request.payload, length), content_format)
-        name = query.get("id")
+        name = principal_name(exchange) or query.get("id")
         # A name with "/" could not be requested as one Uri-Path segment.
         if "keep" in query and name and "/" not in name:
             kept = self.keep(name, request, exchange.endpoint.scheme)
@@ -134,6 +155,7 @@ class Echo(Resource):
                 result.add_option(Option.LOCATION_PATH, segment)
         if delay > 0 and self.delays:
             if self.pending >= MAX_PENDING:
+                self.delays_refused += 1
                 result = response(Code.SERVICE_UNAVAILABLE, TOO_MANY_PENDING, TEXT)
             else:
                 return self._respond_later(result, delay / 1000)

@@ -165,6 +165,9 @@ class RequestStatistic(Resource):
             return response(Code.NOT_ACCEPTABLE)
         return response(Code.CHANGED, payload, accept or ContentFormat.TEXT_PLAIN)
 
+    def limit_counters(self) -> list[tuple[str, int]]:
+        return [("requests-devices-evicted", self.evicted)]
+
     def default_max_payload(self, exchange: Exchange) -> int:
         # TODO(dtls): Californium uses the DTLS connection's KEY_MESSAGE_SIZE_LIMIT minus the
         # response header size (4 + token + options with a text CF + 1) when there is one.

@@ -145,6 +145,9 @@ class ReverseRequest(Resource):
     def stop(self) -> None:
         self._series.cancel_all()
 
+    def limit_counters(self) -> list[tuple[str, int]]:
+        return [("reverse-request-refused", self.refused)]
+
     def handle_post(self, exchange: Exchange) -> HandlerResult:
         accept = exchange.request.accept
         if accept not in ACCEPTED:
@@ -253,6 +256,9 @@ class ReverseObserve(Resource):
 
     def __len__(self) -> int:
         return len(self._observations)
+
+    def limit_counters(self) -> list[tuple[str, int]]:
+        return [("reverse-observe-refused", self.refused)]
 
     def stop(self) -> None:
         self._registrations.cancel_all()

@@ -106,6 +106,10 @@ class LargeCreate(Resource):
             attributes={**BLOCK_ATTRIBUTES, "ct": [str(ContentFormat.LINK_FORMAT)]},
         )
         self.counter = 0
+        self.refused = 0
+
+    def limit_counters(self) -> list[tuple[str, int]]:
+        return [("large-create-refused", self.refused)]
 
     def handle_get(self, exchange: Exchange) -> HandlerResult:
         return response(Code.CONTENT, subtree(self), ContentFormat.LINK_FORMAT)
@@ -115,6 +119,7 @@ class LargeCreate(Resource):
         if request.content_format is None:
             return response(Code.BAD_REQUEST, CONTENT_FORMAT_NOT_SET, ContentFormat.TEXT_PLAIN)
         if len(self.children) >= MAX_CREATED:
+            self.refused += 1
             return response(Code.SERVICE_UNAVAILABLE, TOO_MANY_CREATED, ContentFormat.TEXT_PLAIN)
         self.counter += 1
         child = Created(str(self.counter), request.payload, request.content_format)
