@@ -21,8 +21,8 @@ def test_large_response_goes_block_wise(make_server, make_client):
     assert reply.uint_option(Option.SIZE2) == 5000
 
 
-def benchmark_server(make_server, enabled: bool = True, fast: bool = True):
-    resource = Benchmark(enabled)
+def benchmark_server(make_server, enabled: bool = True, fast: bool = True, **options):
+    resource = Benchmark(enabled, **options)
     root = Resource("")
     root.add(resource)
     server = make_server(root, fast=resource.fast_path if fast else None)
@@ -56,7 +56,20 @@ def test_payload_rule(get, rlen, expected):
 def test_payload_rule_bounds():
     assert len(benchmark_payload(False, 0, 8192)) == 8192
     with pytest.raises(ValueError):
-        benchmark_payload(False, 0, 8193)
+        benchmark_payload(False, 0, -1)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_rlen_bound_follows_max_resource_body_size(make_server, make_client, fast):
+    """COAP.MAX_RESOURCE_BODY_SIZE caps rlen in the C fast path as in Python (4.02 above)."""
+    server, _ = benchmark_server(make_server, fast=fast, max_body_size=100)
+    client = make_client(server.address)
+    assert len(client.exchange(benchmark_request(Code.POST, 1, "rlen=100")).payload) == 100
+    reply = client.exchange(benchmark_request(Code.POST, 2, "rlen=101"))
+    assert (reply.code, reply.payload) == (
+        Code.BAD_OPTION,
+        b"URI-query-option 'rlen=101' is more than 100!",
+    )
 
 
 @pytest.mark.parametrize(

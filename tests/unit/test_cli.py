@@ -89,6 +89,17 @@ def test_config_file_keys(tmp_path):
     assert config.max_peer_inactivity_period == 120.0
     assert not config.deduplication
     assert config.max_active_peers == 1_000_000  # blank means default
+    assert config.ignored_keys == ["DTLS.UNKNOWN_FOR_NOW"]
+
+
+def test_config_names_the_keys_it_does_not_use(caplog):
+    config = ServerConfig()
+    config.apply({f"COAP.UNUSED_{n}": "1" for n in range(7)} | {"COAP.COAP_PORT": "6001"}, "f")
+    assert config.coap_port == 6001 and len(config.ignored_keys) == 7
+    assert caplog.messages == [
+        "f: 7 keys not used by extserver: "
+        "COAP.UNUSED_0, COAP.UNUSED_1, COAP.UNUSED_2, COAP.UNUSED_3, COAP.UNUSED_4, ..."
+    ]
 
 
 def test_dtls_and_tcp_keys_reach_the_endpoint_limits(tmp_path):

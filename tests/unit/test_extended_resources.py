@@ -281,6 +281,22 @@ def test_requests_default_limit_is_500(requests_server, make_client):
     assert len(reply.payload) > 500 - len(b"RID0000000000001:1700000000000\n")
 
 
+def test_requests_default_limit_over_dtls_is_what_a_record_carries(statistic):
+    """Over DTLS the limit is the connection's message-size-limit minus the response's
+    header: 4 bytes, the token (1 byte here), a text Content-Format option and the marker."""
+
+    class DtlsEndpoint:
+        scheme = "coaps"
+
+        @staticmethod
+        def security(peer):
+            return [("cipher-suite", "X"), ("message-size-limit", 1223)]
+
+    message = request(Code.POST, "requests", "dev=d7", "rid=R")
+    exchange = Exchange(message, PEER, DtlsEndpoint(), statistic)
+    assert statistic.default_max_payload(exchange) == 1223 - (4 + 1 + 1 + 1)
+
+
 def test_requests_unsupported_accept_is_406_but_recorded(requests_server, make_client, statistic):
     client = make_client(requests_server.address)
     reply = post_requests(client, "dev=d6", "rid=1", accept=ContentFormat.XML)

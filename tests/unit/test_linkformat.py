@@ -109,4 +109,5 @@ def test_well_known_core_errors(make_server, make_client):
     two = client.exchange(wkc_request("rt=Type1", "if=If1"))
     assert two.code == Code.BAD_OPTION
     assert two.payload == b"only one search query is supported!"
+    assert two.content_format == ContentFormat.TEXT_PLAIN  # Californium's respond(code, String)
     assert client.exchange(wkc_request(accept=ContentFormat.JSON)).code == Code.NOT_ACCEPTABLE

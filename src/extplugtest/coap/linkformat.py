@@ -65,7 +65,9 @@ class WellKnownCore(Resource):
             return response(Code.NOT_ACCEPTABLE)
         queries = exchange.query
         if len(queries) > 1:
-            return response(Code.BAD_OPTION, "only one search query is supported!")
+            return response(
+                Code.BAD_OPTION, "only one search query is supported!", ContentFormat.TEXT_PLAIN
+            )
         links = [r for r in self.root.walk() if r.visible]
         if queries:
             links = [r for r in links if matches(r, queries[0])]

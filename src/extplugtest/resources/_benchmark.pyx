@@ -13,7 +13,7 @@ from extplugtest.coap._codec cimport (
     MessageView, OptionView, Writer, option_uint, write_header, write_option, writer_length,
 )
 
-DEF MAX_BODY = 8192          # COAP.MAX_RESOURCE_BODY_SIZE
+DEF MAX_RLEN_DIGITS = 4     # the fast path takes rlen=0..9999; larger goes to Python
 DEF GET = 1
 DEF POST = 2
 DEF CHANGED = 0x44           # 2.04
@@ -46,7 +46,7 @@ cdef Py_ssize_t _build_payload(uint8_t* out, bint get, int nnn, Py_ssize_t rlen)
 
 def benchmark_payload(bint get, int nnn, Py_ssize_t rlen) -> bytes:
     """The payload of a benchmark response (shared with the Python resource)."""
-    if not 0 <= rlen <= MAX_BODY:
+    if rlen < 0:  # (the caller checked it against COAP.MAX_RESOURCE_BODY_SIZE)
         raise ValueError("rlen out of range")
     cdef bytearray out = bytearray(max(rlen, 17))
     cdef uint8_t* raw = out
@@ -57,19 +57,21 @@ cdef inline int _parse_rlen(const OptionView* option) noexcept nogil:
     """The value of a 'rlen=<digits>' query, or -1 for anything else."""
     cdef int value = 0
     cdef int i
-    if option.length < 6 or option.length > 9 or memcmp(option.value, b"rlen=", 5) != 0:
+    if (option.length < 6 or option.length > 5 + MAX_RLEN_DIGITS
+            or memcmp(option.value, b"rlen=", 5) != 0):
         return -1
     for i in range(5, option.length):
         if option.value[i] < 48 or option.value[i] > 57:
             return -1
         value = value * 10 + (option.value[i] - 48)
-    return value if value <= MAX_BODY else -1
+    return value
 
 
 cdef class BenchmarkFastPath(FastResource):
     def __cinit__(self):
         self.enabled = False
         self.nnn = 0
+        self.max_body = 8192
 
     @property
     def answered_count(self) -> int:
@@ -97,7 +99,8 @@ cdef class BenchmarkFastPath(FastResource):
                     return 0
             elif option.number not in (3, 7, 12, 60):   # Uri-Host/Port, Content-Format, Size1
                 return 0
-        if segments != 1 or max(rlen, 17) > max_payload:
+        # above COAP.MAX_RESOURCE_BODY_SIZE: Python answers 4.02
+        if segments != 1 or rlen > self.max_body or max(rlen, 17) > max_payload:
             return 0
         write_header(out, response_type, CONTENT if request.code == GET else CHANGED,
                      response_mid, request.token, request.token_length)

@@ -16,12 +16,17 @@ from extplugtest.coap.resource import Exchange, HandlerResult, Resource, respons
 from extplugtest.coap.timer import PeriodicTimer
 from extplugtest.resources._benchmark import BenchmarkFastPath, benchmark_payload
 
-MAX_RESOURCE_BODY_SIZE = 8192
+MAX_RESOURCE_BODY_SIZE = 8192  # COAP.MAX_RESOURCE_BODY_SIZE of the extended server
 DISABLED_TEXT = "benchmark is not supported on this host!"
 
 
 class Benchmark(Resource):
-    def __init__(self, enabled: bool, notify_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        notify_interval: float = 5.0,
+        max_body_size: int = MAX_RESOURCE_BODY_SIZE,
+    ) -> None:
         super().__init__(
             "benchmark",
             title="Benchmark" if enabled else "Benchmark (disabled)",
@@ -32,6 +37,7 @@ class Benchmark(Resource):
         self.notify_interval = notify_interval
         self.fast_path = BenchmarkFastPath()
         self.fast_path.enabled = enabled
+        self.fast_path.max_body = self.max_body_size = max_body_size
         self.timer = PeriodicTimer(notify_interval, self._on_timer)
         self.tick()
 
@@ -66,7 +72,7 @@ class Benchmark(Resource):
             return response(Code.NOT_ACCEPTABLE)
         try:
             query = QueryParameters(exchange.query, ("rlen", "ack", "auth"))
-            rlen = query.get_int("rlen", 0, 0, MAX_RESOURCE_BODY_SIZE)
+            rlen = query.get_int("rlen", 0, 0, self.max_body_size)
         except QueryError as error:
             return response(Code.BAD_OPTION, str(error), ContentFormat.TEXT_PLAIN)
         payload = benchmark_payload(get, self.fast_path.nnn, rlen)

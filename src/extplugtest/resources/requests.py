@@ -169,8 +169,15 @@ class RequestStatistic(Resource):
         return [("requests-devices-evicted", self.evicted)]
 
     def default_max_payload(self, exchange: Exchange) -> int:
-        # TODO(dtls): Californium uses the DTLS connection's KEY_MESSAGE_SIZE_LIMIT minus the
-        # response header size (4 + token + options with a text CF + 1) when there is one.
+        """Without ``rlen``: over DTLS what one record of the connection carries
+        (KEY_MESSAGE_SIZE_LIMIT) minus the response's header - 4 bytes, the token, a text
+        Content-Format option (1 byte) and the payload marker - as Californium; else 500."""
+        security = exchange.endpoint.security
+        if security is not None:
+            for key, value in security(exchange.peer):
+                if key == "message-size-limit" and isinstance(value, int):
+                    header = 4 + len(exchange.request.token) + 1 + 1
+                    return max(0, value - header)
         return DEFAULT_MAX_PAYLOAD
 
     def record(

@@ -7,11 +7,14 @@ default. Durations are written as Californium writes them: ``247[s]``, ``3[min]`
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_FILE = "CaliforniumReceivetest3.properties"
+
+logger = logging.getLogger(__name__)
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:\[?\s*(ns|us|ms|s|min|h|d)\s*\]?)?\s*$")
@@ -108,13 +111,21 @@ class ServerConfig:
     tcp_connect_timeout: float = 15.0
     tcp_connection_idle_timeout: float = 3600.0
     tcp_tls_handshake_timeout: float = 60.0
+    #: keys of the properties file this server has no use for (a Californium file has many)
+    ignored_keys: list[str] = field(default_factory=list)
 
     @property
     def deduplication(self) -> bool:
         return self.deduplicator != "NO_DEDUPLICATOR"
 
     def apply(self, properties: dict[str, str], source: str = "configuration") -> None:
-        """Take the known keys of *properties*; unknown keys are left for later features."""
+        """Take the known keys of *properties*; the others are listed in ignored_keys and
+        named in one log line, so that a mistyped key does not go unnoticed."""
+        ignored = [key for key in properties if key not in _PROPERTY_KEYS]
+        self.ignored_keys += ignored
+        if ignored:
+            shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+            logger.warning("%s: %d keys not used by extserver: %s", source, len(ignored), shown)
         for key, value in properties.items():
             if key not in _PROPERTY_KEYS or value == "":
                 continue
