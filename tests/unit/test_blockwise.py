@@ -200,6 +200,27 @@ def test_transfers_are_bounded_and_evicted():
     assert layer.incoming(resumed, ("127.0.0.1", 1))[1].code == Code.REQUEST_ENTITY_INCOMPLETE
 
 
+def test_an_active_upload_keeps_its_place_and_an_idle_one_expires(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("extplugtest.coap.blockwise.time.monotonic", lambda: now[0])
+    layer = BlockwiseLayer(64, 64, 8192, lifetime=10.0)
+    peer = ("127.0.0.1", 1)
+
+    def block(tag: bytes, num: int) -> Message:
+        return req(Code.PUT, "store", block1=(num, True, 2), payload=b"x" * 64, tag=tag)
+
+    layer.incoming(block(b"a", 0), peer)
+    now[0] = 101.0
+    layer.incoming(block(b"b", 0), peer)
+    now[0] = 108.0
+    layer.incoming(block(b"a", 1), peer)  # a is active again
+    now[0] = 112.0  # b idle for 11 s, a for 4 s
+    layer.incoming(block(b"c", 0), peer)
+    assert layer.counters()["blockwise-expired"] == 1
+    assert layer.incoming(block(b"a", 2), peer)[1].code == Code.CONTINUE
+    assert layer.incoming(block(b"b", 1), peer)[1].code == Code.REQUEST_ENTITY_INCOMPLETE
+
+
 def test_incomplete_transfers_expire():
     layer = BlockwiseLayer(64, 64, 8192, lifetime=0.0)
     start = req(Code.PUT, "store", block1=(0, True, 2), payload=b"1" * 64)

@@ -319,6 +319,7 @@ def test_deferred_responses_are_bounded(make_server, make_client):
     client = make_client(server.address)
     reply = client.exchange(request(Code.GET, "separate", 0x405))
     assert reply.code == Code.SERVICE_UNAVAILABLE
+    assert counters(server)["deferred-refused"] == 1
 
 
 def test_full_con_table_sends_separate_response_as_non(make_server, make_client):

@@ -118,3 +118,25 @@ def test_pending_requests_are_bounded(make_server, make_client):
     device = make_client(server.address)
     with pytest.raises(OverflowError):
         send_request(server, device).result(timeout=5)
+
+
+def test_unmatched_con_responses_do_not_push_out_real_ones(server, device, monkeypatch):
+    """Only CON responses that matched are remembered: a flood of unmatched ones (each
+    answered with RST) cannot make a retransmitted notification count twice."""
+    monkeypatch.setattr("extplugtest.coap.client.RECENT_RESPONSES", 4)
+    notes: list[Message] = []
+    future = send_request(server, device, notifications=notes)
+    request = device.receive()
+    first = Message(Type.ACK, Code.CONTENT, request.mid, request.token, payload=b"n1")
+    device.send(first.add_option(Option.OBSERVE, 1))
+    future.result(timeout=5)
+    note = Message(Type.CON, Code.CONTENT, 0x300, request.token, payload=b"n2")
+    device.send(note.add_option(Option.OBSERVE, 2))
+    assert device.receive().type == Type.ACK
+    for mid in range(0x400, 0x408):  # twice the table's size
+        device.send(Message(Type.CON, Code.CONTENT, mid, b"\x0f", payload=b"?"))
+        assert device.receive().type == Type.RST
+    device.send(note)  # the retransmission: acknowledged, not delivered again
+    assert device.receive().type == Type.ACK
+    server.call(lambda: None)
+    assert [n.payload for n in notes] == [b"n2"]

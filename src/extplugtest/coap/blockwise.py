@@ -204,6 +204,9 @@ class BlockwiseLayer:
             return context, self._too_large()
         upload.body += request.payload
         upload.stamp = time.monotonic()
+        # the table stays in stamp order: _expire stops at the first live entry, and the
+        # bound evicts the transfer that has been idle longest
+        self._uploads.move_to_end(context.key)
         if more:
             # Atomic: 2.31 Continue for every block but the last (RFC 7959 §2.3).
             continue_ = Message(code=Code.CONTINUE)

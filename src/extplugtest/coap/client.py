@@ -111,17 +111,10 @@ class OutgoingRequests:
     def on_response(self, message: Message, peer: tuple) -> None:
         if message.type == Type.ACK:  # piggy-backed: the ACK of our CON request
             self.endpoint.sender.complete(peer, message.mid, "ack")
-        elif message.type == Type.CON:
-            recent = (peer, message.mid)
-            duplicate = recent in self._recent
-            if duplicate or (peer, message.token) in self._pending:
-                self.endpoint.send_bytes(Message(Type.ACK, 0, message.mid).to_bytes(), peer)
-            if duplicate:
-                self.duplicates += 1
-                return
-            self._recent[recent] = None
-            if len(self._recent) > RECENT_RESPONSES:
-                self._recent.popitem(last=False)
+        elif (peer, message.mid) in self._recent:  # a CON we took, again: ACK, handle once
+            self.endpoint.send_bytes(Message(Type.ACK, 0, message.mid).to_bytes(), peer)
+            self.duplicates += 1
+            return
         key = (peer, message.token)
         pending = self._pending.get(key)
         if pending is None:
@@ -131,6 +124,13 @@ class OutgoingRequests:
             else:
                 self.endpoint.engine.count("recv-ignored")  # type: ignore[union-attr]
             return
+        if message.type == Type.CON:
+            self.endpoint.send_bytes(Message(Type.ACK, 0, message.mid).to_bytes(), peer)
+            # only CONs that matched are remembered: unmatched ones (RST above) cannot push
+            # the entries of real responses out of the bounded table
+            self._recent[(peer, message.mid)] = None
+            if len(self._recent) > RECENT_RESPONSES:
+                self._recent.popitem(last=False)
         self.responses += 1
         is_notification = message.has_option(Option.OBSERVE) and 0x40 <= message.code < 0x60
         if not pending.future.done():
