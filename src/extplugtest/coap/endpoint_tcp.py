@@ -188,6 +188,12 @@ class TcpEndpoint(CoapEndpoint):
             on_done(ACKNOWLEDGED if sent else TIMED_OUT)
         return sent
 
+    def send_reliably_if_possible(
+        self, message: Message, peer: tuple, on_done: Callable[[str], None] | None = None
+    ) -> bool:
+        """TCP is the reliability: False only when the connection is gone (on_done had it)."""
+        return self.send_confirmable(message, peer, on_done)
+
     def _finish(self, request: Message, result: Message) -> Message:
         """A response is matched by its token only (§3.3)."""
         result.token = request.token

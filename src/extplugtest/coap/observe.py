@@ -201,11 +201,12 @@ class ObserveManager:
         if confirmable:
             response.type = Type.CON
             relation.last_con = now
-            reliable = self.endpoint.send_reliably_if_possible(
+            # one CON in flight (set first: over TCP the outcome arrives within the send)
+            relation.in_flight = success
+            if not self.endpoint.send_reliably_if_possible(
                 response, relation.peer, lambda outcome: self._con_done(relation, outcome)
-            )
-            # one CON in flight; one that went as NON (the CON table full) leaves none
-            relation.in_flight = success and reliable
+            ):
+                relation.in_flight = False  # it went as NON (the CON table was full)
         else:
             response.type = Type.NON
             self.endpoint.send_message(response, relation.peer)
