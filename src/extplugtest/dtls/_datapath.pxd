@@ -21,6 +21,7 @@ cdef class DtlsConnection:
     cdef public unsigned long long next_write_seq
     cdef public object handshake        # ServerHandshake while it runs, or lingers
     cdef public object session          # handshake_server.Session once established
+    cdef public bytes master_secret     # of the session, kept for a graceful restart
     cdef public object previous_address
     cdef public double started
     cdef public double last_seen        # of the newest authenticated or handshake record

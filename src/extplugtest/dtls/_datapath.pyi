@@ -15,6 +15,7 @@ class DtlsConnection:
     next_write_seq: int
     handshake: Any
     session: Any
+    master_secret: bytes
     previous_address: tuple[Any, ...] | None
     started: float
     last_seen: float

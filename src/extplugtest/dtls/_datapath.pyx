@@ -70,6 +70,7 @@ cdef class DtlsConnection:
         self.positioned = now
         self.newest = True
         self.cipher = None
+        self.master_secret = b""
         self.router_node = -1
 
     @property

@@ -109,6 +109,8 @@ cdef class AeadCipher:
     cdef int write_cid_length
     cdef int read_cid_length
     cdef readonly bint anti_replay
+    cdef bytes write_key                # kept for a graceful restart (export_state)
+    cdef bytes read_key
     cdef ReplayState window
     cdef uint64_t last_sealed           # epoch << 48 | seq of the last sealed record
     # counters

@@ -353,6 +353,7 @@ cdef class AeadCipher:
         self.write_cid_length = len(self.write_cid)
         self.read_cid_data = <const uint8_t*>PyBytes_AS_STRING(self.read_cid)
         self.read_cid_length = len(self.read_cid)
+        self.write_key, self.read_key = write_key, read_key
         self.aead = aead
         self.epoch = <uint16_t>epoch
         self.anti_replay = anti_replay
@@ -403,8 +404,9 @@ cdef class AeadCipher:
             return -RECORD_CID_MISMATCH
         if header + fragment > capacity:
             return -RECORD_NO_SPACE
-        # A nonce must never repeat under one key (RFC 5288 §3, RFC 6655 §3).
-        if self.sealed and counter <= self.last_sealed:
+        # A nonce must never repeat under one key (RFC 5288 §3, RFC 6655 §3). (last_sealed
+        # starts at 0, below every epoch >= 1 counter; restore_state() may set it.)
+        if counter <= self.last_sealed:
             return -RECORD_NONCE_REUSE
         body = out + header + EXPLICIT_NONCE_LENGTH
         # Header (RFC 6347 §4.1; RFC 9146 §4 with the CID before the length).
@@ -579,6 +581,36 @@ cdef class AeadCipher:
     def highest_seq(self):
         """The highest authenticated sequence number so far, or None."""
         return self.window.highest if self.window.bitmap else None
+
+    def export_state(self) -> dict:
+        """Everything that recreates this cipher in another process (a graceful restart,
+        dtls/persistence.py): its parameters, keys and implicit IVs, the replay window and
+        the last sealed (epoch, seq). Secret: handle like a master secret."""
+        return {
+            "aead": self.aead,
+            "epoch": self.epoch,
+            "write_key": self.write_key,
+            "write_iv": PyBytes_FromStringAndSize(<const char*>self.write_iv,
+                                                  IMPLICIT_IV_LENGTH),
+            "read_key": self.read_key,
+            "read_iv": PyBytes_FromStringAndSize(<const char*>self.read_iv, IMPLICIT_IV_LENGTH),
+            "write_cid": self.write_cid,
+            "read_cid": self.read_cid,
+            "anti_replay": self.anti_replay,
+            "window_highest": self.window.highest,
+            "window_bitmap": self.window.bitmap,
+            "last_sealed": self.last_sealed,
+        }
+
+    def restore_state(self, uint64_t window_highest, uint64_t window_bitmap,
+                      uint64_t last_sealed) -> None:
+        """Take over the replay window and the last sealed (epoch, seq) of an exported
+        cipher (export_state): replayed records stay refused, no nonce is used twice."""
+        if window_highest > SEQ_MAX or (last_sealed and last_sealed >> 48 != self.epoch):
+            raise ValueError("sequence state out of range for this epoch")
+        self.window.highest = window_highest
+        self.window.bitmap = window_bitmap
+        self.last_sealed = last_sealed
 
     def stats(self) -> dict:
         return {

@@ -33,10 +33,12 @@ from extplugtest.dtls._datapath import DtlsConnection, DtlsEngine, peer_key
 from extplugtest.dtls._record import (
     APPLICATION_DATA,
     TLS12_CID,
+    AeadCipher,
     Record,
     RecordError,
     parse_datagram,
 )
+from extplugtest.dtls.ciphersuites import by_code
 from extplugtest.dtls.cookie import CookieGenerator
 from extplugtest.dtls.handshake_header import DecodeError, HandshakeType, iter_fragments
 from extplugtest.dtls.handshake_server import (
@@ -54,10 +56,13 @@ from extplugtest.dtls.messages import (
     HelloVerifyRequest,
     encode_message,
 )
+from extplugtest.dtls.persistence import SavedConnection
 from extplugtest.dtls.reassembly import CompleteMessage
+from extplugtest.dtls.session_cache import CachedSession
 
 logger = logging.getLogger("extplugtest.dtls")
 
+SEQ_MAX = (1 << 48) - 1
 TIMER_INTERVAL = 0.25  # flight retransmissions and sweeps are checked this often
 RETRANSMIT_INITIAL = 1.0  # RFC 6347 §4.2.4.1: 1 s initial, doubled up to 60 s
 RETRANSMIT_MAX = 60.0
@@ -97,6 +102,15 @@ def parking_key(connection: DtlsConnection) -> IndexKey:
     """The by-address key of a CID connection whose last address another connection took:
     not bytes, so no datagram ever finds it by address."""
     return ("parked", connection.read_cid)
+
+
+@dataclass
+class RestoreCounts:
+    """What load() did with the connections of a saved store."""
+
+    restored: int = 0
+    too_old: int = 0  # last active longer ago than the maximum age
+    refused: int = 0  # do not fit this connector (its CID length or node id, a CID in use)
 
 
 @dataclass
@@ -175,6 +189,8 @@ class DtlsServerTransport:
         #: established connections whose handshake stays a while for a lost last flight
         self._lingering: deque[tuple[float, DtlsConnection]] = deque()
         self._timer = PeriodicTimer(TIMER_INTERVAL, self._on_timer)
+        #: stop()ped for a save: the socket stays bound but is not read (inventory §6.6)
+        self.stopped = False
 
     # -- life cycle --------------------------------------------------------------------------
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -205,6 +221,7 @@ class DtlsServerTransport:
 
     def close(self) -> None:
         self._timer.stop()
+        self.stopped = True
         if self.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock.fileno())
@@ -217,6 +234,9 @@ class DtlsServerTransport:
 
     # -- receiving (what the engine's data path hands over) ----------------------------------
     def datagram(self, data: bytes, address: tuple) -> None:
+        if self.stopped:  # (e.g. a record a cluster node forwarded while this one is saved)
+            self.counters.dropped_records += 1
+            return
         try:
             records = parse_datagram(data, cid_length=self.config.cid_length)
         except RecordError as error:
@@ -325,6 +345,7 @@ class DtlsServerTransport:
             self._flights[connection] = (time.monotonic() + RETRANSMIT_INITIAL, RETRANSMIT_INITIAL)
         if handshake.session is not None:
             connection.establish(handshake.session)
+            connection.master_secret = handshake.master  # for a graceful restart
             self._flights.pop(connection, None)  # RFC 6347 §4.2.4: the last flight has no timer
             if len(self._lingering) >= self.limits.max_connections:  # bounded like the table
                 self._lingering.popleft()[1].handshake = None
@@ -478,6 +499,176 @@ class DtlsServerTransport:
                 self._by_address.move_to_end(key)
             else:
                 return
+
+    # -- graceful restart (inventory §6.6; dtls/persistence.py) -------------------------------
+    @property
+    def label(self) -> str:
+        """This connector's section in a saved store: ``dtls://<addr>:<port>`` (Californium's
+        serialisation label); a restarted server finds its connections by it."""
+        address = self.local_address if self.sock is not None else self.requested_address
+        host = str(address[0]).replace("%", "%25")
+        return f"dtls://[{host}]:{address[1]}" if ":" in host else f"dtls://{host}:{address[1]}"
+
+    def stop(self) -> None:
+        """Handle no more datagrams (to save): the socket stays bound, so its port stays ours
+        and the kernel keeps what arrives meanwhile, but nobody reads it; timers stop."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self._timer.stop()
+        if self.sock is not None and self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+
+    def resume(self) -> None:
+        """Handle datagrams again after stop()."""
+        if not self.stopped or self.sock is None or self._loop is None or self.engine is None:
+            return
+        self.stopped = False
+        self._loop.add_reader(self.sock.fileno(), self.engine.on_readable)
+        self._timer.start(self._loop)
+
+    def save(self) -> list[SavedConnection]:
+        """Export every established connection and remove it; handshakes in progress are
+        dropped. "A connector must be stopped to be saved" (inventory §6.6): no datagram may
+        move a sequence number or the replay window after its export."""
+        if not self.stopped:
+            raise RuntimeError("a connector must be stopped to be saved")
+        now = time.monotonic()
+        connections = list(self._by_address.values())
+        saved = [
+            self._export(connection, now)
+            for connection in connections
+            if connection.session is not None and connection.cipher is not None
+        ]
+        for connection in connections:
+            self._remove(connection)
+        self._by_cid.clear()
+        self._flights.clear()
+        self._lingering.clear()
+        self._handshakes = 0
+        return saved
+
+    @staticmethod
+    def _export(connection: DtlsConnection, now: float) -> SavedConnection:
+        session = connection.session
+        assert connection.cipher is not None
+        state = connection.cipher.export_state()
+        return SavedConnection(
+            address=connection.address,
+            age=max(0.0, now - connection.last_seen),
+            session_age=max(0.0, now - connection.started),
+            read_cid=connection.read_cid,
+            suite_code=session.suite.code,
+            session_id=session.session_id,
+            master_secret=connection.master_secret or b"",
+            identity=session.identity,
+            peer_certificate_type=session.peer_certificate_type,
+            extended_master_secret=session.extended_master_secret,
+            secure_renegotiation=session.secure_renegotiation,
+            cid_negotiated=session.cid_negotiated,
+            resumed=session.resumed,
+            epoch=state["epoch"],
+            aead=state["aead"],
+            write_key=state["write_key"],
+            write_iv=state["write_iv"],
+            read_key=state["read_key"],
+            read_iv=state["read_iv"],
+            write_cid=state["write_cid"],
+            cipher_read_cid=state["read_cid"],
+            anti_replay=state["anti_replay"],
+            next_write_seq=connection.next_write_seq,
+            last_sealed=state["last_sealed"],
+            window_highest=state["window_highest"],
+            window_bitmap=state["window_bitmap"],
+        )
+
+    def load(self, connections: list[SavedConnection], max_age: float) -> RestoreCounts:
+        """Insert saved connections (their ages as of now) into the tables, each with its C
+        cipher state: the next record of such a peer is opened and answered by the data path.
+        Connections last active longer than *max_age* seconds ago are skipped."""
+        counts = RestoreCounts()
+        now = time.monotonic()
+        # Oldest first: a newer connection of the same address takes it over (see _place).
+        for saved in sorted(connections, key=lambda saved: -saved.age):
+            if saved.age > max_age:
+                counts.too_old += 1
+                continue
+            connection = self._import(saved, now)
+            if connection is None:
+                counts.refused += 1
+                continue
+            self._place(connection)
+            self._cache_session(saved)
+            counts.restored += 1
+        return counts
+
+    def _import(self, saved: SavedConnection, now: float) -> DtlsConnection | None:
+        """A connection of *saved*, or None if it cannot be one of this connector."""
+        suite = by_code(saved.suite_code)
+        cid = saved.read_cid if saved.cid_negotiated else b""
+        if suite is None or saved.cipher_read_cid != cid:
+            return None
+        if saved.cid_negotiated and (
+            len(cid) != self.config.cid_length  # the data path would not parse its records
+            or cid in self._by_cid
+            or (self.node_id is not None and cid[0] != self.node_id)  # another node's CID
+        ):
+            return None
+        try:
+            cipher = AeadCipher(
+                saved.aead, saved.write_key, saved.write_iv, saved.read_key, saved.read_iv,
+                epoch=saved.epoch, write_cid=saved.write_cid, read_cid=saved.cipher_read_cid,
+                anti_replay=saved.anti_replay,
+            )  # fmt: skip
+            cipher.restore_state(saved.window_highest, saved.window_bitmap, saved.last_sealed)
+        except ValueError:
+            return None
+        # Never a sequence number twice under one key: behind the last sealed record.
+        next_write_seq = max(
+            saved.next_write_seq, (saved.last_sealed & SEQ_MAX) + 1 if saved.last_sealed else 0
+        )
+        session = Session(
+            suite, cipher, saved.identity, saved.session_id, cid, saved.write_cid,
+            saved.cid_negotiated, saved.extended_master_secret, saved.secure_renegotiation,
+            next_write_seq=next_write_seq, peer_certificate_type=saved.peer_certificate_type,
+            resumed=saved.resumed,
+        )  # fmt: skip
+        connection = DtlsConnection(saved.address, saved.read_cid, now - saved.age)
+        connection.started = now - saved.session_age
+        connection.establish(session)
+        connection.master_secret = saved.master_secret
+        return connection
+
+    def _place(self, connection: DtlsConnection) -> None:
+        """Into the tables; an older connection of the same address is parked if its CID
+        still finds it, else it goes (as in move)."""
+        other = self._by_address.get(connection.key)
+        if other is not None:
+            if self._by_cid.get(other.read_cid) is other and other.cipher is not None:
+                del self._by_address[connection.key]
+                self._by_address[parking_key(other)] = other
+                self.counters.connections_parked += 1
+            else:
+                self._remove(other)
+        self._add(connection)
+        if connection.session.cid_negotiated:
+            self._by_cid[connection.read_cid] = connection
+
+    def _cache_session(self, saved: SavedConnection) -> None:
+        """A restored session stays resumable (under the rule of ServerHandshake)."""
+        suite = by_code(saved.suite_code)
+        if suite is None or not saved.master_secret or not saved.session_id:
+            return
+        if not saved.extended_master_secret and self.config.extended_master_secret:
+            return
+        cache = self.config.session_cache
+        cache.put(
+            CachedSession(
+                saved.session_id, suite, saved.master_secret, saved.extended_master_secret,
+                saved.identity, saved.peer_certificate_type,
+                created=cache.now() - saved.session_age,
+            )
+        )  # fmt: skip
 
     def context_fields(self, address: tuple) -> list[tuple[str, str | int | bool]]:
         """The DTLS fields of /mycontext (inventory §2.5), in Californium's order."""

@@ -28,6 +28,7 @@ from extplugtest.coap.transport_tcp import TcpBackendError, TcpLimits, TcpServer
 from extplugtest.coap.transport_udp import UdpServerTransport
 from extplugtest.dtls.connector import DtlsLimits, DtlsServerTransport
 from extplugtest.dtls.handshake_server import DtlsConfig
+from extplugtest.dtls.persistence import SavedConnection
 from extplugtest.resources.benchmark import Benchmark
 from extplugtest.resources.extended import add_extended_resources
 from extplugtest.resources.plugtest import add_plugtest_resources
@@ -413,6 +414,40 @@ class ExtendedServer:
         for transport in self.transports:
             transport.close()
         self.transports.clear()
+
+    # -- graceful restart of the DTLS state (inventory §6.6) ------------------------------------
+    def dtls_transports(self) -> list[DtlsServerTransport]:
+        return [t for t in self.transports if isinstance(t, DtlsServerTransport)]
+
+    def save_dtls(self) -> dict[str, list[SavedConnection]]:
+        """Stop every DTLS endpoint (no more datagrams handled) and take its established
+        connections out: label -> connections. One log line per endpoint."""
+        saved: dict[str, list[SavedConnection]] = {}
+        for transport in self.dtls_transports():
+            transport.stop()
+            connections = transport.save()
+            saved.setdefault(transport.label, []).extend(connections)
+            logger.warning("%s: %d DTLS connections saved", transport.label, len(connections))
+        return saved
+
+    def load_dtls(self, connectors: dict[str, list[SavedConnection]], max_age: float) -> int:
+        """Put saved connections back into the DTLS endpoints of the same label and let those
+        handle datagrams again; returns how many were restored. One log line per endpoint."""
+        restored = 0
+        for transport in self.dtls_transports():
+            counts = transport.load(connectors.get(transport.label, []), max_age)
+            transport.resume()
+            restored += counts.restored
+            logger.warning(
+                "%s: %d DTLS connections restored, %d too old, %d refused",
+                transport.label, counts.restored, counts.too_old, counts.refused,
+            )  # fmt: skip
+        labels = {transport.label for transport in self.dtls_transports()}
+        for label, connections in connectors.items():
+            if label not in labels and connections:
+                logger.warning("%s: no such endpoint, %d connections dropped", label,
+                               len(connections))  # fmt: skip
+        return restored
 
     def counters(self) -> dict[str, dict[str, int]]:
         return {t.endpoint.uri: t.endpoint.counters() for t in self.transports}

@@ -23,9 +23,13 @@ from extplugtest.dtls.handshake_server import ClientAuth, DtlsConfig
 from extplugtest.dtls.pki import TrustStore, demo_server_credentials
 from extplugtest.server.app import ExtendedServer, InterfaceSelection, StartupError
 from extplugtest.server.config import DEFAULT_FILE, ConfigError, ServerConfig, parse_duration
+from extplugtest.server.console import ServerConsole, StdinConsole
+from extplugtest.server.restart import restore_from_file, save_to_file, store_settings
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+
+logger = logging.getLogger("extplugtest.server")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
+    store = parser.add_argument_group(
+        "graceful restart",
+        "DTLS connections are saved to FILE when the server stops (SIGTERM, SIGINT, the "
+        "console's exit, POST /shutdown) and restored from it at the next start, which then "
+        "deletes FILE: clients go on without a new handshake",
+    )
+    store.add_argument("--store-file", type=Path, metavar="FILE", help="where to save them")
+    store.add_argument(
+        "--store-password64",
+        metavar="BASE64",
+        help="password (base64) that encrypts FILE (AES-GCM-128; default: not encrypted)",
+    )
+    store.add_argument(
+        "--store-max-age",
+        type=float,
+        metavar="HOURS",
+        help="restore only connections active within this many hours (required with --store-file)",
+    )
     add_cluster_options(parser)
     return parser
 
@@ -186,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         notify_interval = parse_duration(args.notify_interval)
         if notify_interval < 0.005:
             raise ConfigError("--notify-interval must be at least 5ms")
+        store = store_settings(args)
     except OSError as error:
         return fail(f"cannot read {args.psk_file}: {error.strerror}", EXIT_USAGE)
     except (ConfigError, PskFileError) as error:
@@ -244,12 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     for uri in uris:
         print(f"  {uri}")
     sys.stdout.flush()
+    if store is not None:  # before the loop runs: no datagram is handled before
+        restore_from_file(server, store)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    # Every way to stop (signals, the console's exit, POST /shutdown: a SIGTERM) ends here.
+    console = ServerConsole(server, stop.set)
+    stdin = StdinConsole(console, loop)
+    stdin.start()
     try:
         loop.run_until_complete(stop.wait())
     finally:
+        stdin.close()
+        if console.saved is not None:
+            logger.warning("the DTLS connections of the console's save were not loaded: lost")
+        if store is not None:
+            save_to_file(server, store)
         server.close()
         loop.close()
     return 0
