@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from extplugtest.cluster import k8s, monitor
 from extplugtest.cluster.k8s import (
     K8sApiSettings,
     K8sDiscoverClient,
@@ -89,12 +90,18 @@ class FakeApiServer:
     def __init__(self, tmp_path: Path) -> None:
         self.requests: list[tuple[str, str | None]] = []
         self.status = 200
+        self.body_size = 0  # > 0: every answer is a PodList padded to that many bytes
+        self.sent = 0  # bytes of the padded answer written before the client hung up
+        self.streamed = threading.Event()
         self.cert_file, key_file = self._self_signed(tmp_path)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Authorization")))
+                if server.body_size:
+                    server.stream(self)
+                    return
                 body, status = server.answer(self.path)
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -164,6 +171,32 @@ class FakeApiServer:
             if path == f"{prefix}/{p['metadata']['name']}":
                 return p, 200
         return {"kind": "Status", "apiVersion": "v1", "code": 404}, 404
+
+    def stream(self, handler: BaseHTTPRequestHandler) -> None:
+        """A valid PodList of ``body_size`` bytes (no items, a long padding string), written
+        in 64 KiB pieces until it is complete or the client stops reading and hangs up."""
+        head, tail = b'{"kind": "PodList", "apiVersion": "v1", "items": [], "pad": "', b'"}'
+        piece = b"x" * 65536
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(self.body_size))
+        handler.end_headers()
+        sent = 0
+        try:
+            handler.wfile.write(head)
+            sent = len(head)
+            for _ in range(self.body_size // len(piece) + 1):
+                left = self.body_size - len(tail) - sent
+                if left <= 0:
+                    break
+                sent += handler.wfile.write(piece[:left]) or 0
+            handler.wfile.write(tail)
+            sent += len(tail)
+        except OSError:  # (ssl.SSLError too) the client hung up
+            handler.close_connection = True
+        finally:
+            self.sent = sent
+            self.streamed.set()
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -293,6 +326,26 @@ def test_keep_scope_fresh(api: FakeApiServer, service_account: Path, tmp_path: P
     assert manager.scope == {("10.1.0.10", 5884), ("10.1.0.12", 5884), ("10.1.0.15", 5884)}
 
 
+def test_an_answer_above_the_size_cap_is_an_error(
+    api: FakeApiServer, service_account: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most MAX_RESPONSE_BYTES + 1 bytes of an answer are read: a larger one, though valid
+    JSON, is the module's K8sError (counted in ``failures``), and the client hangs up instead
+    of reading on, so the server cannot deliver the rest. The cap is lowered to 64 KiB here;
+    the answer is 64 MiB."""
+    assert k8s.MAX_RESPONSE_BYTES == 8 * 1024 * 1024
+    cap = 64 * 1024
+    monkeypatch.setattr(k8s, "MAX_RESPONSE_BYTES", cap)
+    api.body_size = 64 * 1024 * 1024
+    settings = settings_for(api, service_account, tmp_path, KUBECTL_SELECTOR="app=cf-extserver")
+    client = K8sDiscoverClient(settings, management_port=5884)  # one GET: the pod list
+    with pytest.raises(K8sError, match=f"answer above {cap} bytes"):
+        client.discover_scope()
+    assert (client.requests, client.failures) == (1, 1)
+    assert api.streamed.wait(10)
+    assert cap < api.sent < api.body_size  # cut off: the client stopped reading
+
+
 def test_parse_pods_shapes() -> None:
     single = parse_pods(pod("x-0", "10.0.0.1"))
     assert single[0].name == "x-0" and single[0].ready and single[0].ip == "10.0.0.1"
@@ -342,5 +395,61 @@ def test_monitor() -> None:
             assert stopped.startswith(b"HTTP/1.1 503 ") and stopped.endswith(b"STOPPED\n")
         finally:
             await monitor.close()
+
+    asyncio.run(run())
+
+
+def test_monitor_connection_bound() -> None:
+    """At most MAX_CONNECTIONS (64) connections are handled at a time (each may wait
+    REQUEST_TIMEOUT for its request): one more is closed at once, its request unanswered, and
+    counted in ``rejected``; when a handled one ends, its place is free again."""
+    bound = monitor.MAX_CONNECTIONS
+    assert bound == 64
+    get = b"GET /alive HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def ask(port: int) -> bytes:
+        """A complete request on a new connection: the answer, b"" if closed unanswered."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(get)
+            return await asyncio.wait_for(reader.read(), 5)
+        except ConnectionError:  # (written after the server closed: a reset)
+            return b""
+        finally:
+            writer.close()
+
+    async def settle(service: MonitorService, connections: int) -> None:
+        for _ in range(500):
+            if service._connections == connections:
+                return
+            await asyncio.sleep(0.002)
+        raise AssertionError(f"{service._connections} connections, not {connections}")
+
+    async def run() -> None:
+        service = MonitorService()
+        await service.start("127.0.0.1", 0)
+        held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            for _ in range(bound):  # silent: each handler waits for its request
+                held.append(await asyncio.open_connection("127.0.0.1", service.port))
+            await settle(service, bound)
+            for extra in range(1, 4):
+                assert await ask(service.port) == b""
+                assert service._connections == bound and service.rejected == extra
+            assert service.requests == 0
+            reader, writer = held.pop()  # one handled connection asks and ends
+            writer.write(get)
+            assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 ")
+            writer.close()
+            await settle(service, bound - 1)
+            assert (await ask(service.port)).startswith(b"HTTP/1.1 200 ")
+            assert service.rejected == 3 and service.requests == 2
+        finally:
+            for _, writer in held:
+                writer.close()
+            try:
+                await settle(service, 0)
+            finally:
+                await service.close()
 
     asyncio.run(run())

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from extplugtest.tools import _natfwd
 from extplugtest.tools.nat import Nat
 from extplugtest.tools.nat_console import CommandConsole, send_command
 from extplugtest.tools.nat_options import UsageError, parse_args
@@ -683,6 +684,65 @@ def test_delay_and_jitter(start_nat, peers) -> None:
     counters = nat.counters()
     assert counters["forward-delayed"] == 1 and counters["backward-delayed"] == 30
     assert counters["delayed-waiting"] == 0
+
+
+def test_delayed_datagrams_are_bounded_and_the_excess_is_dropped(peers) -> None:
+    """At most max_delayed datagrams wait for their delay (each an event-loop timer), in
+    both directions together: beyond, a datagram is dropped, counted as delayed-dropped and
+    never scheduled; a delivered one frees its place. The forwarder is driven by hand with a
+    scheduler that only records, so nothing becomes due by itself."""
+    max_delayed, sent = 8, 24
+    scheduled: list[tuple[float, Callable[..., None], tuple[Any, ...]]] = []
+
+    def scheduler(delay: float, callback: Callable[..., None], *args: Any) -> None:
+        scheduled.append((delay, callback, args))
+
+    def pump(read: Callable[[], None], counter: str, expected: int) -> dict[str, int]:
+        """Call *read* until *counter* reaches *expected* (loopback delivers promptly)."""
+        for _ in range(500):
+            read()
+            counters = forwarder.counters()
+            if counters[counter] >= expected:
+                return counters
+            time.sleep(0.002)
+        raise AssertionError(f"{counter} stayed below {expected}")
+
+    forwarder = _natfwd.Forwarder(16, scheduler=scheduler, max_delayed=max_delayed)
+    front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        front.bind((LOOPBACK, 0))
+        front.setblocking(False)
+        index = forwarder.add_front(front.fileno())
+        backend, client = peers(), peers()
+        forwarder.add_destination(backend.address)
+        forwarder.set_faults(_natfwd.FORWARD, delay=60.0)
+        forwarder.set_faults(_natfwd.BACKWARD, delay=60.0)
+        for i in range(sent):
+            client.send(b"%02d" % i, front.getsockname())
+            pump(lambda: forwarder.on_front_readable(index), "forward-received", i + 1)
+            assert forwarder.waiting == len(scheduled) <= max_delayed  # never past the bound
+        counters = forwarder.counters()
+        assert counters["forward-delayed"] == sent and counters["forwarded"] == 0
+        assert counters["delayed-dropped"] == sent - max_delayed
+        assert [args[-1] for _, _, args in scheduled] == [b"%02d" % i for i in range(max_delayed)]
+        assert backend.receive(timeout=0.05) is None  # the dropped ones do not come later
+        # One is due: it goes out and frees a place, which a backward datagram then takes.
+        _delay, deliver, args = scheduled.pop(0)
+        deliver(*args)
+        data, entry = backend.receive()
+        assert data == b"00" and forwarder.waiting == max_delayed - 1
+        backend.send(b"answer 1", entry)
+        pump(forwarder.on_backward_readable, "backward-received", 1)
+        assert forwarder.waiting == len(scheduled) == max_delayed
+        backend.send(b"answer 2", entry)  # full again: dropped, in this direction too
+        counters = pump(forwarder.on_backward_readable, "backward-received", 2)
+        assert forwarder.waiting == len(scheduled) == max_delayed
+        assert counters["backward-delayed"] == 2 and counters["backwarded"] == 0
+        assert counters["delayed-dropped"] == sent - max_delayed + 1
+        assert counters["forwarded"] == 1
+    finally:
+        forwarder.close()
+        front.close()
 
 
 def test_dtls_filter(start_nat, peers) -> None:

@@ -632,6 +632,61 @@ def test_a_slow_reader_gets_every_answer_in_order(make_server, connect):
     assert counters["tcp-closed-overflow"] == 0 and counters["tcp-closed-stalled"] == 0
 
 
+class Deferred(Resource):
+    """Answers every GET later, outside the read that brought the request, with *size*
+    bytes: output that pausing the connection's reads cannot hold back."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__("deferred")
+        self.payload = bytes(size)
+
+    def handle_get(self, exchange: Exchange) -> HandlerResult:
+        return separate(response(Code.CONTENT, self.payload, 0))
+
+
+def test_a_peer_that_never_reads_is_closed_at_the_pending_bound(make_server, connect):
+    """The unsent bytes of a connection never exceed max_pending: a peer that sends 200
+    requests and reads nothing gets 200 deferred 900-byte answers (180 kB) that the handlers
+    hand over whether reading is paused or not; once the next one would go past the bound the
+    connection is closed, counted as tcp-closed-overflow, and the answers still due find no
+    connection (send-errors). The server goes on serving others."""
+    max_pending, count = 4096, 200
+    server = make_server(max_message_size=1152, max_pending=max_pending, socket_buffer=4096)
+    server.call(server.root.add, Deferred(900))
+    engine = server.transport.engine
+    send_confirmable = server.endpoint.send_confirmable
+    samples: list[int | None] = []  # after every deferred answer: the unsent bytes, or None
+
+    def sampled(message: Message, peer: tuple, on_done: Any = None) -> bool:
+        sent = send_confirmable(message, peer, on_done)
+        connection = engine.connection(peer)
+        samples.append(None if connection is None else connection.pending)
+        return bool(sent)
+
+    server.endpoint.send_confirmable = sampled  # (separate answers of CON requests go here)
+    peer = connect(server.address, csm=csm(), rcvbuf=4096)
+    path = [(Option.URI_PATH, b"deferred")]
+    requests = [Message(0, Code.GET, 0, i.to_bytes(2, "big"), path) for i in range(count)]
+    peer.send(b"".join(tcp.encode(request) for request in requests))  # and never read
+    counters = server.wait_for("tcp-closed-overflow", 1)
+    assert counters["tcp-closed-overflow"] == 1 and counters["tcp-connections"] == 0
+    deadline = time.monotonic() + WAIT
+    while len(server.call(list, samples)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen = server.call(list, samples)
+    assert len(seen) == count
+    open_samples = [pending for pending in seen if pending is not None]
+    assert max(open_samples) <= max_pending  # the bound held after every answer
+    assert max(open_samples) > max_pending // 4  # (the answers did pile up past the pause mark)
+    assert 0 < len(open_samples) < count  # closed before all went out: the rest were dropped
+    # the answer that met the bound is the overflow; each one after it is a send error
+    assert server.counters()["send-errors"] == count - len(open_samples) - 1
+    assert peer.closed()  # what the kernel held, then EOF
+    assert all(m.code in (tcp.CSM, Code.CONTENT) for m in peer.seen)
+    other = connect(server.address, csm=csm())
+    assert other.request(Code.GET, "text").code == Code.CONTENT
+
+
 class Answering:
     """An endpoint for a bare TcpEngine: it answers every request with *payload*, or with
     the request's token ten times."""
