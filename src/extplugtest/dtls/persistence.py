@@ -81,6 +81,7 @@ EPOCH_VERSION = 1
 SEQUENCE_VERSION = 1
 
 SEQ_MAX = (1 << 48) - 1
+MAX_MILLIS = 1 << 43  # times and ages in ms: exact through a float of seconds and back
 MAX_CID_LENGTH = 16  # DTLS.CONNECTION_ID_LENGTH (the CID table's bound)
 MASTER_SECRET_LENGTH = 48
 NO_CERTIFICATE_TYPE = 0xFF  # PSK (or an anonymous client): peer_certificate_type None
@@ -172,7 +173,7 @@ def _item(version: int, body: bytes) -> bytes:
 
 
 def _millis(seconds: float) -> int:
-    return min(max(0, round(seconds * 1000)), (1 << 63) - 1)
+    return min(max(0, round(seconds * 1000)), MAX_MILLIS)
 
 
 def _address_item(address: tuple) -> bytes:
@@ -300,14 +301,21 @@ def _read_address(reader: _Reader) -> tuple:
     raise PersistenceError(f"an address of {remaining} bytes")
 
 
+def _read_seconds(reader: _Reader, what: str) -> float:
+    """A time in milliseconds; bounded so that it survives the float (about 278 years)."""
+    millis = reader.uint(8, what)
+    _check(millis <= MAX_MILLIS, f"the {what} is out of range")
+    return millis / 1000
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise PersistenceError(message)
 
 
 def _read_connection(body: _Reader) -> SavedConnection:
-    age = body.uint(8, "age") / 1000
-    session_age = body.uint(8, "session age") / 1000
+    age = _read_seconds(body, "age")
+    session_age = _read_seconds(body, "session age")
     address = _read_address(body)
     read_cid = body.varbytes8("cid")
     session = body.item(SESSION_VERSION, "session")
@@ -383,7 +391,7 @@ def decode_store(data: bytes, max_size: int = MAX_STORE_SIZE) -> SavedStore:
         raise PersistenceError(f"{len(data)} bytes is above the limit of {max_size}")
     reader = _Reader(bytes(data))
     time_item = reader.item(TIME_ITEM_VERSION, "time mark")
-    saved_at = time_item.uint(8, "time mark") / 1000
+    saved_at = _read_seconds(time_item, "time mark")
     time_item.done("the time mark")
     if reader.varbytes8("components mark") != COMPONENTS:
         raise PersistenceError("not a stream of DTLS connections")
