@@ -87,8 +87,8 @@ def _seeds() -> list[bytes]:
         address=("127.0.0.1", 40000), age=1.5, session_age=30.0, read_cid=b"\x01" * 6,
         suite_code=0xC0A8, session_id=bytes(32), master_secret=bytes(48), identity=b"cali.1",
         peer_certificate_type=None, extended_master_secret=True, secure_renegotiation=True,
-        cid_negotiated=True, resumed=False, epoch=1, aead=0, write_key=key,
-        write_iv=bytes(4), read_key=key, read_iv=bytes(4), write_cid=b"", cipher_read_cid=b"\x01" * 6,
+        cid_negotiated=True, resumed=False, epoch=1, aead=0, write_key=key, write_iv=bytes(4),
+        read_key=key, read_iv=bytes(4), write_cid=b"", cipher_read_cid=b"\x01" * 6,
         anti_replay=True, next_write_seq=5, last_sealed=(1 << 48) | 4, window_highest=7,
         window_bitmap=0xFF,
     )  # fmt: skip
