@@ -54,6 +54,8 @@ class DtlsClientOptions:
     certificate: CertificateCredentials | None = None
     certificate_types: tuple[int, ...] = (CertificateType.X509,)
     trust_store: TrustStore = field(default_factory=TrustStore.demo)
+    #: ours, on the server's records (RFC 9146); b"": CIDs supported without one of ours
+    cid: bytes = b""
 
 
 class DtlsTransport:
@@ -65,8 +67,9 @@ class DtlsTransport:
         options: DtlsClientOptions | None = None,
         *,
         resume: ClientSession | None = None,
+        local_port: int | None = None,
     ) -> None:
-        self.udp = UdpTransport(host, port)
+        self.udp = UdpTransport(host, port, local_port)
         self.peer = self.udp.peer
         self.credentials = credentials
         self.options = options if options is not None else DtlsClientOptions()
@@ -95,6 +98,7 @@ class DtlsTransport:
             certificate_types=options.certificate_types,
             trust_store=options.trust_store,
             resume=self.resume,
+            cid=options.cid,
         )
         self.udp.send(handshake.start())
         timeout = 1.0

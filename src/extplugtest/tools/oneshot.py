@@ -140,8 +140,26 @@ def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-i", "--identity", help="PSK identity for coaps (default: a random cali.<hex> identity)"
     )
-    parser.add_argument(
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument(
         "-s", "--secret", help="PSK secret, UTF-8 (default: .fornium, as Californium's)"
+    )
+    secret.add_argument("--secrethex", metavar="HEX", help="PSK secret, hexadecimal")
+    secret.add_argument("--secret64", metavar="B64", help="PSK secret, base64")
+    parser.add_argument(
+        "--psk-store", metavar="FILE",
+        help="identity=base64 lines (as the benchmark's): the PSK is the --psk-index-th",
+    )  # fmt: skip
+    parser.add_argument(
+        "--psk-index", type=int, default=0, metavar="N", help="entry of --psk-store (default 0)"
+    )
+    parser.add_argument(
+        "--cid-length", type=int, metavar="N",
+        help="coaps: a connection ID of N bytes for the server's records (0: support CIDs "
+        "without one of ours; default 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--local-port", type=int, metavar="PORT", help="local UDP port (default: any)"
     )
     add_dtls_arguments(parser)
 
@@ -241,6 +259,11 @@ def validate(args: argparse.Namespace) -> None:
             raise ToolError(message, 2)
 
     check(0 < args.timeout <= MAX_TIMEOUT_MS, f"--timeout must be 1..{MAX_TIMEOUT_MS} ms")
+    cid_length = getattr(args, "cid_length", None)
+    check(cid_length is None or 0 <= cid_length <= 16, "--cid-length must be 0..16")
+    local_port = getattr(args, "local_port", None)
+    check(local_port is None or 0 <= local_port <= 65535, "--local-port must be 0..65535")
+    check(getattr(args, "psk_index", 0) >= 0, "--psk-index must not be negative")
     blocksize = getattr(args, "blocksize", None)
     check(blocksize is None or blocksize in BLOCK_SIZES, "--blocksize must be 16, 32, ..., 1024")
     random_size = getattr(args, "payload_random", None)
@@ -463,9 +486,30 @@ async def until_stopped(
     raise asyncio.TimeoutError
 
 
-def client_for(args: argparse.Namespace, target: Target) -> CoapClient:
+def psk_of(args: argparse.Namespace) -> tuple[bytes | None, bytes | None]:
+    """(identity, secret) of -i with -s/--secrethex/--secret64, or of --psk-store."""
+    if getattr(args, "psk_store", None):
+        from extplugtest.tools.benchmark_dtls import HandshakeError, read_psk_store
+
+        try:
+            store = read_psk_store(args.psk_store)
+        except HandshakeError as exc:
+            raise ToolError(str(exc), 2) from None
+        return store[args.psk_index % len(store)]
     identity = None if args.identity is None else args.identity.encode()
-    secret = None if args.secret is None else args.secret.encode()
+    try:
+        if getattr(args, "secrethex", None) is not None:
+            return identity, bytes.fromhex(args.secrethex)
+        if getattr(args, "secret64", None) is not None:
+            return identity, base64.b64decode(args.secret64, validate=True)
+    except (ValueError, binascii.Error):
+        raise ToolError("--secrethex/--secret64: not hexadecimal/base64", 2) from None
+    return identity, None if args.secret is None else args.secret.encode()
+
+
+def client_for(args: argparse.Namespace, target: Target) -> CoapClient:
+    identity, secret = psk_of(args)
+    local_port = getattr(args, "local_port", None)
     transport: Transport
     if target.scheme == "coaps":
         from extplugtest.tools.dtls_transport import DtlsTransport, PskCredentials
@@ -473,11 +517,19 @@ def client_for(args: argparse.Namespace, target: Target) -> CoapClient:
         credentials = PskCredentials.default()
         if identity is not None:
             credentials = PskCredentials(identity, secret if secret is not None else b".fornium")
-        transport = DtlsTransport(target.host, target.port, credentials, dtls_options(args))
+        options = dtls_options(args)
+        if getattr(args, "cid_length", None):
+            options.cid = os.urandom(args.cid_length)
+        transport = DtlsTransport(
+            target.host, target.port, credentials, options, local_port=local_port
+        )
         if args.verbose:
             transport.report = lambda line: say(f"{target.authority} {line}")
     else:
-        transport = open_transport(target, identity, secret)
+        try:
+            transport = open_transport(target, identity, secret, local_port=local_port)
+        except ValueError as exc:
+            raise ToolError(str(exc), 2) from None
     return CoapClient(
         transport,
         timeout=args.timeout / 1000,

@@ -186,9 +186,10 @@ class UdpTransport:
     ICMP port unreachable comes back as ConnectionRefusedError, so a missing server is
     reported at once instead of after the retransmissions."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, local_port: int | None = None) -> None:
         self.host = host
         self.port = port
+        self.local_port = local_port  # None: any
         self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -207,6 +208,8 @@ class UdpTransport:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            if self.local_port is not None:
+                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", self.local_port))
             sock.connect(address)
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _UdpProtocol(receive, error), sock=sock
@@ -227,18 +230,23 @@ class UdpTransport:
 
 
 def open_transport(
-    target: Target, identity: bytes | None = None, secret: bytes | None = None
+    target: Target,
+    identity: bytes | None = None,
+    secret: bytes | None = None,
+    local_port: int | None = None,
 ) -> Transport:
     """The transport for *target*'s scheme; *identity*/*secret*: the PSK for coaps."""
     if target.scheme == "coap":
-        return UdpTransport(target.host, target.port)
+        return UdpTransport(target.host, target.port, local_port)
     if target.scheme == "coaps":
         from extplugtest.tools.dtls_transport import DtlsTransport, PskCredentials
 
         credentials = PskCredentials.default()
         if identity is not None:
             credentials = PskCredentials(identity, secret if secret is not None else b".fornium")
-        return DtlsTransport(target.host, target.port, credentials)
+        return DtlsTransport(target.host, target.port, credentials, local_port=local_port)
+    if local_port is not None:
+        raise ValueError("a local port can be chosen for coap and coaps only")
     if target.scheme in ("coap+tcp", "coaps+tcp"):
         from extplugtest.tools.tcp_transport import TcpTransport, demo_tls_client_context
 
