@@ -1,6 +1,9 @@
-"""The DTLS connector's two tables (by address, by CID) under random adds, moves, removals and
-sweeps, without sockets: every connection stays findable the way its kind allows, none leaks,
-and the by-address table stays within its bound (RFC 9146 §6 moves; a NAT reusing ports)."""
+"""The DTLS connector's two tables (by address, by CID) under random adds, moves, removals,
+activity and time passing, without sockets: every connection stays findable the way its kind
+allows, none leaks, and the by-address table stays within its bound (RFC 9146 §6 moves; a NAT
+reusing ports). As Californium's connection store (inventory §6.4): idle connections stay while
+there is room; at the bound only a stale one makes room, the least recently active first, and
+without one the new connection is refused."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.resource import Resource
+from extplugtest.dtls import connector as connector_module
 from extplugtest.dtls._datapath import DtlsConnection, peer_key
 from extplugtest.dtls._record import AEAD_AES_128_CCM_8, AeadCipher
 from extplugtest.dtls.connector import DtlsLimits, DtlsServerTransport, parking_key
@@ -17,7 +21,8 @@ from extplugtest.dtls.credentials import PskStore
 from extplugtest.dtls.handshake_server import DtlsConfig
 
 ADDRESSES = [("127.0.0.1", port) for port in range(40000, 40006)]
-MAX_CONNECTIONS = 4
+MAX_CONNECTIONS = 4  # below LRU_LOOKS: making room looks at every connection
+STALE_AFTER = 100.0
 KEY, IV = bytes(16), bytes(4)
 
 
@@ -35,8 +40,9 @@ class ConnectionTables(RuleBasedStateMachine):
         super().__init__()
         self.transport = DtlsServerTransport(
             CoapEndpoint(Resource("")), ("127.0.0.1", 0), DtlsConfig(PskStore()),
-            limits=DtlsLimits(max_connections=MAX_CONNECTIONS),
+            limits=DtlsLimits(max_connections=MAX_CONNECTIONS, stale_after=STALE_AFTER),
         )  # fmt: skip
+        self.now = 1000.0  # the connector's clock, as the data path stamps last_seen
         self.cids = iter(range(1, 10**6))
         self.live: list[DtlsConnection] = []  # added and not removed (as far as we know)
 
@@ -48,13 +54,30 @@ class ConnectionTables(RuleBasedStateMachine):
 
     @rule(address=st.sampled_from(ADDRESSES), with_cid=st.booleans())
     def add(self, address: tuple, with_cid: bool) -> None:
-        """An established connection at *address* (as a finished handshake leaves it)."""
+        """An established connection at *address* (as a finished handshake leaves it), if
+        the store has room for it (as _client_hello asks)."""
         transport = self.transport
         old = transport._by_address.get(peer_key(address))
         if old is not None:  # a new handshake replaces the old connection of this address
             transport._remove(old)
+        held = list(transport._by_address.values())
+        stale = [c for c in held if self.now - c.last_seen > STALE_AFTER]
+        evicted = transport.counters.connections_evicted
+        if not transport._room(self.now):
+            # refused only at the bound, and only when no connection is stale
+            assert len(held) == MAX_CONNECTIONS and not stale
+            assert set(transport._by_address.values()) == set(held)  # (the order may change)
+            return
+        if len(held) == MAX_CONNECTIONS:  # a stale one made room: the least recently active
+            assert transport.counters.connections_evicted == evicted + 1
+            gone = [c for c in held if c not in transport._by_address.values()]
+            assert len(gone) == 1 and gone[0] in stale
+            assert gone[0].last_seen == min(c.last_seen for c in held)
+        else:  # room: idle connections stay
+            assert list(transport._by_address.values()) == held
+            assert transport.counters.connections_evicted == evicted
         cid = next(self.cids).to_bytes(6, "big") if with_cid else b""
-        connection = DtlsConnection(address, cid, 0.0)
+        connection = DtlsConnection(address, cid, self.now)
         cipher = AeadCipher(AEAD_AES_128_CCM_8, KEY, IV, KEY, IV, read_cid=cid)
         connection.establish(Session(cipher))
         transport._add(connection)
@@ -87,11 +110,24 @@ class ConnectionTables(RuleBasedStateMachine):
         self.transport._remove(connection)
         self.live.remove(connection)
 
-    @rule()
-    def sweep(self) -> None:
-        """Everything is stale a day later: the sweep takes what it looks at."""
-        self.transport._sweep(86_400.0)
-        self._prune()
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def activity(self, data: st.DataObject) -> None:
+        """An authenticated record of a live connection (the data path stamps it)."""
+        data.draw(st.sampled_from(self.live)).last_seen = self.now
+
+    @rule(seconds=st.sampled_from([1.0, 60.0, STALE_AFTER + 1, 86_400.0]))
+    def time_passes(self, seconds: float) -> None:
+        """The timer runs; idle connections stay, however long, while nothing needs room."""
+        before = list(self.transport._by_address.items())
+        self.now += seconds
+        original = connector_module.time.monotonic
+        connector_module.time.monotonic = lambda: self.now
+        try:
+            self.transport._on_timer()
+        finally:
+            connector_module.time.monotonic = original
+        assert list(self.transport._by_address.items()) == before
 
     @invariant()
     def tables_agree(self) -> None:

@@ -15,6 +15,7 @@ from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.resource import Resource
 from extplugtest.dtls._datapath import DtlsConnection, peer_key
 from extplugtest.dtls._record import APPLICATION_DATA
+from extplugtest.dtls.ciphersuites import by_name
 from extplugtest.dtls.connector import DtlsLimits, DtlsServerTransport
 from extplugtest.dtls.credentials import PskStore
 from extplugtest.dtls.handshake_client import ClientHandshake
@@ -50,12 +51,13 @@ class Client:
     """Our PSK client on one UDP socket; *cid* as in ClientHandshake (b"": the server's CID
     on our records, none on its records)."""
 
-    def __init__(self, address: tuple, cid: bytes | None = b"") -> None:
+    def __init__(self, address: tuple, cid: bytes | None = b"", suites: tuple = ()) -> None:
         self.address = address
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(2)
-        handshake = ClientHandshake(b"Client_identity", b"secretPSK", cid=cid)
+        options = {"cipher_suites": suites} if suites else {}
+        handshake = ClientHandshake(b"Client_identity", b"secretPSK", cid=cid, **options)
         self.sock.sendto(handshake.start(), address)
         for _ in range(10):  # bounded: a PSK handshake takes 3 round trips
             for datagram in handshake.on_datagram(self.sock.recv(4096)):
@@ -230,51 +232,113 @@ def test_a_cid_connection_whose_address_another_takes_is_parked_not_dropped(serv
     second.close()
 
 
-def test_the_least_recently_active_connection_makes_room(make_server):
-    server = make_server(DtlsLimits(max_connections=2))
+def test_at_the_bound_a_stale_connection_makes_room_least_recently_active_first(
+    make_server, monkeypatch
+):
+    """Californium's connection store (inventory §6.4): a new connection evicts only a
+    connection idle longer than DTLS.STALE_CONNECTION_THRESHOLD, the least recently active."""
+    from extplugtest.dtls import connector
+
+    server = make_server(DtlsLimits(max_connections=2, stale_after=180.0))
     first = Client(server.address)
     second = Client(server.address)
     time.sleep(0.01)  # so that the next record is stamped after the connections were placed
     first.sock.sendto(first.seal(first.request(payload=b"active")), server.address)
     assert first.receive().payload == b"active"
+    later = time.monotonic() + 181.0  # both idle longer than the threshold
+    monkeypatch.setattr(connector.time, "monotonic", lambda: later)
     third = Client(server.address)  # evicts `second`, idle since its handshake
     assert server.call(server.transport.connection, second.sock.getsockname()) is None
     assert server.call(server.transport.connection, first.sock.getsockname()) is not None
     assert server.call(server.transport.connection, third.sock.getsockname()) is not None
-    assert server.call(server.transport.dtls_counters)["connections evicted"] == 1
+    counters = server.call(server.transport.dtls_counters)
+    assert (counters["connections evicted"], counters["handshakes refused"]) == (1, 0)
     for client in (first, second, third):
         client.close()
 
 
-def test_flights_are_resent_with_back_off(server, monkeypatch):
+@pytest.mark.parametrize("cid", [b"", None], ids=["cid", "no-cid"])
+def test_idle_connections_stay_while_there_is_room(server, monkeypatch, cid):
+    """No sweep: a client idle for an hour (far beyond DTLS.STALE_CONNECTION_THRESHOLD) goes on
+    without a handshake while the store has room."""
+    from extplugtest.dtls import connector
+
+    client = Client(server.address, cid=cid)
+    later = time.monotonic() + 3600.0
+    monkeypatch.setattr(connector.time, "monotonic", lambda: later)
+    for _ in range(3):
+        server.call(server.transport._on_timer)
+    client.sock.sendto(client.seal(client.request(payload=b"still here")), server.address)
+    assert client.receive().payload == b"still here"
+    counters = server.call(server.transport.dtls_counters)
+    assert counters["associations"] == 1 and counters["handshakes started"] == 1
+    assert counters["connections evicted"] == 0
+    client.close()
+
+
+def resent_at(server, sock: socket.socket, suites: tuple, monkeypatch) -> tuple[list[float], float]:
+    """Start a handshake up to the server's flight 4, then step the connector's clock by 1 s:
+    the times its flight went out again, and when the handshake failed."""
     from extplugtest.dtls import connector
 
     clock = [time.monotonic()]
     monkeypatch.setattr(connector.time, "monotonic", lambda: clock[0])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(2)
-    handshake = ClientHandshake(b"Client_identity", b"secretPSK")
+    handshake = ClientHandshake(b"Client_identity", b"secretPSK", cipher_suites=suites)
     sock.sendto(handshake.start(), server.address)
-    hello_verify = sock.recv(4096)
-    for datagram in handshake.on_datagram(hello_verify):
+    for datagram in handshake.on_datagram(sock.recv(4096)):  # the HelloVerifyRequest
         sock.sendto(datagram, server.address)
     sock.recv(4096)  # the server's flight 4 (ServerHello ... ServerHelloDone)
-    resent_at = []
-    for step in range(1, 16):  # 0.5 s steps over 7.5 s: due at 1, 3 (=1+2) and 7 (=3+4) s
-        clock[0] += 0.5
+    resent: list[float] = []
+    sending = server.call(server.transport.dtls_counters)["sending records"]
+    for second in range(1, 400):  # bounded: fails at 197 s at the latest
+        clock[0] += 1.0
         server.call(server.transport._on_timer)
-        sock.settimeout(0.05)
-        received = 0
-        for _ in range(8):  # a flight may take several datagrams
-            try:
-                sock.recv(4096)
-                received += 1
-            except TimeoutError:
-                break
-        if received:
-            resent_at.append(step * 0.5)
-    assert resent_at == [1.0, 3.0, 7.0]
+        counters = server.call(server.transport.dtls_counters)
+        if counters["handshakes failed"]:
+            assert counters["handshakes pending"] == 0 and counters["associations"] == 0
+            return resent, float(second)
+        if counters["sending records"] > sending:
+            resent.append(float(second))
+            sending = counters["sending records"]
+    raise AssertionError("the handshake did not fail")
+
+
+@pytest.mark.parametrize(
+    ("suite", "expected"),
+    [
+        # DTLS.RETRANSMISSION_TIMEOUT 3 s (servers), doubled: 3, 6, 12, 24; after
+        # DTLS.MAX_RETRANSMISSIONS (4) the next 48 s end the handshake
+        ("TLS_PSK_WITH_AES_128_CCM_8", ([3.0, 9.0, 21.0, 45.0], 93.0)),
+        # plus DTLS.ADDITIONAL_ECC_TIMEOUT 8 s for an ECDHE flight: 11, 22, 44, 60 (max), 60
+        ("TLS_ECDHE_PSK_WITH_AES_128_CCM_8_SHA256", ([11.0, 33.0, 77.0, 137.0], 197.0)),
+    ],
+)
+def test_flights_are_resent_with_back_off(server, monkeypatch, suite, expected):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    assert resent_at(server, sock, (by_name(suite),), monkeypatch) == expected
     sock.close()
+
+
+def test_message_size_limit_is_what_one_record_carries_within_the_mtu(server):
+    """/mycontext's message-size-limit (inventory §6.3 "MTU"): the loopback MTU capped at
+    DTLS.MAX_TRANSMISSION_UNIT_LIMIT (1500), less the IPv4 allowance 64, the header 13, the
+    2-byte write CID, 8 explicit nonce + 8 CCM_8 tag, and the inner type: 1404."""
+    from extplugtest.dtls.mtu import detect_mtu
+
+    ccm_8 = by_name("TLS_PSK_WITH_AES_128_CCM_8")
+    client = Client(server.address, cid=b"\xab\xcd", suites=(ccm_8,))
+    fields = dict(server.call(server.transport.context_fields, client.sock.getsockname()))
+    mtu = min(detect_mtu("127.0.0.1") or 576, 1500)
+    assert fields["message-size-limit"] == mtu - 64 - 13 - 2 - 16 - 1
+    if mtu == 1500:  # (the loopback MTU is 65536 on Linux)
+        assert fields["message-size-limit"] == 1404
+    # The server's own records stay within it: a 1024-byte payload (COAP.MAX_MESSAGE_SIZE)
+    # is answered in one record of at most message-size-limit plaintext bytes.
+    client.sock.sendto(client.seal(client.request(payload=bytes(1024))), server.address)
+    record = client.sock.recv(4096)
+    assert len(record) - (13 + 2 + 16 + 1) <= fields["message-size-limit"]
+    client.close()
 
 
 def test_mac_error_filter_drops_records_until_a_quiet_gap(make_server):

@@ -71,7 +71,11 @@ class Server:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=5)
 
     def counters(self) -> dict[str, int]:
-        return self.call(self.transport.dtls_counters)
+        """/diagnose's DTLS counters."""
+        counters = self.call(self.transport.dtls_counters)
+        counters["filtered"] = counters["dropped received filtered"]
+        assert counters["filtered"] == self.call(self.transport.filtered)
+        return counters
 
     def connection(self, address: tuple) -> Any:
         return self.call(self.transport.connection, address)
@@ -592,21 +596,27 @@ def test_bad_macs_are_counted_and_the_session_survives(server, sockets):
     genuine = seal(session, get_request(0x0002))  # not sent yet: forged copies go first
     # Six forged copies plus one from elsewhere: not above the MAC error filter's threshold
     # (Californium's DTLS.MAC_ERROR_FILTER_THRESHOLD, 8), which would drop the genuine record.
-    flips = [len(genuine) - 1, len(genuine) - 8, header, header + 8, 5, 10]  # 5, 10: the seq
+    flips = [len(genuine) - 1, len(genuine) - 8, header, header + 8, 10]  # 10: the seq
     bad = []
     for at in flips:
         forged = bytearray(genuine)
         forged[at] ^= 0x01
         bad.append(bytes(forged))
+    # The high bits of the seq: 2^40 and more, which the default datagram filter drops
+    # unopened (inventory §6.4: seq >= 2^32), not a MAC error.
+    filtered = bytearray(genuine)
+    filtered[5] ^= 0x01
     elsewhere = sockets()
     before = server.counters()
     for datagram in bad:
         sock.send(datagram)
+    sock.send(bytes(filtered))
     elsewhere.sendto(bad[0], server.address)  # with our CID from another address
     sock.send(genuine)  # the sequence number of the forged ones, authentic: accepted
     assert_test_response(receive_response(sock, session), 0x0002)
     delta = counters_delta(before, server.counters())
     assert delta["dropped received mac-errors"] == len(bad) + 1
+    assert delta["filtered"] == 1
     assert delta["address changes"] == 0
     assert server.connection(sock.getsockname()) is not None
     assert server.connection(elsewhere.getsockname()) is None
@@ -683,3 +693,87 @@ def test_mac_error_filter_blocks_then_recovers(make_dtls_server, sockets):
     sock.send(seal(session, get_request(0x0031)))
     assert_test_response(receive_response(sock, session), 0x0031)
     assert_serves(server, sockets)
+
+
+# -- Californium's default datagram filter (inventory §6.4) --------------------------------------
+def test_epoch_above_1_or_seq_from_2_to_the_32_is_filtered_before_decryption(server, sockets):
+    """ "Drop if epoch > 1 or seq >= 2^32", on the first record header: counted as a dropped
+    record, not as a MAC error (so it feeds no MAC error filter); the session lives on."""
+    sock = sockets()
+    session, _ = established(server, sock)
+    request = get_request(0x0040)
+    before = server.counters()
+    # Authentic records (the client's own keys) with seq 2^32 and 2^47, a forged epoch 2, and
+    # epoch 0 ClientHellos with seq 2^32 (no HelloVerifyRequest for them).
+    genuine = seal(session, request)  # (sealed first: the client's cipher seals upwards)
+    sock.send(session.cipher.seal(1, 1 << 32, APPLICATION_DATA, request))
+    sock.send(session.cipher.seal(1, 1 << 47, APPLICATION_DATA, request))
+    sock.send(genuine[:3] + b"\x00\x02" + genuine[5:])
+    sock.send(hello_record(seq=1 << 32))
+    sockets().sendto(hello_record(seq=(1 << 48) - 1), server.address)
+    sock.send(genuine)
+    assert_test_response(receive_response(sock, session), 0x0040)  # the first answer
+    delta = counters_delta(before, server.counters())
+    assert delta["filtered"] == 5
+    assert delta["dropped received records"] == 5
+    assert delta["dropped received mac-errors"] == 0
+    assert delta["hello verify requests"] == 0 and delta["handshakes started"] == 0
+    assert_serves(server, sockets)
+
+
+# -- renegotiation (inventory §6.3: always rejected) ---------------------------------------------
+def test_renegotiation_is_answered_with_a_no_renegotiation_warning(server, sockets):
+    """A ClientHello in epoch 1 of an established connection: a warning no_renegotiation
+    alert (RFC 5246 §7.2.2, RFC 5746 §4.2) protected in epoch 1, not our last flight again;
+    the connection stays and is counted once per ClientHello."""
+    sock = sockets()
+    session, _ = established(server, sock)
+    hello = ClientHello(0xFEFD, os.urandom(32), b"", b"", (PSK_CCM8,))
+    for attempt in range(2):  # while the finished handshake lingers: still no flight
+        seq = session.next_write_seq
+        session.next_write_seq += 1
+        message = encode_message(hello, 3 + attempt)
+        sock.send(session.cipher.seal(1, seq, ContentType.HANDSHAKE, message))
+        records = parse_datagram(sock.recv(MAX_DATAGRAM), cid_length=len(session.read_cid))
+        assert [r.epoch for r in records] == [1], records
+        content_type, alert = session.cipher.open(records[0].raw)
+        assert (content_type, alert) == (ContentType.ALERT, bytes((1, 100)))  # warning, 100
+    sock.send(seal(session, get_request(0x0050)))
+    assert_test_response(receive_response(sock, session), 0x0050)  # the next datagram
+    counters = server.counters()
+    assert counters["renegotiations rejected"] == 2
+    assert counters["handshakes started"] == 1 and counters["associations"] == 1
+    assert server.connection(sock.getsockname()) is not None
+
+
+# -- the connection store (inventory §6.4) -------------------------------------------------------
+def test_a_full_store_refuses_handshakes_until_a_connection_is_stale(
+    make_dtls_server, sockets, monkeypatch
+):
+    """At DTLS.MAX_CONNECTIONS a new handshake may only evict a connection idle longer than
+    DTLS.STALE_CONNECTION_THRESHOLD, the least recently active first; else it is refused."""
+    from extplugtest.dtls import connector
+
+    server = make_dtls_server(DtlsLimits(max_connections=2, stale_after=180.0))
+    first, second = sockets(), sockets()
+    established(server, first)
+    second_session, _ = established(server, second)  # active after `first`
+    late = sockets("127.5.4.1")
+    verified_hello(late, server)
+    assert_nothing_answered(late, server)  # no ServerHello: refused
+    counters = server.counters()
+    assert counters["handshakes refused"] == 1 and counters["connections evicted"] == 0
+    assert counters["associations"] == 2 and counters["handshakes started"] == 2
+    # Three minutes and a second later both are stale: `first`, the least recently active,
+    # makes room for the next handshake.
+    later = time.monotonic() + 181.0
+    monkeypatch.setattr(connector.time, "monotonic", lambda: later)
+    verified_hello(late, server)
+    header, _ = next(iter_fragments(parse_datagram(late.recv(MAX_DATAGRAM))[0].fragment))
+    assert header.msg_type == HandshakeType.SERVER_HELLO
+    counters = server.counters()
+    assert counters["connections evicted"] == 1 and counters["associations"] == 2
+    assert server.connection(first.getsockname()) is None
+    assert server.connection(second.getsockname()) is not None
+    second.send(seal(second_session, get_request(0x0060)))
+    assert_test_response(receive_response(second, second_session), 0x0060)

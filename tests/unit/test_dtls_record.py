@@ -643,3 +643,36 @@ def test_parse_structured_datagrams_match_reference(records, cid_length, data) -
 
 # ---------------------------------------------------------------------------------------------
 # The fuzz target's smoke run is in tests/unit/test_fuzz_smoke.py.
+
+
+# -- Californium's default datagram filter (inventory §6.4) -------------------------------------
+def _header(epoch: int, seq: int, content_type: int = APPLICATION_DATA) -> bytes:
+    return bytes([content_type, 0xFE, 0xFD]) + epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
+
+
+@pytest.mark.parametrize(
+    ("epoch", "seq", "filtered"),
+    [
+        (0, 0, False), (1, (1 << 32) - 1, False), (1, 1 << 32, True), (0, 1 << 32, True),
+        (1, (1 << 48) - 1, True), (1, 1 << 40, True), (2, 0, True), (0xFFFF, 5, True),
+    ],
+)  # fmt: skip
+def test_filtered_datagram_looks_at_epoch_and_seq_of_the_first_header(epoch, seq, filtered):
+    """ "Drop if epoch > 1 or seq >= 2^32", before any parsing: a later record does not count."""
+    first = _header(epoch, seq) + b"\x00\x01\x00"
+    assert rec.filtered_datagram(first) is filtered
+    assert rec.filtered_datagram(first + _header(0, 0) + b"\x00\x00") is filtered
+    assert rec.filtered_datagram(_header(1, 1) + b"\x00\x01\x00" + first) is False
+
+
+def test_filtered_datagram_leaves_short_datagrams_to_the_parser():
+    assert not rec.filtered_datagram(b"")
+    assert not rec.filtered_datagram(_header(2, 1 << 40)[:12])
+
+
+@given(st.binary(max_size=64))
+def test_filtered_datagram_agrees_with_the_header_fields(data):
+    expected = len(data) >= 13 and (
+        int.from_bytes(data[3:5], "big") > 1 or int.from_bytes(data[5:11], "big") >= 1 << 32
+    )
+    assert rec.filtered_datagram(data) is expected

@@ -13,7 +13,7 @@ from extplugtest.coap._codec import Message, parse
 from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.dtls._record import APPLICATION_DATA
-from extplugtest.dtls.connector import DtlsServerTransport
+from extplugtest.dtls.connector import DtlsLimits, DtlsServerTransport
 from extplugtest.dtls.credentials import PskStore
 from extplugtest.dtls.handshake_client import ClientHandshake
 from extplugtest.dtls.handshake_server import DtlsConfig
@@ -33,12 +33,12 @@ URI_PATH = 11
 MAX_AGE = 600.0
 
 
-def dtls_transport(cid_length: int = 6) -> DtlsServerTransport:
+def dtls_transport(cid_length: int = 6, limits: DtlsLimits | None = None) -> DtlsServerTransport:
     root = RootResource()
     root.add(Echo(ResourceSettings()), MyContext())
     return DtlsServerTransport(
         CoapEndpoint(root), ("127.0.0.1", 0), DtlsConfig(PskStore(), cid_length=cid_length),
-        dedup=DeduplicationCache(),
+        dedup=DeduplicationCache(), limits=limits,
     )  # fmt: skip
 
 
@@ -218,3 +218,43 @@ def test_restored_session_stays_resumable(serve):
     cached = cache.get(client.session.session_id)
     assert cached is not None and cached.master_secret == client.session.master_secret
     client.close()
+
+
+def test_restored_connections_idle_beyond_the_stale_threshold_stay(serve):
+    """A connection last active longer ago than DTLS.STALE_CONNECTION_THRESHOLD (but within
+    the maximum age) is restored and stays: no sweep removes it while there is room; it goes
+    only when a new connection needs its room (inventory §6.4)."""
+    limits = DtlsLimits(max_connections=2, stale_after=180.0)
+    old, new = serve(dtls_transport()), serve(dtls_transport(limits=limits))
+    clients = [Client(old.address, b"") for _ in range(3)]
+    old.call(old.transport.stop)
+    saved = sorted(old.call(old.transport.save), key=lambda saved: saved.address)
+    ages = [400.0, 300.0, 10.0]  # stale, stale, fresh
+    saved = [connection.aged(age) for connection, age in zip(saved, ages, strict=True)]
+    counts = new.call(new.transport.load, saved, MAX_AGE)
+    # oldest first: the 400 s one is evicted by the third (the least recently active stale)
+    assert (counts.restored, counts.refused) == (3, 0)
+    counters = new.call(new.transport.dtls_counters)
+    assert counters["associations"] == 2 and counters["connections evicted"] == 1
+    new.call(new.transport._on_timer)
+    by_address = {client.address: client for client in clients}
+    idle = by_address[saved[1].address]  # 300 s idle, restored, still there
+    _, response = exchange(idle, new.address, b"after 300 s")
+    assert response.payload == b"after 300 s"
+    assert new.call(new.transport.connection, saved[0].address) is None
+    for client in clients:
+        client.close()
+
+
+def test_restoring_into_a_full_store_refuses_without_a_stale_connection(serve):
+    limits = DtlsLimits(max_connections=1, stale_after=180.0)
+    old, new = serve(dtls_transport()), serve(dtls_transport(limits=limits))
+    clients = [Client(old.address, b"") for _ in range(2)]
+    old.call(old.transport.stop)
+    saved = [connection.aged(10.0) for connection in old.call(old.transport.save)]
+    counts = new.call(new.transport.load, saved, MAX_AGE)
+    assert (counts.restored, counts.refused) == (1, 1)
+    counters = new.call(new.transport.dtls_counters)
+    assert counters["associations"] == 1 and counters["connections evicted"] == 0
+    for client in clients:
+        client.close()

@@ -46,6 +46,7 @@ cdef struct DataPathCounters:
     unsigned long long mac_filtered     # dropped unopened: too many MAC errors lately
     unsigned long long replays
     unsigned long long dropped          # failed to open for another reason, or truncated
+    unsigned long long filtered         # dropped unparsed: the default datagram filter
     unsigned long long sealed
     unsigned long long seal_errors
 

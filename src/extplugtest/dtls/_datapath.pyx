@@ -28,7 +28,7 @@ from extplugtest.dtls._cid_table cimport CidTable
 from extplugtest.dtls._record cimport (
     APPLICATION_DATA, EXPLICIT_NONCE_LENGTH, HEADER_LENGTH, MAX_CID_LENGTH,
     RECORD_BAD_TAG, RECORD_DUPLICATE, RECORD_OK, RECORD_TOO_OLD, TLS12_CID, AeadCipher,
-    Plaintext, RecordView, parse_record_view,
+    Plaintext, RecordView, datagram_filtered, parse_record_view,
 )
 from extplugtest._net cimport (
     address_tuple, fill_sockaddr, sockaddr_storage, udp_batch_addr, udp_batch_addrlen,
@@ -156,6 +156,9 @@ cdef class DtlsEngine(UdpEngine):
         cdef bint alone
         if udp_batch_truncated(&self.rx, slot) or self.connector is None:
             self.d.dropped += 1
+            return 0
+        if datagram_filtered(data, length):     # epoch > 1 or seq >= 2^32: before anything
+            self.d.filtered += 1
             return 0
         while offset < length:                  # bounded: every record is at least a header
             if parse_record_view(data + offset, length - offset, self.cid_length,
@@ -381,6 +384,17 @@ cdef class DtlsEngine(UdpEngine):
                           PyBytes_GET_SIZE(record), &storage, storage_length)
         return True
 
+    def send_record(self, DtlsConnection connection not None, record) -> None:
+        """Send a record the connector sealed for *connection* (e.g. an alert) to its address,
+        after what is queued (keeps the order), the way the connection's answers go."""
+        cdef const uint8_t[:] raw = record
+        cdef sockaddr_storage address
+        cdef unsigned int address_length = fill_sockaddr(&address, connection.address)
+        if raw.shape[0] == 0:
+            return
+        self._flush()
+        self._send_record(connection, &raw[0], raw.shape[0], &address, address_length)
+
     def datapath_counters(self) -> dict:
         return {
             "records": self.d.records,
@@ -389,6 +403,7 @@ cdef class DtlsEngine(UdpEngine):
             "mac filtered": self.d.mac_filtered,
             "replays": self.d.replays,
             "dropped": self.d.dropped,
+            "filtered": self.d.filtered,
             "sealed": self.d.sealed,
             "seal errors": self.d.seal_errors,
         }

@@ -87,6 +87,8 @@ cdef int parse_record_view(const uint8_t* data, Py_ssize_t length, int cid_lengt
 cdef int parse_datagram_views(const uint8_t* data, Py_ssize_t length, int cid_length,
                               RecordView* views, int capacity, int* count) noexcept nogil
 
+cdef bint datagram_filtered(const uint8_t* data, Py_ssize_t length) noexcept nogil
+
 cdef int replay_check(const ReplayState* window, uint64_t seq) noexcept nogil
 cdef bint replay_update(ReplayState* window, uint64_t seq) noexcept nogil
 

@@ -263,6 +263,28 @@ def parse_datagram(data, int cid_length=0, max_records=None) -> list:
             PyBuffer_Release(&buf)
 
 
+# -- Californium's default datagram filter (DtlsDatagramFilter) ----------------------------
+
+cdef bint datagram_filtered(const uint8_t* data, Py_ssize_t length) noexcept nogil:
+    """Does the first record header of a datagram fail Californium's epoch/sequence check
+    (DTLS.USE_DEFAULT_RECORD_FILTER: "drop if epoch > 1 or seq >= 2^32")? Looked at before
+    any parsing or decryption; a datagram shorter than a header is left to the parser."""
+    if length < HEADER_LENGTH:
+        return False
+    return _get16(data + 3) > 1 or _get16(data + 5) != 0
+
+
+def filtered_datagram(data) -> bool:
+    """Python view of datagram_filtered: drop *data* unparsed."""
+    cdef Py_buffer buf
+    cdef bint held = get_bytes(data, &buf)
+    try:
+        return datagram_filtered(<const uint8_t*>buf.buf, buf.len)
+    finally:
+        if held:
+            PyBuffer_Release(&buf)
+
+
 # -- Anti-replay window (RFC 6347 §4.1.2.6) -------------------------------------------------
 
 cdef int replay_check(const ReplayState* w, uint64_t seq) noexcept nogil:

@@ -7,8 +7,11 @@ authenticated CID record moves its connection to its source address (RFC 9146 §
 other record comes here as it arrived: found by CID for tls12_cid records (RFC 9146), else by
 source address. A ClientHello from an unknown peer is answered statelessly with a
 HelloVerifyRequest (RFC 6347 §4.2.1) until it carries a valid cookie; only then a connection
-and its handshake exist. Connections and handshakes are bounded; the least recently active
-connection makes room; everything is counted.
+and its handshake exist. Connections and handshakes are bounded. As Californium's
+InMemoryConnectionStore (inventory §6.4), an idle connection stays while there is room; at the
+bound only a stale one (idle longer than DTLS.STALE_CONNECTION_THRESHOLD), the least recently
+active first, makes room for a new one, else the new handshake is refused. Everything is
+counted.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import os
+import random
 import socket
 import time
 from collections import OrderedDict, deque
@@ -36,11 +40,17 @@ from extplugtest.dtls._record import (
     AeadCipher,
     Record,
     RecordError,
+    filtered_datagram,
     parse_datagram,
 )
 from extplugtest.dtls.ciphersuites import by_code
 from extplugtest.dtls.cookie import CookieGenerator
-from extplugtest.dtls.handshake_header import DecodeError, HandshakeType, iter_fragments
+from extplugtest.dtls.handshake_header import (
+    AlertDescription,
+    DecodeError,
+    HandshakeType,
+    iter_fragments,
+)
 from extplugtest.dtls.handshake_server import (
     DtlsConfig,
     HandshakeFailure,
@@ -50,12 +60,15 @@ from extplugtest.dtls.handshake_server import (
 )
 from extplugtest.dtls.messages import (
     DTLS_1_0,
+    DTLS_1_2,
     Alert,
+    AlertLevel,
     ClientHello,
     ContentType,
     HelloVerifyRequest,
     encode_message,
 )
+from extplugtest.dtls.mtu import detect_mtu
 from extplugtest.dtls.persistence import SavedConnection
 from extplugtest.dtls.reassembly import CompleteMessage
 from extplugtest.dtls.session_cache import CachedSession
@@ -63,12 +76,17 @@ from extplugtest.dtls.session_cache import CachedSession
 logger = logging.getLogger("extplugtest.dtls")
 
 SEQ_MAX = (1 << 48) - 1
-TIMER_INTERVAL = 0.25  # flight retransmissions and sweeps are checked this often
-RETRANSMIT_INITIAL = 1.0  # RFC 6347 §4.2.4.1: 1 s initial, doubled up to 60 s
-RETRANSMIT_MAX = 60.0
+TIMER_INTERVAL = 0.25  # flight retransmissions are checked this often
+#: how long a finished handshake stays for a client that lost our last flight
 HANDSHAKE_LIFETIME = 30.0
-#: entries looked at when making room or sweeping, per call (keeps both O(1) per record)
+#: entries looked at when making room, per call (keeps it O(1) per new connection)
 LRU_LOOKS = 64
+#: MTU without detection (Californium's DEFAULT_IPV4_MTU / DEFAULT_IPV6_MTU) and the bytes
+#: left for IP and UDP headers (IPV4_HEADER_LENGTH: 8 UDP + 20 IP + 36 options; IPv6 128)
+DEFAULT_IPV4_MTU = 576
+DEFAULT_IPV6_MTU = 1280
+IPV4_HEADER_ALLOWANCE = 64
+IPV6_HEADER_ALLOWANCE = 128
 
 
 #: DtlsHealthLogger's keys, in Californium's order (inventory §2.4)
@@ -87,11 +105,29 @@ CLUSTER_HEALTH_KEYS = (
 
 @dataclass
 class DtlsLimits:
-    max_connections: int = 100_000
+    """Bounds and timers of the connector, with the extended server's values (inventory
+    §1.3, §6.3-§6.5); the comments name the Californium keys."""
+
+    max_connections: int = 100_000  # DTLS.MAX_CONNECTIONS
     max_handshakes: int = 10_000
-    stale_after: float = 180.0  # DTLS.STALE_CONNECTION_THRESHOLD
+    #: DTLS.STALE_CONNECTION_THRESHOLD: at the bound, only a connection idle longer than this
+    #: may make room for a new one
+    stale_after: float = 180.0
     mac_filter_threshold: int = 8  # DTLS.MAC_ERROR_FILTER_THRESHOLD (0: no filter)
     mac_filter_quiet: float = 4.0  # DTLS.MAC_ERROR_FILTER_QUIET_TIME
+    # Handshake flights (RFC 6347 §4.2.4.1): the first timeout, each next one scaled, at most
+    # the maximum; an ECDHE flight (ECDHE_ECDSA, ECDHE_PSK) starts with the ECC addition more.
+    # After max_retransmissions resends without an answer the handshake fails.
+    retransmission_timeout: float = 3.0  # DTLS.RETRANSMISSION_TIMEOUT (servers: 3 s)
+    retransmission_timeout_max: float = 60.0  # DTLS.MAX_RETRANSMISSION_TIMEOUT
+    retransmission_scale: float = 2.0  # DTLS.RETRANSMISSION_TIMEOUT_SCALE
+    retransmission_init_random: float = 1.0  # DTLS.RETRANSMISSION_INIT_RANDOM (1.0: none)
+    additional_ecc_timeout: float = 8.0  # DTLS.ADDITIONAL_ECC_TIMEOUT (servers: 8 s)
+    max_retransmissions: int = 4  # DTLS.MAX_RETRANSMISSIONS
+    #: DTLS.MAX_TRANSMISSION_UNIT (None: the interface's, see dtls/mtu.py) and
+    #: DTLS.MAX_TRANSMISSION_UNIT_LIMIT, for message-size-limit
+    mtu: int | None = None
+    mtu_limit: int = 1500
 
 
 #: A key of the by-address table: a peer key (bytes), or a parked connection's (see move).
@@ -102,6 +138,12 @@ def parking_key(connection: DtlsConnection) -> IndexKey:
     """The by-address key of a CID connection whose last address another connection took:
     not bytes, so no datagram ever finds it by address."""
     return ("parked", connection.read_cid)
+
+
+def is_ipv6_peer(address: tuple) -> bool:
+    """An IPv6 peer (an IPv4-mapped address counts as IPv4, as a Java Inet4Address)."""
+    host = str(address[0])
+    return ":" in host and not (host.lower().startswith("::ffff:") and "." in host)
 
 
 @dataclass
@@ -123,6 +165,9 @@ class DtlsCounters:
     handshakes_failed: int = 0
     handshakes_refused: int = 0
     connections_evicted: int = 0
+    # filtered_records are also in dropped_records, as Californium counts them
+    filtered_records: int = 0  # by the default datagram filter (the data path's: filtered())
+    renegotiations_rejected: int = 0  # answered with a no_renegotiation alert
     address_changes: int = 0
     connections_parked: int = 0
     sending_records: int = 0
@@ -144,6 +189,9 @@ class DtlsCounters:
             "address changes": self.address_changes,
             "connections parked": self.connections_parked,
             "sending records": self.sending_records,
+            # ours, after Californium's
+            "dropped received filtered": self.filtered_records,
+            "renegotiations rejected": self.renegotiations_rejected,
         }
 
 
@@ -184,8 +232,11 @@ class DtlsServerTransport:
         self._by_address: OrderedDict[IndexKey, DtlsConnection] = OrderedDict()
         self._by_cid: CidTable[DtlsConnection] = CidTable()  # the data path finds in it too
         self._handshakes = 0
-        #: handshakes in progress -> (when their flight is due again, the current interval)
-        self._flights: dict[DtlsConnection, tuple[float, float]] = {}
+        #: handshakes in progress -> (when their flight is due again, the current interval,
+        #: the retransmissions so far)
+        self._flights: dict[DtlsConnection, tuple[float, float, int]] = {}
+        #: the MTU of the bound interface (capped), None: unknown (see message_size_limit)
+        self.mtu: int | None = None
         #: established connections whose handshake stays a while for a lost last flight
         self._lingering: deque[tuple[float, DtlsConnection]] = deque()
         self._timer = PeriodicTimer(TIMER_INTERVAL, self._on_timer)
@@ -197,6 +248,8 @@ class DtlsServerTransport:
         sock = bind_udp_socket(self.requested_address, self.buffer_size, self.buffer_size)
         family = sock.family
         self.sock = sock
+        mtu = self.limits.mtu or detect_mtu(sock.getsockname()[0])
+        self.mtu = min(mtu, self.limits.mtu_limit) if mtu else None
         self.endpoint.scheme = "coaps"
         self.engine = self.engine_type(
             sock.fileno(), family, self.endpoint, self.dedup, self.fast,
@@ -236,6 +289,10 @@ class DtlsServerTransport:
     def datagram(self, data: bytes, address: tuple) -> None:
         if self.stopped:  # (e.g. a record a cluster node forwarded while this one is saved)
             self.counters.dropped_records += 1
+            return
+        if filtered_datagram(data):  # Californium's default filter: epoch > 1 or seq >= 2^32
+            self.counters.dropped_records += 1
+            self.counters.filtered_records += 1
             return
         try:
             records = parse_datagram(data, cid_length=self.config.cid_length)
@@ -287,19 +344,26 @@ class DtlsServerTransport:
             self.counters.dropped_records += 1
             return
         if not hello.cookie or not self.cookies.verify(address, hello):
-            request = HelloVerifyRequest(DTLS_1_0, self.cookies.generate(address, hello))
+            # Californium: the client's version clamped to [1.0, 1.2], in the message and the
+            # record (a smaller number is a newer version).
+            version = min(max(hello.client_version, DTLS_1_2), DTLS_1_0)
+            request = HelloVerifyRequest(version, self.cookies.generate(address, hello))
             payload = encode_message(request, header.message_seq)
             # The HVR reuses the ClientHello's record sequence number (plugtest-spec §4).
-            self._send(plain_record(ContentType.HANDSHAKE, record.seq, payload, DTLS_1_0), address)
+            self._send(plain_record(ContentType.HANDSHAKE, record.seq, payload, version), address)
             self.counters.hello_verify_requests += 1
             return
         if self._handshakes >= self.limits.max_handshakes:
             self.counters.handshakes_refused += 1
             return
+        now = time.monotonic()
         old = self._by_address.get(peer_key(address))
         if old is not None:  # a new handshake replaces the old connection of this address
             self._remove(old)
-        connection = DtlsConnection(address, self._new_cid(), time.monotonic())
+        if not self._room(now):  # full of connections that are not stale
+            self.counters.handshakes_refused += 1
+            return
+        connection = DtlsConnection(address, self._new_cid(), now)
         handshake = ServerHandshake(
             self.config,
             CompleteMessage(header.msg_type, header.message_seq, body),
@@ -315,11 +379,26 @@ class DtlsServerTransport:
             self._by_cid[connection.read_cid] = connection
         self._handshakes += 1
         self.counters.handshakes_started += 1
-        self._flights[connection] = (time.monotonic() + RETRANSMIT_INITIAL, RETRANSMIT_INITIAL)
         try:
-            self._send_all(handshake.start(), address)
+            flight = handshake.start()
         except (HandshakeFailure, DecodeError) as failure:
             self._fail(connection, failure)
+            return
+        timeout = self._initial_timeout(handshake)
+        self._flights[connection] = (now + timeout, timeout, 0)
+        self._send_all(flight, address)
+
+    def _initial_timeout(self, handshake: ServerHandshake) -> float:
+        """The first retransmission timeout of *handshake*'s flight: DTLS.RETRANSMISSION_TIMEOUT
+        (randomised up to DTLS.RETRANSMISSION_INIT_RANDOM times), plus DTLS.ADDITIONAL_ECC_TIMEOUT
+        when the client has ECDH to compute for it (ECDHE_ECDSA, ECDHE_PSK; not a resumption)."""
+        limits = self.limits
+        timeout = limits.retransmission_timeout
+        if limits.retransmission_init_random > 1.0:
+            timeout *= random.uniform(1.0, limits.retransmission_init_random)
+        if handshake.ecdhe is not None:
+            timeout += limits.additional_ecc_timeout
+        return min(timeout, limits.retransmission_timeout_max)
 
     def _handshake_record(self, connection: DtlsConnection, record: Record) -> None:
         handshake = connection.handshake
@@ -340,9 +419,10 @@ class DtlsServerTransport:
         except (HandshakeFailure, DecodeError) as failure:
             self._fail(connection, failure)
             return
-        if flight:  # the peer's flight is complete: ours answers it, its timer restarts
+        if flight:  # our flight again (the client resent its own), or our last one
+            # (The timer goes on: a client resending its flight does not prolong the
+            # handshake beyond DTLS.MAX_RETRANSMISSIONS of ours.)
             self._send_all(flight, connection.address)
-            self._flights[connection] = (time.monotonic() + RETRANSMIT_INITIAL, RETRANSMIT_INITIAL)
         if handshake.session is not None:
             connection.establish(handshake.session)
             connection.master_secret = handshake.master  # for a graceful restart
@@ -376,9 +456,35 @@ class DtlsServerTransport:
             alert = Alert.decode(plaintext)
             if alert.description == 0 or alert.level == 2:  # close_notify or fatal
                 self._remove(connection)
-        elif content_type == ContentType.HANDSHAKE and connection.handshake is not None:
-            # the client's Finished again: our last flight was lost
-            self._send_all(list(connection.handshake.flight), connection.address)
+        elif content_type == ContentType.HANDSHAKE:
+            try:
+                header, _ = next(iter_fragments(plaintext))
+            except (DecodeError, StopIteration):
+                self.counters.dropped_records += 1
+                return
+            if header.msg_type == HandshakeType.CLIENT_HELLO:
+                self._reject_renegotiation(connection)
+            elif connection.handshake is not None:
+                # the client's Finished again: our last flight was lost
+                self._send_all(list(connection.handshake.flight), connection.address)
+
+    def _reject_renegotiation(self, connection: DtlsConnection) -> None:
+        """A ClientHello in the current epoch of an established connection: renegotiation,
+        which Californium always rejects (inventory §6.3). RFC 5246 §7.2.2 / RFC 5746 §4.2: a
+        warning no_renegotiation alert, protected like any record of the connection; the
+        connection stays."""
+        cipher = connection.cipher
+        assert cipher is not None and self.engine is not None
+        alert = Alert(AlertLevel.WARNING, AlertDescription.NO_RENEGOTIATION).encode()
+        try:
+            record = cipher.seal(cipher.epoch, connection.next_write_seq, ContentType.ALERT, alert)
+        except RecordError:  # (the sequence numbers are used up)
+            self.counters.dropped_records += 1
+            return
+        connection.next_write_seq += 1
+        self.counters.renegotiations_rejected += 1
+        self.counters.sending_records += 1
+        self.engine.send_record(connection, record)
 
     # -- sending -----------------------------------------------------------------------------
     def _send_all(self, datagrams: list[bytes], address: tuple) -> None:
@@ -402,25 +508,38 @@ class DtlsServerTransport:
         raise RuntimeError("no free connection id")
 
     def _add(self, connection: DtlsConnection) -> None:
-        if len(self._by_address) >= self.limits.max_connections:
-            self._make_room(time.monotonic())
+        """Into the by-address table; the caller made room (_room)."""
+        assert len(self._by_address) < self.limits.max_connections
         self._by_address[connection.key] = connection
 
-    def _make_room(self, now: float) -> None:
-        """Evict the least recently active of the oldest-placed connections (a sampled LRU: the
-        data path only stamps last_seen, so the table's order is that of placement). The
-        sampled ones that were active since they were placed go to the end, so the next
-        eviction samples others."""
+    def _room(self, now: float) -> bool:
+        """Is there room for one more connection? At the bound a stale connection makes it
+        (Californium's InMemoryConnectionStore); without one: no."""
+        if len(self._by_address) < self.limits.max_connections:
+            return True
+        return self._make_room(now)
+
+    def _make_room(self, now: float) -> bool:
+        """Evict the least recently active of the oldest-placed connections if it is stale (a
+        sampled LRU: the data path only stamps last_seen, so the table's order is that of
+        placement); False if it is not. The sampled ones that were active since they were
+        placed go to the end, so the next attempt samples others."""
         sample = list(itertools.islice(self._by_address.values(), LRU_LOOKS))
-        victim = min(sample, key=lambda connection: connection.last_seen)
+        if not sample:
+            return False
+        least = min(sample, key=lambda connection: connection.last_seen)
+        victim = least if now - least.last_seen > self.limits.stale_after else None
         for connection in sample:
             if connection is not victim and connection.last_seen > connection.positioned:
                 connection.positioned = now
                 key = self._index_key(connection)
                 if key is not None:  # (it is: the sample came from the table)
                     self._by_address.move_to_end(key)
+        if victim is None:
+            return False
         self._remove(victim)
         self.counters.connections_evicted += 1
+        return True
 
     def _index_key(self, connection: DtlsConnection) -> IndexKey | None:
         """The key *connection* has in the by-address table: its address's, or its parking
@@ -469,36 +588,27 @@ class DtlsServerTransport:
         self.counters.address_changes += 1
 
     def _on_timer(self) -> None:
+        """Flight retransmissions (RFC 6347 §4.2.4.1) and the end of lingering handshakes.
+        Idle connections are not swept: they stay until a new one needs their room."""
         now = time.monotonic()
-        for connection, (due, interval) in list(self._flights.items()):
+        limits = self.limits
+        for connection, (due, interval, count) in list(self._flights.items()):
             handshake = connection.handshake
             if handshake is None or connection.session is not None:
                 self._flights.pop(connection, None)
-            elif now - connection.started > HANDSHAKE_LIFETIME:
+            elif now < due:
+                continue
+            elif count >= limits.max_retransmissions:  # no answer to the last one either
                 self.counters.handshakes_failed += 1
+                logger.info("DTLS handshake with %s: flight timed out", connection.address)
                 self._remove(connection)
-            elif now >= due:  # RFC 6347 §4.2.4.1: resend the flight, double the timer
+            else:  # resend the flight, scale the timer
                 self._send_all(list(handshake.flight), connection.address)
-                interval = min(2 * interval, RETRANSMIT_MAX)
-                self._flights[connection] = (now + interval, interval)
+                interval = min(interval * limits.retransmission_scale,
+                               limits.retransmission_timeout_max)  # fmt: skip
+                self._flights[connection] = (now + interval, interval, count + 1)
         while self._lingering and self._lingering[0][0] <= now:
             self._lingering.popleft()[1].handshake = None
-        self._sweep(now)
-
-    def _sweep(self, now: float) -> None:
-        """Drop stale connections, from the oldest placed on; active ones met on the way go to
-        the end (bounded per tick: the next tick goes on)."""
-        for _ in range(LRU_LOOKS * 16):
-            if not self._by_address:
-                return
-            key, oldest = next(iter(self._by_address.items()))
-            if now - oldest.last_seen > self.limits.stale_after:
-                self._remove(oldest)
-            elif oldest.last_seen > oldest.positioned:  # active since it was placed
-                oldest.positioned = now
-                self._by_address.move_to_end(key)
-            else:
-                return
 
     # -- graceful restart (inventory §6.6; dtls/persistence.py) -------------------------------
     @property
@@ -594,10 +704,9 @@ class DtlsServerTransport:
                 counts.too_old += 1
                 continue
             connection = self._import(saved, now)
-            if connection is None:
+            if connection is None or not self._place(connection, now):
                 counts.refused += 1
                 continue
-            self._place(connection)
             self._cache_session(saved)
             counts.restored += 1
         return counts
@@ -639,20 +748,26 @@ class DtlsServerTransport:
         connection.master_secret = saved.master_secret
         return connection
 
-    def _place(self, connection: DtlsConnection) -> None:
+    def _place(self, connection: DtlsConnection, now: float) -> bool:
         """Into the tables; an older connection of the same address is parked if its CID
-        still finds it, else it goes (as in move)."""
+        still finds it, else it goes (as in move). False: no room (the table is full of
+        connections that are not stale)."""
         other = self._by_address.get(connection.key)
+        if other is not None and not (
+            self._by_cid.get(other.read_cid) is other and other.cipher is not None
+        ):
+            self._remove(other)
+        if not self._room(now):
+            return False
+        other = self._by_address.get(connection.key)  # (unless it made the room)
         if other is not None:
-            if self._by_cid.get(other.read_cid) is other and other.cipher is not None:
-                del self._by_address[connection.key]
-                self._by_address[parking_key(other)] = other
-                self.counters.connections_parked += 1
-            else:
-                self._remove(other)
+            del self._by_address[connection.key]
+            self._by_address[parking_key(other)] = other
+            self.counters.connections_parked += 1
         self._add(connection)
         if connection.session.cid_negotiated:
             self._by_cid[connection.read_cid] = connection
+        return True
 
     def _cache_session(self, saved: SavedConnection) -> None:
         """A restored session stays resumable (under the rule of ServerHandshake)."""
@@ -701,12 +816,16 @@ class DtlsServerTransport:
                        ("prev-port", connection.previous_address[1])]  # fmt: skip
         return fields
 
-    @staticmethod
-    def message_size_limit(session: Session, address: tuple) -> int:
-        """Application bytes that fit in one record of a datagram within the IPv6 minimum MTU
-        (1280) less the IP and UDP headers."""
-        datagram = 1280 - (48 if ":" in address[0] else 28)
-        return datagram - session.cipher.record_length(0)
+    def message_size_limit(self, session: Session, address: tuple) -> int:
+        """Application bytes that fit in one record of a datagram to *address*, as
+        Californium (inventory §6.3 "MTU"): the MTU (DTLS.MAX_TRANSMISSION_UNIT, else the bound
+        interface's, capped at DTLS.MAX_TRANSMISSION_UNIT_LIMIT; unknown: IPv4 576, IPv6
+        1280) less the IP/UDP header allowance (IPv4 64, IPv6 128), less the record's
+        overhead: header (13), write CID, explicit nonce (8) and tag, inner type (CID only)."""
+        ipv6 = is_ipv6_peer(address)
+        mtu = self.mtu or (DEFAULT_IPV6_MTU if ipv6 else DEFAULT_IPV4_MTU)
+        datagram = mtu - (IPV6_HEADER_ALLOWANCE if ipv6 else IPV4_HEADER_ALLOWANCE)
+        return max(0, datagram - session.cipher.record_length(0))
 
     def health(self) -> SecureHealth:
         """/diagnose: Californium's DTLS health keys in its order, then ours; the cluster's."""
@@ -718,14 +837,23 @@ class DtlsServerTransport:
             groups.append(("cluster", cluster))
         return SecureHealth(self.limits.max_connections, self.node_id, groups)
 
+    def filtered(self) -> int:
+        """Datagrams the default datagram filter dropped, here and in the data path (part of
+        "dropped received records")."""
+        datapath = self.engine.datapath_counters()["filtered"] if self.engine is not None else 0
+        return self.counters.filtered_records + datapath
+
     def dtls_counters(self) -> dict[str, int]:
         counters = self.counters.as_dict()
         if self.engine is not None:  # what the C data path handled itself
             datapath = self.engine.datapath_counters()
             counters["received records"] += datapath["records"]
-            counters["dropped received records"] += datapath["dropped"] + datapath["replays"]
+            counters["dropped received records"] += (
+                datapath["dropped"] + datapath["replays"] + datapath["filtered"]
+            )
             counters["dropped received mac-errors"] += datapath["mac errors"]
             counters["dropped received mac-filtered"] += datapath["mac filtered"]
+            counters["dropped received filtered"] += datapath["filtered"]
             counters["sending records"] += datapath["sealed"]
         cluster_counters = getattr(self.engine, "cluster_counters", None)
         if cluster_counters is not None:
