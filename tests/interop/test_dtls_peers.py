@@ -1,7 +1,12 @@
 """DTLS 1.2 against real peers: OpenSSL s_client/s_server, libcoap over OpenSSL and GnuTLS.
 
-PSK and ECDHE_ECDSA; client certificates (our server with --client-auth NEEDED, our client
-against ``openssl s_server -Verify``) and session resumption (``s_client -sess_out/-sess_in``).
+PSK and ECDHE_ECDSA; client certificates (our server with --client-auth NEEDED, the plugtest
+endpoints' default; our client against ``openssl s_server -Verify``), session resumption
+(``s_client -sess_out/-sess_in``), max_fragment_length (``s_client -maxfraglen``) and
+record_size_limit (``gnutls-cli --recordsize``).
+
+Certificate clients without a certificate use the extended endpoints: the plugtest ones need
+one (client authentication NEEDED, inventory §1.3).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def test_wrong_psk_fails_with_decrypt_error(default_server):
 @pytest.mark.parametrize("cipher", ["ECDHE-ECDSA-AES128-CCM8", "ECDHE-ECDSA-AES128-GCM-SHA256"])
 @pytest.mark.parametrize("curve", ["X25519:prime256v1", "prime256v1"])
 def test_openssl_s_client_ecdsa_verifies_the_demo_ca(default_server, cipher, curve):
-    port = default_server.plugtest_port + 1
+    port = default_server.port + 1  # client authentication WANTED: no certificate is fine
     result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
                   "-CAfile", str(demo_ca_path()), "-cipher", openssl_cipher(cipher),
                   "-curves", curve])  # fmt: skip
@@ -108,18 +113,75 @@ def test_libcoap_certificate_get(default_server, client):
     if shutil.which(client) is None:
         pytest.skip(f"{client} is not installed")
     result = run([client, "-B", "5", "-C", str(demo_ca_path()),
-                  coaps_uri(default_server, "test")])  # fmt: skip
-    assert result.stdout.startswith("Type: 0 (CON)\nCode: 1 (GET)\nMID: "), result.stderr
+                  coaps_uri(default_server, "mycontext", plugtest=False)])  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[:1] == ["ip: 127.0.0.1"], result.stderr
+    assert any(line.startswith("cipher-suite: TLS_ECDHE_ECDSA_WITH_AES_128_") for line in lines)
 
 
 @pytest.mark.requires_bin("openssl")
 def test_client_without_p256_gets_handshake_failure(default_server):
     """Our certificate key is P-256: a client that allows only X25519 cannot verify it."""
-    port = default_server.plugtest_port + 1
+    port = default_server.port + 1
     result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
                   "-CAfile", str(demo_ca_path()), "-cipher", ECDSA_CCM8,
                   "-curves", "X25519"])  # fmt: skip
     assert "alert handshake failure" in result.stdout + result.stderr
+
+
+@pytest.mark.requires_bin("openssl")
+def test_anonymous_certificate_client_is_refused_on_the_plugtest_port(default_server):
+    """Inventory §1.3: the plugtest endpoints keep client authentication NEEDED, the extended
+    ones are WANTED (both by default)."""
+    options = ["-CAfile", str(demo_ca_path()), "-cipher", ECDSA_CCM8]
+    plugtest = run(["openssl", "s_client", "-dtls1_2", "-connect",
+                    f"127.0.0.1:{default_server.plugtest_port + 1}", *options])  # fmt: skip
+    assert "alert handshake failure" in plugtest.stdout + plugtest.stderr, plugtest.stdout
+    extended = run(["openssl", "s_client", "-dtls1_2", "-connect",
+                    f"127.0.0.1:{default_server.port + 1}", *options])  # fmt: skip
+    output = extended.stdout + extended.stderr
+    assert "New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-CCM8" in output and "alert" not in output
+
+
+# -- record sizes (inventory §6.3) --------------------------------------------------------------
+
+
+@pytest.mark.requires_bin("openssl")
+@pytest.mark.parametrize(
+    ("credentials", "plugtest"),
+    [(["-psk", "73656372657450534b", "-psk_identity", "Client_identity", "-cipher", PSK_CCM8],
+      True),
+     (["-CAfile", str(demo_ca_path()), "-cipher", ECDSA_CCM8], False)],
+    ids=["psk", "ecdsa"],
+)  # fmt: skip
+def test_openssl_max_fragment_length_is_echoed(default_server, credentials, plugtest):
+    """RFC 6066 §4: the server echoes -maxfraglen 512, and from then on every record keeps to
+    it: OpenSSL drops longer ones, and the ECDSA flight's certificate (about 1 KB) is longer,
+    so that handshake completes only if the server fragments it."""
+    port = (default_server.plugtest_port if plugtest else default_server.port) + 1
+    result = run(["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
+                  "-maxfraglen", "512", "-tlsextdebug", *credentials])  # fmt: skip
+    output = result.stdout + result.stderr
+    assert 'TLS server extension "max fragment length" (id=1), len=1' in output, output
+    assert "New, TLSv1.2, Cipher is " in output and "alert" not in output
+
+
+@pytest.mark.requires_bin("gnutls-cli")
+def test_gnutls_record_size_limit_is_answered(default_server):
+    """RFC 8449: GnuTLS offers record_size_limit and (512 being one of its lengths)
+    max_fragment_length; the server answers only the former, with its own limit (2^14,
+    Californium's default)."""
+    result = run(["gnutls-cli", "--udp", "-p", str(default_server.plugtest_port + 1), "127.0.0.1",
+                  "--pskusername", "Client_identity", "--pskkey", "73656372657450534b",
+                  "--priority", "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-KX-ALL:+PSK:-CIPHER-ALL:"
+                  "+AES-128-CCM-8", "--recordsize", "512", "-d", "4"])  # fmt: skip
+    output = result.stdout + result.stderr
+    assert "Sending extension Record Size Limit/28" in output, output
+    assert "Sending extension Maximum Record Size/1" in output  # offered too ...
+    assert "Parsing extension 'Record Size Limit/28'" in output
+    assert "record_size_limit 16384 negotiated" in output
+    assert "Parsing extension 'Maximum Record Size/1'" not in output  # ... but not answered
+    assert "- Handshake was completed" in output
 
 
 # -- client certificates and resumption --------------------------------------------------------

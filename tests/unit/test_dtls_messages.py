@@ -34,6 +34,7 @@ from extplugtest.dtls.handshake_header import (
 from extplugtest.dtls.messages import (
     DTLS_1_0,
     DTLS_1_2,
+    MAX_PLAINTEXT,
     Alert,
     AlertLevel,
     Certificate,
@@ -322,7 +323,9 @@ DECODE, ILLEGAL = AlertDescription.DECODE_ERROR, AlertDescription.ILLEGAL_PARAME
         (0, b"\x00\x05\x00\x00\x01a", DECODE),  # list shorter than its length
         (0, b"\x00\x08\x00\x00\x01a\x00\x00\x01b", ILLEGAL),  # two host_names
         (1, b"\x05", ILLEGAL),  # max_fragment_length code 5
+        (1, b"\x00", ILLEGAL),  # code 0
         (1, b"", DECODE),
+        (1, b"\x01\x01", DECODE),  # one byte only
         (10, b"\x00\x00", DECODE),  # supported_groups: empty
         (10, b"\x00\x03\x00\x17\x00", DECODE),  # odd length
         (10, b"\x00\x02\x00\x17\x00", DECODE),  # trailing byte
@@ -333,6 +336,7 @@ DECODE, ILLEGAL = AlertDescription.DECODE_ERROR, AlertDescription.ILLEGAL_PARAME
         (23, b"\x00", DECODE),  # extended_master_secret: not empty
         (28, b"\x00\x3f", ILLEGAL),  # record_size_limit 63
         (28, b"\x40", DECODE),
+        (28, b"\x00\x40\x00", DECODE),
         (54, b"", DECODE),  # connection_id: no length byte
         (54, b"\x02\x01", DECODE),
         (0xFF01, b"\x01", DECODE),  # renegotiation_info: truncated
@@ -340,6 +344,44 @@ DECODE, ILLEGAL = AlertDescription.DECODE_ERROR, AlertDescription.ILLEGAL_PARAME
 )
 def test_extension_rejects(ext_type: int, data: bytes, alert: AlertDescription) -> None:
     _rejects(_hello_with((ext_type, data)), alert)
+
+
+@given(code=u8s, from_server=st.booleans())
+def test_max_fragment_length_codes(code: int, from_server: bool) -> None:
+    """RFC 6066 §4: codes 1..4 are 2^9..2^12 bytes, anything else is illegal_parameter; the
+    encoder refuses what the decoder would."""
+    body = _hello_with((1, bytes([code])), from_server=from_server)
+    if 1 <= code <= 4:
+        decode = ServerHello.decode if from_server else ClientHello.decode
+        ext = decode(body).extension(MaxFragmentLengthExtension)
+        assert ext == MaxFragmentLengthExtension(code) and ext.length == 1 << (8 + code)
+        assert MaxFragmentLengthExtension.for_length(ext.length) == ext
+    else:
+        _rejects(body, ILLEGAL, from_server=from_server)
+        with pytest.raises(ValueError):
+            MaxFragmentLengthExtension(code).encode_data(from_server)
+
+
+@given(limit=u16s, from_server=st.booleans())
+def test_record_size_limit_values(limit: int, from_server: bool) -> None:
+    """RFC 8449 §4: below 64 is illegal_parameter; above 2^14 is legal and means 2^14 in
+    (D)TLS 1.2."""
+    body = _hello_with((28, limit.to_bytes(2, "big")), from_server=from_server)
+    if limit < 64:
+        _rejects(body, ILLEGAL, from_server=from_server)
+        with pytest.raises(ValueError):
+            RecordSizeLimitExtension(limit).encode_data(from_server)
+        return
+    decode = ServerHello.decode if from_server else ClientHello.decode
+    ext = decode(body).extension(RecordSizeLimitExtension)
+    assert ext == RecordSizeLimitExtension(limit)
+    assert ext.plaintext_limit == min(limit, MAX_PLAINTEXT)
+
+
+def test_max_fragment_length_of_other_lengths() -> None:
+    for length in (256, 1000, 8192, MAX_PLAINTEXT):
+        with pytest.raises(ValueError):
+            MaxFragmentLengthExtension.for_length(length)
 
 
 def test_server_form_certificate_type_is_one_byte() -> None:
@@ -426,6 +468,10 @@ def test_encoders_reject_values_out_of_range() -> None:
         dataclasses.replace(hello, compression_methods=(256,)),
         dataclasses.replace(hello, extensions=(UnknownExtension(0x10000, b""),)),
         dataclasses.replace(hello, extensions=(ConnectionIdExtension(bytes(256)),)),
+        dataclasses.replace(hello, extensions=(MaxFragmentLengthExtension(0),)),
+        dataclasses.replace(hello, extensions=(MaxFragmentLengthExtension(5),)),
+        dataclasses.replace(hello, extensions=(RecordSizeLimitExtension(63),)),
+        dataclasses.replace(hello, extensions=(RecordSizeLimitExtension(0x10000),)),
         CertificateVerify(0x10000, b""),
         Alert(256, 0),
         ServerKeyExchange(hint=bytes(0x10000)),

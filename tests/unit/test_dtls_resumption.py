@@ -1,5 +1,6 @@
 """Session resumption by session id (RFC 5246 §7.3) with the extended master secret rules of
-RFC 7627 §5.3, sans-IO (our client and our server handshake objects), and the session cache."""
+RFC 7627 §5.3 and the four DTLS.EXTENDED_MASTER_SECRET_MODEs (inventory §6.3), sans-IO (our
+client and our server handshake objects), and the session cache."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import pytest
 from test_dtls_client_auth import ECDSA_CCM8, Pair, check_keys_match, server_config
 
 from extplugtest.dtls import ciphersuites as cs
+from extplugtest.dtls._record import parse_datagram
 from extplugtest.dtls.handshake_client import ClientHandshake, ClientSession
-from extplugtest.dtls.handshake_header import AlertDescription
+from extplugtest.dtls.handshake_header import AlertDescription, iter_fragments
 from extplugtest.dtls.handshake_server import ClientAuth, HandshakeFailure
-from extplugtest.dtls.messages import ExtendedMasterSecretExtension
+from extplugtest.dtls.handshake_server import ExtendedMasterSecretMode as Ems
+from extplugtest.dtls.messages import ExtendedMasterSecretExtension, ServerHello
 from extplugtest.dtls.pki import demo_client_credentials
 from extplugtest.dtls.session_cache import CachedSession, SessionCache
 
@@ -107,11 +110,93 @@ def test_non_ems_session_is_not_cached_while_ems_is_enabled(monkeypatch):
 
 
 def test_without_ems_configured_sessions_resume_without_it():
-    config = server_config(extended_master_secret=False)
+    config = server_config(extended_master_secret_mode=Ems.NONE)
     first, _ = Pair(config, psk_client()).run()
     assert not first.extended_master_secret and len(config.session_cache) == 1
     client, server = Pair(config, psk_client(resume=first)).run()
     assert client.resumed and not server.extended_master_secret
+
+
+# -- DTLS.EXTENDED_MASTER_SECRET_MODE ----------------------------------------------------------
+
+
+@pytest.fixture
+def no_ems_offered(monkeypatch):
+    """Our client without the extended_master_secret extension in its ClientHello."""
+    monkeypatch.setattr(
+        "extplugtest.dtls.handshake_client.ExtendedMasterSecretExtension", _NotOffered
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "session_id_length", "cached"),
+    [(Ems.NONE, 32, True), (Ems.OPTIONAL, 32, True), (Ems.ENABLED, 0, False)],
+)
+def test_client_without_ems_gets_a_session_id_unless_enabled(
+    no_ems_offered, mode, session_id_length, cached
+):
+    """ENABLED (the default): "If the client does not offer EMS, the server does not assign a
+    session id, so that session cannot be resumed"; NONE and OPTIONAL assign one."""
+    config = server_config(extended_master_secret_mode=mode)
+    client, server = Pair(config, psk_client()).run()
+    assert not client.extended_master_secret and not server.extended_master_secret
+    assert len(server.session_id) == len(client.session_id) == session_id_length
+    assert (len(config.session_cache) == 1) == cached
+    check_keys_match(client, server)
+
+
+def test_default_mode_is_enabled():
+    assert server_config().extended_master_secret_mode is Ems.ENABLED
+
+
+def test_required_refuses_a_client_without_ems(no_ems_offered):
+    config = server_config(extended_master_secret_mode=Ems.REQUIRED)
+    with pytest.raises(HandshakeFailure) as failure:
+        Pair(config, psk_client()).run()
+    assert failure.value.alert is AlertDescription.HANDSHAKE_FAILURE
+    assert len(config.session_cache) == 0
+
+
+@pytest.mark.parametrize("mode", [Ems.OPTIONAL, Ems.ENABLED, Ems.REQUIRED])
+def test_client_with_ems_uses_it_in_every_mode_but_none(mode):
+    config = server_config(extended_master_secret_mode=mode)
+    client, server = Pair(config, psk_client()).run()
+    assert client.extended_master_secret and server.extended_master_secret
+    assert len(server.session_id) == 32 and len(config.session_cache) == 1
+    resumed, _ = Pair(config, psk_client(resume=client)).run()
+    assert resumed.resumed
+
+
+def test_none_does_not_answer_the_extension():
+    config = server_config(extended_master_secret_mode=Ems.NONE)
+    pair = Pair(config, psk_client())
+    client, server = pair.run()
+    assert not client.extended_master_secret and not server.extended_master_secret
+    record = parse_datagram(pair.server_datagrams[1], cid_length=6)[0]  # after the HVR
+    ((_, body),) = list(iter_fragments(record.fragment))
+    assert ServerHello.decode(body).extension(ExtendedMasterSecretExtension) is None
+
+
+def test_optional_resumes_a_session_without_ems(no_ems_offered):
+    config = server_config(extended_master_secret_mode=Ems.OPTIONAL)
+    first, _ = Pair(config, psk_client()).run()
+    client, server = Pair(config, psk_client(resume=first)).run()
+    assert client.resumed and server.resumed and not server.extended_master_secret
+
+
+def test_enabled_sessions_without_ems_are_not_resumed(no_ems_offered):
+    """The client has no session id to offer: the next handshake is a full one."""
+    config = server_config()
+    first, _ = Pair(config, psk_client()).run()
+    client, server = Pair(config, psk_client(resume=first)).run()
+    assert not client.resumed and not server.resumed and server.session_id == b""
+
+
+def test_only_enabled_and_required_make_ems_a_condition_of_caching():
+    """DtlsConfig.extended_master_secret: what the connector checks for restored sessions."""
+    assert [server_config(extended_master_secret_mode=m).extended_master_secret for m in Ems] == [
+        False, False, True, True,
+    ]  # fmt: skip
 
 
 def test_client_aborts_when_the_server_changes_the_ems_state():
@@ -127,7 +212,7 @@ def test_client_aborts_when_the_server_changes_the_ems_state():
             cached.identity, None, cached.created,
         )
     )  # fmt: skip
-    config.extended_master_secret = False
+    config.extended_master_secret_mode = Ems.NONE
     with pytest.raises(HandshakeFailure) as failure:
         Pair(config, psk_client(resume=first)).run()
     assert failure.value.alert is AlertDescription.HANDSHAKE_FAILURE

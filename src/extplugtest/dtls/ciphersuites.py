@@ -22,6 +22,7 @@ __all__ = [
     "by_code",
     "by_name",
     "common_suites",
+    "parse_suite_names",
 ]
 
 #: RFC 5746 §3.3 signalling cipher suite value (not a real suite).
@@ -138,6 +139,71 @@ def by_code(code: int) -> CipherSuite | None:
 def by_name(name: str) -> CipherSuite:
     """The suite with this Californium/IANA name (KeyError if unsupported)."""
     return _BY_NAME[name]
+
+
+#: Californium's other suites (``CipherSuite`` enum of 4.x, inventory §6.1), which this server
+#: does not implement: a properties file may name them, and is then told so.
+CALIFORNIUM_ONLY_NAMES = frozenset(
+    {
+        "TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256",
+        "TLS_ECDHE_PSK_WITH_AES_256_GCM_SHA384",
+        "TLS_ECDHE_PSK_WITH_AES_128_CCM_SHA256",
+        "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256",
+        "TLS_ECDHE_PSK_WITH_ARIA_128_CBC_SHA256",
+        "TLS_PSK_WITH_AES_256_GCM_SHA384",
+        "TLS_PSK_WITH_AES_256_CCM_8",
+        "TLS_PSK_WITH_AES_256_CCM",
+        "TLS_PSK_WITH_AES_128_CBC_SHA256",
+        "TLS_PSK_WITH_ARIA_128_GCM_SHA256",
+        "TLS_PSK_WITH_ARIA_256_GCM_SHA384",
+        "TLS_PSK_WITH_ARIA_128_CBC_SHA256",
+        "TLS_PSK_WITH_ARIA_256_CBC_SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_CCM_8",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CCM",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_CCM",
+        "TLS_ECDHE_ECDSA_WITH_ARIA_128_GCM_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_ARIA_256_GCM_SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+        "TLS_ECDHE_ECDSA_WITH_ARIA_128_CBC_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_ARIA_256_CBC_SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+        "TLS_ECDHE_RSA_WITH_ARIA_128_GCM_SHA256",
+        "TLS_ECDHE_RSA_WITH_ARIA_256_GCM_SHA384",
+    }
+)
+
+
+def parse_suite_names(text: str, left_out: list[str] | None = None) -> tuple[CipherSuite, ...]:
+    """A comma separated list of Californium suite names (DTLS.CIPHER_SUITES,
+    DTLS.PRESELECTED_CIPHER_SUITES), in its order, duplicates dropped. ValueError names the
+    first unknown or unsupported name, or says that the list is empty. With *left_out*, the
+    Californium suites we do not implement are appended there instead (a preselection filters,
+    as in Californium: its own properties file preselects AES-CBC and RSA suites)."""
+    suites: list[CipherSuite] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        suite = _BY_NAME.get(name)
+        if suite is None and left_out is not None and name in CALIFORNIUM_ONLY_NAMES:
+            left_out.append(name)
+            continue
+        if suite is None:
+            why = "not supported by extserver" if name in CALIFORNIUM_ONLY_NAMES else "unknown"
+            supported = ", ".join(s.name for s in ALL_SUITES)
+            raise ValueError(f"cipher suite {name} is {why} (supported: {supported})")
+        if suite not in suites:
+            suites.append(suite)
+    if not suites:
+        raise ValueError("no cipher suite")
+    return tuple(suites)
 
 
 def common_suites(server: Sequence[CipherSuite], client_codes: Iterable[int]) -> list[CipherSuite]:

@@ -4,7 +4,8 @@ Records go in (``on_record``), datagrams to send come out. The connector has alr
 the cookie of the ClientHello (RFC 6347 §4.2.1) before this object exists, so a client pays a
 round trip before any state is kept. PSK suites (RFC 4279) with the Connection ID extension
 (RFC 9146), the extended master secret (RFC 7627) and the renegotiation indication (RFC 5746;
-renegotiation itself is not supported). Key exchanges: PSK (RFC 4279), ECDHE_PSK (RFC 5489) and
+renegotiation itself is not supported), the record size limit (RFC 8449) or else the maximum
+fragment length (RFC 6066 §4). Key exchanges: PSK (RFC 4279), ECDHE_PSK (RFC 5489) and
 ECDHE_ECDSA (RFC 8422) with an X.509 chain or a raw public key (RFC 7250).
 
 With ECDHE_ECDSA the server asks for a client certificate (RFC 5246 §7.4.4) unless client
@@ -14,7 +15,8 @@ CertificateVerify signature over the transcript (§7.4.8). NEEDED refuses a clie
 A ClientHello that offers the id of a cached session gets the abbreviated handshake
 (RFC 5246 §7.3): ServerHello with that id, ChangeCipherSpec and Finished in one flight, then the
 client's ChangeCipherSpec and Finished complete it. The extended master secret rules of
-RFC 7627 §5.3 decide whether a session may be resumed.
+RFC 7627 §5.3 decide whether a session may be resumed; with Californium's default mode
+(ENABLED) a session without it gets no session id at all.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from extplugtest.dtls.keys import (
 )
 from extplugtest.dtls.messages import (
     DTLS_1_2,
+    MAX_PLAINTEXT,
     NULL_COMPRESSION,
     Alert,
     AlertLevel,
@@ -71,7 +74,9 @@ from extplugtest.dtls.messages import (
     ExtendedMasterSecretExtension,
     Extension,
     Finished,
+    MaxFragmentLengthExtension,
     NamedGroup,
+    RecordSizeLimitExtension,
     RenegotiationInfoExtension,
     ServerCertificateTypeExtension,
     ServerHello,
@@ -112,6 +117,15 @@ class ClientAuth(Enum):
     NEEDED = "NEEDED"  # a client without one fails the handshake
 
 
+class ExtendedMasterSecretMode(Enum):
+    """DTLS.EXTENDED_MASTER_SECRET_MODE (RFC 7627; inventory §6.3)."""
+
+    NONE = "NONE"  # never used: the extension is not answered
+    OPTIONAL = "OPTIONAL"  # used when offered; sessions without it are resumable too
+    ENABLED = "ENABLED"  # used when offered; a session without it gets no session id
+    REQUIRED = "REQUIRED"  # a client that does not offer it fails the handshake
+
+
 #: the signature algorithms we verify in CertificateVerify (RFC 5246 §7.4.4)
 CLIENT_SIGNATURE_SCHEMES = (SignatureScheme.ECDSA_SECP256R1_SHA256,)
 
@@ -122,15 +136,38 @@ class DtlsConfig:
     cipher_suites: tuple[CipherSuite, ...] = cs.DEFAULT_PREFERENCE
     #: the server's certificate and key, for the ECDHE_ECDSA suites (None: PSK only)
     certificate: CertificateCredentials | None = None
-    #: length of the CIDs this server assigns (0: support the extension, use no CID inbound)
+    #: length of the CIDs this server assigns (0: support the extension, use no CID inbound;
+    #: -1, DTLS.CONNECTION_ID_LENGTH's "disabled": stored as 0 with cid_enabled False)
     cid_length: int = 6
-    extended_master_secret: bool = True
+    #: False: the client's connection_id extension is ignored (RFC 9146 not negotiated)
+    cid_enabled: bool = True
+    extended_master_secret_mode: ExtendedMasterSecretMode = ExtendedMasterSecretMode.ENABLED
     #: the extended test server's value (inventory §1.3); Scandium's own default is NEEDED
     client_auth: ClientAuth = ClientAuth.WANTED
     #: checks client certificates; the demo CA unless --trust-store/--trust-all
     trust_store: TrustStore = field(default_factory=TrustStore.demo)
     #: sessions that a ClientHello may resume by session id
     session_cache: SessionCache = field(default_factory=SessionCache)
+    #: DTLS.RECORD_SIZE_LIMIT: the limit our ServerHello answers a record_size_limit with
+    #: (RFC 8449; the largest record plaintext we accept); None: 2^14, Californium's default
+    #: (the session's maximum fragment length)
+    record_size_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cid_length < 0:
+            self.cid_length, self.cid_enabled = 0, False
+        limit = self.record_size_limit
+        if limit is not None and not RecordSizeLimitExtension.MINIMUM <= limit <= MAX_PLAINTEXT:
+            raise ValueError(f"record size limit {limit} is not 64..{MAX_PLAINTEXT}")
+
+    @property
+    def extended_master_secret(self) -> bool:
+        """Whether only sessions with the extended master secret are resumable (ENABLED and
+        REQUIRED); what the connector checks before it caches a restored session."""
+        return self.extended_master_secret_mode in (
+            ExtendedMasterSecretMode.ENABLED,
+            ExtendedMasterSecretMode.REQUIRED,
+        )
 
 
 @dataclass
@@ -152,6 +189,11 @@ class Session:
     #: (an X.509 subject DN, or an ni: URI of a raw public key), UTF-8
     peer_certificate_type: int | None = None
     resumed: bool = False  # an abbreviated handshake (RFC 5246 §7.3)
+    #: the most plaintext bytes one record to the client may carry: its record_size_limit
+    #: (RFC 8449, at most 2^14) or the negotiated max_fragment_length (RFC 6066 §4; then
+    #: also the limit for its records to us); 2^14 when it sent neither. The records the
+    #: connector seals for this session must keep to it.
+    record_size_limit: int = MAX_PLAINTEXT
 
 
 #: Largest datagram of a flight: the IPv6 minimum MTU (1280) less the IPv6 and UDP headers,
@@ -221,6 +263,8 @@ class ServerHandshake:
         self.cid_negotiated = False
         self.server_random = os.urandom(32)
         self.session_id = os.urandom(32)
+        #: the client's limit on the records we send (RFC 8449 / RFC 6066)
+        self.record_size_limit = MAX_PLAINTEXT
         self.client_ccs = False
         self.pending_epoch1: list[Record] = []
         self.ecdhe: EcdheKeyPair | None = None
@@ -245,6 +289,14 @@ class ServerHandshake:
             raise HandshakeFailure(AlertDescription.PROTOCOL_VERSION, "client below DTLS 1.2")
         if NULL_COMPRESSION not in hello.compression_methods:
             raise HandshakeFailure(AlertDescription.ILLEGAL_PARAMETER, "no null compression")
+        offers_ems = hello.extension(ExtendedMasterSecretExtension) is not None
+        mode = self.config.extended_master_secret_mode
+        if mode is ExtendedMasterSecretMode.REQUIRED and not offers_ems:
+            raise HandshakeFailure(
+                AlertDescription.HANDSHAKE_FAILURE, "the extended master secret is required"
+            )
+        if mode is ExtendedMasterSecretMode.ENABLED and not offers_ems:
+            self.session_id = b""  # Californium: such a session cannot be resumed
         self.resumed = self._resumable_session()
         if self.resumed is not None:
             self.suite = self.resumed.suite
@@ -277,14 +329,14 @@ class ServerHandshake:
 
     def _flight_datagrams(self, encoded_messages: list[bytes]) -> list[bytes]:
         """Handshake messages as datagrams: one record per message (or per fragment of a
-        message too large for a datagram, RFC 6347 §4.2.3), several records per datagram up
-        to MAX_FLIGHT_DATAGRAM. Several messages in one record are legal TLS, but some DTLS
-        stacks (tinydtls) refuse them, and Californium does not send them either."""
+        message too large for a datagram or for the client's record size limit, RFC 6347
+        §4.2.3), several records per datagram up to MAX_FLIGHT_DATAGRAM. Several messages in
+        one record are legal TLS, but some DTLS stacks (tinydtls) refuse them, and
+        Californium does not send them either."""
         datagrams: list[bytes] = []
         current = b""
         for encoded in encoded_messages:
-            for fragment in split_handshake_message(encoded, MAX_FLIGHT_DATAGRAM - RECORD_HEADER):
-                record = plain_record(ContentType.HANDSHAKE, self._next_seq(), fragment)
+            for record in self._handshake_records(encoded):
                 if current and len(current) + len(record) > MAX_FLIGHT_DATAGRAM:
                     datagrams.append(current)
                     current = b""
@@ -292,6 +344,17 @@ class ServerHandshake:
         if current:
             datagrams.append(current)
         return datagrams
+
+    def _handshake_records(self, encoded: bytes) -> list[bytes]:
+        """An encoded handshake message as epoch-0 records, fragmented to fit a datagram and
+        the client's limit: RFC 6066 §4 wants every fragment after the ServerHello within the
+        negotiated max_fragment_length (RFC 8449 exempts unprotected records, but keeping to
+        its limit costs nothing; Californium fragments to it too)."""
+        limit = min(MAX_FLIGHT_DATAGRAM - RECORD_HEADER, self.record_size_limit)
+        return [
+            plain_record(ContentType.HANDSHAKE, self._next_seq(), fragment)
+            for fragment in split_handshake_message(encoded, limit)
+        ]
 
     def _common_extensions(self) -> list[Extension]:
         """EMS, renegotiation indication and CID: answered alike in full and abbreviated
@@ -308,14 +371,31 @@ class ServerHandshake:
             self.secure_renegotiation = True  # RFC 5746 §3.6
             extensions.append(RenegotiationInfoExtension())
         cid = hello.extension(ConnectionIdExtension)
-        if cid is not None:  # RFC 9146 §3: the client's CID is what we put on our records
+        if cid is not None and self.config.cid_enabled:
+            # RFC 9146 §3: the client's CID is what we put on our records
             self.cid_negotiated = True
             self.write_cid = cid.cid
             extensions.append(ConnectionIdExtension(self.read_cid))
+        extensions += self._record_size_extensions()
         return extensions
 
+    def _record_size_extensions(self) -> list[Extension]:
+        """RFC 8449: a record_size_limit is answered with our own limit; then a
+        max_fragment_length is ignored (§5). Otherwise RFC 6066 §4: max_fragment_length is
+        echoed and limits the records of both sides. As Californium's ServerHandshaker."""
+        record_size_limit = self.hello.extension(RecordSizeLimitExtension)
+        if record_size_limit is not None:
+            self.record_size_limit = record_size_limit.plaintext_limit
+            own = self.config.record_size_limit
+            return [RecordSizeLimitExtension(MAX_PLAINTEXT if own is None else own)]
+        max_fragment_length = self.hello.extension(MaxFragmentLengthExtension)
+        if max_fragment_length is not None:
+            self.record_size_limit = max_fragment_length.length
+            return [max_fragment_length]
+        return []
+
     def _offers_ems(self) -> bool:
-        return self.config.extended_master_secret and (
+        return self.config.extended_master_secret_mode is not ExtendedMasterSecretMode.NONE and (
             self.hello.extension(ExtendedMasterSecretExtension) is not None
         )
 
@@ -358,8 +438,7 @@ class ServerHandshake:
             DTLS_1_2, self.server_random, self.session_id, self.suite.code,
             extensions=tuple(extensions),
         )  # fmt: skip
-        encoded_hello = self._encode(server_hello)
-        hello_record = plain_record(ContentType.HANDSHAKE, self._next_seq(), encoded_hello)
+        hello_records = b"".join(self._handshake_records(self._encode(server_hello)))
         self._install_keys()
         assert self.cipher is not None
         # RFC 5246 §7.4.9: in the abbreviated handshake the server's Finished comes first and
@@ -369,7 +448,7 @@ class ServerHandshake:
                            ChangeCipherSpec().encode())  # fmt: skip
         sealed = self.cipher.seal(1, 0, ContentType.HANDSHAKE, self._encode(finished))
         self.expected = HandshakeType.FINISHED
-        self.flight = [hello_record + ccs + sealed]
+        self.flight = [hello_records + ccs + sealed]
         return list(self.flight)
 
     # -- negotiation ---------------------------------------------------------------------
@@ -653,15 +732,16 @@ class ServerHandshake:
             next_write_seq=1,
             peer_certificate_type=self.peer_certificate_type,
             resumed=self.resumed is not None,
+            record_size_limit=self.record_size_limit,
         )
         return list(self.flight)
 
     def _cache_session(self) -> None:
-        """Keep the new session for resumption. Without the extended master secret only when
-        EMS is off altogether: RFC 7627 §5.3 lets a server refuse to resume such sessions, and
-        Californium gives them no session id."""
+        """Keep the new session for resumption; not one without a session id (ENABLED mode
+        without the extended master secret: RFC 7627 §5.3 lets a server refuse to resume
+        such sessions, and Californium gives them no session id)."""
         assert self.suite is not None
-        if not self.use_ems and self.config.extended_master_secret:
+        if not self.session_id:
             return
         self.config.session_cache.put(
             CachedSession(

@@ -35,6 +35,7 @@ from extplugtest.dtls.handshake_header import (
 __all__ = [
     "DTLS_1_0",
     "DTLS_1_2",
+    "MAX_PLAINTEXT",
     "Alert",
     "AlertDescription",
     "AlertLevel",
@@ -85,6 +86,7 @@ MAX_SESSION_ID = 32
 MAX_COOKIE = 255  # RFC 6347 §4.2.1: opaque cookie<0..2^8-1>
 NULL_COMPRESSION = 0
 NAMED_CURVE = 3  # ECCurveType named_curve (RFC 8422 §5.4)
+MAX_PLAINTEXT = 1 << 14  # RFC 5246 §6.2.1: TLSPlaintext.length <= 2^14
 
 
 class ContentType(IntEnum):
@@ -236,9 +238,20 @@ class MaxFragmentLengthExtension(_TypedExtension):
 
     @property
     def length(self) -> int:
+        """The largest record plaintext both sides may send (RFC 6066 §4)."""
         return 1 << (8 + self.code)
 
+    @classmethod
+    def for_length(cls, length: int) -> MaxFragmentLengthExtension:
+        """The extension of one of the four lengths (512, 1024, 2048, 4096)."""
+        for code in range(1, 5):
+            if 1 << (8 + code) == length:
+                return cls(code)
+        raise ValueError(f"max_fragment_length: {length} is not 512, 1024, 2048 or 4096")
+
     def encode_data(self, from_server: bool) -> bytes:
+        if not 1 <= self.code <= 4:
+            raise ValueError(f"max_fragment_length: code {self.code} is not 1..4")
         return u8(self.code)
 
     @classmethod
@@ -371,12 +384,24 @@ class ExtendedMasterSecretExtension(_TypedExtension):
 
 @dataclass(frozen=True, slots=True)
 class RecordSizeLimitExtension(_TypedExtension):
-    """RFC 8449 §4: uint16 RecordSizeLimit, at least 64."""
+    """RFC 8449 §4: uint16 RecordSizeLimit, at least 64.
+
+    In (D)TLS 1.2 the limit is on the record plaintext. A larger value than the protocol's
+    2^14 is legal on the wire (a peer may know a version that allows more) and means 2^14
+    here (``plaintext_limit``).
+    """
 
     TYPE: ClassVar[int] = ExtensionType.RECORD_SIZE_LIMIT
+    MINIMUM: ClassVar[int] = 64
     limit: int
 
+    @property
+    def plaintext_limit(self) -> int:
+        return min(self.limit, MAX_PLAINTEXT)
+
     def encode_data(self, from_server: bool) -> bytes:
+        if not self.MINIMUM <= self.limit <= 0xFFFF:
+            raise ValueError(f"record_size_limit {self.limit} is not 64..65535")
         return u16(self.limit)
 
     @classmethod
