@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import re
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +29,13 @@ from extplugtest.coap.transmission import TransmissionParameters
 from extplugtest.coap.transport_tcp import TcpBackendError, TcpLimits, TcpServerTransport
 from extplugtest.coap.transport_udp import UdpServerTransport
 from extplugtest.dtls.connector import DtlsLimits, DtlsServerTransport
-from extplugtest.dtls.handshake_server import DtlsConfig
+from extplugtest.dtls.handshake_server import ClientAuth, DtlsConfig
 from extplugtest.dtls.persistence import SavedConnection
+from extplugtest.dtls.session_cache import SessionCache
 from extplugtest.resources.benchmark import Benchmark
 from extplugtest.resources.extended import add_extended_resources
 from extplugtest.resources.plugtest import add_plugtest_resources
+from extplugtest.resources.requests import java_host_address
 from extplugtest.resources.root import RootResource
 from extplugtest.resources.settings import ResourceSettings
 from extplugtest.server._netif import interface_addresses
@@ -61,7 +65,11 @@ class InterfaceSelection:
     patterns: list[str] = field(default_factory=list)
 
     def select(self, addresses: list[tuple[str, int, str, int]]) -> list[tuple[str, int]]:
-        """(address text, scope id) of the addresses to bind, in a stable order."""
+        """(address text, scope id) of the addresses to bind, in a stable order.
+
+        A pattern must match a whole address text (Java's ``Matcher.matches()``), in our form
+        (``::1``) or in Java's ``InetAddress.getHostAddress()`` form (``0:0:0:0:0:0:0:1``);
+        an IPv6 address is also matched with ``%<interface name>`` after either form."""
         chosen = []
         for name, version, text, scope in addresses:
             ip = ipaddress.ip_address(text)
@@ -71,13 +79,17 @@ class InterfaceSelection:
             local = ip.is_loopback or ip.is_link_local
             if (local and not self.loopback) or (not local and not self.external):
                 continue
-            if self.patterns and not any(
-                re.fullmatch(p, text) or (version == 6 and re.fullmatch(p, f"{text}%{name}"))
-                for p in self.patterns
-            ):
+            if self.patterns and not self._matches(text, name, version):
                 continue
             chosen.append((text, scope))
         return chosen
+
+    def _matches(self, text: str, name: str, version: int) -> bool:
+        forms = [text]
+        if version == 6:
+            java = java_host_address(text)
+            forms += [java, f"{text}%{name}", f"{java}%{name}"]
+        return any(re.fullmatch(p, form) for p in self.patterns for form in forms)
 
 
 def _bind_address(address: str, scope: int, port: int) -> tuple:
@@ -103,13 +115,17 @@ class ExtendedServer:
         notify_interval: float = 5.0,
         echo_delay: bool = False,
         dtls: DtlsConfig | None = None,
+        plugtest_dtls: DtlsConfig | None = None,
         dtls_only: bool = False,
         tcp: bool = True,
         tcp_limits: TcpLimits | None = None,
         tls: ssl.SSLContext | None = None,
         cluster: ClusterConfig | None = None,
+        dtls_wildcard: bool = False,
     ) -> None:
         self.config = config
+        #: --k8s-monitor, also without a cluster (Californium's DockerfileNoCluster)
+        self.monitor_address = cluster.monitor if cluster is not None else None
         #: the DTLS-CID cluster: its nodes' DTLS endpoints replace the extended server's
         #: DTLS endpoints, and the plugtest server is left out (as Californium does)
         self.cluster = cluster if cluster is not None and cluster.enabled else None
@@ -118,7 +134,19 @@ class ExtendedServer:
         self.interfaces = interfaces
         #: DTLS endpoints on the next port (5784, 5684), or None for plain CoAP only
         self.dtls = dtls
+        #: the plugtest server's DTLS settings: client authentication NEEDED unless the caller
+        #: says otherwise (inventory §1.3), and sessions of its own, so that a session of the
+        #: extended endpoints (WANTED: maybe anonymous) is not resumed on the plugtest ones
+        if plugtest_dtls is None and dtls is not None:
+            plugtest_dtls = dataclasses.replace(
+                dtls, client_auth=ClientAuth.NEEDED, session_cache=SessionCache()
+            )
+        self.plugtest_dtls = plugtest_dtls if dtls is not None else None
         self.dtls_only = dtls_only and dtls is not None
+        #: the HTTPS handover (server/handover.py): one extended DTLS endpoint on the IPv4
+        #: wildcard address instead of one per address, so that its label
+        #: (dtls://0.0.0.0:5784) is the same on the old and the new host (inventory §1.2)
+        self.dtls_wildcard = dtls_wildcard and dtls is not None
         #: TCP endpoints (RFC 8323) on the plain ports; --dtls-only forces them off
         self.tcp = tcp and not self.dtls_only
         self.tcp_limits = tcp_limits or TcpLimits(
@@ -131,6 +159,14 @@ class ExtendedServer:
             stale_after=config.dtls_stale_connection_threshold,
             mac_filter_threshold=config.dtls_mac_error_filter_threshold,
             mac_filter_quiet=config.dtls_mac_error_filter_quiet_time,
+            retransmission_timeout=config.dtls_retransmission_timeout,
+            retransmission_timeout_max=config.dtls_max_retransmission_timeout,
+            retransmission_scale=config.dtls_retransmission_timeout_scale,
+            retransmission_init_random=config.dtls_retransmission_init_random,
+            additional_ecc_timeout=config.dtls_additional_ecc_timeout,
+            max_retransmissions=config.dtls_max_retransmissions,
+            mtu=config.dtls_mtu,
+            mtu_limit=config.dtls_mtu_limit,
         )
         #: TLS endpoints (coaps+tcp) on the secure ports, with --tcp
         self.tls = tls if self.tcp else None
@@ -153,6 +189,8 @@ class ExtendedServer:
         self.transports: list[Transport] = []
         self.cluster_nodes: list[ClusterNode] = []
         self.monitor: MonitorService | None = None
+        #: more conditions of /ready, e.g. the handover's (restore done, not handed over)
+        self.ready_checks: list[Callable[[], bool]] = []
         self._k8s_stop: asyncio.Event | None = None
         self._background: list[asyncio.Task[Any]] = []
 
@@ -219,14 +257,20 @@ class ExtendedServer:
                         self._open(loop, self._udp(root, address, scope, port, extended))
                     if self.tcp:
                         self._open(loop, self._tcp(root, address, scope, port, extended))
-                    if self.dtls is not None and self.cluster is None:
+                    wildcard = extended and self.dtls_wildcard
+                    if self.dtls is not None and self.cluster is None and not wildcard:
                         self._open(loop, self._dtls(root, address, scope, port + 1, extended))
                     if self.tls is not None:
                         self._open(
                             loop, self._tcp(root, address, scope, port + 1, extended, self.tls)
                         )
+            if self.dtls_wildcard and self.cluster is None:
+                port = self.config.coap_port + 1
+                self._open(loop, self._dtls(self.extended_root, "0.0.0.0", 0, port, True))
             if self.cluster is not None:
                 self._open_cluster(loop, self.cluster)
+            if self.monitor_address is not None:
+                self._start_monitor(loop, self.monitor_address)
         except StartupError:
             self.close()
             raise
@@ -258,12 +302,13 @@ class ExtendedServer:
     def _dtls(
         self, root: Resource, address: str, scope: int, port: int, extended: bool
     ) -> DtlsServerTransport:
-        assert self.dtls is not None
+        dtls = self.dtls if extended else self.plugtest_dtls
+        assert dtls is not None
         # DTLS endpoints use the loopback sizes on every interface (inventory §1.2).
         return DtlsServerTransport(
             self._endpoint(root, "127.0.0.1", plugtest=not extended),
             _bind_address(address, scope, port),
-            self.dtls,
+            dtls,
             dedup=self._dedup(plugtest=not extended),
             fast=self.benchmark.fast_path if extended else None,
             limits=self.dtls_limits,
@@ -337,8 +382,6 @@ class ExtendedServer:
                     f"{error.strerror or error}; choose another --dtls-cluster address"
                 ) from None
             self.cluster_nodes.append(cluster_node)
-        if cluster.monitor is not None:
-            self._start_monitor(loop, cluster.monitor)
 
     def _cluster_members(
         self, loop: asyncio.AbstractEventLoop, cluster: ClusterConfig
@@ -372,10 +415,17 @@ class ExtendedServer:
         return [(node, manager)]
 
     def _start_monitor(self, loop: asyncio.AbstractEventLoop, address: HostPort) -> None:
-        """--k8s-monitor: /alive, and /ready once every cluster node is ready (§5.10)."""
-        nodes = list(self.cluster_nodes)
-        self.monitor = MonitorService([lambda: all(node.membership.ready for node in nodes)])
+        """--k8s-monitor: /alive, and /ready once every cluster node is ready and every one
+        of ``ready_checks`` passes (§5.10)."""
+        self.monitor = MonitorService([self.cluster_ready, self._ready_checks_pass])
         self._background.append(loop.create_task(self.monitor.start(address.host, address.port)))
+
+    def cluster_ready(self) -> bool:
+        """Every cluster node is ready (True without a cluster)."""
+        return all(node.membership.ready for node in self.cluster_nodes)
+
+    def _ready_checks_pass(self) -> bool:
+        return all(check() for check in self.ready_checks)
 
     def _open(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> None:
         try:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from extplugtest import __version__
@@ -19,11 +21,21 @@ from extplugtest.cluster.options import (
 )
 from extplugtest.coap.transport_tcp import demo_tls_server_context
 from extplugtest.dtls.credentials import PskFileError, PskStore
-from extplugtest.dtls.handshake_server import ClientAuth, DtlsConfig
+from extplugtest.dtls.handshake_server import ClientAuth, DtlsConfig, ExtendedMasterSecretMode
 from extplugtest.dtls.pki import TrustStore, demo_server_credentials
+from extplugtest.dtls.session_cache import SessionCache
 from extplugtest.server.app import ExtendedServer, InterfaceSelection, StartupError
 from extplugtest.server.config import DEFAULT_FILE, ConfigError, ServerConfig, parse_duration
 from extplugtest.server.console import ServerConsole, StdinConsole
+from extplugtest.server.handover import (
+    HandoverOptionError,
+    RestoreConfig,
+    RestoreServer,
+    add_restore_options,
+    restore_config,
+    restore_from_peer,
+    restore_payload,
+)
 from extplugtest.server.restart import restore_from_file, save_to_file, store_settings
 
 EXIT_USAGE = 2
@@ -38,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="extserver",
         description="CoAP extended plugtest server: extended resources (/benchmark, ...) on "
         "5783, the ETSI plugtest resources on 5683.",
+        # No prefixes of long options: 2.5.0's --interfaces=lo would be taken as
+        # --interfaces-pattern (picocli knows no abbreviations either).
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action=VersionAction)  # package and OpenSSL versions
     group = parser.add_argument_group("endpoints")
@@ -102,10 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--client-auth",
         choices=("NONE", "WANTED", "NEEDED"),
-        default="WANTED",
         help="client certificates for DTLS (ECDHE_ECDSA suites) and TLS: not asked for, verified "
-        "if sent, or required (default: WANTED, the extended server's "
-        "DTLS.CLIENT_AUTHENTICATION_MODE and TCP.TLS_CLIENT_AUTHENTICATION_MODE)",
+        "if sent, or required; overrides DTLS.CLIENT_AUTHENTICATION_MODE (default: "
+        "DTLS WANTED on the extended endpoints, NEEDED on the plugtest ones; TLS WANTED)",
     )
     trust = group.add_mutually_exclusive_group()
     trust.add_argument(
@@ -173,7 +187,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore only connections active within this many hours (required with --store-file)",
     )
     add_cluster_options(parser)
+    add_restore_options(parser)
     return parser
+
+
+def dtls_configs(
+    config: ServerConfig,
+    psk_store: PskStore,
+    trust_store: TrustStore,
+    client_auth: str | None = None,
+) -> tuple[DtlsConfig, DtlsConfig]:
+    """The DTLS settings of the extended and of the plugtest endpoints, from the properties.
+
+    They differ in the client authentication default, WANTED and NEEDED (inventory §1.3);
+    *client_auth* (--client-auth), else DTLS.CLIENT_AUTHENTICATION_MODE, sets both. Each has
+    its own session cache (see ExtendedServer.plugtest_dtls).
+    """
+    mode = client_auth or config.dtls_client_auth
+    extended = DtlsConfig(
+        psk_store,
+        cipher_suites=config.dtls_suites,
+        certificate=demo_server_credentials(),
+        cid_length=config.dtls_cid_length,  # -1: DtlsConfig turns CID off
+        extended_master_secret_mode=ExtendedMasterSecretMode(
+            config.dtls_extended_master_secret_mode
+        ),
+        client_auth=ClientAuth(mode or ClientAuth.WANTED.value),
+        trust_store=trust_store,
+        record_size_limit=config.dtls_record_size_limit,
+    )
+    plugtest = dataclasses.replace(
+        extended,
+        client_auth=ClientAuth(mode or ClientAuth.NEEDED.value),
+        session_cache=SessionCache(),
+    )
+    return extended, plugtest
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> int:
@@ -186,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         cluster = cluster_config(args)
-    except ClusterOptionError as error:
+        restore = restore_config(args)
+    except (ClusterOptionError, HandoverOptionError) as error:
         return fail(str(error), EXIT_USAGE)
+    if restore is not None and not args.dtls:
+        return fail("--k8s-restore and --local-restore hand over DTLS connections: drop --no-dtls")
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -222,13 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         return fail(f"--trust-store: {error}", EXIT_USAGE)
     trust_store.trust_all = args.trust_all
-    dtls_config = DtlsConfig(
-        psk_store,
-        certificate=demo_server_credentials(),
-        cid_length=config.dtls_cid_length,
-        client_auth=ClientAuth(args.client_auth),
-        trust_store=trust_store,
-    )
+    dtls_config, plugtest_dtls = dtls_configs(config, psk_store, trust_store, args.client_auth)
     interfaces = InterfaceSelection(
         loopback=args.loopback,
         external=args.external,
@@ -245,10 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         notify_interval=notify_interval,
         echo_delay=args.echo_delay,
         dtls=dtls_config if args.dtls else None,
+        plugtest_dtls=plugtest_dtls if args.dtls else None,
         dtls_only=args.dtls_only,
         cluster=cluster,
+        dtls_wildcard=restore is not None,
         tcp=args.tcp,
-        tls=demo_tls_server_context(args.client_auth, args.trust_store) if args.tcp else None,
+        tls=(
+            demo_tls_server_context(args.client_auth or "WANTED", args.trust_store)
+            if args.tcp
+            else None
+        ),
     )
     loop: asyncio.AbstractEventLoop
     try:
@@ -269,6 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     if store is not None:  # before the loop runs: no datagram is handled before
         restore_from_file(server, store)
+    handover: RestoreServer | None = None
+    if restore is not None:
+        try:
+            handover = start_handover(server, restore, loop)
+        except StartupError as error:
+            server.close()
+            loop.close()
+            return fail(str(error))
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -282,11 +341,71 @@ def main(argv: list[str] | None = None) -> int:
         stdin.close()
         if console.saved is not None:
             logger.warning("the DTLS connections of the console's save were not loaded: lost")
+        if handover is not None:
+            loop.run_until_complete(handover.close())
         if store is not None:
             save_to_file(server, store)
         server.close()
         loop.close()
     return 0
+
+
+#: /alive turns 503 this long after /restore was served (inventory §5.10)
+ALIVE_AFTER_HANDOVER = 4.0
+#: k8s cluster: the restore waits for the cluster to be ready, at most this long (§5.9)
+CLUSTER_READY_WAIT = 60.0
+
+
+async def _cluster_ready(server: ExtendedServer) -> None:
+    for _ in range(int(CLUSTER_READY_WAIT / 0.1)):
+        if server.cluster_ready():
+            return
+        await asyncio.sleep(0.1)
+    logger.warning("the cluster is not ready after %gs; restoring anyway", CLUSTER_READY_WAIT)
+
+
+def start_handover(
+    server: ExtendedServer, restore: RestoreConfig, loop: asyncio.AbstractEventLoop
+) -> RestoreServer:
+    """--k8s-restore / --local-restore + --other-restore (server/handover.py): download the
+    other server's DTLS connections, with our DTLS endpoints stopped meanwhile (no datagram is
+    handled before the connections are in), then serve /restore ourselves. /ready is false
+    until the restore is done (or given up), and again from the moment a /restore stops our
+    DTLS endpoints; /alive follows 4 s after it was served. Raises StartupError."""
+    restored = False
+
+    def on_served() -> None:
+        if server.monitor is not None:
+            loop.call_later(ALIVE_AFTER_HANDOVER, setattr, server.monitor, "alive", False)
+
+    handover = RestoreServer(
+        lambda: restore_payload(server.save_dtls(), restore.max_age), on_served
+    )
+    server.ready_checks.append(lambda: restored and not handover.handing_over)
+    for transport in server.dtls_transports():
+        transport.stop()
+    try:
+        if server.cluster is not None:
+            loop.run_until_complete(_cluster_ready(server))
+        loop.run_until_complete(
+            restore_from_peer(
+                restore,
+                lambda saved: server.load_dtls(saved.aged_until(time.time()), restore.max_age),
+                cluster=server.cluster is not None,
+            )
+        )
+    finally:
+        for transport in server.dtls_transports():
+            transport.resume()  # (load_dtls resumed them already after a restore)
+    restored = True
+    try:
+        loop.run_until_complete(handover.start(restore.local.host, restore.local.port))
+    except OSError as error:
+        raise StartupError(
+            f"cannot listen for /restore on {restore.local}: {error.strerror or error}"
+        ) from None
+    print(f"  https://{restore.local}/restore (graceful handover)")
+    return handover
 
 
 if __name__ == "__main__":
