@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from tests.conftest import coap_ping, free_udp_port
@@ -108,23 +112,22 @@ def test_payload_sources_and_method_against_extserver(bench_server, tmp_path):
         assert result["success"] == 6 and result["method"] == "POST"
 
 
-def test_no_stop_against_extserver_error_responses(bench_server, tmp_path):
-    # an unsupported query: 4.02 for every request
+def test_first_request_error_response_ends_the_benchmark(bench_server):
+    """An unsupported query: 4.02 for the first request. Californium's test() fails: its line
+    and the exit, with --no-stop too (error responses during a run: test_loadgen.py)."""
     uri = f"{bench_server.uri}/benchmark?nonsense=1"
-    lines: list[str] = []
-    stopping = run_benchmark(
-        uri, "--clients", "2", "--requests", "3", tmp_path=tmp_path, output=lines
-    )
-    assert stopping["stopped_clients"] == 2 and stopping["stale"] is True
-    assert "Benchmark clients, first request answered with 4.02." in lines
-    assert "2 benchmark clients stopped." in lines
-    lines.clear()
-    going_on = run_benchmark(
-        uri, "--clients", "2", "--requests", "2", "--no-stop", tmp_path=tmp_path, output=lines
-    )
-    assert going_on["stopped_clients"] == 0 and going_on["stop"] is False
-    assert going_on["error_responses"] == going_on["transmission_errors"] == 4
-    assert lines[0].startswith("Create 2 none-stop benchmark clients")
+    for extra in ([], ["--no-stop"]):
+        completed = subprocess.run(
+            [sys.executable, "-m", "extplugtest.tools.client", "benchmark", uri,
+             "--clients", "2", "--requests", "3", *extra],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert completed.returncode == 1, completed.stdout + completed.stderr
+        assert completed.stderr == (
+            f"extclient benchmark: error: Request {uri} POST failed, exit Benchmark. "
+            "Answered with 4.02.\n"
+        )
+        assert "Benchmark started." not in completed.stdout
 
 
 def test_duration_warmup_plot_and_local_port(bench_server, tmp_path):
@@ -279,6 +282,13 @@ def test_coaps_against_extserver(bench_server, tmp_path):
     assert result["requests"] == 500 and result["transmission_errors"] == 0
     assert result["success"] == result["responses"]
     assert "Benchmark clients handshakes: 20 in" in "\n".join(lines)
+    assert lines[:2] == [
+        "Create 20 secure benchmark clients, expect to send 500 requests overall to "
+        f"{coaps_uri(bench_server, 'benchmark?rlen=40')}",
+        "Use PSK.",
+    ]
+    # connects: each client's first response, its handshake included
+    assert result["connect_latency_us"]["count"] == 20
 
 
 def test_coaps_with_source_addresses(bench_server, tmp_path):
@@ -317,6 +327,14 @@ def test_coaps_psk_store_and_certificates(bench_server, tmp_path):
         "--cipher", "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8", tmp_path=tmp_path,
     )  # fmt: skip
     assert result["requests"] == 15 and result["transmission_errors"] == 0
+    # RPK: a key pair per client, each a principal of its own
+    lines: list[str] = []
+    result = run_benchmark(
+        coaps_uri(bench_server, "benchmark?rlen=10"),
+        "--clients", "3", "--requests", "5", "-a", "RPK", tmp_path=tmp_path, output=lines,
+    )  # fmt: skip
+    assert result["requests"] == 15 and result["transmission_errors"] == 0
+    assert lines[1] == "Use RPK."
 
 
 def test_coaps_wrong_secret_is_one_line(bench_server, tmp_path):
@@ -605,3 +623,93 @@ def test_tls_against_libcoap_server(tmp_path):
     assert result["requests"] == result["success"] == LIBCOAP_BACKLOG * 40
     assert result["transmission_errors"] == result["connections_closed"] == 0
     assert result["transport"] == "tls"
+
+
+# -- coaps: recovery with a new handshake after a server restart ----------------------------------
+
+
+def start_dtls_extserver(port: int, log: Path) -> subprocess.Popen:
+    """``extserver`` on *port* (+1 for coaps), /benchmark only, no state kept between runs."""
+    from tests.conftest import die_with_parent, find_tool
+    from tests.interop.cluster_helpers import RUN_CLI, answers_hello
+
+    exe = find_tool("extserver")
+    command = [exe] if exe else [sys.executable, "-c", RUN_CLI]
+    if os.environ.get("EXTSERVER_CMD"):
+        command = shlex.split(os.environ["EXTSERVER_CMD"])
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [*command, "--no-external", "--no-ipv6", "--no-tcp", "--no-plugtest", "--benchmark",
+             "--coap-port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:  # bounded
+        if answers_hello(("127.0.0.1", port + 1)):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"extserver did not start:\n{log.read_text(errors='replace')}")
+
+
+@pytest.mark.parametrize("extra", [[], ["--source-addresses", "127.6.0.0/24"]])
+def test_coaps_clients_recover_with_a_new_handshake_after_a_server_restart(tmp_path, extra):
+    """The seed's fail-over (a pod restarted, its DTLS state gone): each client's next CON
+    request fails, it does a new full handshake (Californium forces one after an error, with
+    --no-stop) and goes on; the run completes instead of ending as stale. With source
+    addresses the handshake runs on a socket of the client's own."""
+    from tests.interop.cluster_helpers import stop_process
+
+    port = free_udp_port(tcp=True, span=2)
+    server_log = tmp_path / "server.log"
+    server = start_dtls_extserver(port, server_log)
+    out = tmp_path / "benchmark.out"
+    result_file = tmp_path / "result.json"
+    with out.open("wb") as sink:
+        load = subprocess.Popen(
+            [sys.executable, "-m", "extplugtest.tools.client", "benchmark",
+             f"coaps://127.0.0.1:{port + 1}/benchmark?rlen=10", "--clients", "3",
+             "--requests", "20", "--interval", "20", "--no-stop", "--ack-timeout", "100",
+             "--progress-interval", "0.5", "--json", str(result_file), *extra],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "Benchmark started." not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)  # bounded
+        assert "Benchmark started." in out.read_text(), out.read_text()
+        time.sleep(1.0)  # some requests on the first sessions
+        server.kill()  # all DTLS state gone, as a node killed
+        server.wait(timeout=10)
+        sent_before = last_requests(out.read_text())
+        server = start_dtls_extserver(port, server_log)
+        assert load.wait(timeout=90) == 0, out.read_text()
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait(timeout=10)
+        stop_process(server)
+    lines = out.read_text().splitlines()
+    result = json.loads(result_file.read_text())
+    assert "3 benchmark clients finished." in lines, lines
+    assert not any("stale" in line for line in lines), lines
+    assert result["stale"] is False and result["responses"] == result["success"] == 60
+    # requests answered after the restart: those sent after the kill, and the failed ones
+    # (given back, sent again after the new handshake)
+    assert sent_before < 60
+    assert result["transmission_errors"] >= 3
+    # each client's request failed, it said so and got a new session
+    errors = [line for line in lines if re.match(r"^client-\d: Error after \d+ CON-requests\. "
+                                                   r"timeout \(\d+s\)", line)]  # fmt: skip
+    assert errors, lines
+    assert result["handshakes_during_run"] >= 3, result
+    assert any(re.match(r"^\d+ DTLS handshakes during the run", line) for line in lines)
+    # the responses after the new handshakes are "connects" again (Californium's reconnect)
+    assert result["connect_latency_us"]["count"] >= 3 + 3
+
+
+def last_requests(output: str) -> int:
+    """The requests of the last progress line in *output* (0 before the first)."""
+    found = re.findall(r"^\[\d{4}\]: (\d+) requests", output, re.MULTILINE)
+    return int(found[-1]) if found else 0

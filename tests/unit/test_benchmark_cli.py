@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +32,16 @@ from extplugtest.tools import benchmark, client
 # Californium's format strings, as regular expressions ('.' as decimal point).
 SHARE = r"\d+\.\d{2}%"
 CREATE = re.compile(
-    r"^Create (\d+) (none-stop )?benchmark clients, expect to send (\d+) requests overall "
-    r"to (\S+)$"
+    r"^Create (\d+) (none-stop )?(secure )?benchmark clients, expect to send (\d+) requests "
+    r"overall to (\S+)$"
+)
+# Californium's per-client lines (its errorFilter'ed "Error after", and "failed after")
+ERROR_AFTER = re.compile(
+    r"^client-(\d+): Error after (\d+) (CON|NON)-requests\. (timeout \(\d+s\)|rejected|.+)"
+    r"( \(\d+ additional errors\.\))?$"
+)
+FAILED_AFTER = re.compile(
+    r"^client-(\d+): failed after (\d+) (CON|NON)-requests! (timeout \(\d+s\)|rejected|.+)$"
 )
 CREATED = re.compile(r"^Benchmark clients? created\. \d+ (ms|s)(, \d+ clients/s)?$")
 PROGRESS = re.compile(
@@ -319,7 +328,7 @@ def test_run_output_and_json(capsys: Any, tmp_path: Any, responder_factory: Any)
     )  # fmt: skip
     assert code == 0, err
     create = CREATE.match(lines[0])
-    assert create and create.groups() == ("4", None, "24", uri)
+    assert create and create.groups() == ("4", None, None, "24", uri)
     assert lines[1] == "Benchmark clients, first request successful."
     assert CREATED.match(lines[2]) and lines[3] == "Benchmark started."
     # each client makes 3 pauses of 200..699 ms: the run outlasts a progress interval
@@ -421,17 +430,211 @@ def test_plot(capsys: Any, tmp_path: Any, responder_factory: Any) -> None:
 def test_clients_stopped_by_errors_end_the_run_as_stale(
     capsys: Any, responder_factory: Any
 ) -> None:
-    responder = responder_factory(
-        lambda responder, request, send: send(response(request, ACK, code=0x84))  # 4.04
-    )
+    def first_only(responder: Responder, request: Message, send: Send) -> None:
+        # the first request (Californium's test()) is answered, then 4.04 for every one
+        first = len(responder.requests()) == 1
+        send(response(request, ACK, code=0x45 if first else 0x84))
+
+    responder = responder_factory(first_only)
     code, lines, err = run_cli(
         capsys, f"coap://127.0.0.1:{responder.port}/x", "--clients", "3", "--requests", "4"
     )
     assert code == 0, err
-    assert "Benchmark clients, first request answered with 4.04." in lines
+    assert "Benchmark clients, first request successful." in lines
     # without --no-stop an error response ends its client
     assert "[0001]: 3 requests, stale (0 clients, 0 pending)" in lines
     assert "3 benchmark clients stopped." in lines
     assert "Stale at 3 messages (25%)" in lines
     # each client's only response was its first: a "connect"
     assert any(line.startswith("connects          : #: 3, ") for line in lines)
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def test_failed_first_request_ends_the_benchmark(capsys: Any, responder_factory: Any) -> None:
+    """Californium's test(): a first request that fails (here a 4.04) ends the benchmark with
+    its line, as one line on stderr, and a non-zero exit code."""
+    responder = responder_factory(
+        lambda responder, request, send: send(response(request, ACK, code=0x84))  # 4.04
+    )
+    uri = f"coap://127.0.0.1:{responder.port}/x"
+    for extra in ([], ["--no-stop"]):
+        code, lines, err = run_cli(capsys, uri, "--clients", "3", "--requests", "4", *extra)
+        assert code == 1
+        assert err == (
+            f"extclient benchmark: error: Request {uri} POST failed, exit Benchmark. "
+            "Answered with 4.04.\n"
+        )
+        assert "Benchmark started." not in lines
+    assert len(responder.requests()) == 2  # the first requests only
+
+
+def lose_first_token(responder: Responder, request: Message, send: Send) -> None:
+    """Answers the first request (the test request), then loses every transmission of each
+    client's first request: it fails, its retry is answered."""
+    if not request.code:
+        return
+    seen = responder.__dict__.setdefault("lost", {})
+    source = responder.sources[len(responder.received) - 1]
+    if len(responder.requests()) > 1 and seen.setdefault(source, request.token) == request.token:
+        return
+    send(response(request, ACK))
+
+
+def test_per_client_error_lines(capsys: Any, responder_factory: Any) -> None:
+    """Californium's lines for a failed request: "Error after" when the client goes on
+    (--no-stop), "failed after" when it stops."""
+    responder = responder_factory(lose_first_token)
+    uri = f"coap://127.0.0.1:{responder.port}/x"
+    code, lines, err = run_cli(
+        capsys, uri, "--clients", "2", "--requests", "2", "--no-stop", "--ack-timeout", "10",
+        "--progress-interval", "5",  # the retry comes after 1 s: not stale
+    )  # fmt: skip
+    assert code == 0, err
+    errors = [m for m in map(ERROR_AFTER.match, lines) if m]
+    assert sorted(m.group(1) for m in errors) == ["0", "1"], lines
+    assert all(m.group(2) == "0" and m.group(3) == "CON" for m in errors)
+    assert all(m.group(4).startswith("timeout (") for m in errors)
+    assert "2 benchmark clients finished." in lines
+
+    responder = responder_factory(lose_first_token)
+    uri = f"coap://127.0.0.1:{responder.port}/x"
+    code, lines, err = run_cli(
+        capsys, uri, "--clients", "2", "--requests", "2", "--ack-timeout", "10",
+        "--progress-interval", "5",
+    )  # fmt: skip
+    assert code == 0, err
+    failed = [m for m in map(FAILED_AFTER.match, lines) if m]
+    assert sorted(m.group(1) for m in failed) == ["0", "1"], lines
+    assert all(m.group(4).startswith("timeout (") for m in failed)
+    assert "2 benchmark clients stopped." in lines
+
+
+def test_error_lines_are_filtered_as_californiums() -> None:
+    """FilteredLogger(3, 10 s): 3 lines a period, the first one after a period with more says
+    how many there were."""
+    now = [0.0]
+    lines = benchmark.ErrorLines("CON", clock=lambda: now[0])
+    events = [(i, 7, -2, 0, 3, False) for i in range(5)]
+    shown = lines.lines(events, 0)
+    assert shown == [f"client-{i}: Error after 7 CON-requests. timeout (3s)" for i in range(3)]
+    now[0] = 10.5
+    assert lines.lines([(9, 8, -1, 0, 0, False)], 2) == [
+        "client-9: Error after 8 CON-requests. rejected (7 additional errors.)"
+    ]
+    # "failed after" is never filtered
+    assert (
+        lines.lines([(1, 0, -2, 0, 1, True)] * 4, 2)
+        == ["client-1: failed after 0 CON-requests! timeout (1s)"] * 4
+    )
+
+
+class SilentGenerator:
+    """A generator whose clients get no response (a DTLS server restarting), for watch():
+    the run ends after *seconds*."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.stopped = False
+        self.counters = dict(ZERO, active=2, reverse_responses=0, notifies=0, sent=2)
+
+    def totals(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def join(self, timeout: float | None) -> bool:
+        left = self.end - time.monotonic()
+        if self.stopped or left <= 0:
+            return True
+        time.sleep(min(left, timeout if timeout is not None else left))
+        return time.monotonic() >= self.end
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def take_errors(self) -> tuple[list[Any], int]:
+        return [], 0
+
+
+@pytest.mark.parametrize(("dtls", "stale"), [(False, True), (True, False)])
+def test_stale_check_waits_longer_for_dtls(capsys: Any, dtls: bool, stale: bool) -> None:
+    """Californium: stale after 10 s + --interval without responses; over DTLS the interval
+    part is at least 120 s (time for the clients' new handshakes). A 1 s pause with 0.1 s
+    progress lines is stale over coap, not over coaps."""
+    runner = benchmark.Runner(SilentGenerator(1.0))  # type: ignore[arg-type]
+    seen = benchmark.watch(runner, 0.1, benchmark.Phases(clients=2, dtls=dtls))
+    assert seen.stale is stale
+    lines = capsys.readouterr().out.splitlines()
+    assert any(STALE.match(line) for line in lines) is stale
+
+
+# -- coaps opening lines and environment -------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-i", "me", "-s", "pw"], ["Use PSK.", "ID: me, pw"]),
+        (["-i", "me"], ["Use PSK.", "ID: me"]),
+        ([], ["Use PSK."]),
+        (["-a", "ECDHE_PSK", "-i", "me", "-s", "pw"], ["Use PSK/ECDHE.", "ID: me, pw"]),
+        (["-a", "RPK"], ["Use RPK."]),
+        (["-a", "X509", "-i", "me"], ["Use X509."]),
+        (["--cipher", "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8"], ["Use X509."]),
+    ],
+)
+def test_coaps_opening_lines(capsys: Any, argv: list[str], expected: list[str]) -> None:
+    """Californium's lines before the clients are created: "secure", the authentication and
+    the first client's identity (nobody listens here: the handshake fails after them)."""
+    uri = f"coaps://127.0.0.1:{free_port()}/x"
+    code, lines, err = run_cli(capsys, uri, "--clients", "1", "--requests", "2", *argv)
+    assert code == 1 and err.count("\n") == 1, err
+    assert (
+        lines[0] == f"Create 1 secure benchmark clients, expect to send 2 requests overall to {uri}"
+    )
+    assert lines[1:] == expected
+
+
+def test_psk_store_identity_line(capsys: Any, tmp_path: Any) -> None:
+    store = tmp_path / "cali.psk"
+    store.write_text("cali.1=c2VjcmV0MQ==\ncali.2=c2VjcmV0Mg==\n")
+    uri = f"coaps://127.0.0.1:{free_port()}/x"
+    _code, lines, _err = run_cli(
+        capsys, uri, "--clients", "1", "--psk-store", str(store), "--psk-index", "1", "--no-stop"
+    )
+    assert lines[0].startswith("Create 1 none-stop secure benchmark clients")
+    assert lines[1:] == ["Use PSK.", "ID: cali.2, secret2"]
+
+
+def test_handshake_options_default_to_the_environment(monkeypatch: Any, capsys: Any) -> None:
+    """benchmark.sh's COAPS_HANDSHAKES_FULL/CLOSE/BURST, for coaps:// (as Californium's
+    Config.defaults()); an option given wins."""
+    monkeypatch.setenv("COAPS_HANDSHAKES_FULL", "7")
+    monkeypatch.setenv("COAPS_HANDSHAKES_BURST", "3")
+    args = client.build_parser().parse_args(["benchmark", "coaps://127.0.0.1/x"])
+    benchmark.benchmark_dtls.handshake_defaults(args, secure=True)
+    assert (args.handshakes_full, args.handshakes_close, args.handshakes_burst) == (7, 0, 3)
+    monkeypatch.setenv("COAPS_HANDSHAKES_CLOSE", "4")
+    args = client.build_parser().parse_args(
+        ["benchmark", "coaps://127.0.0.1/x", "--handshakes-full", "2", "--handshakes-burst", "1"]
+    )
+    benchmark.benchmark_dtls.handshake_defaults(args, secure=True)
+    assert (args.handshakes_full, args.handshakes_close, args.handshakes_burst) == (2, 0, 1)
+    args = client.build_parser().parse_args(["benchmark", "coaps://127.0.0.1/x"])
+    benchmark.benchmark_dtls.handshake_defaults(args, secure=True)
+    assert (args.handshakes_full, args.handshakes_close) == (0, 4)  # both: close wins
+    args = parse()  # coap://: the environment does not count
+    benchmark.benchmark_dtls.handshake_defaults(args, secure=False)
+    assert (args.handshakes_full, args.handshakes_close, args.handshakes_burst) == (0, 0, 1)
+    # in a run: the environment's renewals need --nstart 1, as the options do
+    code, _out, err = run_cli(capsys, "coaps://127.0.0.1:9/x", "--nstart", "2")
+    assert code == 2 and "--handshakes-full/-close need --nstart 1" in err
+    monkeypatch.setenv("COAPS_HANDSHAKES_CLOSE", "often")
+    code, _out, err = run_cli(capsys, "coaps://127.0.0.1:9/x")
+    assert code == 2 and "COAPS_HANDSHAKES_CLOSE 'often' is no number" in err

@@ -77,6 +77,9 @@ cdef struct Client:
     uint64_t write_seq      # next record sequence number of epoch 1
     uint8_t read_cid_length  # our CID on the server's records (RFC 9146), 0: none
     bint in_handshake       # coaps: parked (socket out of the epoll set) for a handshake
+    bint force_handshake    # coaps: a CON request failed, a new full handshake comes first
+    bint reconnected        # the next response follows a handshake: it counts as a "connect"
+    uint64_t connect_ns     # duration of the client's last handshake, added to that response
     bint started            # has received a response (Californium's "pending" until then)
     bint stopped            # stopped after a failure (Californium's default, without --no-stop)
     bint has_acked_mid
@@ -107,6 +110,7 @@ cdef struct Client:
     uint32_t notify_counter     # its counter value (a retransmission repeats it)
     uint64_t notify_timeout_ns
     uint64_t notify_resend_ns
+    uint32_t notify_after_ms    # the next one is due that long after this one's ACK
     # coap+tcp
     bint closed             # the connection ended (FIN, error, Abort): for good
     bint released           # the server sent Release: no new requests on this connection
@@ -163,6 +167,23 @@ cdef struct Ring:
     int head
     int tail
 
+cdef struct ErrorEvent:
+    # A failed request (Californium's per-client "Error after ..." / "failed after ..." lines)
+    int client
+    uint32_t count          # the client's responses so far
+    int code                # -1 RST, -2 timeout, -3 coap+tcp connection ended
+    int err                 # errno of an ended connection, 0 if none
+    uint32_t seconds        # since the request was started (a timeout's "timeout (Ns)")
+    bint failed             # the client stopped (without --no-stop)
+
+cdef struct ErrorRing:
+    # single producer (the loop) single consumer (Python), as Ring; full: counted in dropped
+    ErrorEvent* slots
+    int capacity
+    int head
+    int tail
+    uint64_t dropped
+
 cdef struct Engine:
     Client* clients
     Exchange* exchanges         # client_count * nstart, client i owns [i*nstart, (i+1)*nstart)
@@ -170,6 +191,8 @@ cdef struct Engine:
     uint32_t handshake_every    # 0: never
     Ring handshake_requests     # loop -> Python: clients waiting for a handshake
     Ring handshakes_done        # Python -> loop: clients with a new session
+    bint dtls_recovery          # coaps: a failed CON request parks its client for a handshake
+    ErrorRing errors            # loop -> Python: failed requests, for the per-client lines
     int client_count
     int nstart
     int active                  # clients not stopped with something to do

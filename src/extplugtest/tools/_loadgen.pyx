@@ -17,7 +17,10 @@ What happens after a failure follows Californium's BenchmarkClient: a failed CON
 its client, unless ``no_stop``; then, and for NON requests, the request is given back and
 retried after ``retry_delay`` (+ jitter). A 5.03 is retried after max(1 s, Max-Age); other
 error responses stop the client, or with ``no_stop`` count as transmission errors and the
-client goes on after ``retry_delay``.
+client goes on after ``retry_delay``. Over coaps with ``dtls_recovery`` a failed CON request
+parks its client after ``retry_delay`` for a new full handshake (done in Python, as for
+``handshakes_every``; Californium forces one then). Every failed request is queued for
+Python's per-client lines (``take_errors``).
 
 Block-wise (RFC 7959): with ``block_size`` every request asks for Block2 of that size (early
 negotiation) and a payload larger than one block is sent as Block1 blocks; a response with
@@ -486,6 +489,9 @@ cdef int read_sources(Engine* e) noexcept nogil:
                 e.total.ignored += 1
                 continue
             c = &e.clients[index]
+            if c.in_handshake:
+                e.total.ignored += 1        # the old session's: Python owns the client now
+                continue
             if c.cipher != NULL:
                 on_records(e, c, now, source_batch_buffer(&e.source_rx, i),
                            source_batch_length(&e.source_rx, i))
@@ -640,6 +646,8 @@ cdef void start_request(Engine* e, Client* c, Exchange* x, uint64_t now) noexcep
     coap+tcp server sent Release)."""
     if c.stopped:
         return      # coap+tcp: the connection ended while the client started its exchanges
+    if c.force_handshake and not c.in_handshake and park_client(e, c):
+        return      # coaps: a new session first
     if c.released or not take_request(e, c):
         retire(e, c, x)
         return
@@ -658,9 +666,15 @@ cdef inline void schedule(Engine* e, Client* c, Exchange* x, uint64_t now,
 
 cdef inline void record_latency(Engine* e, Client* c, Exchange* x, uint64_t now,
                                 Histogram* h) noexcept nogil:
-    if not c.started:
-        h = &e.connect_latency   # includes whatever the first contact costs
-    record(h, (now - x.started_ns) // 1000)
+    cdef uint64_t rtt = now - x.started_ns
+    if not c.started or c.reconnected:
+        # Californium's "connects": the first response after a (re)connect, whose RTT
+        # includes the DTLS handshake the request started (ours ran just before it)
+        h = &e.connect_latency
+        rtt += c.connect_ns
+        c.connect_ns = 0
+        c.reconnected = False
+    record(h, rtt // 1000)
     if x.sent_ns != x.started_ns:
         record(&e.block_latency, (now - x.sent_ns) // 1000)
 
@@ -685,35 +699,72 @@ cdef inline int ring_pop(Ring* r) noexcept nogil:
     return value
 
 
-cdef bint park_for_handshake(Engine* e, Client* c, Exchange* x) noexcept nogil:
-    """coaps, every handshake_every-th response: take the client out of the loop (its socket
-    leaves the epoll set) and ask the Python side for a new DTLS handshake."""
+cdef bint park_client(Engine* e, Client* c) noexcept nogil:
+    """coaps: take the client out of the loop (its socket leaves the epoll set; with source
+    addresses its datagrams are ignored) and ask the Python side for a new DTLS handshake
+    (``force_handshake``: after a failed request). Its requests wait for the new session:
+    those sent on the old one go back to the budget and are sent again."""
     cdef int index = <int>(c - e.clients)
-    if (e.handshake_every == 0 or c.cipher == NULL or e.nstart != 1
-            or c.completed % e.handshake_every != 0):
+    cdef int i, first = index * e.nstart
+    cdef Exchange* x
+    if c.in_handshake or c.cipher == NULL:
         return False
-    if not ring_push(&e.handshake_requests, index):
+    if not ring_push(&e.handshake_requests, index * 2 + (1 if c.force_handshake else 0)):
         return False
-    epoll_ctl(e.epfd, EPOLL_CTL_DEL, c.fd, NULL)
+    if e.source_fd < 0:
+        epoll_ctl(e.epfd, EPOLL_CTL_DEL, c.fd, NULL)
     c.in_handshake = True
-    x.state = WAIT_HANDSHAKE
-    x.deadline_ns = 0
+    for i in range(first, first + e.nstart):
+        x = &e.exchanges[i]
+        if x.state == WAIT_ACK or x.state == WAIT_RESPONSE:
+            give_back(e, c)
+        elif x.state != WAIT_DELAY:
+            continue
+        x.state = WAIT_HANDSHAKE
+        x.deadline_ns = 0
     return True
 
 
+cdef bint park_for_handshake(Engine* e, Client* c, Exchange* x) noexcept nogil:
+    """coaps, every handshake_every-th response: park the client for a new handshake before
+    its next request."""
+    if (e.handshake_every == 0 or c.cipher == NULL or e.nstart != 1
+            or c.completed % e.handshake_every != 0):
+        return False
+    x.state = WAIT_DELAY        # its next request waits for the handshake
+    x.deadline_ns = 0
+    return park_client(e, c)
+
+
 cdef void resume_handshaken(Engine* e, uint64_t now) noexcept nogil:
-    """Clients back from their handshakes: into the epoll set, next request."""
+    """Clients back from their handshakes: into the epoll set, and their requests go on: at
+    once after a failure (the handshake was the request's, as in Californium), else after
+    the interval."""
     cdef epoll_event event
     cdef int index = ring_pop(&e.handshakes_done)
+    cdef int i
+    cdef bint recovery
     cdef Client* c
+    cdef Exchange* x
     while index >= 0:                       # bounded: each client is queued at most once
         c = &e.clients[index]
-        event.events = EPOLLIN
-        event.data.u64 = 0
-        event.data.u32 = <uint32_t>index
-        epoll_ctl(e.epfd, EPOLL_CTL_ADD, c.fd, &event)
+        if e.source_fd < 0:
+            event.events = EPOLLIN
+            event.data.u64 = 0
+            event.data.u32 = <uint32_t>index
+            epoll_ctl(e.epfd, EPOLL_CTL_ADD, c.fd, &event)
         c.in_handshake = False
-        schedule(e, c, &e.exchanges[index * e.nstart], now, e.interval_ns)
+        c.reconnected = True
+        recovery = c.force_handshake
+        c.force_handshake = False
+        for i in range(index * e.nstart, (index + 1) * e.nstart):
+            x = &e.exchanges[i]
+            if x.state != WAIT_HANDSHAKE:
+                continue
+            if recovery:
+                start_request(e, c, x, now)
+            else:
+                schedule(e, c, x, now, e.interval_ns)
         index = ring_pop(&e.handshakes_done)
 
 
@@ -825,6 +876,30 @@ cdef void complete(Engine* e, Client* c, Exchange* x, uint64_t now,
         stop_client(e, c)
 
 
+cdef void report_failure(Engine* e, Client* c, uint64_t started_ns, uint64_t now, int code,
+                         int err, bint failed) noexcept nogil:
+    """Queue a failed request for Python's per-client line (dropped, counted, when Python is
+    that far behind)."""
+    cdef ErrorRing* r = &e.errors
+    cdef ErrorEvent* event
+    cdef int tail, following
+    if r.capacity == 0:
+        return
+    tail = r.tail
+    following = (tail + 1) % r.capacity
+    if following == lg_load(&r.head):
+        r.dropped += 1
+        return
+    event = &r.slots[tail]
+    event.client = <int>(c - e.clients)
+    event.count = c.completed
+    event.code = code
+    event.err = err
+    event.seconds = <uint32_t>((now - started_ns) // 1000000000) if now > started_ns else 0
+    event.failed = failed
+    lg_store(&r.tail, following)
+
+
 cdef void fail(Engine* e, Client* c, Exchange* x, uint64_t now, int code) noexcept nogil:
     """No response (timeout) or an RST: Californium's onError()."""
     if code == -1:
@@ -834,10 +909,16 @@ cdef void fail(Engine* e, Client* c, Exchange* x, uint64_t now, int code) noexce
     e.total.transmission_errors += 1
     c.last_code = code
     if e.no_stop or (not e.confirmable and e.transport != TRANSPORT_TCP):
+        report_failure(e, c, x.started_ns, now, code, 0, False)
         give_back(e, c)
+        if e.confirmable and e.dtls_recovery and c.cipher != NULL:
+            # Californium: after a failed CON request over DTLS the retry forces a full
+            # handshake (the server may have lost the session: a restarted node)
+            c.force_handshake = True
         x.state = WAIT_DELAY
         x.deadline_ns = now + pause_ns(e, e.retry_delay_ns)
     else:
+        report_failure(e, c, x.started_ns, now, code, 0, True)
         stop_client(e, c)
 
 
@@ -879,19 +960,21 @@ cdef void send_feed(Engine* e, Client* c, int type, int code, uint16_t mid,
     client_send(e, c, buffer, w.pos - buffer)
 
 
-cdef uint64_t feed_interval_ns(Engine* e) noexcept nogil:
-    """Pause before the next notification: in [min, max) (min if equal), at least 20 ms; 0 for
-    "after the previous one completed" (a non-positive interval)."""
-    cdef int64_t ms = e.feed_min_ms
-    if e.feed_min_ms <= 0:
-        return 0
-    if e.feed_max_ms > e.feed_min_ms:
-        ms += <int64_t>(next_random(e) % <uint64_t>(e.feed_max_ms - e.feed_min_ms))
-    return <uint64_t>max(ms, MIN_FEED_INTERVAL_MS) * 1000000
+cdef int64_t feed_interval_ms(Engine* e) noexcept nogil:
+    """Californium's Feed: the interval before the next notification, min if min = max, else
+    "cubic" random in [min, max): (int) (r^3 * (max - min)) + min with r in [0, 1), so short
+    intervals are the common ones. Not positive: that long after the previous one completed."""
+    cdef double r
+    if e.feed_max_ms <= e.feed_min_ms:
+        return e.feed_min_ms
+    r = <double>(next_random(e) >> 11) * (1.0 / 9007199254740992.0)    # 53 bits
+    return <int64_t>(r * r * r * <double>(e.feed_max_ms - e.feed_min_ms)) + e.feed_min_ms
 
 
-cdef inline uint64_t after_completion_ns(Engine* e) noexcept nogil:
-    cdef int64_t ms = -e.feed_min_ms
+cdef inline uint64_t feed_delay_ns(int64_t ms) noexcept nogil:
+    """An interval's pause (its amount after completion if not positive), at least 20 ms."""
+    if ms < 0:
+        ms = -ms
     return <uint64_t>max(ms, MIN_FEED_INTERVAL_MS) * 1000000
 
 
@@ -905,6 +988,7 @@ cdef void end_observation(Engine* e, Client* c) noexcept nogil:
 
 cdef void send_notification(Engine* e, Client* c, uint64_t now,
                             bint retransmission) noexcept nogil:
+    cdef int64_t interval
     if not retransmission:
         c.feed_counter += 1
         c.notify_counter = c.feed_counter
@@ -921,16 +1005,20 @@ cdef void send_notification(Engine* e, Client* c, uint64_t now,
             c.notify_pending = True
             c.notify_retransmits = 0
             c.notify_timeout_ns = e.ack_timeout_ns + next_random(e) % (e.ack_timeout_ns // 2 + 1)
-            # the next one is due after this one's ACK, or after the interval
-            c.notify_due_ns = 0 if e.feed_min_ms <= 0 else now + feed_interval_ns(e)
+            # the next one is due after the interval, or (not positive) after this one's ACK
+            interval = feed_interval_ms(e)
+            if interval > 0:
+                c.notify_due_ns = now + feed_delay_ns(interval)
+            else:
+                c.notify_due_ns = 0
+                c.notify_after_ms = <uint32_t>(-interval)
         c.notify_resend_ns = now + c.notify_timeout_ns
     elif not retransmission:
-        c.notify_due_ns = now + (after_completion_ns(e) if e.feed_min_ms <= 0
-                                 else feed_interval_ns(e))
+        c.notify_due_ns = now + feed_delay_ns(feed_interval_ms(e))  # a NON completes when sent
 
 
 cdef void feed_timers(Engine* e, Client* c, uint64_t now) noexcept nogil:
-    if not c.observed:
+    if not c.observed or c.in_handshake:
         return
     if c.notify_pending and now >= c.notify_resend_ns:
         if c.notify_retransmits < e.max_retransmit:
@@ -956,7 +1044,7 @@ cdef bint feed_empty_message(Engine* e, Client* c, const MessageView* view,
     if view.type == ACK and c.notify_pending:
         c.notify_pending = False
         if c.notify_due_ns == 0:
-            c.notify_due_ns = now + after_completion_ns(e)
+            c.notify_due_ns = now + feed_delay_ns(c.notify_after_ms)
         return True
     return False
 
@@ -1010,8 +1098,7 @@ cdef void feed_request(Engine* e, Client* c, const MessageView* view,
         c.observer_token_length = view.token_length
         memcpy(c.observer_token, view.token, view.token_length)
         c.notify_pending = False
-        c.notify_due_ns = now + feed_interval_ns(e) if e.feed_min_ms > 0 else (
-            now + after_completion_ns(e))
+        c.notify_due_ns = now + feed_delay_ns(feed_interval_ms(e))  # after our answer
         e.total.feed_registrations += 1
         observed = True
     elif has_observe and observe == 1 and c.observed and view.token_length == (
@@ -1168,6 +1255,7 @@ cdef void tcp_closed(Engine* e, Client* c, int err) noexcept nogil:
             x = &e.exchanges[i]
             if x.state == WAIT_ACK or x.state == WAIT_RESPONSE or x.state == OBSERVING:
                 e.total.transmission_errors += 1
+        report_failure(e, c, 0, 0, -3, err, True)
         stop_client(e, c)
     if e.stop_on_error and <int>(c - e.clients) < e.run_clients:
         lg_store(&e.stop, 1)
@@ -1621,7 +1709,7 @@ cdef void run_loop(Engine* e) noexcept nogil:
         if now >= next_scan:
             scan_timers(e, now)
             next_scan = now + SCAN_INTERVAL_MS * 1000000
-        if e.handshake_every:
+        if e.handshakes_done.capacity:
             resume_handshaken(e, now)
         wait_ns = next_scan - now if next_scan > now else 0
         if e.source_fd >= 0:
@@ -1889,6 +1977,11 @@ cdef class LoadGenerator:
         if self.e.clients == NULL or self.e.exchanges == NULL:
             raise MemoryError()
         self.e.client_count = len(fds)
+        # room for every client's failure and more; beyond that they are only counted
+        self.e.errors.capacity = min(2 * len(fds) + 64, 65536)
+        self.e.errors.slots = <ErrorEvent*>calloc(self.e.errors.capacity, sizeof(ErrorEvent))
+        if self.e.errors.slots == NULL:
+            raise MemoryError()
         for i in range(len(fds) * nstart):
             self.e.exchanges[i].client = i // nstart
         self.e.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -1953,6 +2046,7 @@ cdef class LoadGenerator:
         free(self.e.exchanges)
         free(self.e.handshake_requests.slots)
         free(self.e.handshakes_done.slots)
+        free(self.e.errors.slots)
         free(self.e.request)
         free(self.e.base)
         free(self.e.payload)
@@ -2025,14 +2119,19 @@ cdef class LoadGenerator:
             e.clients[i].notify_pending = False
             e.clients[i].notify_due_ns = 0
             e.clients[i].has_request_mid = False
+            e.clients[i].force_handshake = False
+            e.clients[i].reconnected = False
             if e.clients[i].in_handshake:   # parked at the end of the last run: back in
                 e.clients[i].in_handshake = False
-                event.events = EPOLLIN
-                event.data.u64 = 0
-                event.data.u32 = <uint32_t>i
-                epoll_ctl(e.epfd, EPOLL_CTL_ADD, e.clients[i].fd, &event)
+                if e.source_fd < 0:
+                    event.events = EPOLLIN
+                    event.data.u64 = 0
+                    event.data.u32 = <uint32_t>i
+                    epoll_ctl(e.epfd, EPOLL_CTL_ADD, e.clients[i].fd, &event)
         e.handshake_requests.head = e.handshake_requests.tail = 0
         e.handshakes_done.head = e.handshakes_done.tail = 0
+        e.errors.head = e.errors.tail = 0
+        e.errors.dropped = 0
         for i in range(e.client_count * e.nstart):
             e.exchanges[i].state = IDLE
             e.exchanges[i].deadline_ns = 0
@@ -2089,30 +2188,84 @@ cdef class LoadGenerator:
     def running(self) -> bool:
         return self._thread is not None and not self._done.is_set()
 
+    def _handshake_rings(self):
+        cdef int capacity = self.e.client_count + 1
+        if self.e.handshake_requests.slots != NULL:
+            return
+        self.e.handshake_requests.slots = <int*>calloc(capacity, sizeof(int))
+        self.e.handshakes_done.slots = <int*>calloc(capacity, sizeof(int))
+        if self.e.handshake_requests.slots == NULL or self.e.handshakes_done.slots == NULL:
+            raise MemoryError()
+        self.e.handshake_requests.capacity = capacity
+        self.e.handshakes_done.capacity = capacity
+
     def handshakes_every(self, unsigned int responses) -> None:
         """coaps: after every *responses*-th response a client waits for a new DTLS session
         (``take_handshake_requests`` / ``resume``) before its next request; 0: never. Applies
         to the next run (with nstart 1)."""
-        cdef int capacity = self.e.client_count + 1
         if self._thread is not None:
             raise RuntimeError("generator is running")
-        if responses and self.e.handshake_requests.slots == NULL:
-            self.e.handshake_requests.slots = <int*>calloc(capacity, sizeof(int))
-            self.e.handshakes_done.slots = <int*>calloc(capacity, sizeof(int))
-            if self.e.handshake_requests.slots == NULL or self.e.handshakes_done.slots == NULL:
-                raise MemoryError()
-            self.e.handshake_requests.capacity = capacity
-            self.e.handshakes_done.capacity = capacity
+        if responses:
+            self._handshake_rings()
         self.e.handshake_every = responses
 
+    def dtls_recovery(self, bint on=True) -> None:
+        """coaps with ``no_stop``: after a failed CON request a client waits for a new DTLS
+        session (``take_handshake_requests`` / ``resume``, someone must serve them) before it
+        sends again, as Californium forces a full handshake then. Applies to the next run."""
+        if self._thread is not None:
+            raise RuntimeError("generator is running")
+        if on:
+            self._handshake_rings()
+        self.e.dtls_recovery = on
+
     def take_handshake_requests(self) -> list:
-        """The clients parked for a handshake since the last call (safe while running)."""
-        cdef int index = ring_pop(&self.e.handshake_requests)
+        """``[(client, after_failure), ...]``: the clients parked for a handshake since the
+        last call, *after_failure* for those whose request failed (safe while running)."""
+        cdef int value = ring_pop(&self.e.handshake_requests)
         taken = []
-        while index >= 0:
-            taken.append(index)
-            index = ring_pop(&self.e.handshake_requests)
+        while value >= 0:
+            taken.append((value >> 1, bool(value & 1)))
+            value = ring_pop(&self.e.handshake_requests)
         return taken
+
+    def take_errors(self) -> tuple:
+        """``(events, dropped)``: the failed requests since the last call (safe while running),
+        each ``(client, responses so far, code, errno, seconds since the request started,
+        failed)`` (code -1 RST, -2 timeout, -3 connection ended; *failed*: the client stopped),
+        and how many did not fit the queue."""
+        cdef ErrorRing* r = &self.e.errors
+        cdef int head = r.head
+        cdef ErrorEvent* event
+        events = []
+        if r.capacity == 0:
+            return events, 0
+        while head != lg_load(&r.tail):
+            event = &r.slots[head]
+            events.append((event.client, event.count, event.code, event.err, event.seconds,
+                           bool(event.failed)))
+            head = (head + 1) % r.capacity
+            lg_store(&r.head, head)
+        dropped = r.dropped
+        return events, dropped
+
+    def connect_times(self, times) -> None:
+        """Seconds of each client's handshake before the run (coaps): added to its first
+        response's RTT, which Californium's "connects" has with the handshake in it."""
+        cdef int i
+        times = list(times)
+        if len(times) != self.e.client_count:
+            raise ValueError(f"{self.e.client_count} times needed, not {len(times)}")
+        if self._thread is not None:
+            raise RuntimeError("generator is running")
+        for i, seconds in enumerate(times):
+            self.e.clients[i].connect_ns = <uint64_t>(max(float(seconds), 0.0) * 1e9)
+
+    def feed_intervals(self, int count) -> list:
+        """*count* notification intervals (ms) as the feeds draw them (for tests)."""
+        if self._thread is not None:
+            raise RuntimeError("generator is running")
+        return [feed_interval_ms(&self.e) for _ in range(count)]
 
     def cipher(self, int index):
         """coaps: client *index*'s current AeadCipher."""
@@ -2125,8 +2278,9 @@ cdef class LoadGenerator:
             raise ValueError(f"client {index} is not parked for a handshake")
         return self.e.clients[index].write_seq
 
-    def resume(self, int index, session) -> None:
-        """A parked client goes on with *session* (see ``use_dtls``)."""
+    def resume(self, int index, session, double handshake_s=0.0) -> None:
+        """A parked client goes on with *session* (see ``use_dtls``); *handshake_s*: the
+        handshake's duration, part of the next response's "connects" RTT."""
         cdef AeadCipher cipher = session.cipher
         cdef Client* c
         if not 0 <= index < self.e.client_count or not self.e.clients[index].in_handshake:
@@ -2136,6 +2290,7 @@ cdef class LoadGenerator:
         c.cipher = <PyObject*>cipher
         c.write_seq = session.next_write_seq
         c.read_cid_length = len(session.read_cid)
+        c.connect_ns = <uint64_t>(max(handshake_s, 0.0) * 1e9)
         if not ring_push(&self.e.handshakes_done, index):
             raise RuntimeError("handshake queue full")
 

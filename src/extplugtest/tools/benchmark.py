@@ -11,8 +11,12 @@ Modes, as Californium's: requests (POST by default; ``--blocksize`` for block-wi
 (``--notifies``: GET with Observe, counting notifications, ``--reregister``/``--register``)
 and reverse (``--reverse``: the clients serve ``feed-CON``/``feed-NON`` for the server's
 /reverse-request and /reverse-observe). Without ``--no-stop`` a failed CON request or an error
-response ends its client; a run without progress for a progress interval (+ ``--interval``)
-ends as stale.
+response ends its client; with it, over coaps, a failed CON request is followed by a new full
+handshake of its client (the server may have lost the session: a restarted node), as
+Californium forces one. Failed requests print Californium's per-client lines (``client-N:
+Error after N CON-requests. timeout (Ns)``, ``... failed after ...!``). A run without
+progress for a progress interval (+ ``--interval``, over coaps at least 120 s) ends as stale;
+a failed first request ends the benchmark (``Request <uri> POST failed, exit Benchmark.``).
 
 Differences from Californium, on purpose:
 
@@ -70,6 +74,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from extplugtest.tools import _loadgen, benchmark_dtls
 
 PROGRESS_INTERVAL = 10.0  # seconds between progress lines (Californium's DEFAULT_TIMEOUT_SECONDS)
+DTLS_STALE_S = 120.0  # coaps: the --interval part of the stale check is at least this long
+ERROR_LINES_PER_PERIOD = 3  # Californium's errorFilter: 3 "Error after" lines per 10 s
 DEFAULT_REQUESTS = 100  # per client, when neither --requests nor --duration is given
 MAX_CLIENTS = _loadgen.MAX_CLIENTS
 MAX_NSTART = _loadgen.MAX_NSTART
@@ -296,20 +302,28 @@ def handshake_sockets(
     them, when the shared socket takes over the client's datagrams."""
     raise_file_limit(count + 32)
     sockets: list[socket.socket] = []
-    base = ipaddress.IPv4Address(first)
     try:
         for index in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sockets.append(sock)
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((str(base + index), port))
-            sock.connect(address)
+            sockets.append(handshake_socket(first, index, port, address))
     except OSError as exc:
         for sock in sockets:
             sock.close()
         raise BenchmarkError(f"cannot open the handshake sockets: {exc.strerror}") from None
     return sockets
+
+
+def handshake_socket(first: str, index: int, port: int, address: tuple[Any, ...]) -> socket.socket:
+    """--source-addresses with coaps: client *index*'s own socket for a handshake (OSError)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((str(ipaddress.IPv4Address(first) + index), port))
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def open_tcp_clients(
@@ -553,6 +567,72 @@ class Phases:
     interval_ms: int = 0  # --interval
     max_ms: int = 0  # reverse mode: --max
     clients: int = 0
+    dtls: bool = False  # coaps: the stale check waits at least DTLS_STALE_S
+    request_type: str = "CON"  # of the per-client error lines
+
+
+def failure_reason(code: int, err: int, seconds: int) -> str:
+    """Californium's reason of a failed request: the send error, ``timeout (Ns)`` or
+    ``rejected``."""
+    if code == -1:
+        return "rejected"
+    if code == -3:
+        return os.strerror(err) if err else "connection closed"
+    return f"timeout ({seconds}s)"
+
+
+class ErrorLines:
+    """Californium's per-client lines for failed requests: ``client-N: failed after N
+    CON-requests! <reason>`` when the client stops, every one; ``client-N: Error after N
+    CON-requests. <reason>`` when it goes on, through its FilteredLogger: at most 3 in a
+    10 s period, the first one of a later period says how many there were in all."""
+
+    def __init__(
+        self,
+        request_type: str = "CON",
+        max_per_period: int = ERROR_LINES_PER_PERIOD,
+        period: float = PROGRESS_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.request_type = request_type
+        self.max_per_period = max_per_period
+        self.period = period
+        self.clock = clock
+        self.counter = 0
+        self.start = clock()
+        self.dropped = 0
+
+    def lines(self, events: list[tuple[int, int, int, int, int, bool]], dropped: int) -> list[str]:
+        """The lines of *events* (``take_errors()``); *dropped* (its running count) are only
+        counted."""
+        if dropped > self.dropped:  # lost in the queue (before these): counted as filtered
+            self.counter += dropped - self.dropped
+            self.dropped = dropped
+        out = []
+        for client, count, code, err, seconds, failed in events:
+            what = f"client-{client}: "
+            reason = failure_reason(code, err, seconds)
+            if failed:
+                out.append(f"{what}failed after {count} {self.request_type}-requests! {reason}")
+                continue
+            line = self._filter(f"{what}Error after {count} {self.request_type}-requests. {reason}")
+            if line is not None:
+                out.append(line)
+        return out
+
+    def _filter(self, line: str) -> str | None:
+        """FilteredLogger.log, as coded."""
+        now = self.clock()
+        show = self.counter < self.max_per_period
+        if self.period + self.start - now > 0:
+            self.counter += 1
+        else:
+            self.start = now
+            if not show:
+                line += f" ({self.counter} additional errors.)"
+                show = True
+            self.counter = 0
+        return line if show else None
 
 
 def watch(
@@ -561,7 +641,9 @@ def watch(
     phases: Phases | None = None,
 ) -> Watch:
     """Print a progress line every *progress_interval* s until the run ends; end it as stale
-    when nothing came for *progress_interval* + --interval (Californium's stale check)."""
+    when nothing came for *progress_interval* + --interval (Californium's stale check; for
+    coaps the --interval part is at least DTLS_STALE_S, time for new handshakes). The
+    clients' failed requests are printed as they come (Californium's per-client lines)."""
     phases = phases or Phases()
     seen = Watch()
     generator = runner.generator
@@ -571,9 +653,16 @@ def watch(
     next_line = start + progress_interval
     # Californium: the progress interval + --interval; + the pause's random part, which
     # matters with short progress intervals.
-    stale_after = progress_interval + phases.interval_ms / 1000
+    pause = phases.interval_ms / 1000
     if phases.interval_ms:
-        stale_after += JITTER_MS / 1000
+        pause += JITTER_MS / 1000
+    stale_after = progress_interval + (max(pause, DTLS_STALE_S) if phases.dtls else pause)
+    errors = ErrorLines(phases.request_type)
+
+    def report_errors() -> None:
+        for line in errors.lines(*generator.take_errors()):
+            _say(line)
+
     phase = "requests"  # then "notifies" (observe mode) or "reverse" (reverse mode)
 
     def clients(totals: dict[str, int]) -> int:
@@ -588,6 +677,7 @@ def watch(
 
     # Short slices: a phase change is reported as soon as it happens.
     while not runner.wait(max(0.0, min(next_line - time.monotonic(), 0.1))):
+        report_errors()
         now_stamp = time.monotonic()
         if phase == "requests":
             totals = generator.totals()
@@ -627,6 +717,7 @@ def watch(
             _say(progress_line(seen.lines, last, now, length))
         last, last_stamp = now, now_stamp
         next_line += progress_interval
+    report_errors()
     end = time.monotonic()
     if not seen.stale and (end - last_stamp > 0.001 or not seen.series):
         # the last, partial interval (the only one of a run shorter than an interval)
@@ -1173,6 +1264,14 @@ def plot_available() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    scheme = urlsplit(args.uri if "://" in args.uri else "coap://" + args.uri).scheme.lower()
+    try:
+        # benchmark.sh's COAPS_HANDSHAKES_*: for coaps:// with a socket per client only
+        benchmark_dtls.handshake_defaults(
+            args, secure=scheme == "coaps" and args.source_addresses is None
+        )
+    except benchmark_dtls.HandshakeError as exc:
+        raise BenchmarkError(str(exc), 2) from None
     validate(args)
     if args.plot and not plot_available():
         # checked before the run, so that a long run is not wasted
@@ -1207,15 +1306,16 @@ def run(args: argparse.Namespace) -> int:
     family, address = resolve(target)
 
     none_stop = "" if args.stop else "none-stop "
+    secure = "secure " if target.scheme in ("coaps", TLS_SCHEME) else ""
     if expected is not None:
         _say(
-            f"Create {args.clients} {none_stop}benchmark clients, expect to send {expected} "
-            f"requests overall to {target.uri}"
+            f"Create {args.clients} {none_stop}{secure}benchmark clients, expect to send "
+            f"{expected} requests overall to {target.uri}"
         )
     else:
         _say(
-            f"Create {args.clients} {none_stop}benchmark clients, expect to send requests for "
-            f"{args.duration:g} s overall to {target.uri}"
+            f"Create {args.clients} {none_stop}{secure}benchmark clients, expect to send "
+            f"requests for {args.duration:g} s overall to {target.uri}"
         )
     if args.reverse:
         expect = args.reverse * args.clients
@@ -1231,6 +1331,17 @@ def run(args: argparse.Namespace) -> int:
             f"Expect {args.notifies * args.clients} notifies received, reregister every "
             f"{args.reregister} and register every {args.register} notify"
         )
+    if secure:
+        try:
+            auth = benchmark_dtls.authentication_line(
+                args, default="X509" if target.scheme == TLS_SCHEME else "PSK"
+            )
+            _say(auth)
+            identity = benchmark_dtls.identity_line(args) if target.scheme == "coaps" else None
+        except benchmark_dtls.HandshakeError as exc:
+            raise BenchmarkError(str(exc), 2) from None
+        if identity is not None and auth in ("Use PSK.", "Use PSK/ECDHE."):
+            _say(identity)  # Californium: the first client's, before its first request
     created = time.monotonic()
     source_first = None
     if tcp:
@@ -1275,7 +1386,7 @@ def run(args: argparse.Namespace) -> int:
             port = sockets[0].getsockname()[1]
             own = handshake_sockets(source_first, args.clients, port, address)
             try:
-                handshakes(generator, own, args)
+                make_handshake = handshakes(generator, own, args)
             finally:
                 for sock in own:
                     sock.close()
@@ -1288,7 +1399,7 @@ def run(args: argparse.Namespace) -> int:
         _say(created_line(args.clients, created))
         if args.start_at is not None:
             wait_for_start(args.start_at)
-        renewal = start_renewal(generator, sockets, args, make_handshake)
+        renewal = start_renewal(generator, sockets, args, make_handshake, source_first, address)
         runner = Runner(generator)
         try:
             runner.start(
@@ -1306,6 +1417,8 @@ def run(args: argparse.Namespace) -> int:
                 interval_ms=args.interval,
                 max_ms=args.max_interval or 0,
                 clients=args.clients,
+                dtls=target.scheme == "coaps",
+                request_type="NON" if args.non and not tcp else "CON",
             )
             seen = watch(runner, args.progress_interval, phases)
         finally:
@@ -1398,14 +1511,17 @@ def handshakes(
     def progress(done: int, total: int) -> None:
         _say(f"Benchmark clients handshakes: {done} of {total} ...")
 
+    durations: list[float] = []
     try:
         make = benchmark_dtls.handshake_factory(args, len(sockets))
         sessions = benchmark_dtls.handshake_all(
-            sockets, make, parallel=args.handshakes_parallel, progress=progress
-        )
+            sockets, make, parallel=args.handshakes_parallel, progress=progress,
+            durations=durations,
+        )  # fmt: skip
     except benchmark_dtls.HandshakeError as exc:
         raise BenchmarkError(str(exc)) from None
     generator.use_dtls(sessions)
+    generator.connect_times(durations)  # Californium's connects: the handshake included
     elapsed = time.monotonic() - started
     _say(f"Benchmark clients handshakes: {len(sessions)} in {format_time(elapsed)}"
          f"{format_per_second('handshakes', len(sessions), elapsed)}")  # fmt: skip
@@ -1461,16 +1577,39 @@ def start_renewal(
     sockets: list[socket.socket],
     args: argparse.Namespace,
     make_handshake: Callable[[int], Any] | None,
+    source_first: str | None = None,
+    address: tuple[Any, ...] = (),
 ) -> benchmark_dtls.HandshakeService | None:
-    """--handshakes-full/-close: the generator parks a client every N-th response and a
-    service thread gives it a new DTLS session (after the probe, for the run only)."""
+    """coaps, for the run (after the probe): a service thread gives the clients the
+    generator parks a new DTLS session. --handshakes-full/-close park a client every N-th
+    response; with --no-stop a client whose CON request failed is parked for a new full
+    handshake (Californium's forced handshake after an error: the server may have lost the
+    session), tried again after a second while it fails."""
     every = args.handshakes_full or args.handshakes_close
-    if not every or make_handshake is None:
+    recover = not args.stop and not args.non
+    if make_handshake is None or not (every or recover):
         return None
-    generator.handshakes_every(every)
+    if every:
+        generator.handshakes_every(every)
+    if recover:
+        generator.dtls_recovery(True)
+    socket_for: Callable[[int], socket.socket] = sockets.__getitem__
+    release: Callable[[socket.socket], None] | None = None
+    if source_first is not None:
+        # the handshake on a socket of the client's own, bound to its address and the
+        # shared port (the more specific binding gets its datagrams), closed after it
+        port = sockets[0].getsockname()[1]
+
+        def socket_for(index: int) -> socket.socket:
+            return handshake_socket(source_first, index, port, address)
+
+        def release(sock: socket.socket) -> None:
+            sock.close()
+
     service = benchmark_dtls.HandshakeService(
-        generator, sockets, make_handshake,
-        close=bool(args.handshakes_close), burst=args.handshakes_burst,
+        generator, socket_for, make_handshake,
+        close=bool(args.handshakes_close), burst=args.handshakes_burst, retry=recover,
+        release=release,
     )  # fmt: skip
     service.start()
     return service
@@ -1491,19 +1630,21 @@ def probe(generator: _loadgen.LoadGenerator, args: argparse.Namespace, target: T
         raise KeyboardInterrupt
     client = generator.client(0)
     code = client["last_code"]
-    what = f"first request {args.method} {target.uri} failed"
+    if code > 0 and code >> 5 == 2:
+        _say("Benchmark clients, first request successful.")
+        return
+    # Californium's test() failed: its line, and the run ends (it exits with -1)
+    what = f"Request {target.uri} {args.method} failed, exit Benchmark."
     if client["last_error"]:
         reason = os.strerror(client["last_error"]).lower()
         if client["last_error"] == errno.ECONNREFUSED:
             reason += " (no CoAP server on that port?)"
-        raise BenchmarkError(f"{what}: {reason}")
-    if code == -1:
-        raise BenchmarkError(f"{what}: rejected (RST)")
-    if code == -3:
-        raise BenchmarkError(f"{what}: the server closed the connection")
-    if code <= 0:
-        raise BenchmarkError(f"{what}: no response within {args.timeout} ms")
-    if code >> 5 == 2:
-        _say("Benchmark clients, first request successful.")
+    elif code == -1:
+        reason = "rejected (RST)"
+    elif code == -3:
+        reason = "the server closed the connection"
+    elif code <= 0:
+        reason = f"no response within {args.timeout} ms"
     else:
-        _say(f"Benchmark clients, first request answered with {code >> 5}.{code & 0x1F:02d}.")
+        reason = f"answered with {code >> 5}.{code & 0x1F:02d}"
+    raise BenchmarkError(f"{what} {reason[0].upper()}{reason[1:]}.")
