@@ -43,8 +43,41 @@ STARTUP_TIMEOUT = 15.0
 CON, GET, CONTENT = 0, 1, 69
 RUN_CLI = "import sys; from extplugtest.server.cli import main; sys.exit(main())"
 URI_PATH = 11
+BLOCK2 = 23
+MAX_BLOCKS = 64  # a /diagnose text is a few KiB
 
 Address = tuple[str, int]
+
+
+def request_whole(client: DtlsClient, path: str, peer: Address) -> tuple[Address, Message]:
+    """GET *path* with all its Block2 blocks (RFC 7959 §2.4): the first answer with the
+    whole payload."""
+    first = client.request(path, peer)
+    assert first is not None and first[1].code == CONTENT, first
+    source, response = first
+    payload = response.payload
+    block = response.uint_option(BLOCK2)
+    for _ in range(MAX_BLOCKS):
+        if block is None or not block & 0x08:  # no Block2, or the last block
+            return source, Message(response.type, response.code, response.mid, response.token,
+                                   [], payload)  # fmt: skip
+        szx = block & 0x07
+        answer = client.request(path, peer, block2=((block >> 4) + 1) << 4 | szx)
+        assert answer is not None and answer[1].code == CONTENT, answer
+        payload += answer[1].payload
+        block = answer[1].uint_option(BLOCK2)
+    raise AssertionError(f"{path}: more than {MAX_BLOCKS} blocks")
+
+
+def diagnose_counters(client: DtlsClient, peer: Address) -> dict[str, int]:
+    """The ``all + cur`` of every counter in the text of ``/diagnose`` (all its blocks)."""
+    _, response = request_whole(client, "diagnose", peer)
+    counters: dict[str, int] = {}
+    for line in response.payload.decode().splitlines():
+        parts = line.strip().rsplit(",", 2)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            counters[parts[0]] = counters.get(parts[0], 0) + int(parts[1]) + int(parts[2])
+    return counters
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):
@@ -246,22 +279,29 @@ class DtlsClient:
         session.next_write_seq += 1
         return record
 
-    def get_message(self, path: str) -> Message:
+    def get_message(self, path: str, block2: int | None = None) -> Message:
         self._mid = (self._mid + 1) & 0xFFFF
         message = Message(CON, GET, self._mid, os.urandom(4))
         for segment in path.strip("/").split("/"):
             message.add_option(URI_PATH, segment.encode())
+        if block2:  # (block 0 needs no option)
+            message.add_option(BLOCK2, block2.to_bytes((block2.bit_length() + 7) // 8, "big"))
         return message
 
     def request(
-        self, path: str, peer: Address, timeout: float = 3.0, retransmit: float = 0.75
+        self,
+        path: str,
+        peer: Address,
+        timeout: float = 3.0,
+        retransmit: float = 0.75,
+        block2: int | None = None,
     ) -> tuple[Address, Message] | None:
         """GET *path* from *peer*: (the answer's source, the response), or None on a timeout.
 
         The CON request is sent again (in a new record, the same MID) every *retransmit*
         seconds; datagrams that are not our response are skipped."""
         assert self.session is not None
-        message = self.get_message(path)
+        message = self.get_message(path, block2)
         plaintext = message.to_bytes()
         deadline = time.monotonic() + timeout
         next_send = 0.0
@@ -300,6 +340,17 @@ def parse_context(payload: bytes) -> dict[str, str]:
         if sep:
             fields[key.strip()] = value.strip()
     return fields
+
+
+def parse_counters(payload: bytes) -> dict[str, int]:
+    """``/diagnose``: the ``all + cur`` of every ``name,all,cur`` counter line, summed over
+    the endpoints that report it."""
+    counters: dict[str, int] = {}
+    for line in payload.decode().splitlines():
+        parts = line.strip().rsplit(",", 2)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            counters[parts[0]] = counters.get(parts[0], 0) + int(parts[1]) + int(parts[2])
+    return counters
 
 
 # -- extnat -----------------------------------------------------------------------------------

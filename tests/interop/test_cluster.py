@@ -36,6 +36,7 @@ from tests.interop.cluster_helpers import (
     NodeSpec,
     allocate_nodes,
     answers_hello,
+    diagnose_counters,
     name,
     parse_context,
     static_option,
@@ -459,18 +460,6 @@ def test_forged_cluster_packets(forged):
     assert source == run.node.dtls
     check_context(client, context)
     assert "via" not in context
-
-
-def diagnose_counters(client: DtlsClient, peer: Address) -> dict[str, int]:
-    """The ``all + cur`` of every counter in the text of ``/diagnose``."""
-    answer = client.request("diagnose", peer)
-    assert answer is not None and answer[1].code == CONTENT, answer
-    counters: dict[str, int] = {}
-    for line in answer[1].payload.decode().splitlines():
-        parts = line.strip().rsplit(",", 2)
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            counters[parts[0]] = counters.get(parts[0], 0) + int(parts[1]) + int(parts[2])
-    return counters
 
 
 def test_diagnose_reports_cluster_counters(forged):
