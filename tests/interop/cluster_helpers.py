@@ -7,6 +7,7 @@
   to a new local port while keeping its DTLS session (the CID makes that work).
 * ``NatProcess``: ``extnat`` with ``--control``, for ``clear``, ``remove``, ``info``, ``stats``.
 * ``wait_for``: poll a predicate until a deadline (never a bare sleep as an assertion).
+* ``parse_context``, ``parse_counters``: the payloads of ``/mycontext`` and ``/diagnose``.
 """
 
 from __future__ import annotations
@@ -71,13 +72,7 @@ def request_whole(client: DtlsClient, path: str, peer: Address) -> tuple[Address
 
 def diagnose_counters(client: DtlsClient, peer: Address) -> dict[str, int]:
     """The ``all + cur`` of every counter in the text of ``/diagnose`` (all its blocks)."""
-    _, response = request_whole(client, "diagnose", peer)
-    counters: dict[str, int] = {}
-    for line in response.payload.decode().splitlines():
-        parts = line.strip().rsplit(",", 2)
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            counters[parts[0]] = counters.get(parts[0], 0) + int(parts[1]) + int(parts[2])
-    return counters
+    return parse_counters(request_whole(client, "diagnose", peer)[1].payload)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -267,9 +268,9 @@ class RestoreServer:
         elif request.method != "GET":
             await self._send(writer, 405, b"METHOD NOT ALLOWED\n", extra=("Allow: GET",))
         else:
-            await self._restore(writer)
+            await self._restore(reader, writer)
 
-    async def _restore(self, writer: asyncio.StreamWriter) -> None:
+    async def _restore(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async with self._lock:
             if self.served:
                 await self._send(writer, 410, b"GONE: the DTLS connections were handed over\n")
@@ -284,7 +285,9 @@ class RestoreServer:
                 self._payload = payload
                 self.handing_over = True
             payload = self._payload
-            if not await self._send(writer, 200, payload, "application/octet-stream"):
+            if not await self._send(
+                writer, 200, payload, "application/octet-stream", reader=reader
+            ):
                 log.warning("/restore: the download broke off; the store is kept for a retry")
                 return
             self._payload = None
@@ -304,16 +307,34 @@ class RestoreServer:
         body: bytes,
         content_type: str = "text/plain",
         extra: Iterable[str] = (),
+        reader: asyncio.StreamReader | None = None,
     ) -> bool:
-        """The answer in pieces; False (connection aborted) when the peer stops taking it."""
+        """The answer in pieces; False (connection aborted) when the peer stops taking it.
+        With *reader*, True only when the peer confirms it has it all: the download client
+        closes in order (TLS close_notify, FIN) once it read Content-Length bytes, and aborts
+        (a reset) on any failure; a reset is also what a flushed write cannot tell apart from
+        a delivered one, so the end of the input decides."""
         view = memoryview(body)
+        written = False
         try:
             writer.write(response_head(status, len(body), content_type, extra))
             for offset in range(0, len(view), CHUNK):
                 writer.write(view[offset : offset + CHUNK])
                 await asyncio.wait_for(writer.drain(), SEND_STALL_TIMEOUT)
+            written = True
             await asyncio.wait_for(writer.drain(), SEND_STALL_TIMEOUT)
         except (ConnectionError, ssl.SSLError, asyncio.TimeoutError):
+            if reader is None or not written:
+                writer.transport.abort()
+                return False
+            # (the peer may have closed in order already, after reading it all: see below)
+        if reader is None:
+            return True
+        try:
+            more = await asyncio.wait_for(reader.read(1), SEND_STALL_TIMEOUT)
+        except (ConnectionError, ssl.SSLError, asyncio.TimeoutError):
+            more = b"reset"
+        if more:  # a reset, a timeout, or bytes no download client sends
             writer.transport.abort()
             return False
         return True
@@ -416,9 +437,16 @@ async def _fetch(host: str, port: int, context: ssl.SSLContext, max_size: int) -
             length = int(text)
             if length > max_size:
                 raise _Final(f"the store of {length} bytes is above the limit of {max_size}")
-        return await _read_body(reader, length, max_size)
+        body = await _read_body(reader, length, max_size)
+        # An orderly close (close_notify, FIN) tells the server we have it all: only then
+        # does it let the connections go (RestoreServer._send); any failure aborts instead.
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError, asyncio.TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), CONNECT_TIMEOUT)
+        return body
     finally:
-        writer.transport.abort()  # one request per connection; no TLS goodbye to wait for
+        if not writer.is_closing():
+            writer.transport.abort()  # a failure: the server keeps the store for a retry
 
 
 async def download_store(
