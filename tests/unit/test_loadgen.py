@@ -1075,3 +1075,261 @@ def test_failed_requests_are_queued_for_the_error_lines(
     generator.run(requests=1, duration=0.3)
     events, dropped = generator.take_errors()
     assert events and all(event == (0, 0, -1, 0, 0, False) for event in events)
+
+
+# -- reverse mode: Feed.java's block-wise, separate and error answers ------------------------------
+
+BLOCK2, SIZE2, ACCEPT = 23, 28, 17
+BAD_OPTION, NOT_ACCEPTABLE = 0x82, 0x86
+
+
+def block_of(message: Message) -> tuple[int, bool, int] | None:
+    value = message.uint_option(BLOCK2)
+    return None if value is None else (value >> 4, bool(value & 8), value & 7)
+
+
+def fetching_server(gets: list[bytes]) -> Handler:
+    """Answers the client's POST and then sends *gets* one after the other; a 2.05 with
+    Block2 "more" is followed up (GET with the next Block2 and the same URI, no Observe) as
+    Californium's (and RFC 7959's) client side does, CON answers are acknowledged."""
+    pending = list(gets)
+
+    def handler(responder: Responder, message: Message, send: Send) -> None:
+        if message.code == POST:
+            send(response(message, ACK, code=0x44))
+        elif message.code != CONTENT:
+            return
+        else:
+            if message.type == CON:
+                send(empty(ACK, message.mid))
+            block = block_of(message)
+            if block is not None and block[1]:
+                request = next(
+                    parse(g) for g in reversed(responder.sent) if parse(g).token == message.token
+                )
+                follow_up = Message(request.type, GET, responder.mid(), request.token)
+                for number, value in request.options:
+                    if number not in (6, BLOCK2):
+                        follow_up.add_option(number, value)
+                follow_up.add_option(BLOCK2, ((block[0] + 1) << 4) | block[2])
+                responder.sent.append(follow_up.to_bytes())
+                send(follow_up.to_bytes())
+                return
+        if pending:
+            get = pending.pop(0)
+            responder.sent.append(get)
+            send(get)
+
+    return handler
+
+
+def assembled(responder: Responder, token: bytes) -> list[bytes]:
+    """The bodies the client sent for *token*: each representation from its blocks."""
+    bodies: list[bytes] = []
+    for message in responder.received:
+        if message.token != token or message.code != CONTENT:
+            continue
+        block = block_of(message)
+        if block is None or block[0] == 0:
+            bodies.append(b"")
+        bodies[-1] += message.payload
+    return bodies
+
+
+def feed_generator(make_generator: Any, port: int, **options: Any) -> _loadgen.LoadGenerator:
+    options.setdefault("feed_min_ms", 100)
+    options.setdefault("feed_max_ms", 100)
+    return make_generator(port, code=POST, serve_feeds=True, **options)
+
+
+def serve_until(
+    generator: _loadgen.LoadGenerator, responder: Responder, done: Callable[[], bool]
+) -> None:
+    """Run the generator (its run ends with the last answer it counts, so here it is bounded
+    by a duration instead) until the server has seen what *done* waits for."""
+    generator.start(requests=1, reverse=1000, duration=5.0)
+    try:
+        responder.wait_for(done, timeout=5.0)
+    finally:
+        generator.stop()
+        assert generator.join(5)
+
+
+def test_feed_answers_in_blocks_of_the_blocksize(
+    responder_factory: Any, make_generator: Any
+) -> None:
+    """benchmark.sh step 6 (rlen=400 --blocksize 64): Feed's 400 bytes leave as Block2 blocks
+    of 64 (Size2 in the first), the server fetches the rest, which comes from the same
+    representation; the further blocks are not new answers."""
+    responder = responder_factory(
+        fetching_server([feed_get(CON, 0x100, b"T1", "feed-CON", "rlen=400")])
+    )
+    responder.sent = []  # type: ignore[attr-defined]
+    generator = feed_generator(make_generator, responder.port, block_size=64)
+    serve_until(generator, responder, lambda: sum(map(len, assembled(responder, b"T1"))) >= 400)
+    first = next(m for m in responder.received if m.token == b"T1")
+    assert first.type == ACK and first.mid == 0x100 and block_of(first) == (0, True, 2)
+    assert first.uint_option(SIZE2) == 400 and len(first.payload) == 64
+    assert first.content_format == 0
+    blocks = [m for m in responder.received if m.token == b"T1" and m.code == CONTENT]
+    assert [block_of(m) for m in blocks] == [(n, n < 6, 2) for n in range(7)]
+    assert all(m.uint_option(SIZE2) is None for m in blocks[1:])
+    assert assembled(responder, b"T1") == [b"hello 0 feed-1".ljust(400, b"*")]
+    totals = generator.totals()
+    assert totals["reverse_responses"] == 1 and totals["feed_blocks"] == 6
+
+
+def test_feed_notifications_in_blocks(responder_factory: Any, make_generator: Any) -> None:
+    """/reverse-observe of feed-NON with rlen=400: the registration's answer and each
+    notification carry Observe and Block2 0; the rest of each is fetched without Observe."""
+    responder = responder_factory(
+        fetching_server([feed_get(CON, 0x200, b"OB", "feed-NON", "rlen=400", observe=0)])
+    )
+    responder.sent = []  # type: ignore[attr-defined]
+    generator = feed_generator(
+        make_generator, responder.port, block_size=64, feed_min_ms=50, feed_max_ms=50
+    )
+    serve_until(generator, responder, lambda: len(assembled(responder, b"OB")) >= 4)
+    bodies = assembled(responder, b"OB")
+    assert bodies[:3] == [b"hello 0 feed-%d" % n + b"*" * 386 for n in (1, 2, 3)]
+    heads = [m for m in responder.received if m.token == b"OB" and block_of(m)[0] == 0]
+    assert all(m.observe is not None and block_of(m) == (0, True, 2) for m in heads)
+    assert heads[0].type == ACK and all(m.type == NON for m in heads[1:])
+    followed = [m for m in responder.received if m.token == b"OB" and block_of(m)[0] > 0]
+    assert followed and all(m.observe is None for m in followed)
+    assert generator.totals()["feed_notifies"] >= 2
+
+
+@pytest.mark.parametrize(("blocksize", "size"), [(0, 1024), (256, 256)])
+def test_feed_rlen_up_to_the_max_resource_body_size(
+    responder_factory: Any, make_generator: Any, blocksize: int, size: int
+) -> None:
+    """rlen=5000 is answered whole (in blocks of --blocksize, else 1024), not cut."""
+    responder = responder_factory(
+        fetching_server([feed_get(NON, 0x300, b"BIG", "feed-NON", "rlen=5000")])
+    )
+    responder.sent = []  # type: ignore[attr-defined]
+    generator = feed_generator(make_generator, responder.port, block_size=blocksize)
+    serve_until(generator, responder, lambda: sum(map(len, assembled(responder, b"BIG"))) >= 5000)
+    assert assembled(responder, b"BIG") == [b"hello 0 feed-1".ljust(5000, b"*")]
+    blocks = [m for m in responder.received if m.token == b"BIG"]
+    assert all(m.type == NON for m in blocks) and blocks[0].uint_option(SIZE2) == 5000
+    assert [len(m.payload) for m in blocks] == [size] * (5000 // size) + [5000 % size]
+
+
+def error_server(gets: list[bytes]) -> Handler:
+    """Answers the POST, then sends *gets* all at once."""
+
+    def handler(responder: Responder, message: Message, send: Send) -> None:
+        if message.code == POST:
+            send(response(message, ACK, code=0x44))
+            for get in gets:
+                send(get)
+
+    return handler
+
+
+def test_feed_errors_as_californium(responder_factory: Any, make_generator: Any) -> None:
+    """Accept other than text/plain: 4.06; unknown or bad queries: 4.02 with the texts of
+    Californium's UriQueryParameter (Content-Format text/plain); none is a reverse answer."""
+    accept = Message(CON, GET, 0x400, b"A1")
+    accept.add_option(11, "feed-CON").add_option(ACCEPT, 50)
+    cases = {
+        b"A1": accept.to_bytes(),
+        b"A2": feed_get(CON, 0x401, b"A2", "feed-CON", "foo=1"),
+        b"A3": feed_get(CON, 0x402, b"A3", "feed-CON", "rlen=abc", "bar"),  # the name first
+        b"A4": feed_get(NON, 0x403, b"A4", "feed-NON", "rlen=8193"),
+        b"A5": feed_get(CON, 0x404, b"A5", "feed-CON", "rlen=-1"),
+        b"A6": feed_get(CON, 0x405, b"A6", "feed-CON", "rlen=12x"),
+        b"A7": feed_get(CON, 0x406, b"A7", "feed-CON", "rlen=", "ack"),
+        b"OK": feed_get(CON, 0x407, b"OK", "feed-CON", "rlen=8192", "rlen=20"),  # the last one
+    }
+    responder = responder_factory(error_server(list(cases.values())))
+    generator = feed_generator(make_generator, responder.port)
+    generator.run(requests=1, reverse=1, duration=1.0)
+    assert responder.wait_for(lambda: len([m for m in responder.received if m.code > 64]) == 8)
+    answers = {m.token: m for m in responder.received if m.code > 64}
+    assert answers[b"A1"].code == NOT_ACCEPTABLE and answers[b"A1"].payload == b""
+    texts = {
+        b"A2": "URI-query-option 'foo=1' is not supported!",
+        b"A3": "URI-query-option 'bar' is not supported!",
+        b"A4": "URI-query-option 'rlen=8193' is more than 8192!",
+        b"A5": "URI-query-option 'rlen=-1' is less than 0!",
+        b"A6": "URI-query-option 'rlen=12x' is no number!",
+        b"A7": "URI-query-option 'rlen=' is no number!",
+    }
+    for token, text in texts.items():
+        assert answers[token].code == BAD_OPTION, token
+        assert answers[token].payload.decode() == text
+        assert answers[token].content_format == 0
+    assert answers[b"A4"].type == NON and answers[b"A2"].type == ACK
+    assert answers[b"OK"].code == CONTENT and answers[b"OK"].payload == b"hello 0 feed-1".ljust(
+        20, b"*"
+    )
+    totals = generator.totals()
+    assert totals["reverse_responses"] == 1 and totals["feed_errors"] == 7
+
+
+def test_feed_ack_answers_separately(responder_factory: Any, make_generator: Any) -> None:
+    """?ack: an empty ACK at once, then the response as CON (retransmitted until it is
+    acknowledged; the server's duplicate request gets the empty ACK again). A NON request
+    and an observe registration with ?ack are answered as without it."""
+    get = feed_get(CON, 0x500, b"S1", "feed-CON", "rlen=30", "ack")
+    acked: list[int] = []
+
+    def handler(responder: Responder, message: Message, send: Send) -> None:
+        if message.code == POST:
+            send(response(message, ACK, code=0x44))
+            send(get)
+        elif message.token == b"S1" and message.type == CON:
+            if len([m for m in responder.received if m.token == b"S1"]) == 1:
+                send(get)  # the first transmission is "lost": our request again
+                return
+            acked.append(message.mid)
+            send(empty(ACK, message.mid))
+            send(feed_get(NON, 0x501, b"S2", "feed-NON", "ack"))
+            send(feed_get(CON, 0x502, b"S3", "feed-NON", "ack", observe=0))
+
+    responder = responder_factory(handler)
+    generator = feed_generator(make_generator, responder.port, ack_timeout_ms=50)
+    generator.run(requests=1, reverse=3, duration=1.0)
+    assert responder.wait_for(lambda: any(m.token == b"S3" for m in responder.received))
+    empties = [m for m in responder.received if m.code == 0 and m.mid == 0x500]
+    assert len(empties) == 2 and all(m.type == ACK and m.token == b"" for m in empties)
+    separate = [m for m in responder.received if m.token == b"S1"]
+    assert len(separate) == 2 and separate[0].to_bytes() == separate[1].to_bytes()
+    assert separate[0].type == CON and separate[0].mid != 0x500 and acked == [separate[0].mid]
+    assert separate[0].payload == b"hello 0 feed-1".ljust(30, b"*")
+    s2 = next(m for m in responder.received if m.token == b"S2")
+    assert s2.type == NON and s2.code == CONTENT
+    s3 = next(m for m in responder.received if m.token == b"S3")
+    assert s3.type == ACK and s3.mid == 0x502 and s3.observe is not None
+    totals = generator.totals()
+    assert totals["feed_separate"] == 1 and totals["feed_failures"] == 0
+
+
+def test_feed_counter_is_shared_by_all_clients(responder_factory: Any, make_generator: Any) -> None:
+    """Feed.java: "hello <client> feed-<n>" with n from one counter of all the feeds (its
+    static ``started``), not one per client."""
+    clients: list[Any] = []
+    order = [0, 1, 1, 0]
+
+    def handler(responder: Responder, message: Message, send: Send) -> None:
+        if message.code == POST:
+            send(response(message, ACK, code=0x44))
+            clients.append(responder.sources[-1])
+        elif message.code != CONTENT:
+            return
+        step = len([m for m in responder.received if m.code == CONTENT])
+        if len(clients) == 2 and step < len(order):
+            get = feed_get(CON, 0x600 + step, b"C%d" % step, "feed-CON")
+            responder.transport.sendto(get, clients[order[step]])
+
+    responder = responder_factory(handler)
+    generator = feed_generator(make_generator, responder.port, clients=2)
+    generator.run(requests=1, reverse=2, duration=1.0)
+    assert responder.wait_for(
+        lambda: len([m for m in responder.received if m.code == CONTENT]) == 4
+    )
+    payloads = [m.payload for m in responder.received if m.code == CONTENT]
+    assert payloads == [b"hello 0 feed-1", b"hello 1 feed-2", b"hello 1 feed-3", b"hello 0 feed-4"]

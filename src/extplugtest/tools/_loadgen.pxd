@@ -70,6 +70,22 @@ cdef struct Exchange:
     uint64_t timeout_ns     # current retransmission timeout (doubles on every retransmission)
     uint64_t deadline_ns    # next retransmission, response timeout or delayed start; 0: none
 
+cdef struct FeedReply:
+    # An answer of a feed, enough to build it again byte for byte (retransmissions, duplicates,
+    # further blocks): "hello <client> feed-<counter>" resized to rlen, or an empty ACK.
+    uint64_t counter
+    uint32_t observe        # Observe value, if observing
+    uint32_t num            # Block2 NUM, if blockwise
+    uint16_t mid
+    uint16_t rlen
+    uint8_t type
+    uint8_t code            # 2.05; 0: an empty ACK (the response follows separately)
+    uint8_t szx
+    uint8_t token_length
+    uint8_t token[8]
+    bint observing          # carries Observe
+    bint blockwise          # carries Block2
+
 cdef struct Client:
     int fd
     # coaps: the DTLS session's AeadCipher (LoadGenerator holds the reference), NULL for coap
@@ -92,25 +108,33 @@ cdef struct Client:
     int last_code           # code of the last response, -1 RST, -2 timeout, 0 if none
     int last_error          # errno of the last socket error, 0 if none
     # reverse mode: the client's feed-CON/feed-NON resources (Californium's Feed)
-    uint32_t feed_counter       # "hello <client> feed-<counter>"
     bint has_request_mid
-    uint16_t request_mid        # MID of the last request the server sent us (duplicates)
-    uint32_t request_counter    # ... and the counter value of its answer
-    bint request_observed       # ... and whether it was a registration
+    FeedReply request_reply     # our answer to the server's last CON request (duplicates)
     bint observed               # the server observes one of our feeds
     bint observed_con           # feed-CON: CON notifications
+    bint observer_block2        # the registration asked for Block2 (early negotiation)
+    uint8_t observer_szx        # Block2 size of the notifications
     uint8_t observer_token_length
     uint8_t observer_token[8]
     uint16_t observer_rlen
     uint32_t observe_sequence
     uint64_t notify_due_ns      # next notification; 0: none (or after the pending one's ACK)
     bint notify_pending         # a CON notification waits for its ACK
-    uint16_t notify_mid         # MID of the last notification
+    FeedReply notify            # the last notification (a retransmission repeats it)
     uint8_t notify_retransmits
-    uint32_t notify_counter     # its counter value (a retransmission repeats it)
     uint64_t notify_timeout_ns
     uint64_t notify_resend_ns
     uint32_t notify_after_ms    # the next one is due that long after this one's ACK
+    bint separate_pending       # a separate CON response (?ack) waits for its ACK
+    FeedReply separate
+    uint8_t separate_retransmits
+    uint64_t separate_timeout_ns
+    uint64_t separate_resend_ns
+    # Block2 status per feed (0 feed-NON, 1 feed-CON): the representation whose further
+    # blocks the server may fetch (Californium's Block2BlockwiseStatus, until the last block)
+    bint block_valid[2]
+    uint16_t block_rlen[2]
+    uint64_t block_counter[2]
     # coap+tcp
     bint closed             # the connection ended (FIN, error, Abort): for good
     bint released           # the server sent Release: no new requests on this connection
@@ -142,7 +166,11 @@ cdef struct Counters:
     uint64_t reverse_responses  # reverse mode: answers to the server's requests + notifications
     uint64_t feed_notifies      # reverse mode: notifications sent
     uint64_t feed_registrations  # reverse mode: observe registrations received
-    uint64_t feed_failures      # reverse mode: CON notifications never acknowledged
+    uint64_t feed_failures      # reverse mode: CON notifications (or separate responses)
+                                # never acknowledged
+    uint64_t feed_separate      # reverse mode: separate responses (?ack: empty ACK first)
+    uint64_t feed_blocks        # reverse mode: further Block2 blocks served (NUM > 0)
+    uint64_t feed_errors        # reverse mode: error answers (4.02, 4.04, 4.05, 4.06)
     uint64_t socket_errors      # failed send/recv (ICMP errors, full buffers)
     uint64_t ignored            # datagrams that matched nothing
     uint64_t dtls_dropped       # coaps: records that did not open (replays, bad MACs, alerts)
@@ -241,6 +269,8 @@ cdef struct Engine:
     int64_t feed_min_ms         # notification interval; <= 0: after the previous completed
     int64_t feed_max_ms
     int observers               # feeds observed right now
+    uint64_t feed_started       # Feed.started: representations made, over all clients
+    int feed_szx                # Block2 size of the feeds' answers (--blocksize, else 1024)
     bint shared                 # use shared_remaining instead of per-client counters
     uint64_t shared_remaining
     bint unlimited              # no request limit (run until the deadline)

@@ -35,9 +35,16 @@ a "reactive cancel") and registers anew.
 Reverse mode (``serve_feeds``): the clients also serve Californium's ``Feed`` resources
 ``feed-CON`` and ``feed-NON`` for the server's requests (its /reverse-request and
 /reverse-observe): a GET is answered with "hello <client> feed-<n>" (cut or padded to
-``?rlen``), a GET with Observe=0 starts notifications every ``feed_min``..``feed_max`` ms (CON
+``?rlen``, 0..8192; n counts the representations of all clients, as Feed.java's static
+``started``), a GET with Observe=0 starts notifications every ``feed_min``..``feed_max`` ms (CON
 for feed-CON, retransmitted until acknowledged; a non-positive interval: that long after the
-previous one completed). An RST for a notification ends the observation.
+previous one completed). An RST for a notification ends the observation. As Californium's
+BlockwiseLayer, an answer larger than the block size (``block_size``, else 1024), or one asked
+for in blocks, goes as Block2 block 0 (with Size2); the further blocks come from the same
+representation (rebuilt from its counter, nothing is stored) until the last one is fetched.
+``?ack`` (without Observe) gets an empty ACK and then the answer as CON. An Accept other than
+text/plain gets 4.06, a query other than rlen/ack or a bad rlen 4.02 with the texts of
+Californium's UriQueryParameter; all of it in C, without Python objects.
 
 coap+tcp (RFC 8323, ``transport="tcp"``): each client owns a connected TCP socket instead.
 Before its first request it sends a CSM (7.01, Max-Message-Size); requests are frames (§3.2:
@@ -233,7 +240,13 @@ cdef enum:
     CODE_SERVICE_UNAVAILABLE = 0xA3  # 5.03
     DEFAULT_MAX_AGE = 60        # s, when a 5.03 has no Max-Age (RFC 7252 §5.10.5)
     MIN_FEED_INTERVAL_MS = 20   # Californium's Feed: notifications at least 20 ms apart
-    MAX_FEED_PAYLOAD = 1024     # feed answers go in one datagram (no block-wise)
+    MAX_RESOURCE_BODY_SIZE = 8192  # Californium's: the largest ?rlen of a feed (else 4.02)
+    FEED_TEXT_SIZE = 48         # "hello <int> feed-<uint64>" and its NUL
+    QUERY_TEXT_SIZE = 512       # a 4.02's text (a long query is cut)
+    OPTION_ACCEPT = 17
+    OPTION_SIZE2 = 28
+    CODE_BAD_OPTION = 0x82      # 4.02
+    CODE_NOT_ACCEPTABLE = 0x86  # 4.06
     # coap+tcp
     TCP_MAX_MESSAGE_SIZE = 9216  # announced in our CSM: the largest frame we take
     RX_CAPACITY = TCP_MAX_MESSAGE_SIZE + TCP_MAX_HEADER  # a kept incomplete frame
@@ -930,36 +943,6 @@ cdef void count_reverse(Engine* e) noexcept nogil:
         e.reverse_remaining -= 1
 
 
-cdef Py_ssize_t feed_payload(uint8_t* out, int client, uint32_t counter,
-                             int rlen) noexcept nogil:
-    """Californium's Feed payload: "hello <client> feed-<counter>", cut or padded with '*' to
-    rlen (if given)."""
-    cdef char text[64]
-    cdef int length = snprintf(text, sizeof(text), "hello %d feed-%u", client, counter)
-    cdef int i
-    if rlen <= 0:
-        rlen = length
-    for i in range(rlen):
-        out[i] = text[i] if i < length else 42    # '*'
-    return rlen
-
-
-cdef void send_feed(Engine* e, Client* c, int type, int code, uint16_t mid,
-                    const uint8_t* token, int token_length, bint observe, uint32_t counter,
-                    int rlen) noexcept nogil:
-    cdef uint8_t buffer[DATAGRAM_SIZE]
-    cdef Writer w
-    writer_init(&w, buffer, DATAGRAM_SIZE)
-    write_header(&w, type, code, mid, token, token_length)
-    if observe:
-        write_uint_option(&w, OPTION_OBSERVE, c.observe_sequence & 0xFFFFFF)
-    if (code >> 5) == 2:
-        write_uint_option(&w, OPTION_CONTENT_FORMAT, 0)
-        w.pos[0] = 0xFF     # payload marker; rlen is capped, so it fits
-        w.pos += 1 + feed_payload(w.pos + 1, <int>(c - e.clients), counter, rlen)
-    client_send(e, c, buffer, w.pos - buffer)
-
-
 cdef int64_t feed_interval_ms(Engine* e) noexcept nogil:
     """Californium's Feed: the interval before the next notification, min if min = max, else
     "cubic" random in [min, max): (int) (r^3 * (max - min)) + min with r in [0, 1), so short
@@ -978,6 +961,160 @@ cdef inline uint64_t feed_delay_ns(int64_t ms) noexcept nogil:
     return <uint64_t>max(ms, MIN_FEED_INTERVAL_MS) * 1000000
 
 
+cdef inline int feed_text(char* text, int client, uint64_t counter) noexcept nogil:
+    """Californium's Feed text: "hello <client> feed-<counter>" (its length)."""
+    return snprintf(text, FEED_TEXT_SIZE, "hello %d feed-%llu", client,
+                    <unsigned long long>counter)
+
+
+cdef uint32_t feed_size(Engine* e, Client* c, uint64_t counter, int rlen) noexcept nogil:
+    """The size of a representation: rlen, or (0) the text's own length."""
+    cdef char text[FEED_TEXT_SIZE]
+    if rlen > 0:
+        return <uint32_t>rlen
+    return <uint32_t>feed_text(text, <int>(c - e.clients), counter)
+
+
+cdef void send_reply(Engine* e, Client* c, const FeedReply* r) noexcept nogil:
+    """Build a feed's answer from its description and send it: the same bytes every time
+    (retransmissions, duplicates). The representation is the text cut or padded with '*' to
+    rlen; block-wise, only block NUM of it, with Block2 (and Size2 in the first of several)."""
+    cdef uint8_t buffer[DATAGRAM_SIZE]
+    cdef char text[FEED_TEXT_SIZE]
+    cdef Writer w
+    cdef int text_length
+    cdef uint32_t i, total, size, start = 0, end
+    writer_init(&w, buffer, DATAGRAM_SIZE)
+    if r.code == 0:     # an empty ACK
+        write_header(&w, r.type, 0, r.mid, NULL, 0)
+        client_send(e, c, buffer, writer_length(&w))
+        return
+    write_header(&w, r.type, r.code, r.mid, r.token, r.token_length)
+    if r.observing:
+        write_uint_option(&w, OPTION_OBSERVE, r.observe & 0xFFFFFF)
+    write_uint_option(&w, OPTION_CONTENT_FORMAT, 0)
+    text_length = feed_text(text, <int>(c - e.clients), r.counter)
+    total = <uint32_t>r.rlen if r.rlen > 0 else <uint32_t>text_length
+    end = total
+    if r.blockwise:
+        size = block_bytes(r.szx)
+        start = r.num * size
+        end = min(start + size, total)
+        write_uint_option(&w, OPTION_BLOCK2,
+                          (r.num << 4) | (<uint32_t>(end < total) << 3) | r.szx)
+        if r.num == 0 and end < total:
+            write_uint_option(&w, OPTION_SIZE2, total)
+    if w.overflow or start >= end or w.end - w.pos < <Py_ssize_t>(1 + end - start):
+        return      # cannot happen: answers larger than one block go block-wise
+    w.pos[0] = 0xFF
+    w.pos += 1
+    for i in range(start, end):
+        w.pos[i - start] = text[i] if i < <uint32_t>text_length else 42    # '*'
+    w.pos += end - start
+    client_send(e, c, buffer, writer_length(&w))
+
+
+cdef void send_error(Engine* e, Client* c, const MessageView* view, int type, uint16_t mid,
+                     int code, const char* text, int length) noexcept nogil:
+    """An error answer (rare): with a diagnostic text as Californium's respond(code, text)
+    (Content-Format text/plain), or empty."""
+    cdef uint8_t buffer[DATAGRAM_SIZE]
+    cdef Writer w
+    writer_init(&w, buffer, DATAGRAM_SIZE)
+    write_header(&w, type, code, mid, view.token, view.token_length)
+    if length > 0:
+        write_uint_option(&w, OPTION_CONTENT_FORMAT, 0)
+        write_payload(&w, <const uint8_t*>text, length)
+    e.total.feed_errors += 1
+    if not w.overflow:
+        client_send(e, c, buffer, writer_length(&w))
+
+
+cdef int query_error(char* out, const OptionView* query, const char* reason) noexcept nogil:
+    """UriQueryParameter's text for a query as it came: "URI-query-option '<query>' <reason>"."""
+    cdef int length = min(<int>query.length, QUERY_TEXT_SIZE - 128)
+    cdef int head = snprintf(out, QUERY_TEXT_SIZE, "URI-query-option '")
+    memcpy(out + head, query.value, length)
+    return head + length + snprintf(out + head + length, QUERY_TEXT_SIZE - head - length,
+                                    "' %s", reason)
+
+
+cdef bint java_parse_int(const uint8_t* text, int length, int* out) noexcept nogil:
+    """Java's Integer.parseInt (ASCII digits): an optional sign, digits, within int range."""
+    cdef int i = 0
+    cdef int64_t value = 0
+    cdef bint negative = False
+    if length > 0 and (text[0] == 45 or text[0] == 43):     # '-', '+'
+        negative = text[0] == 45
+        i = 1
+    if i >= length:
+        return False
+    while i < length:
+        if text[i] < 48 or text[i] > 57:
+            return False
+        value = value * 10 + (text[i] - 48)
+        if value > <int64_t>2147483648:
+            return False
+        i += 1
+    if negative:
+        value = -value
+    if value > <int64_t>2147483647:
+        return False
+    out[0] = <int>value
+    return True
+
+
+cdef inline bint query_named(const OptionView* query, const char* name,
+                             int length) noexcept nogil:
+    """Whether the query's name (up to the first '=') is *name*."""
+    return (query.length >= length and memcmp(query.value, name, length) == 0
+            and (query.length == length or query.value[length] == 61))    # '='
+
+
+cdef void keep_blocks(Engine* e, Client* c, int feed, const FeedReply* r) noexcept nogil:
+    """Californium's Block2 status of a new representation: kept while the server has further
+    blocks to fetch (a new one replaces it; one in a single block ends it)."""
+    if not r.blockwise:
+        return
+    if block_bytes(r.szx) < feed_size(e, c, r.counter, r.rlen):
+        c.block_valid[feed] = True
+        c.block_counter[feed] = r.counter
+        c.block_rlen[feed] = r.rlen
+    else:
+        c.block_valid[feed] = False
+
+
+cdef inline void plan_blocks(Engine* e, Client* c, FeedReply* r, bint asked,
+                             int szx) noexcept nogil:
+    """Californium's BlockwiseLayer: Block2 when the request asked for it (early negotiation,
+    at most our block size), or when the body is larger than MAX_MESSAGE_SIZE (blocks of our
+    preferred size; both are --blocksize, or 1024)."""
+    if asked:
+        r.blockwise = True
+        r.szx = <uint8_t>min(szx, e.feed_szx)
+    else:
+        r.szx = <uint8_t>e.feed_szx
+        r.blockwise = feed_size(e, c, r.counter, r.rlen) > block_bytes(e.feed_szx)
+
+
+cdef inline void reply_to(FeedReply* r, int type, uint16_t mid,
+                          const MessageView* view) noexcept nogil:
+    memset(r, 0, sizeof(FeedReply))
+    r.type = <uint8_t>type
+    r.code = CODE_CONTENT
+    r.mid = mid
+    r.token_length = view.token_length
+    memcpy(r.token, view.token, view.token_length)
+
+
+cdef void answer(Engine* e, Client* c, const MessageView* view, FeedReply* r) noexcept nogil:
+    """Send an answer to the server's request; a CON request's is kept for its duplicates."""
+    send_reply(e, c, r)
+    if view.type == CON:
+        c.has_request_mid = True
+        c.request_reply = r[0]
+
+
 cdef void end_observation(Engine* e, Client* c) noexcept nogil:
     if c.observed:
         c.observed = False
@@ -989,17 +1126,27 @@ cdef void end_observation(Engine* e, Client* c) noexcept nogil:
 cdef void send_notification(Engine* e, Client* c, uint64_t now,
                             bint retransmission) noexcept nogil:
     cdef int64_t interval
+    cdef FeedReply* n = &c.notify
     if not retransmission:
-        c.feed_counter += 1
-        c.notify_counter = c.feed_counter
-        c.observe_sequence += 1
+        # a new representation (Feed.handleGET on changed()), in blocks if it is large
+        memset(n, 0, sizeof(FeedReply))
+        e.feed_started += 1
         c.mid = (c.mid + 1) & 0xFFFF
-        c.notify_mid = c.mid
+        c.observe_sequence += 1
+        n.type = CON if c.observed_con else NON
+        n.code = CODE_CONTENT
+        n.mid = c.mid
+        n.token_length = c.observer_token_length
+        memcpy(n.token, c.observer_token, c.observer_token_length)
+        n.observing = True
+        n.observe = c.observe_sequence
+        n.counter = e.feed_started
+        n.rlen = c.observer_rlen
+        plan_blocks(e, c, n, c.observer_block2, c.observer_szx)
+        keep_blocks(e, c, 1 if c.observed_con else 0, n)
         e.total.feed_notifies += 1
         count_reverse(e)
-    send_feed(e, c, CON if c.observed_con else NON, CODE_CONTENT, c.notify_mid,
-              c.observer_token, c.observer_token_length, True, c.notify_counter,
-              c.observer_rlen)
+    send_reply(e, c, n)
     if c.observed_con:
         if not retransmission:
             c.notify_pending = True
@@ -1018,7 +1165,18 @@ cdef void send_notification(Engine* e, Client* c, uint64_t now,
 
 
 cdef void feed_timers(Engine* e, Client* c, uint64_t now) noexcept nogil:
-    if not c.observed or c.in_handshake:
+    if c.in_handshake:
+        return
+    if c.separate_pending and now >= c.separate_resend_ns:
+        if c.separate_retransmits < e.max_retransmit:
+            c.separate_retransmits += 1
+            c.separate_timeout_ns *= 2
+            c.separate_resend_ns = now + c.separate_timeout_ns
+            send_reply(e, c, &c.separate)
+        else:
+            e.total.feed_failures += 1
+            c.separate_pending = False
+    if not c.observed:
         return
     if c.notify_pending and now >= c.notify_resend_ns:
         if c.notify_retransmits < e.max_retransmit:
@@ -1035,8 +1193,11 @@ cdef void feed_timers(Engine* e, Client* c, uint64_t now) noexcept nogil:
 
 cdef bint feed_empty_message(Engine* e, Client* c, const MessageView* view,
                              uint64_t now) noexcept nogil:
-    """An ACK or RST for a notification: True if it was one."""
-    if not c.observed or view.mid != c.notify_mid:
+    """An ACK or RST for a separate response or a notification: True if it was one."""
+    if c.separate_pending and view.mid == c.separate.mid:
+        c.separate_pending = False      # acknowledged, or rejected: either way done
+        return True
+    if not c.observed or view.mid != c.notify.mid:
         return False
     if view.type == RST:
         end_observation(e, c)    # the server cancelled (reactive cancel)
@@ -1049,19 +1210,48 @@ cdef bint feed_empty_message(Engine* e, Client* c, const MessageView* view,
     return False
 
 
+cdef void serve_block(Engine* e, Client* c, const MessageView* view, int feed, int type,
+                      uint16_t mid, uint32_t num, int szx) noexcept nogil:
+    """A further block of the kept representation (Californium's BlockwiseLayer answers it
+    from its Block2 status, the resource does not see it); the last one ends the status."""
+    cdef FeedReply reply
+    cdef uint32_t total = feed_size(e, c, c.block_counter[feed], c.block_rlen[feed])
+    reply_to(&reply, type, mid, view)
+    reply.counter = c.block_counter[feed]
+    reply.rlen = c.block_rlen[feed]
+    reply.blockwise = True
+    reply.num = num
+    reply.szx = <uint8_t>min(szx, e.feed_szx)
+    if <uint64_t>num * block_bytes(reply.szx) >= total:
+        send_error(e, c, view, type, mid, CODE_BAD_OPTION, NULL, 0)
+        return
+    answer(e, c, view, &reply)
+    if <uint64_t>(num + 1) * block_bytes(reply.szx) >= total:
+        c.block_valid[feed] = False
+    e.total.feed_blocks += 1
+
+
 cdef void feed_request(Engine* e, Client* c, const MessageView* view,
                        uint64_t now) noexcept nogil:
-    """A request of the server (reverse mode): GET feed-CON or feed-NON, maybe observing."""
+    """A request of the server (reverse mode) as Californium's Feed.handleGET answers it:
+    GET feed-CON or feed-NON, maybe observing, maybe (?ack) separately, maybe a further
+    block of the last answer. Error answers (4.02 with UriQueryParameter's texts, 4.06 for
+    an Accept other than text/plain, 4.04, 4.05) are built here too, without Python."""
     cdef const OptionView* option
-    cdef int i, segments = 0, rlen = 0, code = CODE_CONTENT
-    cdef bint feed_con = False, known = False, has_observe = False, observed = False
-    cdef uint32_t observe = 0, counter
+    cdef const OptionView* unsupported = NULL
+    cdef const OptionView* rlen_query = NULL
+    cdef char text[QUERY_TEXT_SIZE]
+    cdef int i, segments = 0, rlen = 0, szx = 6, feed, value = 0
+    cdef bint feed_con = False, known = False, has_observe = False, observing
+    cdef bint ack = False, has_block2 = False, rlen_ok = True
+    cdef uint32_t observe = 0, block2 = 0, num = 0
+    cdef int64_t accept = -1
     cdef int reply_type = ACK if view.type == CON else NON
     cdef uint16_t reply_mid = view.mid
-    if view.type == CON and c.has_request_mid and view.mid == c.request_mid:
-        # our answer got lost: the same again, not counted twice
-        send_feed(e, c, ACK, CODE_CONTENT, view.mid, view.token, view.token_length,
-                  c.request_observed, c.request_counter, c.observer_rlen)
+    cdef FeedReply reply
+    cdef FeedReply accepted
+    if view.type == CON and c.has_request_mid and view.mid == c.request_reply.mid:
+        send_reply(e, c, &c.request_reply)  # our answer got lost: the same again, counted once
         return
     for i in range(view.option_count):
         option = &view.options[i]
@@ -1072,59 +1262,110 @@ cdef void feed_request(Engine* e, Client* c, const MessageView* view,
             elif option.length == 8 and memcmp(option.value, b"feed-NON", 8) == 0:
                 known = True
         elif option.number == OPTION_URI_QUERY:
-            if option.length > 5 and memcmp(option.value, b"rlen=", 5) == 0:
-                rlen = parse_uint(option.value + 5, option.length - 5)
+            if query_named(option, b"rlen", 4):
+                rlen_query = option     # a HashMap: the last one counts
+            elif query_named(option, b"ack", 3):
+                ack = True
+            elif unsupported == NULL:
+                unsupported = option    # the first one is reported
         elif option.number == OPTION_OBSERVE:
             has_observe = True
             observe = option_uint(option)
+        elif option.number == OPTION_ACCEPT:
+            accept = option_uint(option)
+        elif option.number == OPTION_BLOCK2:
+            has_block2 = True
+            block2 = option_uint(option)
     if view.type != CON:
         c.mid = (c.mid + 1) & 0xFFFF
         reply_mid = c.mid
     if not known or segments != 1:
-        code = CODE_NOT_FOUND
-    elif view.code != 1:
-        code = CODE_METHOD_NOT_ALLOWED
-    if code != CODE_CONTENT:
-        send_feed(e, c, reply_type, code, reply_mid, view.token, view.token_length, False,
-                  0, 0)
+        send_error(e, c, view, reply_type, reply_mid, CODE_NOT_FOUND, NULL, 0)
         return
-    if rlen > MAX_FEED_PAYLOAD:
-        rlen = MAX_FEED_PAYLOAD   # one datagram, no block-wise
-    if has_observe and observe == 0:
+    if view.code != 1:
+        send_error(e, c, view, reply_type, reply_mid, CODE_METHOD_NOT_ALLOWED, NULL, 0)
+        return
+    feed = 1 if feed_con else 0
+    if has_block2:
+        num = block2 >> 4
+        szx = block2 & 7
+    if rlen_query != NULL and rlen_query.length > 4:    # "rlen" alone: the default, 0
+        rlen_ok = java_parse_int(rlen_query.value + 5, rlen_query.length - 5, &value)
+        rlen = value
+    if (num > 0 and c.block_valid[feed] and unsupported == NULL and rlen_ok
+            and rlen == c.block_rlen[feed]):
+        serve_block(e, c, view, feed, reply_type, reply_mid, num, szx)
+        return
+    # Feed.handleGET
+    if accept >= 0 and accept != 0:
+        send_error(e, c, view, reply_type, reply_mid, CODE_NOT_ACCEPTABLE, NULL, 0)
+        return
+    if unsupported != NULL:
+        send_error(e, c, view, reply_type, reply_mid, CODE_BAD_OPTION, text,
+                   query_error(text, unsupported, "is not supported!"))
+        return
+    if not rlen_ok:
+        send_error(e, c, view, reply_type, reply_mid, CODE_BAD_OPTION, text,
+                   query_error(text, rlen_query, "is no number!"))
+        return
+    if rlen < 0 or rlen > MAX_RESOURCE_BODY_SIZE:
+        value = 0 if rlen < 0 else MAX_RESOURCE_BODY_SIZE
+        value = snprintf(text, QUERY_TEXT_SIZE, "URI-query-option 'rlen=%d' is %s than %d!",
+                         rlen, "less" if rlen < 0 else "more", value)
+        send_error(e, c, view, reply_type, reply_mid, CODE_BAD_OPTION, text, value)
+        return
+    e.feed_started += 1
+    reply_to(&reply, reply_type, reply_mid, view)
+    reply.counter = e.feed_started
+    reply.rlen = <uint16_t>rlen
+    plan_blocks(e, c, &reply, has_block2, szx)
+    reply.num = num     # > 0: random access, a block of the new representation
+    if <uint64_t>num * block_bytes(reply.szx) >= feed_size(e, c, reply.counter, rlen):
+        send_error(e, c, view, reply_type, reply_mid, CODE_BAD_OPTION, NULL, 0)
+        return
+    observing = has_observe and observe == 0
+    if observing:
         if not c.observed:
             e.observers += 1
         c.observed = True
         c.observed_con = feed_con
         c.observer_token_length = view.token_length
         memcpy(c.observer_token, view.token, view.token_length)
+        c.observer_rlen = <uint16_t>rlen
+        c.observer_block2 = has_block2
+        c.observer_szx = reply.szx
         c.notify_pending = False
         c.notify_due_ns = now + feed_delay_ns(feed_interval_ms(e))  # after our answer
         e.total.feed_registrations += 1
-        observed = True
+        reply.observing = True
+        reply.observe = c.observe_sequence
     elif has_observe and observe == 1 and c.observed and view.token_length == (
             c.observer_token_length) and memcmp(view.token, c.observer_token,
                                                 view.token_length) == 0:
         end_observation(e, c)
-    c.observer_rlen = rlen
-    c.feed_counter += 1
-    counter = c.feed_counter
-    if view.type == CON:
-        c.has_request_mid = True
-        c.request_mid = view.mid
-        c.request_counter = counter
-        c.request_observed = observed
-    send_feed(e, c, reply_type, CODE_CONTENT, reply_mid, view.token, view.token_length,
-              observed, counter, rlen)
+    if ack and not observing and view.type == CON:
+        # exchange.accept(): an empty ACK at once, then the response as CON (retransmitted
+        # until acknowledged)
+        memset(&accepted, 0, sizeof(FeedReply))
+        accepted.type = ACK
+        accepted.mid = view.mid
+        answer(e, c, view, &accepted)
+        c.mid = (c.mid + 1) & 0xFFFF
+        reply.type = CON
+        reply.mid = c.mid
+        c.separate = reply
+        c.separate_pending = True
+        c.separate_retransmits = 0
+        c.separate_timeout_ns = (e.ack_timeout_ns
+                                 + next_random(e) % (e.ack_timeout_ns // 2 + 1))
+        c.separate_resend_ns = now + c.separate_timeout_ns
+        send_reply(e, c, &c.separate)
+        e.total.feed_separate += 1
+    else:
+        answer(e, c, view, &reply)
+    if num == 0:
+        keep_blocks(e, c, feed, &reply)
     count_reverse(e)
-
-
-cdef int parse_uint(const uint8_t* text, int length) noexcept nogil:
-    cdef int value = 0, i
-    for i in range(length):
-        if text[i] < 48 or text[i] > 57 or value > 100000:
-            return 0
-        value = value * 10 + (text[i] - 48)
-    return value
 
 
 cdef inline uint32_t token_of(const MessageView* view) noexcept nogil:
@@ -1815,6 +2056,9 @@ cdef dict _counters(const Counters* now, const Counters* base):
         "feed_notifies": now.feed_notifies - base.feed_notifies,
         "feed_registrations": now.feed_registrations - base.feed_registrations,
         "feed_failures": now.feed_failures - base.feed_failures,
+        "feed_separate": now.feed_separate - base.feed_separate,
+        "feed_blocks": now.feed_blocks - base.feed_blocks,
+        "feed_errors": now.feed_errors - base.feed_errors,
         "socket_errors": now.socket_errors - base.socket_errors,
         "ignored": now.ignored - base.ignored,
         "dtls_dropped": now.dtls_dropped - base.dtls_dropped,
@@ -1927,6 +2171,8 @@ cdef class LoadGenerator:
         self.e.early_block2_szx = size_exponent(block_size) if block_size else -1
         self.e.block1_szx = self.e.early_block2_szx if block_size else 6   # 1024 by default
         self.e.payload_blockwise = len(payload) > block_bytes(self.e.block1_szx)
+        # the feeds' MAX_MESSAGE_SIZE and PREFERRED_BLOCK_SIZE (Californium: --blocksize)
+        self.e.feed_szx = self.e.early_block2_szx if block_size else 6
         base = build_request(confirmable, code, options)
         # Without block-wise the whole request is one template; else it must fit one block.
         request = base if self.e.payload_blockwise else build_request(
@@ -2119,6 +2365,8 @@ cdef class LoadGenerator:
             e.clients[i].notify_pending = False
             e.clients[i].notify_due_ns = 0
             e.clients[i].has_request_mid = False
+            e.clients[i].separate_pending = False
+            e.clients[i].block_valid[0] = e.clients[i].block_valid[1] = False
             e.clients[i].force_handshake = False
             e.clients[i].reconnected = False
             if e.clients[i].in_handshake:   # parked at the end of the last run: back in

@@ -954,6 +954,9 @@ def collect(
         "feed_notifies": window["feed_notifies"],
         "feed_registrations": window["feed_registrations"],
         "feed_failures": window["feed_failures"],
+        "feed_separate": window["feed_separate"],
+        "feed_blocks": window["feed_blocks"],
+        "feed_errors": window["feed_errors"],
         "req_per_s": responses / duration if duration > 0 else 0.0,
         "generator_cpu_s": window["cpu"],
         "connect_latency_us": window["connect_latency_us"],
@@ -1022,7 +1025,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--blocksize", type=int, metavar="N",
         help="block-wise with N-byte blocks (16, 32, ..., 1024): every request asks for Block2 "
-        "of that size, a larger payload goes as Block1 blocks",
+        "of that size, a larger payload goes as Block1 blocks; with --reverse the feeds answer "
+        "in Block2 blocks of that size (default 1024)",
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=int, default=10_000, metavar="MS",
