@@ -92,7 +92,9 @@ def _seeds() -> list[bytes]:
         anti_replay=True, next_write_seq=5, last_sealed=(1 << 48) | 4, window_highest=7,
         window_bitmap=0xFF,
     )  # fmt: skip
-    v6 = p.SavedConnection(**{**_fields(connection), "address": ("::1", 5684, 0, 0)})
+    # with the record sizes item (RFC 8449 / RFC 6066 limits), appended to the connection
+    v6 = p.SavedConnection(**{**_fields(connection), "address": ("::1", 5684, 0, 0),
+                              "record_size_limit": 512, "receive_limit": 1024})  # fmt: skip
     empty = p.encode_store({}, saved_at=1_700_000_000.0)
     one = p.encode_store({"dtls://127.0.0.1:5684": [connection]}, saved_at=1_700_000_000.0)
     two = p.encode_store({"dtls://[::1]:5684": [v6, connection], "dtls://x:1": []}, 1.0)

@@ -21,6 +21,7 @@ import time
 import pytest
 from tests.conftest import openssl_cipher
 
+from extplugtest.coap._codec import Message, parse
 from extplugtest.dtls import ciphersuites as cs
 from extplugtest.dtls.handshake_client import ClientHandshake, ClientSession
 from extplugtest.dtls.pki import (
@@ -353,3 +354,132 @@ def test_our_ecdsa_client_against_openssl_s_server(with_certificate):
     assert "hello s_server" in output
     # s_server prints the client certificate it verified (none: an empty Certificate)
     assert ("subject=CN=cf-client, O=extplugtest demo" in names(output)) == with_certificate
+
+
+# -- CoAP through openssl s_client: record sizes and application authorization ------------------
+
+
+class CoapOverSClient:
+    """``openssl s_client -quiet``: CoAP messages written to its stdin go out as one record
+    each; the plaintext of every record it receives comes out of its stdout (one read per
+    record, as long as one request is outstanding)."""
+
+    def __init__(self, port: int, *options: str, stderr_path) -> None:
+        self.stderr = stderr_path.open("wb")
+        self.process = subprocess.Popen(
+            ["openssl", "s_client", "-dtls1_2", "-quiet", "-connect", f"127.0.0.1:{port}",
+             "-CAfile", str(demo_ca_path()), *options],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+        )  # fmt: skip
+        self.stderr_path = stderr_path
+        self.mid = 0x300
+
+    def request(self, path: str, *queries: str, block2: int | None = None,
+                timeout: float = 10) -> Message | None:  # fmt: skip
+        """The response to a CON GET (None: none within *timeout*)."""
+        self.mid += 1
+        message = Message(0, 1, self.mid, self.mid.to_bytes(2, "big"))
+        for segment in path.split("/"):
+            message.add_option(11, segment)
+        for query in queries:
+            message.add_option(15, query)
+        if block2 is not None:
+            message.add_option(23, block2)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        os.write(self.process.stdin.fileno(), message.to_bytes())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # bounded; skips stale answers
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.2)
+            if not ready:
+                continue
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            assert chunk, f"s_client ended: {self.stderr_path.read_text(errors='replace')}"
+            response = parse(chunk)
+            if response.mid == self.mid:
+                return response
+        return None
+
+    def download(self, path: str, *queries: str) -> tuple[bytes, set[int]]:
+        """A whole block-wise body and the SZX of its blocks."""
+        response = self.request(path, *queries)
+        assert response is not None, self.stderr_path.read_text(errors="replace")
+        body, sizes = bytes(response.payload), set()
+        for _ in range(200):  # bounded
+            value = response.uint_option(23)
+            if value is None:
+                break
+            num, more, szx = value >> 4, bool(value & 8), value & 7
+            sizes.add(szx)
+            if not more:
+                break
+            response = self.request(path, *queries, block2=((num + 1) << 4) | szx)
+            assert response is not None, self.stderr_path.read_text(errors="replace")
+            body += response.payload
+        return body, sizes
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=5)
+        self.stderr.close()
+
+
+@pytest.fixture
+def s_clients(tmp_path):
+    clients: list[CoapOverSClient] = []
+
+    def start(port: int, *options: str) -> CoapOverSClient:
+        client = CoapOverSClient(port, *options, stderr_path=tmp_path / f"s_client{len(clients)}")
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.close()
+
+
+PSK_OPTIONS = ["-psk", "73656372657450534b", "-psk_identity", "Client_identity",
+               "-cipher", PSK_CCM8]  # fmt: skip
+
+
+@pytest.mark.requires_bin("openssl")
+def test_openssl_max_fragment_length_gets_large_answers(start_extserver, s_clients):
+    """RFC 6066 §4: with -maxfraglen 512 OpenSSL refuses any longer record; the server answers
+    a large /benchmark (extended port: the C fast path must leave it to Python) and the
+    plugtest /large block-wise in blocks that fit into 512-byte records."""
+    server = start_extserver("--benchmark", "--no-tcp")
+    extended = s_clients(server.port + 1, "-maxfraglen", "512", *PSK_OPTIONS)
+    body, sizes = extended.download("benchmark", "rlen=1000")
+    assert len(body) == 1000 and body.startswith(b"hello observe ") and body.endswith(b"*" * 900)
+    assert max(sizes) <= 4  # 256-byte blocks: a 512-byte one does not fit with its header
+    small = extended.request("benchmark", "rlen=300")  # fits: one message, from the fast path
+    assert small is not None and len(small.payload) == 300 and small.uint_option(23) is None
+    plugtest = s_clients(server.plugtest_port + 1, "-maxfraglen", "512", *PSK_OPTIONS)
+    body, sizes = plugtest.download("large")
+    assert len(body) > 1024 and max(sizes) <= 4
+
+
+AUTHORIZATION_PROPERTIES = "DTLS.APPLICATION_AUTHORIZATION_TIMEOUT=1s\n"
+
+
+@pytest.fixture(scope="module")
+def authorizing_server(start_extserver, tmp_path_factory):
+    """The extended endpoints with a short DTLS.APPLICATION_AUTHORIZATION_TIMEOUT."""
+    properties = tmp_path_factory.mktemp("authorization") / "Californium3.properties"
+    properties.write_text(AUTHORIZATION_PROPERTIES)
+    return start_extserver("--benchmark", "--no-plugtest", "--no-tcp", "--config", str(properties))
+
+
+@pytest.mark.requires_bin("openssl")
+@pytest.mark.parametrize("auth", [True, False], ids=["auth", "no-auth"])
+def test_anonymous_openssl_client_needs_benchmark_auth(authorizing_server, s_clients, auth):
+    """Inventory §6.3 / §2.1: an ECDHE_ECDSA client without a certificate keeps its connection
+    beyond DTLS.APPLICATION_AUTHORIZATION_TIMEOUT (1 s here) only after /benchmark?auth."""
+    client = s_clients(authorizing_server.port + 1, "-cipher", ECDSA_CCM8)
+    first = client.request("benchmark", *(["auth"] if auth else []))
+    assert first is not None and first.code == 0x45, client.stderr_path.read_text()
+    time.sleep(2.5)  # past the timeout (the connector's timer runs every 0.25 s)
+    later = client.request("benchmark", timeout=3 if not auth else 10)
+    if auth:
+        assert later is not None and later.payload.startswith(b"hello observe ")
+    else:
+        assert later is None  # the connection is gone: the record is dropped

@@ -234,3 +234,76 @@ def test_incomplete_transfers_expire():
 
 def test_bert_szx_on_udp_is_400(client):
     assert client.exchange(req(Code.GET, "large", block2=(0, False, 7))).code == Code.BAD_REQUEST
+
+
+# -- a peer's message limit (a DTLS record size limit, RFC 8449 / RFC 6066) ---------------------
+
+
+def limited_layer(limits: dict) -> BlockwiseLayer:
+    layer = BlockwiseLayer()
+    layer.message_limit = limits.get
+    return layer
+
+
+def get_request(token: bytes = b"\x01\x02\x03\x04", block2: int | None = None) -> Message:
+    request = Message(Type.CON, Code.GET, 7, token)
+    request.add_option(Option.URI_PATH, "large")
+    if block2 is not None:
+        request.add_option(Option.BLOCK2, block2)
+    return request
+
+
+@pytest.mark.parametrize(("limit", "szx"), [(200, 3), (300, 4), (600, 5), (1100, 6)])
+def test_a_peers_limit_chooses_a_block_size_that_fits(limit, szx):
+    """The whole message, its token included, fits into the limit."""
+    layer = limited_layer({("127.0.0.1", 1): limit})
+    request = get_request()
+    context, answer = layer.incoming(request, ("127.0.0.1", 1))
+    assert answer is None
+    part = layer.outgoing(context, response(Code.CONTENT, LARGE, ContentFormat.OCTET_STREAM))
+    part.token = request.token
+    assert decode_block(part.uint_option(Option.BLOCK2)) == (0, True, szx)
+    assert len(part.to_bytes()) <= limit
+    # the follow-up comes from the kept response, in the same size
+    context, answer = layer.incoming(get_request(block2=encode_block(1, False, szx)),
+                                     ("127.0.0.1", 1))  # fmt: skip
+    assert answer is not None and decode_block(answer.uint_option(Option.BLOCK2))[:1] == (1,)
+    answer.token = request.token
+    assert (
+        len(answer.to_bytes()) <= limit
+        and answer.payload == LARGE[1 << (szx + 4) :][: 1 << (szx + 4)]
+    )
+
+
+def test_a_small_response_that_fits_the_limit_is_not_sliced():
+    layer = limited_layer({("127.0.0.1", 1): 300})
+    context, _ = layer.incoming(get_request(), ("127.0.0.1", 1))
+    small = response(Code.CONTENT, b"x" * 200)
+    assert layer.outgoing(context, small) is small
+    other, _ = layer.incoming(get_request(), ("127.0.0.1", 2))  # no limit: as before
+    assert (
+        layer.outgoing(other, response(Code.CONTENT, b"x" * 1000)).uint_option(Option.BLOCK2)
+        is None
+    )
+
+
+def test_a_larger_asked_block_is_answered_smaller_at_the_same_offset():
+    """RFC 7959 §2.4: NUM of the answer counts the smaller blocks."""
+    layer = limited_layer({("127.0.0.1", 1): 300})
+    context, _ = layer.incoming(get_request(block2=encode_block(1, False, 5)), ("127.0.0.1", 1))
+    part = layer.outgoing(context, response(Code.CONTENT, LARGE))
+    assert decode_block(part.uint_option(Option.BLOCK2)) == (2, True, 4)
+    assert part.payload == LARGE[512:768]
+    # (the last 1024-byte block has 256 bytes only: it fits as asked)
+    context, _ = layer.incoming(get_request(block2=encode_block(1, False, 6)), ("127.0.0.1", 1))
+    part = layer.outgoing(context, response(Code.CONTENT, LARGE))
+    assert decode_block(part.uint_option(Option.BLOCK2)) == (1, False, 6)
+
+
+def test_a_large_notification_is_sliced_to_the_limit():
+    layer = limited_layer({("127.0.0.1", 1): 300})
+    notification = response(Code.CONTENT, LARGE)
+    notification.token = b"\x01\x02\x03\x04"
+    first = layer.notification(("127.0.0.1", 1), get_request(), notification)
+    assert decode_block(first.uint_option(Option.BLOCK2))[2] == 4
+    assert len(first.to_bytes()) <= 300

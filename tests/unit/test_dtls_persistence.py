@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from extplugtest.dtls._record import AEAD_FOR_CIPHER_SUITE
 from extplugtest.dtls.ciphersuites import ALL_SUITES
+from extplugtest.dtls.messages import MAX_PLAINTEXT
 from extplugtest.dtls.persistence import (
     PersistenceError,
     SavedConnection,
@@ -82,6 +83,9 @@ def saved_connections(draw: st.DrawFn) -> SavedConnection:
         last_sealed=draw(st.sampled_from([0, epoch << 48 | draw(st.integers(0, 2**48 - 1))])),
         window_highest=draw(st.integers(0, 2**48 - 1)),
         window_bitmap=draw(st.integers(0, 2**64 - 1)),
+        # RFC 8449 / RFC 6066 limits; mostly none (then the stream has no record sizes item)
+        record_size_limit=draw(st.sampled_from([MAX_PLAINTEXT, 64, 512, 1234])),
+        receive_limit=draw(st.sampled_from([MAX_PLAINTEXT, 512, 4096])),
     )
 
 
@@ -158,6 +162,8 @@ def test_an_item_that_overruns_is_refused():
         ({"master_secret": b"m" * 47}, "48 bytes"),
         ({"read_cid": bytes(17)}, "longer than 16"),
         ({"last_sealed": 2 << 48}, "another epoch"),
+        ({"record_size_limit": 63}, "record size limit"),
+        ({"receive_limit": MAX_PLAINTEXT + 1}, "record size limit"),
     ],
 )
 def test_values_the_data_path_cannot_use_are_refused(change, reason):
@@ -233,3 +239,38 @@ def test_unreadable_file_is_a_persistence_error(tmp_path):
         read_store_file(tmp_path / "missing", None)
     with pytest.raises(PersistenceError, match="cannot write"):
         write_store_file(tmp_path / "no" / "such" / "dir", b"x")
+
+
+# -- record sizes (RFC 8449, RFC 6066): an optional item appended to the connection -------------
+
+
+def test_record_size_limits_survive_and_are_optional():
+    """Without a negotiated limit the item is left out (the stream is as before it existed,
+    and such a stream reads as 2^14 both ways); with one it is appended."""
+    plain = encode_store({"dtls://x": [connection()]}, saved_at=1.0)
+    limited = connection(record_size_limit=512, receive_limit=512)
+    stream = encode_store({"dtls://x": [limited]}, saved_at=1.0)
+    assert len(stream) == len(plain) + 3 + 4  # the item: version, length, two uint16
+    assert decode_store(stream).connectors == {"dtls://x": [limited]}
+    (restored,) = decode_store(plain).connectors["dtls://x"]
+    assert (restored.record_size_limit, restored.receive_limit) == (MAX_PLAINTEXT, MAX_PLAINTEXT)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"\x02\x00\x04\x02\x00\x02\x00", "record sizes of version 2"),
+     (b"\x01\x00\x03\x02\x00\x02", "truncated"),
+     (b"\x01\x00\x05\x02\x00\x02\x00\x00", "unexpected bytes"),
+     (b"\x01\x00\x04\x00\x3f\x02\x00", "record size limits must be"),
+     (b"\x01\x00\x04\x02\x00\x40\x01", "record size limits must be")],
+    ids=["version", "short", "long", "below 64", "above 2^14"],
+)  # fmt: skip
+def test_bad_record_sizes_items_are_refused(body, reason):
+    stream = bytearray(encode_store({"dtls://x": [connection()]}, saved_at=1.0))
+    position = 11 + 11 + 2 + len("dtls://x")  # the connection item: grow it by the body
+    length = int.from_bytes(stream[position + 1 : position + 3], "big")
+    stream[position + 1 : position + 3] = (length + len(body)).to_bytes(2, "big")
+    end = position + 3 + length
+    stream[end:end] = body
+    with pytest.raises(PersistenceError, match=reason):
+        decode_store(bytes(stream))

@@ -7,12 +7,20 @@ endpoint's maximum message size, or asked for in blocks, leaves block by block; 
 response is kept for the follow-up requests (NUM > 0), which are answered from it without running
 the handler again (a POST's follow-ups in particular). Transfers are keyed by peer, method, URI
 path and query, and Request-Tag; both tables are bounded and expire after a lifetime.
+
+A peer may take smaller messages than the endpoint's maximum: a DTLS peer that negotiated a
+record size limit (RFC 8449, RFC 6066 max_fragment_length) receives each message in one record
+of at most that many bytes. ``message_limit`` (set by such a transport) tells the limit of a
+peer; a response that does not fit goes block-wise, and its Block2 size is made small enough
+for every block to fit, whatever size the client asked for (RFC 7959 §2.2: the server may
+answer a smaller block; its NUM then counts the smaller blocks, §2.4).
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from extplugtest.coap._codec import Message
@@ -55,6 +63,14 @@ class BlockRequest:
     block2: tuple[int, bool, int] | None = None  # (NUM, M, SZX) asked for
     block1: tuple[int, bool, int] | None = None  # the last Block1 received
     size2_asked: bool = False
+    #: the most bytes the response may have without its token (the peer's message size
+    #: limit less the request's token), None: no limit but the endpoint's
+    message_limit: int | None = None
+
+
+def _size(message: Message) -> int:
+    """The encoded size of *message* without its token (set later, to the request's)."""
+    return len(message.to_bytes()) - len(message.token)
 
 
 class _Upload:
@@ -93,6 +109,13 @@ class BlockwiseLayer:
         self.transfers_evicted = 0
         self.transfers_expired = 0
         self.incomplete = 0
+        #: the largest message a peer takes (whole, token included), or None: no limit but
+        #: max_message_size; set by a transport whose peers may have one (DTLS)
+        self.message_limit: Callable[[tuple], int | None] | None = None
+
+    def _context_limit(self, peer: tuple, request: Message) -> int | None:
+        limit = self.message_limit(peer) if self.message_limit is not None else None
+        return None if limit is None else max(0, limit - len(request.token))
 
     # -- bookkeeping -------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -141,6 +164,7 @@ class BlockwiseLayer:
         a kept response) or None: dispatch the request (its payload may now be the whole
         assembled body)."""
         context = BlockRequest(self.key(request, peer))
+        context.message_limit = self._context_limit(peer, request)
         block1_value = request.uint_option(Option.BLOCK1)
         block2_value = request.uint_option(Option.BLOCK2)
         context.size2_asked = request.has_option(Option.SIZE2)
@@ -225,7 +249,11 @@ class BlockwiseLayer:
         """Add Block1 to the last answer of an upload, and slice a large response."""
         if context.block1 is not None:
             response.set_option(Option.BLOCK1, encode_block(*context.block1))
-        if context.block2 is None and len(response.payload) <= self.max_message_size:
+        if (
+            context.block2 is None
+            and len(response.payload) <= self.max_message_size
+            and (context.message_limit is None or _size(response) <= context.message_limit)
+        ):
             return response
         # Sliced when too large, or always when the client asked for blocks (early
         # negotiation: the answer then carries Block2 even if it fits into one block).
@@ -235,12 +263,21 @@ class BlockwiseLayer:
         return sliced
 
     def slice(self, response: Message, context: BlockRequest) -> Message:
-        """Block NUM of *response* as asked by *context* (NUM 0 at the preferred size if not)."""
+        """Block NUM of *response* as asked by *context* (NUM 0 at the preferred size if not),
+        in smaller blocks if the peer's message limit needs them."""
         if context.block2 is not None:
             num, _, szx = context.block2
             szx = min(szx, 6)  # early negotiation is honoured exactly, down to 16 bytes
         else:
             num, szx = 0, self.preferred_szx
+        part = self._part(response, context, num, szx)
+        limit = context.message_limit
+        while limit is not None and szx > 0 and _size(part) > limit:  # at most 6 rounds
+            num, szx = num * 2, szx - 1  # the same offset in half the block size
+            part = self._part(response, context, num, szx)
+        return part
+
+    def _part(self, response: Message, context: BlockRequest, num: int, szx: int) -> Message:
         size = block_size(szx)
         total = len(response.payload)
         start = num * size
@@ -260,9 +297,12 @@ class BlockwiseLayer:
 
     def notification(self, peer: tuple, request: Message, response: Message) -> Message:
         """The first block of a large notification; the rest is fetched with GET Block2."""
-        if len(response.payload) <= self.max_message_size:
+        limit = self._context_limit(peer, request)
+        if len(response.payload) <= self.max_message_size and (
+            limit is None or _size(response) <= limit
+        ):
             return response
-        context = BlockRequest(self.key(request, peer))
+        context = BlockRequest(self.key(request, peer), message_limit=limit)
         block2 = request.uint_option(Option.BLOCK2)
         if block2 is not None:
             context.block2 = (0, False, decode_block(block2)[2])

@@ -112,6 +112,10 @@ class CoapEndpoint:
         #: /diagnose of a secure endpoint (DTLS): max-connections, node-id and its own counter
         #: groups, from the transport (dtls.connector.DtlsServerTransport.health)
         self.secure_health: Callable[[], SecureHealth] | None = None
+        #: a secure transport's application authorization of a peer (DTLS: an anonymous
+        #: certificate handshake is kept only once authorized, DTLS.APPLICATION_AUTHORIZATION_
+        #: TIMEOUT); True if it was pending. None: nothing to authorize (plain UDP)
+        self.authorize: Callable[[tuple], bool] | None = None
         self.deferred_refused = 0
 
     def attach(self, engine: UdpEngine, local_address: tuple) -> None:

@@ -35,6 +35,11 @@ cdef class DtlsConnection:
     # DTLS-CID cluster: the node that forwarded the newest record (-1: it came directly);
     # answers go back through it (cluster/_router.pyx)
     cdef public int router_node
+    # Record sizes (RFC 8449 record_size_limit / RFC 6066 max_fragment_length, from the
+    # session): the most CoAP bytes one record to the peer may carry, and the most plaintext
+    # bytes a record from it may carry (above: a fatal record_overflow)
+    cdef public int send_limit
+    cdef public int receive_limit
 
     cdef bint mac_filtered(self, double now, unsigned int threshold, double quiet) noexcept
     cdef void mac_error(self, double now, double quiet) noexcept
@@ -49,6 +54,8 @@ cdef struct DataPathCounters:
     unsigned long long filtered         # dropped unparsed: the default datagram filter
     unsigned long long sealed
     unsigned long long seal_errors
+    unsigned long long oversized        # not sent: above the peer's record size limit
+    unsigned long long overflows        # received above our limit: record_overflow
 
 cdef class DtlsEngine(UdpEngine):
     cdef CidTable by_cid                # read CID -> DtlsConnection

@@ -25,6 +25,8 @@ class DtlsConnection:
     mac_errors: int
     last_mac_error: float
     router_node: int
+    send_limit: int
+    receive_limit: int
     address: tuple[Any, ...]
     def __init__(self, address: tuple[Any, ...], read_cid: bytes, now: float) -> None: ...
     def establish(self, session: Any) -> None: ...

@@ -12,6 +12,17 @@ InMemoryConnectionStore (inventory §6.4), an idle connection stays while there 
 bound only a stale one (idle longer than DTLS.STALE_CONNECTION_THRESHOLD), the least recently
 active first, makes room for a new one, else the new handshake is refused. Everything is
 counted.
+
+Record sizes: a peer that negotiated a smaller record size limit (RFC 8449 record_size_limit,
+RFC 6066 max_fragment_length) gets CoAP messages that fit into one of its records (the
+block-wise layer learns its limit from peer_message_limit; the data path drops what would not
+fit, and its fast path leaves such answers to Python); a record of it above our own limit is
+answered with a fatal record_overflow alert and ends the connection.
+
+Application authorization (DTLS.APPLICATION_AUTHORIZATION_TIMEOUT, inventory §6.3): an
+anonymous certificate handshake (ECDHE_ECDSA without a client certificate) is kept only if the
+application authorizes its connection (authorize(), /benchmark?auth) within the timeout; the
+timer removes the others.
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ from extplugtest.dtls.handshake_server import (
 from extplugtest.dtls.messages import (
     DTLS_1_0,
     DTLS_1_2,
+    MAX_PLAINTEXT,
     Alert,
     AlertLevel,
     ClientHello,
@@ -128,6 +140,10 @@ class DtlsLimits:
     #: DTLS.MAX_TRANSMISSION_UNIT_LIMIT, for message-size-limit
     mtu: int | None = None
     mtu_limit: int = 1500
+    #: DTLS.APPLICATION_AUTHORIZATION_TIMEOUT (extended: 15 s; 0: off): a certificate
+    #: handshake without a client certificate (anonymous) is kept only if the application
+    #: authorizes its connection within this time (/benchmark?auth), else it is removed
+    application_authorization_timeout: float = 15.0
 
 
 #: A key of the by-address table: a peer key (bytes), or a parked connection's (see move).
@@ -171,6 +187,9 @@ class DtlsCounters:
     address_changes: int = 0
     connections_parked: int = 0
     sending_records: int = 0
+    authorizations_pending: int = 0  # (set by dtls_counters)
+    connections_authorized: int = 0  # anonymous, authorized in time
+    connections_unauthorized: int = 0  # anonymous, removed at the authorization timeout
     by_name: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
@@ -192,6 +211,10 @@ class DtlsCounters:
             # ours, after Californium's
             "dropped received filtered": self.filtered_records,
             "renegotiations rejected": self.renegotiations_rejected,
+            "dropped received overflows": 0,  # the engine's: record_overflow alerts
+            "authorizations pending": self.authorizations_pending,
+            "connections authorized": self.connections_authorized,
+            "connections unauthorized": self.connections_unauthorized,
         }
 
 
@@ -239,6 +262,11 @@ class DtlsServerTransport:
         self.mtu: int | None = None
         #: established connections whose handshake stays a while for a lost last flight
         self._lingering: deque[tuple[float, DtlsConnection]] = deque()
+        #: anonymous connections waiting for the application's authorization -> their
+        #: deadline; in deadline order (one timeout for all), each in the tables (bounded)
+        self._unauthorized: dict[DtlsConnection, float] = {}
+        #: the clock of the timers (a test steps it)
+        self.clock = time.monotonic
         self._timer = PeriodicTimer(TIMER_INTERVAL, self._on_timer)
         #: stop()ped for a save: the socket stays bound but is not read (inventory §6.6)
         self.stopped = False
@@ -262,6 +290,8 @@ class DtlsServerTransport:
         )  # fmt: skip
         self.endpoint.attach(self.engine, sock.getsockname())
         self.endpoint.security = self.context_fields
+        self.endpoint.authorize = self.authorize
+        self.endpoint.blockwise.message_limit = self.peer_message_limit
         self.endpoint.secure_health = self.health
         self._loop = loop
         loop.add_reader(sock.fileno(), self.engine.on_readable)
@@ -432,6 +462,9 @@ class DtlsServerTransport:
             self._lingering.append((time.monotonic() + HANDSHAKE_LIFETIME, connection))
             self._handshakes -= 1
             self.counters.handshakes_succeeded += 1
+            timeout = self.limits.application_authorization_timeout
+            if timeout > 0 and connection.session.anonymous:
+                self._unauthorized[connection] = self.clock() + timeout
             # The handshake stays a little for a lost last flight: it resends on the
             # client's retransmitted Finished; the timer clears it.
             if not connection.session.cid_negotiated:
@@ -485,6 +518,50 @@ class DtlsServerTransport:
         self.counters.renegotiations_rejected += 1
         self.counters.sending_records += 1
         self.engine.send_record(connection, record)
+
+    def record_overflow(self, connection: DtlsConnection) -> None:
+        """A record of *connection* was larger than our limit (RFC 8449 §4, RFC 6066 §4): a
+        fatal record_overflow alert, protected like any record of the connection, and the
+        connection goes."""
+        cipher = connection.cipher
+        logger.info("DTLS record of %s above the record size limit", connection.address)
+        if cipher is not None and self.engine is not None:
+            alert = Alert(AlertLevel.FATAL, AlertDescription.RECORD_OVERFLOW).encode()
+            with contextlib.suppress(RecordError):  # (the sequence numbers are used up)
+                record = cipher.seal(cipher.epoch, connection.next_write_seq, ContentType.ALERT,
+                                     alert)  # fmt: skip
+                connection.next_write_seq += 1
+                self.counters.sending_records += 1
+                self.engine.send_record(connection, record)
+        self._remove(connection)
+
+    # -- application authorization (DTLS.APPLICATION_AUTHORIZATION_TIMEOUT) ------------------
+    def authorize(self, address: tuple) -> bool:
+        """The application authorizes the connection of *address* (Californium's
+        ApplicationAuthorizer.authorize with ApplicationPrincipal.ANONYMOUS): an anonymous
+        connection is kept beyond the authorization timeout. True if it was pending."""
+        connection = self._by_address.get(peer_key(address))
+        if connection is None or self._unauthorized.pop(connection, None) is None:
+            return False
+        self.counters.connections_authorized += 1
+        return True
+
+    def authorization_pending(self, address: tuple) -> bool:
+        connection = self._by_address.get(peer_key(address))
+        return connection is not None and connection in self._unauthorized
+
+    def _expire_authorizations(self, now: float) -> None:
+        """Remove the anonymous connections not authorized in time (oldest first; every
+        entry is looked at once at most)."""
+        unauthorized = self._unauthorized
+        while unauthorized:
+            connection, deadline = next(iter(unauthorized.items()))
+            if deadline > now:
+                break
+            del unauthorized[connection]
+            self.counters.connections_unauthorized += 1
+            logger.info("DTLS connection of %s: not authorized in time", connection.address)
+            self._remove(connection)
 
     # -- sending -----------------------------------------------------------------------------
     def _send_all(self, datagrams: list[bytes], address: tuple) -> None:
@@ -558,6 +635,7 @@ class DtlsServerTransport:
         if connection.handshake is not None and connection.session is None:
             self._handshakes -= 1
         self._flights.pop(connection, None)
+        self._unauthorized.pop(connection, None)
         connection.handshake = None
 
     def move(self, connection: DtlsConnection, address: tuple) -> None:
@@ -589,7 +667,8 @@ class DtlsServerTransport:
 
     def _on_timer(self) -> None:
         """Flight retransmissions (RFC 6347 §4.2.4.1) and the end of lingering handshakes.
-        Idle connections are not swept: they stay until a new one needs their room."""
+        Idle connections are not swept: they stay until a new one needs their room. Anonymous
+        connections not authorized in time are removed."""
         now = time.monotonic()
         limits = self.limits
         for connection, (due, interval, count) in list(self._flights.items()):
@@ -609,6 +688,7 @@ class DtlsServerTransport:
                 self._flights[connection] = (now + interval, interval, count + 1)
         while self._lingering and self._lingering[0][0] <= now:
             self._lingering.popleft()[1].handshake = None
+        self._expire_authorizations(self.clock())
 
     # -- graceful restart (inventory §6.6; dtls/persistence.py) -------------------------------
     @property
@@ -639,8 +719,9 @@ class DtlsServerTransport:
 
     def save(self) -> list[SavedConnection]:
         """Export every established connection and remove it; handshakes in progress are
-        dropped. "A connector must be stopped to be saved" (inventory §6.6): no datagram may
-        move a sequence number or the replay window after its export."""
+        dropped, as are anonymous connections still waiting for the application's
+        authorization. "A connector must be stopped to be saved" (inventory §6.6): no datagram
+        may move a sequence number or the replay window after its export."""
         if not self.stopped:
             raise RuntimeError("a connector must be stopped to be saved")
         now = time.monotonic()
@@ -648,13 +729,16 @@ class DtlsServerTransport:
         saved = [
             self._export(connection, now)
             for connection in connections
-            if connection.session is not None and connection.cipher is not None
+            if connection.session is not None
+            and connection.cipher is not None
+            and connection not in self._unauthorized
         ]
         for connection in connections:
             self._remove(connection)
         self._by_cid.clear()
         self._flights.clear()
         self._lingering.clear()
+        self._unauthorized.clear()
         self._handshakes = 0
         return saved
 
@@ -677,6 +761,8 @@ class DtlsServerTransport:
             secure_renegotiation=session.secure_renegotiation,
             cid_negotiated=session.cid_negotiated,
             resumed=session.resumed,
+            record_size_limit=session.record_size_limit,
+            receive_limit=session.receive_limit,
             epoch=state["epoch"],
             aead=state["aead"],
             write_key=state["write_key"],
@@ -740,7 +826,8 @@ class DtlsServerTransport:
             suite, cipher, saved.identity, saved.session_id, cid, saved.write_cid,
             saved.cid_negotiated, saved.extended_master_secret, saved.secure_renegotiation,
             next_write_seq=next_write_seq, peer_certificate_type=saved.peer_certificate_type,
-            resumed=saved.resumed,
+            resumed=saved.resumed, record_size_limit=saved.record_size_limit,
+            receive_limit=saved.receive_limit,
         )  # fmt: skip
         connection = DtlsConnection(saved.address, saved.read_cid, now - saved.age)
         connection.started = now - saved.session_age
@@ -809,7 +896,10 @@ class DtlsServerTransport:
             ("secure-renegotiation", session.secure_renegotiation),
             ("ext-master-secret", session.extended_master_secret),
             ("newest-record", connection.newest),
-            ("message-size-limit", self.message_size_limit(session, address)),
+            (
+                "message-size-limit",
+                min(self.message_size_limit(session, address), connection.send_limit),
+            ),
         ]
         if connection.moved and connection.previous_address is not None:
             fields += [("prev-ip", connection.previous_address[0]),
@@ -821,11 +911,21 @@ class DtlsServerTransport:
         Californium (inventory §6.3 "MTU"): the MTU (DTLS.MAX_TRANSMISSION_UNIT, else the bound
         interface's, capped at DTLS.MAX_TRANSMISSION_UNIT_LIMIT; unknown: IPv4 576, IPv6
         1280) less the IP/UDP header allowance (IPv4 64, IPv6 128), less the record's
-        overhead: header (13), write CID, explicit nonce (8) and tag, inner type (CID only)."""
+        overhead: header (13), write CID, explicit nonce (8) and tag, inner type (CID only).
+        (/mycontext shows the smaller of this and the peer's record size limit.)"""
         ipv6 = is_ipv6_peer(address)
         mtu = self.mtu or (DEFAULT_IPV6_MTU if ipv6 else DEFAULT_IPV4_MTU)
         datagram = mtu - (IPV6_HEADER_ALLOWANCE if ipv6 else IPV4_HEADER_ALLOWANCE)
         return max(0, datagram - session.cipher.record_length(0))
+
+    def peer_message_limit(self, address: tuple) -> int | None:
+        """The largest CoAP message one record to *address* may carry when its peer
+        negotiated a smaller record size limit than ours (the block-wise layer keeps to it),
+        else None."""
+        connection = self._by_address.get(peer_key(address))
+        if connection is None or connection.send_limit >= MAX_PLAINTEXT:
+            return None
+        return connection.send_limit
 
     def health(self) -> SecureHealth:
         """/diagnose: Californium's DTLS health keys in its order, then ours; the cluster's."""
@@ -855,6 +955,9 @@ class DtlsServerTransport:
             counters["dropped received mac-filtered"] += datapath["mac filtered"]
             counters["dropped received filtered"] += datapath["filtered"]
             counters["sending records"] += datapath["sealed"]
+            counters["dropped received records"] += datapath["overflows"]
+            counters["dropped received overflows"] += datapath["overflows"]
+            counters["dropped sending oversized"] = datapath["oversized"]
         cluster_counters = getattr(self.engine, "cluster_counters", None)
         if cluster_counters is not None:
             counters.update(cluster_counters())
@@ -862,5 +965,6 @@ class DtlsServerTransport:
         counters["sessions cached"] = len(cache)
         counters["sessions resumed"] = cache.counters.resumed
         counters["handshakes pending"] = self._handshakes
+        counters["authorizations pending"] = len(self._unauthorized)
         counters["associations"] = len(self._by_address)
         return counters

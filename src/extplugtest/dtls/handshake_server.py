@@ -194,6 +194,19 @@ class Session:
     #: also the limit for its records to us); 2^14 when it sent neither. The records the
     #: connector seals for this session must keep to it.
     record_size_limit: int = MAX_PLAINTEXT
+    #: the most plaintext bytes one record from the client may carry: our own advertised
+    #: record_size_limit (RFC 8449 §4), the negotiated max_fragment_length (RFC 6066 §4), else
+    #: 2^14; a larger record is a fatal record_overflow
+    receive_limit: int = MAX_PLAINTEXT
+
+    @property
+    def anonymous(self) -> bool:
+        """A certificate handshake (ECDHE_ECDSA) without a client certificate: such a
+        connection waits for the application's authorization
+        (DTLS.APPLICATION_AUTHORIZATION_TIMEOUT, inventory §6.3)."""
+        return self.suite.key_exchange is KeyExchange.ECDHE_ECDSA and (
+            self.peer_certificate_type is None
+        )
 
 
 #: Largest datagram of a flight: the IPv6 minimum MTU (1280) less the IPv6 and UDP headers,
@@ -265,6 +278,7 @@ class ServerHandshake:
         self.session_id = os.urandom(32)
         #: the client's limit on the records we send (RFC 8449 / RFC 6066)
         self.record_size_limit = MAX_PLAINTEXT
+        self.receive_limit = MAX_PLAINTEXT
         self.client_ccs = False
         self.pending_epoch1: list[Record] = []
         self.ecdhe: EcdheKeyPair | None = None
@@ -387,10 +401,11 @@ class ServerHandshake:
         if record_size_limit is not None:
             self.record_size_limit = record_size_limit.plaintext_limit
             own = self.config.record_size_limit
-            return [RecordSizeLimitExtension(MAX_PLAINTEXT if own is None else own)]
+            self.receive_limit = MAX_PLAINTEXT if own is None else own
+            return [RecordSizeLimitExtension(self.receive_limit)]
         max_fragment_length = self.hello.extension(MaxFragmentLengthExtension)
         if max_fragment_length is not None:
-            self.record_size_limit = max_fragment_length.length
+            self.record_size_limit = self.receive_limit = max_fragment_length.length
             return [max_fragment_length]
         return []
 
@@ -733,6 +748,7 @@ class ServerHandshake:
             peer_certificate_type=self.peer_certificate_type,
             resumed=self.resumed is not None,
             record_size_limit=self.record_size_limit,
+            receive_limit=self.receive_limit,
         )
         return list(self.flight)
 

@@ -19,7 +19,10 @@ A connection item (version 1) holds the age of its last activity at the save (so
 survives the restart: the reader adds the time the file lay on disk), the peer address, our
 CID, the session (suite, session id, master secret, flags, peer identity) and the epoch-1
 state of the C data path: keys, implicit IVs, CIDs, the replay window, the last sealed and
-the next write sequence number. Every item carries a version; a reader refuses versions it
+the next write sequence number; then, only where a record size limit was negotiated (RFC 8449,
+RFC 6066), a record sizes item (version 1: uint16 the peer's limit, uint16 ours). A reader
+without that item takes 2^14 for both, and a stream without record size limits is the same as
+before the item existed. Every item carries a version; a reader refuses versions it
 does not know, items that overrun, values out of range and files above a size bound, always
 with PersistenceError and nothing else. Only DTLS state is saved: no CoAP exchanges.
 """
@@ -79,11 +82,14 @@ ADDRESS_VERSION = 1
 SESSION_VERSION = 1
 EPOCH_VERSION = 1
 SEQUENCE_VERSION = 1
+RECORD_SIZES_VERSION = 1
 
 SEQ_MAX = (1 << 48) - 1
 MAX_MILLIS = 1 << 43  # times and ages in ms: exact through a float of seconds and back
 MAX_CID_LENGTH = 16  # DTLS.CONNECTION_ID_LENGTH (the CID table's bound)
 MASTER_SECRET_LENGTH = 48
+MAX_PLAINTEXT = 1 << 14  # a record without a negotiated limit (RFC 5246 §6.2.1)
+MIN_RECORD_SIZE_LIMIT = 64  # RFC 8449 §4 (max_fragment_length's smallest is 512)
 NO_CERTIFICATE_TYPE = 0xFF  # PSK (or an anonymous client): peer_certificate_type None
 FLAG_EMS, FLAG_RENEGOTIATION, FLAG_CID, FLAG_RESUMED, FLAG_ANTI_REPLAY = 1, 2, 4, 8, 16
 
@@ -125,6 +131,10 @@ class SavedConnection:
     last_sealed: int  # epoch << 48 | seq of the last record sealed
     window_highest: int
     window_bitmap: int
+    # record sizes (Session.record_size_limit / receive_limit): the most plaintext bytes per
+    # record to the peer and from it, 64..2^14
+    record_size_limit: int = MAX_PLAINTEXT
+    receive_limit: int = MAX_PLAINTEXT
 
     def aged(self, seconds: float) -> SavedConnection:
         """This connection *seconds* later (the time the stream was not in a process)."""
@@ -222,6 +232,15 @@ def _connection_item(saved: SavedConnection) -> bytes:
         + saved.window_highest.to_bytes(6, "big")
         + saved.window_bitmap.to_bytes(8, "big"),
     )
+    record_sizes = b""
+    if (saved.record_size_limit, saved.receive_limit) != (MAX_PLAINTEXT, MAX_PLAINTEXT):
+        for limit in (saved.record_size_limit, saved.receive_limit):
+            if not 0 <= limit <= 0xFFFF:  # (the reader checks the range)
+                raise PersistenceError(f"a record size limit of {limit}")
+        record_sizes = _item(
+            RECORD_SIZES_VERSION,
+            saved.record_size_limit.to_bytes(2, "big") + saved.receive_limit.to_bytes(2, "big"),
+        )
     return _item(
         CONNECTION_VERSION,
         _millis(saved.age).to_bytes(8, "big")
@@ -230,7 +249,8 @@ def _connection_item(saved: SavedConnection) -> bytes:
         + _varbytes8(saved.read_cid)
         + session
         + epoch
-        + sequence,
+        + sequence
+        + record_sizes,
     )
 
 
@@ -341,6 +361,17 @@ def _read_connection(body: _Reader) -> SavedConnection:
     window_highest = sequence.uint(6, "replay window")
     window_bitmap = sequence.uint(8, "replay window")
     sequence.done("the sequence numbers")
+    record_size_limit = receive_limit = MAX_PLAINTEXT
+    if body.pos < body.end:  # (an optional item, appended)
+        record_sizes = body.item(RECORD_SIZES_VERSION, "record sizes")
+        record_size_limit = record_sizes.uint(2, "record size limit")
+        receive_limit = record_sizes.uint(2, "record size limit")
+        record_sizes.done("the record sizes")
+        _check(
+            min(record_size_limit, receive_limit) >= MIN_RECORD_SIZE_LIMIT
+            and max(record_size_limit, receive_limit) <= MAX_PLAINTEXT,
+            f"record size limits must be {MIN_RECORD_SIZE_LIMIT}..{MAX_PLAINTEXT}",
+        )
     body.done("a connection")
     # What the data path would refuse later is refused here, with a reason.
     suite = ciphersuites.by_code(suite_code)
@@ -382,6 +413,8 @@ def _read_connection(body: _Reader) -> SavedConnection:
         last_sealed=last_sealed,
         window_highest=window_highest,
         window_bitmap=window_bitmap,
+        record_size_limit=record_size_limit,
+        receive_limit=receive_limit,
     )
 
 

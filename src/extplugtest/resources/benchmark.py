@@ -2,7 +2,13 @@
 
 Its common requests never get here: ``BenchmarkFastPath`` answers them in C. This class
 answers everything else with the same payload rule: the disabled resource (5.01), Accept
-mismatch (4.06), bad queries (4.02), ``ack`` (separate response), observe, large ``rlen``.
+mismatch (4.06), bad queries (4.02), ``ack`` (separate response), ``auth``, observe, large
+``rlen``.
+
+``auth`` (inventory §2.1): the request's peer is authorized by the application - over DTLS an
+anonymous certificate handshake (no client certificate, no principal) is then kept beyond
+DTLS.APPLICATION_AUTHORIZATION_TIMEOUT (Californium's ApplicationAuthorizer.authorize with
+ApplicationPrincipal.ANONYMOUS). Anywhere else it changes nothing.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ class Benchmark(Resource):
             rlen = query.get_int("rlen", 0, 0, self.max_body_size)
         except QueryError as error:
             return response(Code.BAD_OPTION, str(error), ContentFormat.TEXT_PLAIN)
+        if "auth" in query and exchange.endpoint.authorize is not None:
+            exchange.endpoint.authorize(exchange.peer)  # (only a pending one: else nothing)
         payload = benchmark_payload(get, self.fast_path.nnn, rlen)
         result = response(Code.CONTENT if get else Code.CHANGED, payload, ContentFormat.TEXT_PLAIN)
         if "ack" in query:

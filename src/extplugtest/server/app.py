@@ -167,6 +167,12 @@ class ExtendedServer:
             max_retransmissions=config.dtls_max_retransmissions,
             mtu=config.dtls_mtu,
             mtu_limit=config.dtls_mtu_limit,
+            application_authorization_timeout=config.dtls_application_authorization_timeout,
+        )
+        #: the plugtest endpoints' DTLS limits: no application authorization (they require
+        #: client certificates, inventory §6.3)
+        self.plugtest_dtls_limits = dataclasses.replace(
+            self.dtls_limits, application_authorization_timeout=0.0
         )
         #: TLS endpoints (coaps+tcp) on the secure ports, with --tcp
         self.tls = tls if self.tcp else None
@@ -311,7 +317,7 @@ class ExtendedServer:
             dtls,
             dedup=self._dedup(plugtest=not extended),
             fast=self.benchmark.fast_path if extended else None,
-            limits=self.dtls_limits,
+            limits=self.dtls_limits if extended else self.plugtest_dtls_limits,
             buffer_size=self.config.udp_receive_buffer_size,
         )
 

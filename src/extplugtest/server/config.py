@@ -93,6 +93,10 @@ _PROPERTY_KEYS: dict[str, tuple[str, object]] = {
     "DTLS.MAX_RETRANSMISSIONS": ("dtls_max_retransmissions", int),
     "DTLS.MAX_TRANSMISSION_UNIT": ("dtls_mtu", int),
     "DTLS.MAX_TRANSMISSION_UNIT_LIMIT": ("dtls_mtu_limit", int),
+    "DTLS.APPLICATION_AUTHORIZATION_TIMEOUT": (
+        "dtls_application_authorization_timeout",
+        "duration",
+    ),
     "TCP.CONNECT_TIMEOUT": ("tcp_connect_timeout", "duration"),
     "TCP.CONNECTION_IDLE_TIMEOUT": ("tcp_connection_idle_timeout", "duration"),
     "TCP.TLS_HANDSHAKE_TIMEOUT": ("tcp_tls_handshake_timeout", "duration"),
@@ -149,6 +153,10 @@ class ServerConfig:
     dtls_max_retransmissions: int = 4
     dtls_mtu: int | None = None  # blank: the interface's
     dtls_mtu_limit: int = 1500
+    #: an anonymous certificate handshake is kept only if authorized within this time
+    #: (/benchmark?auth); 0: off. The extended server's 15 s; the plugtest server has it off
+    #: (inventory §1.3, §6.3)
+    dtls_application_authorization_timeout: float = 15.0
     tcp_connect_timeout: float = 15.0
     tcp_connection_idle_timeout: float = 3600.0
     tcp_tls_handshake_timeout: float = 60.0
@@ -255,6 +263,10 @@ class ServerConfig:
             self.dtls_mtu is not None and not 576 <= self.dtls_mtu <= 65535
         ):
             raise ConfigError(f"{source}: DTLS.MAX_TRANSMISSION_UNIT(_LIMIT) must be 576..65535")
+        if self.dtls_application_authorization_timeout < 0:
+            raise ConfigError(
+                f"{source}: DTLS.APPLICATION_AUTHORIZATION_TIMEOUT must not be negative"
+            )
 
     def load(self, path: Path) -> None:
         try:
