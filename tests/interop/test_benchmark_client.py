@@ -261,11 +261,6 @@ def test_reverse_request_blockwise_and_separate_against_extserver(reverse_server
     assert (overall, pending) == (12, 0), (overall, sent, pending)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server side: coap/client.py (OutgoingRequests) takes a Block2 block with M=1 as "
-    "the whole response or notification and fetches no further blocks (reported, not ours)",
-)
 def test_reverse_observe_notifications_arrive_whole(reverse_server, tmp_path):
     """The server fetches the rest of each block-wise notification (RFC 7959 §3.4), so the
     feed serves further blocks: 400 bytes are 7 blocks of 64."""

@@ -472,6 +472,25 @@ def test_reverse_request_pending_and_bound():
     run(go())
 
 
+def test_reverse_request_series_of_one_device_and_resource_take_turns():
+    """A second series for the same device and resource waits for the first (the device
+    keeps one Block2 status per resource); another resource does not wait."""
+
+    async def go():
+        resource, endpoint = ReverseRequest(), FakeEndpoint(lambda message: None)
+        handle(resource, endpoint, "req=1", "res=feed-CON")
+        handle(resource, endpoint, "req=1", "res=feed-CON")
+        handle(resource, endpoint, "req=1", "res=feed-NON")
+        await settle()
+        paths = [message.uri_path for message, _, _ in endpoint.sent]
+        assert sorted(paths) == ["feed-CON", "feed-NON"]  # the second feed-CON series waits
+        resource.stop()
+        await settle()
+        assert not resource._turns  # nothing left behind
+
+    run(go())
+
+
 @pytest.mark.parametrize(
     ("queries", "text"),
     [

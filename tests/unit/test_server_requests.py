@@ -140,3 +140,58 @@ def test_unmatched_con_responses_do_not_push_out_real_ones(server, device, monke
     assert device.receive().type == Type.ACK
     server.call(lambda: None)
     assert [n.payload for n in notes] == [b"n2"]
+
+
+def block2_reply(request: Message, num: int, more: bool, payload: bytes, type=Type.ACK) -> Message:
+    reply = Message(type, Code.CONTENT, request.mid if type == Type.ACK else 0x600 + num,
+                    request.token, payload=payload)  # fmt: skip
+    return reply.add_option(Option.BLOCK2, num << 4 | (8 if more else 0) | 2)  # 64-byte blocks
+
+
+def test_a_block_wise_response_is_completed_before_it_is_delivered(server, device):
+    """RFC 7959 §2.4: the further blocks are fetched with GETs of the same URI and query (no
+    Observe), and the response is delivered whole."""
+    body = bytes(range(150))
+    future = send_request(server, device)
+    request = device.receive()
+    device.send(block2_reply(request, 0, True, body[:64]))
+    for num in (1, 2):
+        follow = device.receive()
+        assert (follow.code, follow.uri_path, follow.observe) == (Code.GET, "feed-CON", None)
+        assert follow.uint_option(Option.BLOCK2) == num << 4 | 2
+        device.send(block2_reply(follow, num, num < 2, body[64 * num : 64 * num + 64]))
+    response = future.result(timeout=5)
+    assert response.payload == body and response.uint_option(Option.BLOCK2) is None
+    assert server.call(server.endpoint.counters)["recv-blocks fetched"] == 2
+
+
+def test_a_block_wise_notification_is_completed_before_it_is_delivered(server, device):
+    """RFC 7959 §3.4: a notification's block 0 carries Observe; the rest is fetched without."""
+    notes: list[Message] = []
+    future = send_request(server, device, notifications=notes)
+    request = device.receive()
+    first = Message(Type.ACK, Code.CONTENT, request.mid, request.token, payload=b"n1")
+    device.send(first.add_option(Option.OBSERVE, 1))
+    future.result(timeout=5)
+    note = block2_reply(request, 0, True, b"a" * 64, type=Type.NON).add_option(Option.OBSERVE, 2)
+    device.send(note)
+    follow = device.receive()
+    assert follow.observe is None and follow.uint_option(Option.BLOCK2) == 1 << 4 | 2
+    device.send(block2_reply(follow, 1, False, b"b" * 10))
+    server.call(lambda: None)
+    for _ in range(50):  # the completion runs on the server's loop
+        if notes:
+            break
+        server.call(lambda: None)
+    assert [n.payload for n in notes] == [b"a" * 64 + b"b" * 10]
+
+
+def test_a_block_that_does_not_follow_fails_the_response(server, device):
+    future = send_request(server, device)
+    request = device.receive()
+    device.send(block2_reply(request, 0, True, b"x" * 64))
+    follow = device.receive()
+    device.send(block2_reply(follow, 3, False, b"y"))  # block 3 instead of 1
+    with pytest.raises(TimeoutError):
+        future.result(timeout=5)
+    assert server.call(server.endpoint.counters)["recv-blocks failed"] == 1

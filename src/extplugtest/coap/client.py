@@ -8,6 +8,10 @@ response and later responses with the token (RFC 7641 notifications) go to the c
 ``cancel``. Unmatched CON responses, and notifications nobody waits for, are answered with RST,
 which also ends an observation at the other side (RFC 7641 §3.6). Retransmitted CON responses
 are acknowledged again but delivered once. Pending requests are bounded.
+
+A response or notification that is the first of several Block2 blocks is completed before it
+is delivered (RFC 7959 §2.4, §3.4): the further blocks are asked for with GETs of the same
+URI, without Observe, at the block size the peer chose; the body is bounded like a request's.
 """
 
 from __future__ import annotations
@@ -19,27 +23,33 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from extplugtest.coap._codec import Message
-from extplugtest.coap.codes import Option, Type
+from extplugtest.coap.blockwise import decode_block, encode_block
+from extplugtest.coap.codes import Code, Option, Type
 from extplugtest.coap.transmission import REJECTED, TIMED_OUT
 
 if TYPE_CHECKING:
     from extplugtest.coap.endpoint import CoapEndpoint
 
 RECENT_RESPONSES = 4096  # CON responses remembered to recognise retransmissions
+MAX_BLOCK_BODY = 8192  # a block-wise answer's body (COAP.MAX_RESOURCE_BODY_SIZE)
+MAX_COMPLETIONS = 1000  # block-wise answers being completed at once; more are dropped
+BLOCK_TIMEOUT = 30.0  # for each further block
 
 
 class _Pending:
-    __slots__ = ("future", "mid", "on_notification", "timer")
+    __slots__ = ("future", "mid", "on_notification", "request", "timer")
 
     def __init__(
         self,
         future: asyncio.Future[Message],
         mid: int,
         on_notification: Callable[[Message], None] | None,
+        request: Message,
     ) -> None:
         self.future = future
         self.mid = mid
         self.on_notification = on_notification
+        self.request = request  # for the GETs of further Block2 blocks
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -54,6 +64,9 @@ class OutgoingRequests:
         self.duplicates = 0
         self.notifications = 0
         self.refused = 0
+        self._completions: set[asyncio.Task[None]] = set()
+        self.blocks_fetched = 0
+        self.blocks_failed = 0  # block-wise answers that could not be completed (dropped)
 
     def counters(self) -> dict[str, int]:
         return {
@@ -63,6 +76,8 @@ class OutgoingRequests:
             "recv-notifications": self.notifications,
             "pending-requests": len(self._pending),
             "refused-requests": self.refused,
+            "recv-blocks fetched": self.blocks_fetched,
+            "recv-blocks failed": self.blocks_failed,
         }
 
     def send(
@@ -84,7 +99,7 @@ class OutgoingRequests:
         if key in self._pending:
             self._drop(key)
         message.mid = self.endpoint.next_mid()
-        pending = _Pending(future, message.mid, on_notification)
+        pending = _Pending(future, message.mid, on_notification, message)
         pending.timer = loop.call_later(timeout, self._fail, key, TimeoutError("no response"))
         self._pending[key] = pending
         self.sent += 1
@@ -103,6 +118,8 @@ class OutgoingRequests:
         self._drop((peer, token))
 
     def cancel_all(self) -> None:
+        for task in list(self._completions):
+            task.cancel()
         for key in list(self._pending):
             pending = self._drop(key)
             if pending is not None and not pending.future.done():
@@ -132,6 +149,18 @@ class OutgoingRequests:
             if len(self._recent) > RECENT_RESPONSES:
                 self._recent.popitem(last=False)
         self.responses += 1
+        block2 = message.uint_option(Option.BLOCK2)
+        if (
+            block2 is not None
+            and decode_block(block2)[1]
+            and 0x40 <= message.code < 0x60
+            and not pending.request.has_option(Option.BLOCK2)  # not one of our follow-ups
+        ):
+            self._complete_later(key, pending, message, peer)
+            return
+        self._deliver(key, pending, message)
+
+    def _deliver(self, key: tuple[tuple, bytes], pending: _Pending, message: Message) -> None:
         is_notification = message.has_option(Option.OBSERVE) and 0x40 <= message.code < 0x60
         if not pending.future.done():
             if pending.timer is not None:
@@ -146,6 +175,65 @@ class OutgoingRequests:
             if not is_notification:  # an error or a plain response ends the observation
                 self._drop(key)
             pending.on_notification(message)
+
+    # -- block-wise answers (RFC 7959 §2.4, §3.4) ------------------------------------------
+    def _complete_later(
+        self, key: tuple[tuple, bytes], pending: _Pending, first: Message, peer: tuple
+    ) -> None:
+        if len(self._completions) >= MAX_COMPLETIONS:
+            self.blocks_failed += 1
+            return
+        task = asyncio.ensure_future(self._complete(key, pending, first, peer))
+        self._completions.add(task)
+        task.add_done_callback(self._completions.discard)
+
+    async def _complete(
+        self, key: tuple[tuple, bytes], pending: _Pending, first: Message, peer: tuple
+    ) -> None:
+        """Fetch the further blocks of *first*, then deliver it whole (or drop it, counted)."""
+        try:
+            body = await self._fetch_blocks(pending.request, first, peer)
+        except (OSError, TimeoutError, OverflowError, ValueError):
+            self.blocks_failed += 1
+            if key in self._pending and not pending.future.done():
+                self._fail(key, TimeoutError("a block of the response is missing"))
+            return
+        if self._pending.get(key) is not pending:  # cancelled or ended meanwhile
+            return
+        first.remove_option(Option.BLOCK2)
+        first.payload = body
+        self._deliver(key, pending, first)
+
+    async def _fetch_blocks(self, request: Message, first: Message, peer: tuple) -> bytes:
+        num, more, szx = decode_block(first.uint_option(Option.BLOCK2) or 0)
+        if num != 0:
+            raise ValueError("the first answer is not block 0")
+        body = bytearray(first.payload)
+        etag = first.option(Option.ETAG)  # RFC 7959 §2.4: every block of one representation
+        while more:  # bounded: the body grows by a block each round, up to MAX_BLOCK_BODY
+            follow = Message(Type.CON, Code.GET, 0, b"")
+            for number, value in request.options:
+                if number not in (Option.OBSERVE, Option.BLOCK2):
+                    follow.add_option(number, value)
+            follow.add_option(Option.BLOCK2, encode_block(num + 1, False, szx))
+            answer = await self.send(follow, peer, BLOCK_TIMEOUT, None)
+            block = answer.uint_option(Option.BLOCK2)
+            if not 0x40 <= answer.code < 0x60 or block is None:
+                raise ValueError(
+                    f"block {num + 1}: answered {answer.code >> 5}.{answer.code & 31:02d}"
+                )
+            if answer.option(Option.ETAG) != etag:
+                raise ValueError(f"block {num + 1} is of another representation (ETag)")
+            got, more, got_szx = decode_block(block)
+            # RFC 7959 §2.4: the server may answer with smaller blocks; the offset must fit
+            if got_szx > szx or got * (16 << got_szx) != len(body):
+                raise ValueError(f"block {got} (size {16 << got_szx}) does not follow")
+            num, szx = got, got_szx
+            body += answer.payload
+            self.blocks_fetched += 1
+            if len(body) > MAX_BLOCK_BODY:
+                raise OverflowError("the block-wise answer is too large")
+        return bytes(body)
 
     def _transmission_done(self, key: tuple[tuple, bytes], outcome: str) -> None:
         if outcome == REJECTED:

@@ -141,6 +141,10 @@ class ReverseRequest(Resource):
         self.pending_requests = 0
         self.refused = 0
         self._series = _Tasks()
+        #: (scheme, peer, resource) -> [lock, series using it]: one series at a time per
+        #: device and resource, so that two block-wise transfers of the same resource never
+        #: run at once (a device keeps one Block2 status per resource, RFC 7959 §2.4)
+        self._turns: dict[tuple, list] = {}
 
     def stop(self) -> None:
         self._series.cancel_all()
@@ -181,21 +185,28 @@ class ReverseRequest(Resource):
         count: int,
     ) -> None:
         remaining = count
+        key = (endpoint.scheme, peer, tuple(segments))
+        turn = self._turns.setdefault(key, [asyncio.Lock(), 0])  # bounded: one per series
+        turn[1] += 1
         try:
-            while remaining > 0:
-                request = reverse_get(segments, queries)
-                try:
-                    reply = await endpoint.request(request, peer, timeout=self.response_timeout)
-                except REQUEST_FAILED:
-                    return  # the series ends
-                if _is_error(reply.code):
-                    return
-                remaining -= 1
-                self.pending_requests -= 1
-                if remaining:
-                    self.sent_requests += 1
+            async with turn[0]:
+                while remaining > 0:
+                    request = reverse_get(segments, queries)
+                    try:
+                        reply = await endpoint.request(request, peer, timeout=self.response_timeout)
+                    except REQUEST_FAILED:
+                        return  # the series ends
+                    if _is_error(reply.code):
+                        return
+                    remaining -= 1
+                    self.pending_requests -= 1
+                    if remaining:
+                        self.sent_requests += 1
         finally:
             self.pending_requests -= remaining
+            turn[1] -= 1
+            if turn[1] == 0:
+                del self._turns[key]
 
     def _statistic(self, accept: int | None) -> Message:
         if accept == ContentFormat.OCTET_STREAM:

@@ -166,8 +166,8 @@ cdef struct Counters:
     uint64_t reverse_responses  # reverse mode: answers to the server's requests + notifications
     uint64_t feed_notifies      # reverse mode: notifications sent
     uint64_t feed_registrations  # reverse mode: observe registrations received
-    uint64_t feed_failures      # reverse mode: CON notifications (or separate responses)
-                                # never acknowledged
+    # reverse mode: CON notifications (or separate responses) never acknowledged
+    uint64_t feed_failures
     uint64_t feed_separate      # reverse mode: separate responses (?ack: empty ACK first)
     uint64_t feed_blocks        # reverse mode: further Block2 blocks served (NUM > 0)
     uint64_t feed_errors        # reverse mode: error answers (4.02, 4.04, 4.05, 4.06)
@@ -266,6 +266,8 @@ cdef struct Engine:
     bint serve_feeds            # reverse mode: answer requests for feed-CON/feed-NON
     bint reverse_limited
     uint64_t reverse_remaining  # reverse responses still expected overall
+    uint32_t blocks_open        # feeds whose Block2 representation the server still fetches
+    uint64_t blocks_deadline_ns  # the run waits for them until then (0: not counted down yet)
     int64_t feed_min_ms         # notification interval; <= 0: after the previous completed
     int64_t feed_max_ms
     int observers               # feeds observed right now

@@ -225,7 +225,9 @@ cdef enum:
     RECORD_ROOM = 13 + 255 + 8 + 1 + 16  # a DTLS record around a message: header, CID, ...
     DATAGRAM_SIZE = 2048        # Californium's UDP.DATAGRAM_SIZE; larger datagrams are cut
     SCAN_INTERVAL_MS = 10       # timer resolution: how often deadlines are checked
+    BLOCKS_WAIT_MS = 5000       # Californium's Feed waits for the last block at most 5 s
     HALF = 1 << (SUB_BITS - 1)
+    OPTION_ETAG = 4
     OPTION_OBSERVE = 6
     OPTION_URI_PATH = 11
     OPTION_CONTENT_FORMAT = 12
@@ -990,6 +992,10 @@ cdef void send_reply(Engine* e, Client* c, const FeedReply* r) noexcept nogil:
         client_send(e, c, buffer, writer_length(&w))
         return
     write_header(&w, r.type, r.code, r.mid, r.token, r.token_length)
+    if r.blockwise and r.counter > 0:
+        # RFC 7959 §2.4: the blocks of one representation share an ETag (its counter), so
+        # that a server fetching two transfers of the feed at once tells them apart
+        write_uint_option(&w, OPTION_ETAG, r.counter)
     if r.observing:
         write_uint_option(&w, OPTION_OBSERVE, r.observe & 0xFFFFFF)
     write_uint_option(&w, OPTION_CONTENT_FORMAT, 0)
@@ -1071,17 +1077,26 @@ cdef inline bint query_named(const OptionView* query, const char* name,
             and (query.length == length or query.value[length] == 61))    # '='
 
 
+cdef inline void set_block_status(Engine* e, Client* c, int feed, bint valid) noexcept nogil:
+    """The feed's Block2 status, with the count of open ones (the run waits for them)."""
+    if valid and not c.block_valid[feed]:
+        e.blocks_open += 1
+    elif c.block_valid[feed] and not valid:
+        e.blocks_open -= 1
+    c.block_valid[feed] = valid
+
+
 cdef void keep_blocks(Engine* e, Client* c, int feed, const FeedReply* r) noexcept nogil:
     """Californium's Block2 status of a new representation: kept while the server has further
     blocks to fetch (a new one replaces it; one in a single block ends it)."""
     if not r.blockwise:
         return
     if block_bytes(r.szx) < feed_size(e, c, r.counter, r.rlen):
-        c.block_valid[feed] = True
+        set_block_status(e, c, feed, True)
         c.block_counter[feed] = r.counter
         c.block_rlen[feed] = r.rlen
     else:
-        c.block_valid[feed] = False
+        set_block_status(e, c, feed, False)
 
 
 cdef inline void plan_blocks(Engine* e, Client* c, FeedReply* r, bint asked,
@@ -1227,7 +1242,7 @@ cdef void serve_block(Engine* e, Client* c, const MessageView* view, int feed, i
         return
     answer(e, c, view, &reply)
     if <uint64_t>(num + 1) * block_bytes(reply.szx) >= total:
-        c.block_valid[feed] = False
+        set_block_status(e, c, feed, False)
     e.total.feed_blocks += 1
 
 
@@ -1939,12 +1954,19 @@ cdef void run_loop(Engine* e) noexcept nogil:
         tcp_start(e)
     for i in range(e.run_clients * e.nstart):
         start_request(e, &e.clients[e.exchanges[i].client], &e.exchanges[i], now)
-    # Reverse mode: after its own requests a client goes on serving the server's requests.
-    while (e.active > 0 or (e.reverse_limited and e.reverse_remaining > 0)) and not lg_load(
-            &e.stop):
+    # Reverse mode: after its own requests a client goes on serving the server's requests,
+    # and after the last one counted the further blocks the server still fetches of it (for
+    # at most BLOCKS_WAIT_MS: a server that never asks for them does not hold the run).
+    while (e.active > 0 or (e.reverse_limited and (
+            e.reverse_remaining > 0 or e.blocks_open > 0))) and not lg_load(&e.stop):
         now = monotonic_ns()
         if now >= e.end_ns:
             break
+        if e.active == 0 and e.reverse_remaining == 0:
+            if e.blocks_deadline_ns == 0:
+                e.blocks_deadline_ns = now + BLOCKS_WAIT_MS * 1000000
+            elif now >= e.blocks_deadline_ns:
+                break
         if not e.window_is_open and now >= e.window_open_ns:
             open_window(e, now)
         if now >= next_scan:
@@ -2352,6 +2374,8 @@ cdef class LoadGenerator:
         e.notifies_remaining = <uint64_t>notifies * clients if notifies > 0 else 0
         e.reverse_limited = reverse > 0
         e.reverse_remaining = <uint64_t>reverse * clients if reverse > 0 else 0
+        e.blocks_open = 0
+        e.blocks_deadline_ns = 0
         e.observers = 0
         for i in range(e.client_count):
             e.clients[i].remaining = requests if (requests > 0 and not e.shared) else 0
