@@ -50,21 +50,25 @@ MAX_BLOCKS = 64  # a /diagnose text is a few KiB
 Address = tuple[str, int]
 
 
-def request_whole(client: DtlsClient, path: str, peer: Address) -> tuple[Address, Message]:
+def request_whole(
+    client: DtlsClient, path: str, peer: Address, timeout: float = 3.0
+) -> tuple[Address, Message] | None:
     """GET *path* with all its Block2 blocks (RFC 7959 §2.4): the first answer with the
-    whole payload."""
-    first = client.request(path, peer)
-    assert first is not None and first[1].code == CONTENT, first
+    whole payload, or None when an answer is missing."""
+    first = client.request(path, peer, timeout)
+    if first is None:
+        return None
     source, response = first
     payload = response.payload
     block = response.uint_option(BLOCK2)
     for _ in range(MAX_BLOCKS):
-        if block is None or not block & 0x08:  # no Block2, or the last block
+        if block is None or not block & 0x08 or response.code != CONTENT:  # complete
             return source, Message(response.type, response.code, response.mid, response.token,
                                    [], payload)  # fmt: skip
         szx = block & 0x07
-        answer = client.request(path, peer, block2=((block >> 4) + 1) << 4 | szx)
-        assert answer is not None and answer[1].code == CONTENT, answer
+        answer = client.request(path, peer, timeout, block2=((block >> 4) + 1) << 4 | szx)
+        if answer is None:
+            return None
         payload += answer[1].payload
         block = answer[1].uint_option(BLOCK2)
     raise AssertionError(f"{path}: more than {MAX_BLOCKS} blocks")
@@ -72,7 +76,9 @@ def request_whole(client: DtlsClient, path: str, peer: Address) -> tuple[Address
 
 def diagnose_counters(client: DtlsClient, peer: Address) -> dict[str, int]:
     """The ``all + cur`` of every counter in the text of ``/diagnose`` (all its blocks)."""
-    return parse_counters(request_whole(client, "diagnose", peer)[1].payload)
+    answer = request_whole(client, "diagnose", peer)
+    assert answer is not None and answer[1].code == CONTENT, answer
+    return parse_counters(answer[1].payload)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):

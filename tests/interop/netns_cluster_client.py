@@ -12,8 +12,8 @@ or ``{"ok": false, "error": "<traceback>"}``); the test makes the assertions. Co
   "max": n}``: handshake new clients through *entry* until there are at least *min* and every
   node owns at least *per_node* of them; ``{"clients": [client, ...]}``.
 * ``{"op": "requests", "requests": [[client, [host, port], path], ...], "timeout": s}``: a
-  CON GET of *path* per request, in order; ``{"answers": [{"source": [host, port], "code": c,
-  "payload": text} or null (no answer), ...]}``.
+  CON GET of *path* per request, in order (with all its Block2 blocks); ``{"answers":
+  [{"source": [host, port], "code": c, "payload": text} or null (no answer), ...]}``.
 * ``{"op": "clients"}``: ``{"clients": [...]}``; ``{"op": "exit"}``.
 
 A client is ``{"index": i, "cid": hex, "owner": node id, "address": [host, port]}``.
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.interop.cluster_helpers import (
     DtlsClient,
     answers_hello,
+    request_whole,
 )
 
 BIND = sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0"
@@ -98,7 +99,7 @@ def requests(command: dict) -> dict:
     timeout = float(command.get("timeout", 3.0))
     answers = []
     for index, peer, path in command["requests"]:
-        answer = CLIENTS[index].request(path, tuple(peer), timeout)
+        answer = request_whole(CLIENTS[index], path, tuple(peer), timeout)
         if answer is None:
             answers.append(None)
             continue

@@ -43,6 +43,7 @@ from tests.interop.cluster_helpers import (
     EXTNAT,
     RUN_CLI,
     parse_context,
+    parse_counters,
     stop_process,
     wait_for,
 )
@@ -349,12 +350,7 @@ def test_cluster_nodes_in_own_namespaces(lab: NetnsLab, tmp_path: Path) -> None:
             "answers"
         ]
         assert answer is not None and answer["code"] == CONTENT, answer
-        result: dict[str, int] = {}
-        for line in answer["payload"].splitlines():
-            parts = line.strip().rsplit(",", 2)
-            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                result[parts[0]] = result.get(parts[0], 0) + int(parts[1]) + int(parts[2])
-        return result
+        return parse_counters(answer["payload"].encode())
 
     for node_id in (1, 2):
         foreign = sum(c["owner"] != node_id for c in clients)
