@@ -415,3 +415,12 @@ def test_k8s_cluster_outside_a_pod_is_one_clear_line():
 def test_cluster_options_are_checked():
     result = run("--dtls-cluster", "127.0.0.1:1;127.0.0.1:2;300")
     assert result.returncode == 2 and "node" in result.stderr
+
+
+def test_max_resource_body_size_bounds_the_benchmark_rlen():
+    from extplugtest.server.app import ExtendedServer
+
+    config = ServerConfig()
+    config.apply({"COAP.MAX_RESOURCE_BODY_SIZE": "100"})
+    server = ExtendedServer(config, InterfaceSelection(), benchmark=True)
+    assert server.benchmark.max_body_size == server.benchmark.fast_path.max_body == 100

@@ -182,7 +182,7 @@ class ExtendedServer:
             max_resource_body_size=config.max_resource_body_size,
             endpoints=lambda: [t.endpoint for t in self.transports],
         )
-        self.benchmark = Benchmark(benchmark, notify_interval)
+        self.benchmark = Benchmark(benchmark, notify_interval, config.max_resource_body_size)
         self.extended_root = RootResource()
         self.extended_root.add(self.benchmark)
         add_extended_resources(self.extended_root, self.settings, diagnose)
