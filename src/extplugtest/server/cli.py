@@ -26,7 +26,7 @@ from extplugtest.dtls.pki import TrustStore, demo_server_credentials
 from extplugtest.dtls.session_cache import SessionCache
 from extplugtest.server.app import ExtendedServer, InterfaceSelection, StartupError
 from extplugtest.server.config import DEFAULT_FILE, ConfigError, ServerConfig, parse_duration
-from extplugtest.server.console import ServerConsole, StdinConsole
+from extplugtest.server.console import ServerConsole
 from extplugtest.server.handover import (
     HandoverOptionError,
     RestoreConfig,
@@ -37,6 +37,7 @@ from extplugtest.server.handover import (
     restore_payload,
 )
 from extplugtest.server.restart import restore_from_file, save_to_file, store_settings
+from extplugtest.stdin_console import StdinConsole
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     # Every way to stop (signals, the console's exit, POST /shutdown: a SIGTERM) ends here.
     console = ServerConsole(server, stop.set)
-    stdin = StdinConsole(console, loop)
+    stdin = StdinConsole(console.execute, loop)
     stdin.start()
     try:
         loop.run_until_complete(stop.wait())

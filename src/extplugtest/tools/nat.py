@@ -37,8 +37,9 @@ import sys
 
 from extplugtest import __version__
 from extplugtest.coap.timer import PeriodicTimer
+from extplugtest.stdin_console import StdinConsole
 from extplugtest.tools import _natfwd
-from extplugtest.tools.nat_console import CommandConsole, ControlServer, StdinConsole
+from extplugtest.tools.nat_console import CommandConsole, ControlServer
 from extplugtest.tools.nat_options import Endpoint, NatOptions, UsageError, parse_args
 
 EXIT_USAGE = 2
@@ -375,7 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = asyncio.Event()
     console = CommandConsole(nat, stop.set)
     control = ControlServer(console, options.control) if options.control else None
-    stdin = StdinConsole(console, loop) if options.console else None
+    stdin = (
+        StdinConsole(lambda raw: console.execute(raw.decode("utf-8", "replace")), loop)
+        if options.console
+        else None
+    )
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
