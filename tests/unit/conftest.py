@@ -17,6 +17,8 @@ from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap.endpoint import CoapEndpoint
 from extplugtest.coap.resource import Resource
 from extplugtest.coap.transport_udp import UdpServerTransport
+from extplugtest.dtls import handshake_client
+from extplugtest.dtls.messages import ClientHello, Extension
 
 
 class TransportThread:
@@ -135,3 +137,18 @@ def make_client() -> Iterator[Callable[[tuple], Client]]:
     yield create
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def offer(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``offer(*extensions)``: our client's ClientHellos carry these extensions as well."""
+
+    def add(*extra: Extension) -> None:
+        original = ClientHello
+
+        def hello(*args, extensions=(), **options):
+            return original(*args, extensions=(*extensions, *extra), **options)
+
+        monkeypatch.setattr(handshake_client, "ClientHello", hello)
+
+    return add

@@ -103,19 +103,26 @@ def test_hello_verify_request_takes_the_clients_version_clamped(server, client_v
 @pytest.mark.parametrize(
     ("epoch", "seq"), [(0, 1 << 32), (0, (1 << 48) - 1), (2, 1), (0xFFFF, 0)]
 )  # fmt: skip
-def test_default_datagram_filter_in_the_python_path(server, epoch, seq):
-    """What the data path hands over is filtered again (inventory §6.4: "drop if epoch > 1 or
-    seq >= 2^32"): a ClientHello with such a header gets no HelloVerifyRequest."""
+def test_default_datagram_filter_before_the_handshake(server, epoch, seq):
+    """Inventory §6.4, "drop if epoch > 1 or seq >= 2^32", before the connector sees it: a
+    ClientHello with such a header gets no HelloVerifyRequest."""
     hello = ClientHello(0xFEFD, os.urandom(32), b"", b"", (PSK_CCM8,))
     record = plain_record(ContentType.HANDSHAKE, seq, encode_message(hello, 0))
     record = record[:3] + epoch.to_bytes(2, "big") + record[5:]
     transport = server.transport
-    server.call(transport.datagram, record, ("127.0.0.1", 40000))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(0.3)
+    sock.sendto(record, server.address)
+    with pytest.raises(TimeoutError):
+        sock.recv(2048)
     counters = server.call(transport.dtls_counters)
     assert counters["dropped received records"] == 1 == server.call(transport.filtered)
     assert counters["hello verify requests"] == 0 and counters["received records"] == 0
-    server.call(transport.datagram, client_hello(), ("127.0.0.1", 40000))  # seq 0: answered
+    sock.settimeout(2)
+    sock.sendto(client_hello(), server.address)  # seq 0: answered
+    sock.recv(2048)
     assert server.call(transport.dtls_counters)["hello verify requests"] == 1
+    sock.close()
 
 
 class FakeSession:

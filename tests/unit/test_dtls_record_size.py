@@ -16,7 +16,6 @@ from extplugtest.coap._dedup import DeduplicationCache
 from extplugtest.coap.blockwise import decode_block, encode_block
 from extplugtest.coap.codes import Option
 from extplugtest.coap.endpoint import CoapEndpoint
-from extplugtest.dtls import handshake_client
 from extplugtest.dtls._record import APPLICATION_DATA
 from extplugtest.dtls.connector import DtlsServerTransport
 from extplugtest.dtls.credentials import PskStore
@@ -24,9 +23,7 @@ from extplugtest.dtls.handshake_header import AlertDescription
 from extplugtest.dtls.handshake_server import DtlsConfig
 from extplugtest.dtls.messages import (
     MAX_PLAINTEXT,
-    ClientHello,
     ContentType,
-    Extension,
     MaxFragmentLengthExtension,
     RecordSizeLimitExtension,
 )
@@ -36,21 +33,6 @@ from extplugtest.resources.root import RootResource
 
 CON, GET, POST = 0, 1, 2
 URI_PATH, URI_QUERY = 11, 15
-
-
-@pytest.fixture
-def offer(monkeypatch):
-    """``offer(*extensions)``: our client's ClientHellos carry these extensions as well."""
-
-    def add(*extra: Extension) -> None:
-        original = ClientHello
-
-        def hello(*args, extensions=(), **options):
-            return original(*args, extensions=(*extensions, *extra), **options)
-
-        monkeypatch.setattr(handshake_client, "ClientHello", hello)
-
-    return add
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 from test_dtls_client import connect, serve
 from test_dtls_client_auth import ECDSA_CCM8, Pair, check_keys_match, server_config
 
-from extplugtest.dtls import handshake_client
 from extplugtest.dtls._record import parse_datagram
 from extplugtest.dtls.credentials import PskStore
 from extplugtest.dtls.handshake_client import ClientHandshake
@@ -21,7 +20,6 @@ from extplugtest.dtls.handshake_header import HandshakeType, iter_fragments
 from extplugtest.dtls.handshake_server import DtlsConfig
 from extplugtest.dtls.messages import (
     MAX_PLAINTEXT,
-    ClientHello,
     ConnectionIdExtension,
     ContentType,
     Extension,
@@ -32,21 +30,6 @@ from extplugtest.dtls.messages import (
 from extplugtest.dtls.pki import demo_client_credentials
 
 PSK = (b"Client_identity", b"secretPSK")
-
-
-@pytest.fixture
-def offer(monkeypatch):
-    """``offer(*extensions)``: our client's ClientHellos carry these extensions as well."""
-
-    def add(*extra: Extension) -> None:
-        original = ClientHello
-
-        def hello(*args, extensions=(), **options):
-            return original(*args, extensions=(*extensions, *extra), **options)
-
-        monkeypatch.setattr(handshake_client, "ClientHello", hello)
-
-    return add
 
 
 def server_hello(pair: Pair) -> ServerHello:
